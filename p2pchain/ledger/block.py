@@ -1,0 +1,139 @@
+"""Block headers and blocks: canonical bytes, hash, merkle root, proof of work, wire form.
+
+Header layout (92 bytes, big-endian), nonce last so that a miner hashes the first 84 bytes once
+and reuses the SHA-256 midstate for every nonce:
+    u32 version | u32 height | 32 prev_hash | 32 merkle_root | u64 timestamp (Unix ms)
+    | u32 bits | u64 nonce
+block hash = SHA-256(header bytes). Proof of work: the hash, read as a 256-bit big-endian
+integer, is below 2**(256 - bits); that is, it starts with ``bits`` zero bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from p2pchain import limits
+from p2pchain.errors import ProtocolError
+from p2pchain.ledger.tx import Tx
+
+HEADER_PREFIX = struct.Struct(">II32s32sQI")  # everything before the nonce: 84 bytes
+NONCE = struct.Struct(">Q")
+HEADER_BYTES = HEADER_PREFIX.size + NONCE.size  # 92
+ZERO_HASH = bytes(32)
+WireHeader = list[Any]  # [version, height, prev_hash, merkle_root, timestamp, bits, nonce]
+WireBlock = list[Any]  # [header, [tx, ...]]
+
+
+def target(bits: int) -> int:
+    """The exclusive upper bound on a block hash at ``bits`` leading zero bits."""
+    return 1 << (256 - bits)
+
+
+def work(bits: int) -> int:
+    """Expected hashes to find a block at ``bits``: the block's contribution to chain work."""
+    return 1 << bits
+
+
+def merkle_root(txids: list[bytes]) -> bytes:
+    """Bitcoin's tree with single SHA-256: pairs hashed level by level, an odd last one paired
+    with itself; the root of no leaves is 32 zero bytes."""
+    level = list(txids)
+    if not level:
+        return ZERO_HASH
+    sha = hashlib.sha256
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [sha(level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+    return level[0]
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int  # 1
+    height: int  # genesis is 0
+    prev_hash: bytes  # 32 bytes; zero in genesis
+    merkle_root: bytes  # 32 bytes over the txids
+    timestamp: int  # Unix time in milliseconds
+    bits: int  # required leading zero bits of the hash (the network's difficulty)
+    nonce: int  # u64 varied by the miner
+
+    @cached_property
+    def prefix(self) -> bytes:
+        return HEADER_PREFIX.pack(
+            self.version, self.height, self.prev_hash, self.merkle_root, self.timestamp, self.bits
+        )
+
+    @cached_property
+    def raw(self) -> bytes:
+        return self.prefix + NONCE.pack(self.nonce)
+
+    @cached_property
+    def hash(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+    def meets_target(self) -> bool:
+        return int.from_bytes(self.hash, "big") < target(self.bits)
+
+    def to_wire(self) -> WireHeader:
+        return [self.version, self.height, self.prev_hash, self.merkle_root, self.timestamp, self.bits, self.nonce]
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Header:
+        if not isinstance(obj, (list, tuple)) or len(obj) != 7:
+            raise ProtocolError("block header must be an array of 7 fields")
+        version, height, prev, merkle, ts, bits, nonce = obj
+        for name, value, top in (
+            ("version", version, 2**32),
+            ("height", height, 2**32),
+            ("timestamp", ts, 2**64),
+            ("bits", bits, 257),
+            ("nonce", nonce, 2**64),
+        ):
+            if type(value) is not int or not 0 <= value < top:
+                raise ProtocolError(f"block header {name} out of range")
+        for name, h in (("prev_hash", prev), ("merkle_root", merkle)):
+            if not isinstance(h, bytes) or len(h) != 32:
+                raise ProtocolError(f"block header {name} must be 32 bytes")
+        return cls(version, height, prev, merkle, ts, bits, nonce)
+
+
+@dataclass(frozen=True)
+class Block:
+    header: Header
+    txs: tuple[Tx, ...]
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    @property
+    def prev_hash(self) -> bytes:
+        return self.header.prev_hash
+
+    @cached_property
+    def size(self) -> int:
+        """Canonical bytes: header plus each transaction's full bytes."""
+        return HEADER_BYTES + sum(tx.size for tx in self.txs)
+
+    def computed_merkle_root(self) -> bytes:
+        return merkle_root([tx.txid for tx in self.txs])
+
+    def to_wire(self) -> WireBlock:
+        return [self.header.to_wire(), [tx.to_wire() for tx in self.txs]]
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Block:
+        if not isinstance(obj, (list, tuple)) or len(obj) != 2 or not isinstance(obj[1], (list, tuple)):
+            raise ProtocolError("block must be an array [header, [tx, ...]]")
+        if len(obj[1]) > limits.MAX_BLOCK_TXS:
+            raise ProtocolError(f"block claims {len(obj[1])} transactions, over {limits.MAX_BLOCK_TXS}")
+        return cls(Header.from_wire(obj[0]), tuple(Tx.from_wire(t) for t in obj[1]))

@@ -1,0 +1,136 @@
+"""Consensus rules as pure functions: each raises RuleError with its own code, or returns.
+
+Three stages, cheapest first, as a node meets a block:
+1. ``check_block`` (no context): proof of work, size, count, merkle root, coinbase shape,
+   every transaction's signature and key.
+2. ``check_header_context`` (the parent and the median time past; "now" is an argument).
+3. ``connect_block`` (the account state at the parent): nonces, balances, coinbase amount.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Sequence
+from typing import NamedTuple
+
+from p2pchain import limits
+from p2pchain.errors import RuleCode, RuleError
+from p2pchain.keys import PUBKEY_BYTES, SIGNATURE_BYTES, address_of, is_address, verify
+from p2pchain.ledger.block import Block, Header
+from p2pchain.ledger.tx import Tx
+from p2pchain.params import BLOCK_VERSION, NetworkParams
+
+
+class Account(NamedTuple):
+    balance: int  # coins
+    nonce: int  # the nonce its next transaction must carry
+
+
+EMPTY_ACCOUNT = Account(0, 0)
+AccountLookup = Callable[[str], Account]  # address -> its account (EMPTY_ACCOUNT if never seen)
+
+
+# --- stage 1: context-free ------------------------------------------------------------------
+def check_tx(tx: Tx, network_id: bytes, *, verified: Container[bytes] = ()) -> None:
+    """A non-coinbase transaction on its own: shape, amounts, key and signature.
+    ``verified`` holds txids whose signature this node has already checked (a signature cache)."""
+    if tx.is_coinbase:
+        raise RuleError(RuleCode.TX_SELF_COINBASE, "only a block's first transaction may have sender '0'")
+    if not is_address(tx.sender) or not is_address(tx.recipient):
+        raise RuleError(RuleCode.TX_MALFORMED, "sender and recipient must be 40-hex-digit addresses")
+    if not 0 < tx.amount <= limits.MAX_MONEY:
+        raise RuleError(RuleCode.TX_BAD_AMOUNT, f"amount {tx.amount} is not in 1..{limits.MAX_MONEY}")
+    if not 0 <= tx.fee <= limits.MAX_MONEY:
+        raise RuleError(RuleCode.TX_BAD_FEE, f"fee {tx.fee} is not in 0..{limits.MAX_MONEY}")
+    if len(tx.pubkey) != PUBKEY_BYTES or len(tx.signature) != SIGNATURE_BYTES:
+        raise RuleError(RuleCode.TX_MALFORMED, "public key must be 32 bytes and signature 64")
+    if address_of(tx.pubkey) != tx.sender:
+        raise RuleError(RuleCode.TX_KEY_MISMATCH, "the public key does not hash to the sender address")
+    if tx.txid in verified:
+        return
+    if not verify(tx.pubkey, tx.signature, tx.signing_message(network_id)):
+        raise RuleError(RuleCode.TX_BAD_SIGNATURE, "signature does not verify for this network")
+
+
+def check_block(block: Block, params: NetworkParams, *, verified: Container[bytes] = ()) -> None:
+    """Everything about a block that needs no other block."""
+    h = block.header
+    if h.version != BLOCK_VERSION:
+        raise RuleError(RuleCode.BAD_VERSION, f"block version {h.version}, expected {BLOCK_VERSION}")
+    if h.bits != params.bits:
+        raise RuleError(RuleCode.BAD_DIFFICULTY, f"block claims {h.bits} bits, network needs {params.bits}")
+    if not h.meets_target():
+        raise RuleError(RuleCode.BAD_POW, f"hash {h.hash.hex()} does not start with {h.bits} zero bits")
+    if len(block.txs) > limits.MAX_BLOCK_TXS:
+        raise RuleError(RuleCode.TOO_MANY_TXS, f"{len(block.txs)} transactions, limit {limits.MAX_BLOCK_TXS}")
+    if block.size > limits.MAX_BLOCK_BYTES:
+        raise RuleError(RuleCode.BLOCK_TOO_BIG, f"{block.size} bytes, limit {limits.MAX_BLOCK_BYTES}")
+    if block.computed_merkle_root() != h.merkle_root:
+        raise RuleError(RuleCode.BAD_MERKLE_ROOT, "merkle root does not match the transactions")
+    if not block.txs or not block.txs[0].is_coinbase:
+        raise RuleError(RuleCode.NO_COINBASE, "the first transaction must be the coinbase (sender '0')")
+    cb = block.txs[0]
+    if cb.fee != 0 or cb.nonce != h.height or cb.pubkey or cb.signature or not is_address(cb.recipient):
+        raise RuleError(RuleCode.BAD_COINBASE, "coinbase needs fee 0, nonce = height, no key, an address")
+    if cb.amount > limits.MAX_MONEY:
+        raise RuleError(RuleCode.COINBASE_OVERPAYS, f"coinbase amount {cb.amount} over the money limit")
+    if len({tx.txid for tx in block.txs}) != len(block.txs):
+        raise RuleError(RuleCode.DUPLICATE_TX, "a transaction appears twice in the block")
+    for tx in block.txs[1:]:
+        if tx.is_coinbase:
+            raise RuleError(RuleCode.DUPLICATE_COINBASE, "only the first transaction may be a coinbase")
+        check_tx(tx, params.network_id, verified=verified)
+
+
+# --- stage 2: the parent --------------------------------------------------------------------
+def median_time_past(timestamps: Sequence[int]) -> int:
+    """The median of the last MEDIAN_TIME_SPAN timestamps (fewer near genesis)."""
+    window = sorted(timestamps[-limits.MEDIAN_TIME_SPAN :])
+    return window[len(window) // 2]
+
+
+def check_header_context(header: Header, parent: Header, mtp: int, now_ms: int) -> None:
+    """``mtp`` is the median time past of the parent and its ancestors; ``now_ms`` local time."""
+    if header.prev_hash != parent.hash:
+        raise RuleError(RuleCode.BAD_PREV_HASH, "previous hash is not the parent's hash")
+    if header.height != parent.height + 1:
+        raise RuleError(RuleCode.BAD_HEIGHT, f"height {header.height}, parent is at {parent.height}")
+    if header.timestamp <= mtp:
+        raise RuleError(RuleCode.TIME_TOO_OLD, f"timestamp {header.timestamp} not after median {mtp}")
+    if header.timestamp > now_ms + limits.MAX_FUTURE_BLOCK_MS:
+        raise RuleError(RuleCode.TIME_TOO_NEW, f"timestamp {header.timestamp} is over 2 h ahead of {now_ms}")
+
+
+# --- stage 3: the state ---------------------------------------------------------------------
+def apply_tx(tx: Tx, get: AccountLookup, changes: dict[str, Account]) -> None:
+    """Apply a checked non-coinbase transaction to ``changes`` (an overlay on ``get``)."""
+    sender = changes.get(tx.sender) or get(tx.sender)
+    if tx.nonce != sender.nonce:
+        raise RuleError(RuleCode.TX_BAD_NONCE, f"nonce {tx.nonce}, sender's next is {sender.nonce}")
+    cost = tx.amount + tx.fee
+    if cost > sender.balance:
+        raise RuleError(RuleCode.TX_INSUFFICIENT_FUNDS, f"needs {cost}, sender has {sender.balance}")
+    changes[tx.sender] = Account(sender.balance - cost, sender.nonce + 1)
+    credit(tx.recipient, tx.amount, get, changes)
+
+
+def credit(address: str, amount: int, get: AccountLookup, changes: dict[str, Account]) -> None:
+    acct = changes.get(address) or get(address)
+    if acct.balance + amount > limits.MAX_MONEY:
+        raise RuleError(RuleCode.TX_BAD_AMOUNT, f"balance of {address} would pass the money limit")
+    changes[address] = Account(acct.balance + amount, acct.nonce)
+
+
+def connect_block(block: Block, get: AccountLookup, params: NetworkParams) -> dict[str, Account]:
+    """The accounts a checked block changes, given the state at its parent: address -> new account."""
+    changes: dict[str, Account] = {}
+    fees = 0
+    for tx in block.txs[1:]:
+        apply_tx(tx, get, changes)
+        fees += tx.fee
+    cb = block.txs[0]
+    if cb.amount > params.reward + fees:
+        raise RuleError(
+            RuleCode.COINBASE_OVERPAYS, f"coinbase pays {cb.amount}, reward + fees is {params.reward + fees}"
+        )
+    credit(cb.recipient, cb.amount, get, changes)
+    return changes

@@ -1,0 +1,102 @@
+"""Transactions: the frozen type, its canonical bytes, its id and its wire form.
+
+Canonical body (all integers big-endian):
+    u8 len | sender (ASCII)    u8 len | recipient (ASCII)
+    u64 amount    u64 fee    u64 nonce
+    u8 len | sender public key (32 bytes; empty in a coinbase)
+Full bytes = body | u8 len | signature (64 bytes; empty in a coinbase).
+txid = SHA-256(full bytes). The signature covers network_id (32 bytes) | body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from p2pchain import limits
+from p2pchain.errors import ProtocolError
+from p2pchain.keys import COINBASE_SENDER, Wallet
+
+_U64 = struct.Struct(">QQQ")
+WireTx = list[Any]  # [sender, recipient, amount, fee, nonce, pubkey, signature]
+
+
+@dataclass(frozen=True)
+class Tx:
+    sender: str  # 40-hex address, or "0" for the coinbase
+    recipient: str  # 40-hex address
+    amount: int  # coins moved, > 0 (the coinbase: reward + fees)
+    fee: int  # coins to the miner, >= 0 (0 in a coinbase)
+    nonce: int  # the sender's counter: 0 for its first transaction (a coinbase: the height)
+    pubkey: bytes  # the sender's raw Ed25519 key (empty in a coinbase)
+    signature: bytes  # Ed25519 over network_id | body (empty in a coinbase)
+
+    @property
+    def is_coinbase(self) -> bool:
+        return self.sender == COINBASE_SENDER
+
+    @cached_property
+    def body(self) -> bytes:
+        s = self.sender.encode("ascii")
+        r = self.recipient.encode("ascii")
+        return b"".join(
+            (
+                bytes((len(s),)),
+                s,
+                bytes((len(r),)),
+                r,
+                _U64.pack(self.amount, self.fee, self.nonce),
+                bytes((len(self.pubkey),)),
+                self.pubkey,
+            )
+        )
+
+    @cached_property
+    def raw(self) -> bytes:
+        return self.body + bytes((len(self.signature),)) + self.signature
+
+    @cached_property
+    def txid(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def signing_message(self, network_id: bytes) -> bytes:
+        return network_id + self.body
+
+    def to_wire(self) -> WireTx:
+        return [self.sender, self.recipient, self.amount, self.fee, self.nonce, self.pubkey, self.signature]
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Tx:
+        """Build from the wire's array form, checking types and ranges; ProtocolError if malformed."""
+        if not isinstance(obj, (list, tuple)) or len(obj) != 7:
+            raise ProtocolError("transaction must be an array of 7 fields")
+        sender, recipient, amount, fee, nonce, pubkey, signature = obj
+        for name, text in (("sender", sender), ("recipient", recipient)):
+            if not isinstance(text, str) or not 0 < len(text) <= limits.MAX_ADDRESS_CHARS or not text.isascii():
+                raise ProtocolError(f"transaction {name} must be an ASCII string of 1..{limits.MAX_ADDRESS_CHARS}")
+        for name, value in (("amount", amount), ("fee", fee), ("nonce", nonce)):
+            if type(value) is not int or not 0 <= value < 2**64:
+                raise ProtocolError(f"transaction {name} must be an unsigned 64-bit integer")
+        for name, blob in (("pubkey", pubkey), ("signature", signature)):
+            if not isinstance(blob, bytes) or len(blob) > 255:
+                raise ProtocolError(f"transaction {name} must be binary of at most 255 bytes")
+        return cls(sender, recipient, amount, fee, nonce, pubkey, signature)
+
+
+def make_tx(wallet: Wallet, recipient: str, amount: int, fee: int, nonce: int, network_id: bytes) -> Tx:
+    """A transaction from ``wallet``, signed for ``network_id``."""
+    unsigned = Tx(wallet.address, recipient, amount, fee, nonce, wallet.pubkey, b"")
+    sig = wallet.sign(unsigned.signing_message(network_id))
+    return Tx(wallet.address, recipient, amount, fee, nonce, wallet.pubkey, sig)
+
+
+def make_coinbase(recipient: str, amount: int, height: int) -> Tx:
+    """The block's first transaction: pays reward + fees; its nonce is the height (unique ids)."""
+    return Tx(COINBASE_SENDER, recipient, amount, 0, height, b"", b"")

@@ -1,0 +1,54 @@
+"""Every limit and network constant, with its unit and why (the one module that owns them).
+
+Modules import these names; tests may override the tunables on the objects that copy them.
+Bitcoin Core's equivalent is given where there is one.
+"""
+
+from __future__ import annotations
+
+# --- protocol -----------------------------------------------------------------------------
+PROTOCOL_VERSION = 1  # bumped on any incompatible wire change (Bitcoin: PROTOCOL_VERSION)
+MIN_PROTOCOL_VERSION = 1  # oldest version we still talk to
+USER_AGENT_MAX = 256  # bytes of a HELLO user agent
+FRAME_HEADER_BYTES = 4  # big-endian u32 payload length
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # 4 MiB; a longer length prefix is refused unread (Bitcoin: 32 MB)
+MAX_LOCATOR_HASHES = 64  # hashes in a GET_CHAIN locator (Bitcoin: MAX_LOCATOR_SZ = 101)
+MAX_BLOCKS_PER_CHAIN = 500  # blocks in one CHAIN message (Bitcoin: 500 per getblocks inv)
+CHAIN_BATCH_BYTES = 3 * 1024 * 1024  # a CHAIN batch is cut before its frame would pass this
+MAX_PEERS_PER_MESSAGE = 1000  # addresses in one PEERS message (Bitcoin: MAX_ADDR_TO_SEND)
+MAX_TXS_PER_MESSAGE = 1000  # transactions in one TXS / MEMPOOL answer
+
+# --- ledger -------------------------------------------------------------------------------
+MAX_BLOCK_BYTES = 1024 * 1024  # canonical bytes of a block (Bitcoin: 1 MB before segwit)
+MAX_BLOCK_TXS = 4000  # transactions in one block, coinbase included
+MAX_FUTURE_BLOCK_MS = 2 * 60 * 60 * 1000  # a block may be 2 h ahead of local time (Bitcoin: same)
+MEDIAN_TIME_SPAN = 11  # blocks in the median-time-past window (Bitcoin: same)
+MAX_MONEY = 2**62  # no amount, fee or balance may exceed this (keeps SQLite INTEGER safe)
+MAX_ADDRESS_CHARS = 64  # an address field on the wire; real addresses are 40 hex chars
+ORPHAN_POOL_MAX = 256  # blocks waiting for their parent (Bitcoin: MAX_ORPHAN_TRANSACTIONS=100)
+
+# --- mempool ------------------------------------------------------------------------------
+MEMPOOL_MAX_TXS = 50_000  # pending transactions
+MEMPOOL_MAX_BYTES = 32 * 1024 * 1024  # canonical bytes of pending transactions (Bitcoin: 300 MB)
+
+# --- peers --------------------------------------------------------------------------------
+TARGET_OUTBOUND = 8  # outbound connections kept open (Bitcoin: 8 full-relay)
+MAX_INBOUND = 64  # inbound connections accepted (Bitcoin: 125 total)
+MAX_INBOUND_PER_IP = 16  # inbound connections from one address (loopback swarms share 127.0.0.1)
+HANDSHAKE_TIMEOUT_S = 10.0  # seconds to receive HELLO
+PING_INTERVAL_S = 30.0  # silence before we PING (Bitcoin: 2 min)
+PONG_TIMEOUT_S = 20.0  # a PING unanswered this long drops the peer (Bitcoin: 20 min)
+SEND_QUEUE_MAX = 1024  # frames queued to one peer; a peer that stays behind is dropped
+SEND_DRAIN_TIMEOUT_S = 10.0  # a write that cannot drain this long drops the peer
+RECONNECT_BASE_S = 0.5  # first reconnect delay; doubled each failure, with jitter
+RECONNECT_MAX_S = 30.0  # reconnect delay ceiling
+PEER_MSG_RATE = 2000.0  # messages/s a peer may send on average (token bucket)
+PEER_MSG_BURST = 4000  # token bucket depth
+SEEN_CACHE_MAX = 50_000  # recently seen block/tx ids remembered for gossip de-duplication
+ADDRBOOK_MAX = 1000  # peer addresses remembered
+BAN_SECONDS = 24 * 60 * 60  # discouragement period (Bitcoin: DEFAULT_MISBEHAVING_BANTIME 24 h)
+SHUTDOWN_GRACE_S = 1.5  # graceful close before a forced abort on SIGTERM
+
+# --- http shim ----------------------------------------------------------------------------
+HTTP_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413
+HTTP_CHAIN_PAGE_MAX = 500  # blocks per /chain page
