@@ -1,0 +1,45 @@
+"""Create ./.venv and install p2pchain into it (editable, with test tools), once.
+
+Used by `bash scripts/test` and by scripts/swarm.py when it is started from a bare Python, so
+that a fresh machine needs nothing installed by hand. Re-running is cheap: a stamp file records
+the hash of pyproject.toml that was installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".p2pchain-installed"
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv() -> Path:
+    """Return the venv's python, creating and installing it when pyproject.toml changed."""
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == want and venv_python().exists():
+        return venv_python()
+    if not venv_python().exists():
+        print(f"bootstrap: creating {VENV}", file=sys.stderr)
+        venv.create(VENV, with_pip=True)
+    print("bootstrap: installing p2pchain and its test tools into .venv", file=sys.stderr)
+    subprocess.run(
+        [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-e", f"{ROOT}[test,dev]"],
+        check=True,
+    )
+    STAMP.write_text(want)
+    return venv_python()
+
+
+if __name__ == "__main__":
+    ensure_venv()
