@@ -1,0 +1,404 @@
+"""The block tree: every valid block, cumulative work, orphans, most-work fork choice, reorgs.
+
+One owner (the node's event loop) calls ``process_block``; it returns what happened and, when
+the best chain changed, tells subscribers which blocks were disconnected and connected, after
+the store has committed. Consensus checks are the pure functions of ``ledger.rules``; this
+module adds the tree, the state and the disk.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pchain import limits
+from p2pchain.errors import RuleCode, RuleError, StoreError
+from p2pchain.ledger import rules
+from p2pchain.ledger.block import Block, Header, work
+from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
+from p2pchain.params import NetworkParams
+from p2pchain.store import Store
+
+log = logging.getLogger(__name__)
+
+ChainListener = Callable[[list[Block], list[Block]], None]  # (connected, disconnected)
+MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them again cheaply
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A block in the tree: its header and the work of the branch that ends with it."""
+
+    header: Header
+    work: int  # cumulative: sum of work(bits) from genesis to this block
+    seq: int  # arrival order; among equal work the first seen stays best
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+
+class Status(enum.Enum):
+    CONNECTED = "connected"  # the block is on the best chain now
+    SIDE = "side"  # valid so far, stored on a branch with less work
+    ORPHAN = "orphan"  # parent unknown: waiting in the orphan pool
+    DUPLICATE = "duplicate"  # already known
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    status: Status
+    connected: list[Block] = field(default_factory=list)  # best-chain blocks added, in height order
+    disconnected: list[Block] = field(default_factory=list)  # best-chain blocks removed, tip first
+
+
+class Chain:
+    def __init__(self, params: NetworkParams, store: Store) -> None:
+        self.params = params
+        self.store = store
+        self.index: dict[bytes, Entry] = {}
+        self.main: list[bytes] = []  # best chain: main[h] is the hash at height h
+        self.accounts: dict[str, Account] = {}
+        self.orphans: OrderedDict[bytes, Block] = OrderedDict()
+        self.invalid: OrderedDict[bytes, RuleCode] = OrderedDict()
+        self.listeners: list[ChainListener] = []
+        self.verified: Container[bytes] = ()  # txids with checked signatures (the mempool's cache)
+        self._seq = 0
+        self._load()
+
+    @classmethod
+    def open(cls, path: str | Path, params: NetworkParams) -> Chain:
+        """Open (or create) the store at ``path`` (":memory:" for tests) for ``params``."""
+        return cls(params, Store(path))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- startup ----------------------------------------------------------------------------
+    def _load(self) -> None:
+        network = self.store.get_meta("network")
+        if network is None:
+            self._init_genesis()
+            return
+        if network != self.params.network_id:
+            bits = int.from_bytes(self.store.get_meta("bits") or b"\0", "big")
+            raise StoreError(
+                f"data dir store {self.store.path} belongs to network {network.hex()[:12]}… (difficulty {bits}), "
+                f"not this one ({self.params.network_id.hex()[:12]}…, difficulty {self.params.bits}): "
+                "use another --data-dir or the same --difficulty"
+            )
+        for stored in self.store.load_index():
+            self.index[stored.header.hash] = Entry(stored.header, stored.work, stored.seq)
+            self._seq = max(self._seq, stored.seq + 1)
+        self.main = self.store.load_main()
+        self.accounts = self.store.load_accounts()
+        self._check_loaded()
+        log.info(
+            "opened %s: height %d, tip %s, %d blocks in the tree",
+            self.store.path,
+            self.height,
+            self.tip.hash.hex()[:16],
+            len(self.index),
+        )
+
+    def _check_loaded(self) -> None:
+        where = f"store {self.store.path}"
+        if not self.main or self.main[0] != self.params.network_id:
+            raise StoreError(f"{where} has no genesis block on its best chain: move it aside and resync")
+        for height, block_hash in enumerate(self.main):
+            entry = self.index.get(block_hash)
+            if entry is None or entry.height != height:
+                raise StoreError(f"{where}: best chain row {height} names a missing block: move it aside and resync")
+            if height and entry.header.prev_hash != self.main[height - 1]:
+                raise StoreError(f"{where}: best chain breaks at height {height}: move it aside and resync")
+        tip_meta = self.store.get_meta("tip")
+        if tip_meta != self.main[-1]:
+            raise StoreError(f"{where}: recorded tip differs from the best chain: move it aside and resync")
+
+    def _init_genesis(self) -> None:
+        genesis = self.params.genesis
+        changes: dict[str, Account] = {}
+        rules.credit(genesis.txs[0].recipient, genesis.txs[0].amount, self.get_account, changes)
+        entry = Entry(genesis.header, work(genesis.header.bits), self._next_seq())
+        with self.store.transaction():
+            self.store.set_meta("network", self.params.network_id)
+            self.store.set_meta("bits", bytes([self.params.bits]))
+            self.store.put_block(genesis, entry.work, entry.seq)
+            self.store.set_undo(genesis.hash, {a: EMPTY_ACCOUNT for a in changes})
+            self.store.set_main(0, genesis)
+            self.store.write_accounts(changes.items())
+            self.store.set_meta("tip", genesis.hash)
+        self.index[genesis.hash] = entry
+        self.main = [genesis.hash]
+        self.accounts.update(changes)
+
+    # --- queries ----------------------------------------------------------------------------
+    @property
+    def tip(self) -> Entry:
+        return self.index[self.main[-1]]
+
+    @property
+    def height(self) -> int:
+        return len(self.main) - 1
+
+    def get_account(self, address: str) -> Account:
+        return self.accounts.get(address, EMPTY_ACCOUNT)
+
+    def entry(self, block_hash: bytes) -> Entry | None:
+        return self.index.get(block_hash)
+
+    def has_block(self, block_hash: bytes) -> bool:
+        return block_hash in self.index or block_hash in self.orphans
+
+    def is_main(self, block_hash: bytes) -> bool:
+        e = self.index.get(block_hash)
+        return e is not None and e.height < len(self.main) and self.main[e.height] == block_hash
+
+    def get_block(self, block_hash: bytes) -> Block | None:
+        return self.store.get_block(block_hash) if block_hash in self.index else None
+
+    def block_at(self, height: int) -> Block | None:
+        return self.store.get_block(self.main[height]) if 0 <= height < len(self.main) else None
+
+    def blocks_range(self, start: int, limit: int) -> list[Block]:
+        """Best-chain blocks from height ``start``, at most ``limit``."""
+        return self.store.get_blocks(self.main[max(start, 0) : max(start, 0) + max(limit, 0)])
+
+    def find_tx(self, txid: bytes) -> Entry | None:
+        """The best-chain block that confirms ``txid``, if any."""
+        block_hash = self.store.find_tx(txid)
+        return None if block_hash is None else self.index.get(block_hash)
+
+    def median_time_past(self, entry: Entry) -> int:
+        stamps: list[int] = []
+        e: Entry | None = entry
+        while e is not None and len(stamps) < limits.MEDIAN_TIME_SPAN:
+            stamps.append(e.header.timestamp)
+            e = self.index.get(e.header.prev_hash)
+        return rules.median_time_past(stamps)
+
+    def locator(self) -> list[bytes]:
+        """Bitcoin's block locator: the last 10 best-chain hashes, then doubling steps, then genesis."""
+        hashes: list[bytes] = []
+        step, height = 1, self.height
+        while height > 0 and len(hashes) < limits.MAX_LOCATOR_HASHES - 1:
+            hashes.append(self.main[height])
+            if len(hashes) >= 10:
+                step *= 2
+            height -= step
+        hashes.append(self.main[0])
+        return hashes
+
+    def fork_point(self, locator: list[bytes]) -> int:
+        """Height of the first locator hash on our best chain (0, genesis, if none is)."""
+        for h in locator:
+            if self.is_main(h):
+                return self.index[h].height
+        return 0
+
+    def blocks_after(self, locator: list[bytes], max_blocks: int, max_bytes: int) -> tuple[list[Block], bool]:
+        """Best-chain blocks after the locator's fork point: at most ``max_blocks`` and about
+        ``max_bytes`` of canonical bytes; the flag says whether more follow."""
+        start = self.fork_point(locator) + 1
+        blocks: list[Block] = []
+        size = 0
+        for block_hash in self.main[start : start + max_blocks]:
+            block = self.store.get_block(block_hash)
+            if block is None:
+                break
+            if blocks and size + block.size > max_bytes:
+                break
+            blocks.append(block)
+            size += block.size
+        return blocks, start + len(blocks) <= self.height
+
+    def subscribe(self, listener: ChainListener) -> None:
+        self.listeners.append(listener)
+
+    # --- processing -------------------------------------------------------------------------
+    def process_block(self, block: Block, now_ms: int) -> ProcessResult:
+        """Validate and store ``block``; follow the most-work valid branch. Raises RuleError if the
+        block is invalid (it is then remembered as such and never stored)."""
+        block_hash = block.hash
+        if block_hash in self.invalid:
+            raise RuleError(self.invalid[block_hash], "block was already found invalid")
+        if block_hash in self.index or block_hash in self.orphans:
+            return ProcessResult(Status.DUPLICATE)
+        try:
+            rules.check_block(block, self.params, verified=self.verified)
+        except RuleError as e:
+            if e.code is not RuleCode.BAD_POW:  # don't let junk without work fill the memory
+                self._remember_invalid(block_hash, e.code)
+            raise
+        parent = self.index.get(block.prev_hash)
+        if parent is None:
+            if block.prev_hash in self.invalid:
+                self._remember_invalid(block_hash, RuleCode.INVALID_ANCESTOR)
+                raise RuleError(RuleCode.INVALID_ANCESTOR, "block builds on an invalid block")
+            self._add_orphan(block)
+            return ProcessResult(Status.ORPHAN)
+        connected: list[Block] = []
+        disconnected: list[Block] = []
+        status = self._accept(block, parent, now_ms, connected, disconnected)
+        self._connect_orphans(block_hash, now_ms, connected, disconnected)
+        if connected or disconnected:
+            for listener in self.listeners:
+                listener(connected, disconnected)
+        return ProcessResult(status, connected, disconnected)
+
+    def _accept(
+        self, block: Block, parent: Entry, now_ms: int, connected: list[Block], disconnected: list[Block]
+    ) -> Status:
+        try:
+            rules.check_header_context(block.header, parent.header, self.median_time_past(parent), now_ms)
+        except RuleError as e:
+            if e.code is not RuleCode.TIME_TOO_NEW:  # it may become valid later
+                self._remember_invalid(block.hash, e.code)
+            raise
+        entry = Entry(block.header, parent.work + work(block.header.bits), self._next_seq())
+        if entry.work <= self.tip.work:
+            with self.store.transaction():
+                self.store.put_block(block, entry.work, entry.seq)
+            self.index[block.hash] = entry
+            return Status.SIDE
+        self._activate(entry, block, connected, disconnected)
+        return Status.CONNECTED if self.main[-1] == block.hash else Status.SIDE
+
+    def _connect_orphans(
+        self, parent_hash: bytes, now_ms: int, connected: list[Block], disconnected: list[Block]
+    ) -> None:
+        stack = [parent_hash]
+        while stack:
+            parent = self.index.get(stack.pop())
+            if parent is None:
+                continue
+            children = [b for b in self.orphans.values() if b.prev_hash == parent.hash]
+            for child in children:
+                del self.orphans[child.hash]
+                try:
+                    self._accept(child, parent, now_ms, connected, disconnected)
+                except RuleError as e:
+                    log.info("orphan %s rejected once its parent arrived: %s", child.hash.hex()[:16], e)
+                    continue
+                stack.append(child.hash)
+
+    def _add_orphan(self, block: Block) -> None:
+        self.orphans[block.hash] = block
+        while len(self.orphans) > limits.ORPHAN_POOL_MAX:
+            self.orphans.popitem(last=False)
+
+    def _remember_invalid(self, block_hash: bytes, code: RuleCode) -> None:
+        self.invalid[block_hash] = code
+        while len(self.invalid) > MAX_INVALID_REMEMBERED:
+            self.invalid.popitem(last=False)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # --- fork choice ------------------------------------------------------------------------
+    def _branch_to(self, block: Block) -> tuple[list[Block], int]:
+        """The blocks from the best chain's fork point up to ``block`` (in height order), and the
+        fork height. Every block but ``block`` itself is already stored."""
+        branch = [block]
+        e = self.index.get(block.prev_hash)
+        while e is not None and not self.is_main(e.hash):
+            stored = self.store.get_block(e.hash)
+            if stored is None:
+                raise StoreError(f"store {self.store.path}: block {e.hash.hex()} is missing: move it aside and resync")
+            branch.append(stored)
+            e = self.index.get(e.header.prev_hash)
+        if e is None:
+            raise StoreError(f"store {self.store.path}: a branch does not reach the best chain: move it aside")
+        branch.reverse()
+        return branch, e.height
+
+    def _activate(self, entry: Entry, block: Block, connected: list[Block], disconnected: list[Block]) -> None:
+        """Make the branch ending at ``entry`` (whose ``block`` is not stored yet) the best chain, in
+        one store transaction. If a block on it breaks a state rule, that block and its descendants
+        are forgotten as invalid, the valid part of the branch is adopted only if it has more work
+        than the current tip, and the RuleError is raised."""
+        branch, fork_height = self._branch_to(block)
+        old = self.store.get_blocks(self.main[:fork_height:-1])  # to disconnect, tip first
+        overlay: dict[str, Account] = {}
+        for gone in old:
+            overlay.update(self.store.get_undo(gone.hash))
+
+        def view(address: str) -> Account:
+            return overlay.get(address) or self.accounts.get(address, EMPTY_ACCOUNT)
+
+        applied: list[tuple[Block, dict[str, Account]]] = []
+        failure: RuleError | None = None
+        for new in branch:
+            try:
+                changes = rules.connect_block(new, view, self.params)
+            except RuleError as err:
+                failure = err
+                break
+            applied.append((new, {a: view(a) for a in changes}))
+            overlay.update(changes)
+
+        if failure is not None:
+            bad = branch[len(applied)]
+            log.warning("block %s at height %d breaks a state rule: %s", bad.hash.hex()[:16], bad.height, failure)
+            doomed = self._forget_invalid(bad, failure.code)
+            with self.store.transaction():
+                self.store.delete_blocks(doomed)
+            if not applied or self.index[applied[-1][0].hash].work <= self.tip.work:
+                raise failure
+
+        with self.store.transaction():
+            if failure is None:
+                self.store.put_block(block, entry.work, entry.seq)
+            for height, gone in zip(range(len(self.main) - 1, fork_height, -1), old, strict=True):
+                self.store.unset_main(height, gone)
+            for height, (new, undo) in enumerate(applied, start=fork_height + 1):
+                self.store.set_undo(new.hash, undo)
+                self.store.set_main(height, new)
+            self.store.write_accounts(overlay.items())
+            self.store.set_meta("tip", applied[-1][0].hash)
+        if failure is None:
+            self.index[block.hash] = entry
+        for address, acct in overlay.items():
+            if acct == EMPTY_ACCOUNT:
+                self.accounts.pop(address, None)
+            else:
+                self.accounts[address] = acct
+        del self.main[fork_height + 1 :]
+        self.main.extend(new.hash for new, _ in applied)
+        disconnected.extend(old)
+        connected.extend(new for new, _ in applied)
+        if old:
+            log.info(
+                "reorg: %d block(s) disconnected, %d connected, fork at height %d, new tip %s at height %d",
+                len(old),
+                len(applied),
+                fork_height,
+                self.tip.hash.hex()[:16],
+                self.height,
+            )
+        if failure is not None:
+            raise failure
+
+    def _forget_invalid(self, bad: Block, code: RuleCode) -> list[bytes]:
+        """Remember ``bad`` and its known descendants as invalid and drop them from the tree;
+        returns their hashes (for the store to delete)."""
+        self._remember_invalid(bad.hash, code)
+        doomed = [bad.hash]
+        wanted = {bad.hash}
+        for h, e in sorted(self.index.items(), key=lambda item: item[1].height):
+            if e.header.prev_hash in wanted:
+                wanted.add(h)
+                doomed.append(h)
+                self._remember_invalid(h, RuleCode.INVALID_ANCESTOR)
+        for h in doomed:
+            self.index.pop(h, None)
+        return doomed

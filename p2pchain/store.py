@@ -1,0 +1,193 @@
+"""SQLite store (WAL): blocks, the best chain, account state, undo data, a tx index and bans.
+
+Every change that a new tip makes (the block, its index entry, the best-chain rows, the account
+changes and its undo data) is written in ONE transaction, so a kill -9 at any instant leaves
+either the old tip or the new one, never a mix. Integers that may pass 2**63 (chain work) are
+stored as big-endian bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from p2pchain.errors import ProtocolError, StoreError
+from p2pchain.ledger.block import Block, Header
+from p2pchain.ledger.rules import Account
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_FILE = "chain.sqlite"  # inside the node's data dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks(
+    hash BLOB PRIMARY KEY, prev BLOB NOT NULL, height INTEGER NOT NULL, work BLOB NOT NULL,
+    seq INTEGER NOT NULL, header BLOB NOT NULL, body BLOB NOT NULL, undo BLOB);
+CREATE TABLE IF NOT EXISTS main(height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts(address TEXT PRIMARY KEY, balance INTEGER NOT NULL, nonce INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS txindex(txid BLOB PRIMARY KEY, block BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS bans(host TEXT PRIMARY KEY, until_ms INTEGER NOT NULL, reason TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One row of the block index as loaded at start."""
+
+    header: Header
+    work: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Ban:
+    host: str
+    until_ms: int
+    reason: str
+
+
+def pack_block(block: Block) -> bytes:
+    return msgpack.packb(block.to_wire(), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack_block(data: bytes) -> Block:
+    return Block.from_wire(msgpack.unpackb(data, raw=False))
+
+
+def _work_bytes(work: int) -> bytes:
+    return work.to_bytes((work.bit_length() + 7) // 8 or 1, "big")
+
+
+def _header_from_raw(raw: bytes) -> Header:
+    from p2pchain.ledger.block import HEADER_PREFIX, NONCE
+
+    version, height, prev, merkle, ts, bits = HEADER_PREFIX.unpack_from(raw)
+    (nonce,) = NONCE.unpack_from(raw, HEADER_PREFIX.size)
+    return Header(version, height, prev, merkle, ts, bits, nonce)
+
+
+class Store:
+    """A thin, typed layer over one SQLite file. Not thread-safe: the node's event loop owns it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last commit on kill -9
+            ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise StoreError(f"store {self.path} is corrupt ({ok}): move it aside and resync")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"store {self.path} cannot be opened ({e}): move it aside and resync") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- meta -------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # --- blocks -----------------------------------------------------------------------------
+    def put_block(self, block: Block, work: int, seq: int) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body) VALUES (?,?,?,?,?,?,?)",
+            (block.hash, block.prev_hash, block.height, _work_bytes(work), seq, block.header.raw, pack_block(block)),
+        )
+
+    def delete_blocks(self, hashes: list[bytes]) -> None:
+        """Forget blocks found invalid (never on the best chain)."""
+        self.db.executemany("DELETE FROM blocks WHERE hash=?", ((h,) for h in hashes))
+
+    def get_block(self, block_hash: bytes) -> Block | None:
+        row = self.db.execute("SELECT body FROM blocks WHERE hash=?", (block_hash,)).fetchone()
+        return None if row is None else self._decode(row[0], block_hash)
+
+    def get_blocks(self, hashes: list[bytes]) -> list[Block]:
+        return [b for b in (self.get_block(h) for h in hashes) if b is not None]
+
+    def _decode(self, body: bytes, block_hash: bytes) -> Block:
+        try:
+            return unpack_block(body)
+        except (ProtocolError, ValueError, msgpack.ExtraData) as e:
+            raise StoreError(f"store {self.path}: block {block_hash.hex()} is corrupt ({e})") from None
+
+    def load_index(self) -> list[StoredEntry]:
+        rows = self.db.execute("SELECT header, work, seq FROM blocks ORDER BY seq").fetchall()
+        return [StoredEntry(_header_from_raw(bytes(h)), int.from_bytes(w, "big"), s) for h, w, s in rows]
+
+    def get_undo(self, block_hash: bytes) -> dict[str, Account]:
+        row = self.db.execute("SELECT undo FROM blocks WHERE hash=?", (block_hash,)).fetchone()
+        if row is None or row[0] is None:
+            raise StoreError(f"store {self.path}: no undo data for block {block_hash.hex()}")
+        return {a: Account(b, n) for a, (b, n) in msgpack.unpackb(row[0], raw=False).items()}
+
+    def set_undo(self, block_hash: bytes, undo: dict[str, Account]) -> None:
+        data = msgpack.packb({a: [acc.balance, acc.nonce] for a, acc in undo.items()})
+        self.db.execute("UPDATE blocks SET undo=? WHERE hash=?", (data, block_hash))
+
+    # --- best chain -------------------------------------------------------------------------
+    def load_main(self) -> list[bytes]:
+        return [bytes(h) for (h,) in self.db.execute("SELECT hash FROM main ORDER BY height")]
+
+    def set_main(self, height: int, block: Block) -> None:
+        self.db.execute("INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", (height, block.hash))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)", ((tx.txid, block.hash) for tx in block.txs)
+        )
+
+    def unset_main(self, height: int, block: Block) -> None:
+        self.db.execute("DELETE FROM main WHERE height=?", (height,))
+        self.db.executemany("DELETE FROM txindex WHERE txid=?", ((tx.txid,) for tx in block.txs))
+
+    def find_tx(self, txid: bytes) -> bytes | None:
+        row = self.db.execute("SELECT block FROM txindex WHERE txid=?", (txid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # --- accounts ---------------------------------------------------------------------------
+    def load_accounts(self) -> dict[str, Account]:
+        return {a: Account(b, n) for a, b, n in self.db.execute("SELECT address, balance, nonce FROM accounts")}
+
+    def write_accounts(self, changes: Iterable[tuple[str, Account]]) -> None:
+        upserts, deletes = [], []
+        for address, acct in changes:
+            if acct.balance == 0 and acct.nonce == 0:
+                deletes.append((address,))
+            else:
+                upserts.append((address, acct.balance, acct.nonce))
+        self.db.executemany("INSERT OR REPLACE INTO accounts(address, balance, nonce) VALUES (?,?,?)", upserts)
+        self.db.executemany("DELETE FROM accounts WHERE address=?", deletes)
+
+    # --- bans -------------------------------------------------------------------------------
+    def ban(self, host: str, until_ms: int, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO bans(host, until_ms, reason) VALUES (?,?,?)", (host, until_ms, reason))
+
+    def unban(self, host: str) -> None:
+        self.db.execute("DELETE FROM bans WHERE host=?", (host,))
+
+    def bans(self, now_ms: int) -> list[Ban]:
+        self.db.execute("DELETE FROM bans WHERE until_ms<=?", (now_ms,))
+        return [Ban(h, u, r) for h, u, r in self.db.execute("SELECT host, until_ms, reason FROM bans ORDER BY host")]
