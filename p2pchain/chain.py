@@ -185,10 +185,16 @@ class Chain:
             e = self.index.get(e.header.prev_hash)
         return rules.median_time_past(stamps)
 
-    def locator(self) -> list[bytes]:
-        """Bitcoin's block locator: the last 10 best-chain hashes, then doubling steps, then genesis."""
+    def locator(self, start: bytes | None = None) -> list[bytes]:
+        """Bitcoin's block locator from ``start`` (default: our tip): the last 10 hashes, then
+        doubling steps back along the best chain, always ending with genesis."""
         hashes: list[bytes] = []
-        step, height = 1, self.height
+        e = self.index.get(start) if start is not None else None
+        while e is not None and not self.is_main(e.hash) and len(hashes) < 10:  # a side branch
+            hashes.append(e.hash)
+            e = self.index.get(e.header.prev_hash)
+        height = self.height if e is None else e.height
+        step = 1
         while height > 0 and len(hashes) < limits.MAX_LOCATOR_HASHES - 1:
             hashes.append(self.main[height])
             if len(hashes) >= 10:
