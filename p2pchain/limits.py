@@ -52,3 +52,11 @@ SHUTDOWN_GRACE_S = 1.5  # graceful close before a forced abort on SIGTERM
 # --- http shim ----------------------------------------------------------------------------
 HTTP_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413
 HTTP_CHAIN_PAGE_MAX = 500  # blocks per /chain page
+
+# --- wire decoding bounds (msgpack refuses a longer object before allocating it) ------------
+# items in one msgpack array: the longest list a message may hold (a block's transactions)
+MAX_WIRE_ARRAY_ITEMS = max(MAX_BLOCK_TXS, MAX_BLOCKS_PER_CHAIN, MAX_PEERS_PER_MESSAGE, MAX_TXS_PER_MESSAGE)
+MAX_WIRE_MAP_ENTRIES = 64  # entries in one msgpack map: a message has < 16 fields, a STATUS < 32 keys
+MAX_WIRE_STR_BYTES = 4096  # one msgpack string: error texts, status values, user agents
+MAX_WIRE_BIN_BYTES = 4096  # one msgpack bin: real ones are <= 255 (keys, signatures, hashes, work)
+MAX_PEER_ADDR_CHARS = 261  # one "host:port" in PEERS: a 255-char DNS name, ":" and 5 digits

@@ -1,0 +1,527 @@
+"""The wire protocol: frame codec and message types (docs/protocol.md is the specification).
+
+A frame is a 4-byte big-endian unsigned payload length, then that many bytes of msgpack: a map
+with a ``"type"`` string and the message's fields. Framing is separate from the transport:
+``FrameDecoder`` turns bytes into payloads without a socket, ``read_frame`` does the same on an
+asyncio stream. ``decode_message`` turns one payload into one frozen message dataclass and
+validates everything about it; anything a peer could get wrong raises ``ProtocolError``.
+
+This module imports the ledger's types and nothing of the node (btcd's ``wire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeAlias, get_args
+
+import msgpack
+
+from p2pchain import limits
+from p2pchain.errors import ProtocolError
+from p2pchain.ledger.block import Block
+from p2pchain.ledger.tx import Tx
+
+log = logging.getLogger(__name__)
+
+_HEADER = limits.FRAME_HEADER_BYTES
+
+
+# --- framing ------------------------------------------------------------------------------
+def _check_length(n: int, max_frame_bytes: int) -> None:
+    if n == 0:
+        raise ProtocolError("zero-length frame")
+    if n > max_frame_bytes:
+        raise ProtocolError(f"frame of {n} bytes is over the {max_frame_bytes}-byte limit")
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """The frame that carries ``payload``: its length as a big-endian u32, then the payload."""
+    _check_length(len(payload), limits.MAX_FRAME_BYTES)
+    return len(payload).to_bytes(_HEADER, "big") + payload
+
+
+class FrameDecoder:
+    """Bytes in, complete payloads out, in order, however the stream was split.
+
+    The buffer never holds more than one incomplete frame (at most header + limit bytes) beyond
+    the chunk being fed. A length prefix over the limit raises as soon as its 4 bytes arrive,
+    before any of its payload is buffered. After an error the decoder stays failed: the stream
+    has lost its framing and the connection must be closed.
+    """
+
+    max_frame_bytes: int = limits.MAX_FRAME_BYTES  # longest payload accepted; tests may shrink it
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._failed: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._failed is not None:
+            raise ProtocolError(f"frame decoder already failed ({self._failed})")
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        pos, end = 0, len(buf)
+        while end - pos >= _HEADER:
+            n = int.from_bytes(buf[pos : pos + _HEADER], "big")
+            try:
+                _check_length(n, self.max_frame_bytes)
+            except ProtocolError as e:
+                self._failed = str(e)
+                buf.clear()
+                raise
+            if end - pos - _HEADER < n:
+                break
+            frames.append(bytes(buf[pos + _HEADER : pos + _HEADER + n]))
+            pos += _HEADER + n
+        del buf[:pos]
+        return frames
+
+
+async def read_frame(reader: asyncio.StreamReader, max_frame_bytes: int = limits.MAX_FRAME_BYTES) -> bytes:
+    """Read one payload; the length is checked before any payload byte is read.
+    Raises ``asyncio.IncompleteReadError`` when the stream ends, ``ProtocolError`` on a bad length."""
+    n = int.from_bytes(await reader.readexactly(_HEADER), "big")
+    _check_length(n, max_frame_bytes)
+    return await reader.readexactly(n)
+
+
+# --- field codecs ---------------------------------------------------------------------------
+# Each message field carries in its metadata a (decode, encode) pair: decode(value, where)
+# checks a value unpacked by msgpack and returns what the dataclass holds; encode does the reverse.
+Decode = Callable[[Any, str], Any]
+Encode = Callable[[Any], Any]
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+WORK_MAX_BYTES = 64  # HELLO work: big-endian unsigned, minimal length
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _codec(decode: Decode, encode: Encode = _same) -> dict[str, Any]:
+    return {"wire": (decode, encode)}
+
+
+def _uint(lo: int, hi: int) -> Decode:
+    def decode(v: Any, where: str) -> int:
+        if type(v) is not int:
+            raise ProtocolError(f"{where} must be an integer, not {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ProtocolError(f"{where} = {v} is out of range {lo}..{hi}")
+        return v
+
+    return decode
+
+
+def _bool(v: Any, where: str) -> bool:
+    if type(v) is not bool:
+        raise ProtocolError(f"{where} must be a boolean, not {type(v).__name__}")
+    return v
+
+
+def _bin(size: int) -> Decode:
+    def decode(v: Any, where: str) -> bytes:
+        if type(v) is not bytes:
+            raise ProtocolError(f"{where} must be binary, not {type(v).__name__}")
+        if len(v) != size:
+            raise ProtocolError(f"{where} must be {size} bytes, not {len(v)}")
+        return v
+
+    return decode
+
+
+def _text(max_bytes: int, *, allow_empty: bool = True) -> Decode:
+    def decode(v: Any, where: str) -> str:
+        if type(v) is not str:
+            raise ProtocolError(f"{where} must be a string, not {type(v).__name__}")
+        if not allow_empty and not v:
+            raise ProtocolError(f"{where} must not be empty")
+        if len(v) > max_bytes or len(v.encode()) > max_bytes:
+            raise ProtocolError(f"{where} is over {max_bytes} bytes")
+        return v
+
+    return decode
+
+
+def _one_of(*choices: str) -> Decode:
+    def decode(v: Any, where: str) -> str:
+        if type(v) is not str or v not in choices:
+            raise ProtocolError(f"{where} must be one of {', '.join(choices)}")
+        return v
+
+    return decode
+
+
+def _optional(inner: Decode) -> Decode:
+    def decode(v: Any, where: str) -> Any:
+        return None if v is None else inner(v, where)
+
+    return decode
+
+
+def _list(item: Decode, max_items: int) -> Decode:
+    def decode(v: Any, where: str) -> tuple[Any, ...]:
+        if type(v) is not list:
+            raise ProtocolError(f"{where} must be an array, not {type(v).__name__}")
+        if len(v) > max_items:
+            raise ProtocolError(f"{where} has {len(v)} items, over the limit of {max_items}")
+        return tuple([item(x, f"{where}[{i}]") for i, x in enumerate(v)])
+
+    return decode
+
+
+def _block(v: Any, where: str) -> Block:
+    try:
+        return Block.from_wire(v)
+    except ProtocolError as e:
+        raise ProtocolError(f"{where}: {e}") from None
+
+
+def _tx(v: Any, where: str) -> Tx:
+    try:
+        return Tx.from_wire(v)
+    except ProtocolError as e:
+        raise ProtocolError(f"{where}: {e}") from None
+
+
+def _decode_work(v: Any, where: str) -> int:
+    if type(v) is not bytes:
+        raise ProtocolError(f"{where} must be binary, not {type(v).__name__}")
+    if len(v) > WORK_MAX_BYTES:
+        raise ProtocolError(f"{where} is {len(v)} bytes, over {WORK_MAX_BYTES}")
+    if v[:1] == b"\x00":
+        raise ProtocolError(f"{where} must be minimal: no leading zero byte")
+    return int.from_bytes(v, "big")
+
+
+def encode_work(work: int) -> bytes:
+    """Cumulative work as HELLO carries it: big-endian unsigned, minimal length (0 is empty)."""
+    return work.to_bytes((work.bit_length() + 7) // 8, "big")
+
+
+def _peer_addr(v: Any, where: str) -> str:
+    _text(limits.MAX_PEER_ADDR_CHARS)(v, where)
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
+        raise ProtocolError(f"{where} must be 'host:port' with a port in 1..65535")
+    return str(v)
+
+
+_STATUS_DEPTH = 3  # map -> list -> map -> scalar: the peers list is the deepest status value
+
+
+def _plain(v: Any, where: str, depth: int) -> None:
+    """A free-form value: scalars, and lists/maps with string keys, nested at most ``depth``."""
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        return
+    if depth == 0:
+        raise ProtocolError(f"{where} is nested too deep")
+    if type(v) is list:
+        for i, x in enumerate(v):
+            _plain(x, f"{where}[{i}]", depth - 1)
+    elif type(v) is dict:
+        for k, x in v.items():
+            if type(k) is not str:
+                raise ProtocolError(f"{where} keys must be strings")
+            _plain(x, f"{where}.{k}", depth - 1)
+    else:
+        raise ProtocolError(f"{where} has a value of type {type(v).__name__}")
+
+
+def _status_map(v: Any, where: str) -> dict[str, Any]:
+    if type(v) is not dict:
+        raise ProtocolError(f"{where} must be a map, not {type(v).__name__}")
+    _plain(v, where, _STATUS_DEPTH)
+    return v
+
+
+U16 = _codec(_uint(0, 65535))
+U32 = _codec(_uint(0, U32_MAX))
+U64 = _codec(_uint(0, U64_MAX))
+COUNT = _codec(_uint(1, U32_MAX))  # a requested number of items: at least one
+HASH = _codec(_bin(32))
+OPT_HASH = _codec(_optional(_bin(32)))
+BOOL = _codec(_bool)
+TEXT = _codec(_text(limits.MAX_WIRE_STR_BYTES))
+ADDRESS = _codec(_text(limits.MAX_ADDRESS_CHARS, allow_empty=False))
+TX = _codec(_tx, Tx.to_wire)
+OPT_TX = _codec(_optional(_tx), lambda tx: None if tx is None else tx.to_wire())
+BLOCK = _codec(_block, Block.to_wire)
+
+
+def _blocks(max_items: int) -> dict[str, Any]:
+    return _codec(_list(_block, max_items), lambda blocks: [b.to_wire() for b in blocks])
+
+
+# --- messages -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Message:
+    TYPE: ClassVar[str]
+
+    def payload(self) -> bytes:
+        """The msgpack map: "type" first, then the fields in declaration order."""
+        doc: dict[str, Any] = {"type": self.TYPE}
+        for f in fields(self):
+            doc[f.name] = f.metadata["wire"][1](getattr(self, f.name))
+        return bytes(msgpack.packb(doc, use_bin_type=True))
+
+    def encode(self) -> bytes:
+        """The full frame: length prefix and payload."""
+        return encode_frame(self.payload())
+
+
+@dataclass(frozen=True)
+class Hello(_Message):
+    """First message each side sends; nothing else is accepted before it."""
+
+    TYPE: ClassVar[str] = "HELLO"
+    version: int = field(metadata=U32)  # limits.PROTOCOL_VERSION of the sender
+    network: bytes = field(metadata=HASH)  # genesis hash = network id
+    node_id: bytes = field(metadata=_codec(_bin(16)))  # random per process: detects self-connections
+    port: int = field(metadata=U16)  # listening port, 0 = not listening (a client)
+    height: int = field(metadata=U32)  # height of the sender's best block
+    best: bytes = field(metadata=HASH)  # hash of the sender's best block
+    work: int = field(metadata=_codec(_decode_work, encode_work))  # cumulative work of that chain
+    agent: str = field(metadata=_codec(_text(limits.USER_AGENT_MAX)))  # e.g. "p2pchain/0.1.0"
+
+
+@dataclass(frozen=True)
+class Ping(_Message):
+    TYPE: ClassVar[str] = "PING"
+    nonce: int = field(metadata=U64)
+
+
+@dataclass(frozen=True)
+class Pong(_Message):
+    TYPE: ClassVar[str] = "PONG"
+    nonce: int = field(metadata=U64)  # the PING's nonce
+
+
+@dataclass(frozen=True)
+class GetChain(_Message):
+    """Ask for the blocks after the first locator hash found on the responder's best chain."""
+
+    TYPE: ClassVar[str] = "GET_CHAIN"
+    locator: tuple[bytes, ...] = field(metadata=_codec(_list(_bin(32), limits.MAX_LOCATOR_HASHES)))
+    max: int = field(metadata=COUNT)  # blocks wanted; the responder clamps to MAX_BLOCKS_PER_CHAIN
+
+
+@dataclass(frozen=True)
+class Chain(_Message):
+    TYPE: ClassVar[str] = "CHAIN"
+    blocks: tuple[Block, ...] = field(metadata=_blocks(limits.MAX_BLOCKS_PER_CHAIN))  # in height order
+    more: bool = field(metadata=BOOL)  # the sender has more blocks after these
+
+
+@dataclass(frozen=True)
+class NewTx(_Message):
+    TYPE: ClassVar[str] = "NEW_TX"
+    tx: Tx = field(metadata=TX)
+
+
+@dataclass(frozen=True)
+class NewBlock(_Message):
+    TYPE: ClassVar[str] = "NEW_BLOCK"
+    block: Block = field(metadata=BLOCK)
+
+
+@dataclass(frozen=True)
+class GetPeers(_Message):
+    TYPE: ClassVar[str] = "GET_PEERS"
+
+
+@dataclass(frozen=True)
+class Peers(_Message):
+    TYPE: ClassVar[str] = "PEERS"
+    peers: tuple[str, ...] = field(metadata=_codec(_list(_peer_addr, limits.MAX_PEERS_PER_MESSAGE)))
+
+
+# Queries (client -> node): each request carries an id that its reply echoes.
+@dataclass(frozen=True)
+class GetStatus(_Message):
+    TYPE: ClassVar[str] = "GET_STATUS"
+    id: int = field(metadata=U32)
+
+
+@dataclass(frozen=True)
+class Status(_Message):
+    """``status`` keys: node_id, network, tip (hex), height, work (decimal string), peers (list of
+    {addr, inbound, height}), mempool (count), address (the node wallet's). See docs/protocol.md."""
+
+    TYPE: ClassVar[str] = "STATUS"
+    id: int = field(metadata=U32)
+    status: dict[str, Any] = field(metadata=_codec(_status_map))
+
+
+@dataclass(frozen=True)
+class GetAccount(_Message):
+    TYPE: ClassVar[str] = "GET_ACCOUNT"
+    id: int = field(metadata=U32)
+    address: str = field(metadata=ADDRESS)
+
+
+@dataclass(frozen=True)
+class Account(_Message):
+    TYPE: ClassVar[str] = "ACCOUNT"
+    id: int = field(metadata=U32)
+    address: str = field(metadata=ADDRESS)
+    balance: int = field(metadata=U64)  # confirmed coins
+    nonce: int = field(metadata=U64)  # nonce the next confirmed transaction must carry
+    pending_nonce: int = field(metadata=U64)  # the same, counting this node's mempool
+
+
+@dataclass(frozen=True)
+class GetTx(_Message):
+    TYPE: ClassVar[str] = "GET_TX"
+    id: int = field(metadata=U32)
+    txid: bytes = field(metadata=HASH)
+
+
+TX_STATUSES = ("mempool", "confirmed", "unknown")
+
+
+@dataclass(frozen=True)
+class TxInfo(_Message):
+    TYPE: ClassVar[str] = "TX_INFO"
+    id: int = field(metadata=U32)
+    txid: bytes = field(metadata=HASH)
+    status: str = field(metadata=_codec(_one_of(*TX_STATUSES)))
+    height: int | None = field(metadata=_codec(_optional(_uint(0, U32_MAX))))  # confirmed only
+    block: bytes | None = field(metadata=OPT_HASH)  # confirmed only
+    confirmations: int = field(metadata=U32)  # 0 unless confirmed; 1 in the tip block
+    tx: Tx | None = field(metadata=OPT_TX)  # None when unknown
+
+
+@dataclass(frozen=True)
+class SubmitTx(_Message):
+    TYPE: ClassVar[str] = "SUBMIT_TX"
+    id: int = field(metadata=U32)
+    tx: Tx = field(metadata=TX)
+
+
+@dataclass(frozen=True)
+class SubmitResult(_Message):
+    TYPE: ClassVar[str] = "SUBMIT_RESULT"
+    id: int = field(metadata=U32)
+    txid: bytes = field(metadata=HASH)
+    accepted: bool = field(metadata=BOOL)
+    code: str = field(metadata=TEXT)  # "" if accepted, else a RuleCode or MempoolCode value
+    error: str = field(metadata=TEXT)  # "" if accepted, else a human-readable reason
+
+
+@dataclass(frozen=True)
+class GetBlocks(_Message):
+    TYPE: ClassVar[str] = "GET_BLOCKS"
+    id: int = field(metadata=U32)
+    start: int = field(metadata=U32)  # first height wanted
+    limit: int = field(metadata=COUNT)  # blocks wanted; the node clamps to MAX_BLOCKS_PER_CHAIN
+
+
+@dataclass(frozen=True)
+class GetBlock(_Message):
+    TYPE: ClassVar[str] = "GET_BLOCK"
+    id: int = field(metadata=U32)
+    hash: bytes = field(metadata=HASH)
+
+
+@dataclass(frozen=True)
+class Blocks(_Message):
+    """Reply to GET_BLOCKS (best-chain blocks from ``start``) and GET_BLOCK (0 or 1 block)."""
+
+    TYPE: ClassVar[str] = "BLOCKS"
+    id: int = field(metadata=U32)
+    blocks: tuple[Block, ...] = field(metadata=_blocks(limits.MAX_BLOCKS_PER_CHAIN))
+    height: int = field(metadata=U32)  # the node's best height
+
+
+@dataclass(frozen=True)
+class Error(_Message):
+    """Reply to a query that failed."""
+
+    TYPE: ClassVar[str] = "ERROR"
+    id: int = field(metadata=U32)
+    message: str = field(metadata=TEXT)
+
+
+Message: TypeAlias = (
+    Hello
+    | Ping
+    | Pong
+    | GetChain
+    | Chain
+    | NewTx
+    | NewBlock
+    | GetPeers
+    | Peers
+    | GetStatus
+    | Status
+    | GetAccount
+    | Account
+    | GetTx
+    | TxInfo
+    | SubmitTx
+    | SubmitResult
+    | GetBlocks
+    | GetBlock
+    | Blocks
+    | Error
+)
+MESSAGE_TYPES: Mapping[str, type[Message]] = {cls.TYPE: cls for cls in get_args(Message)}
+# type -> (class, ((field name, decode), ...)), so that decoding does not walk dataclass fields
+_DECODERS: dict[str, tuple[type[Message], tuple[tuple[str, Decode], ...]]] = {
+    name: (cls, tuple((f.name, f.metadata["wire"][0]) for f in fields(cls))) for name, cls in MESSAGE_TYPES.items()
+}
+
+
+# --- decoding -------------------------------------------------------------------------------
+def _unpack(payload: bytes) -> Any:
+    try:
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.MAX_WIRE_STR_BYTES,
+            max_bin_len=limits.MAX_WIRE_BIN_BYTES,
+            max_array_len=limits.MAX_WIRE_ARRAY_ITEMS,
+            max_map_len=limits.MAX_WIRE_MAP_ENTRIES,
+            max_ext_len=0,  # no extension types are used
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as e:  # FormatError, ExtraData, bad UTF-8...
+        raise ProtocolError(f"payload is not valid msgpack within limits: {e or type(e).__name__}") from None
+
+
+def decode_message(payload: bytes) -> Message:
+    """One payload to one message, every field checked; ProtocolError if anything is wrong.
+    Unknown fields are ignored, so that a newer peer may add some."""
+    # Measured: a CHAIN of 500 blocks with 3 txs each (253 KiB) decodes in 4.4 ms, 0.6 ms of it
+    # msgpack and the rest Block.from_wire (about 2 us per header or tx); encoding takes 1.3 ms.
+    if len(payload) > limits.MAX_FRAME_BYTES:
+        raise ProtocolError(f"payload of {len(payload)} bytes is over the {limits.MAX_FRAME_BYTES}-byte limit")
+    doc = _unpack(payload)
+    if type(doc) is not dict:
+        raise ProtocolError(f"payload must be a msgpack map, not {type(doc).__name__}")
+    kind = doc.get("type")
+    if type(kind) is not str:
+        raise ProtocolError("payload has no 'type' string")
+    entry = _DECODERS.get(kind)
+    if entry is None:
+        raise ProtocolError(f"unknown message type {kind[:40]!r}")
+    cls, spec = entry
+    values: dict[str, Any] = {}
+    for name, decode in spec:
+        try:
+            value = doc[name]
+        except KeyError:
+            raise ProtocolError(f"{kind} has no field {name!r}") from None
+        values[name] = decode(value, f"{kind}.{name}")
+    return cls(**values)

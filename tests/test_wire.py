@@ -1,0 +1,353 @@
+"""Wire protocol: frames and messages round-trip, framing survives any split of the stream,
+every malformed input is a ProtocolError (never another exception, never a big allocation),
+and the hex vectors in docs/protocol.md are what the code produces."""
+
+import ast
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import re
+import struct
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pchain import limits, wire
+from p2pchain.errors import ProtocolError
+from p2pchain.keys import Wallet
+from p2pchain.ledger.tx import make_tx
+from p2pchain.params import NetworkParams
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = NetworkParams()
+GENESIS = PARAMS.genesis
+ALICE = Wallet.from_seed(bytes([7]) * 32)
+BOB = Wallet.from_seed(bytes([8]) * 32)
+TX = make_tx(ALICE, BOB.address, 10, 1, 0, PARAMS.network_id)
+H = bytes(range(32))
+
+SAMPLES: list[wire.Message] = [
+    wire.Hello(1, PARAMS.network_id, bytes(16), 7000, 3, H, 2**200 + 5, "p2pchain/0.1.0"),
+    wire.Hello(1, PARAMS.network_id, b"\xff" * 16, 0, 0, GENESIS.hash, 0, ""),
+    wire.Ping(2**64 - 1),
+    wire.Pong(0),
+    wire.GetChain((H, GENESIS.hash), 500),
+    wire.Chain((GENESIS, GENESIS), True),
+    wire.Chain((), False),
+    wire.NewTx(TX),
+    wire.NewBlock(GENESIS),
+    wire.GetPeers(),
+    wire.Peers(("127.0.0.1:7000", "[::1]:8333", "node.example:1")),
+    wire.GetStatus(1),
+    wire.Status(
+        2,
+        {
+            "node_id": "ab" * 16,
+            "network": PARAMS.network_id.hex(),
+            "height": 7,
+            "tip": H.hex(),
+            "work": str(2**70),
+            "peers": [{"addr": "127.0.0.1:7001", "inbound": True, "height": 7}],
+            "mempool": 0,
+            "address": ALICE.address,
+        },
+    ),
+    wire.GetAccount(3, ALICE.address),
+    wire.Account(3, ALICE.address, limits.MAX_MONEY, 4, 6),
+    wire.GetTx(4, TX.txid),
+    wire.TxInfo(4, TX.txid, "confirmed", 12, H, 3, TX),
+    wire.TxInfo(4, TX.txid, "unknown", None, None, 0, None),
+    wire.SubmitTx(5, TX),
+    wire.SubmitResult(5, TX.txid, False, "nonce-gap", "expected nonce 0"),
+    wire.GetBlocks(6, 0, 500),
+    wire.GetBlock(7, GENESIS.hash),
+    wire.Blocks(7, (GENESIS,), 0),
+    wire.Error(8, "unknown block"),
+]
+
+
+def payload_of(msg: wire.Message, **changes: object) -> bytes:
+    """The message's payload with some fields replaced (a value of ... deletes the field)."""
+    doc = msgpack.unpackb(msg.payload(), raw=False)
+    for key, value in changes.items():
+        if value is ...:
+            del doc[key]
+        else:
+            doc[key] = value
+    return bytes(msgpack.packb(doc, use_bin_type=True))
+
+
+# --- round trips ------------------------------------------------------------------------------
+def test_samples_cover_every_message_type() -> None:
+    assert {m.TYPE for m in SAMPLES} == set(wire.MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.TYPE)
+def test_message_round_trip(msg: wire.Message) -> None:
+    frame = msg.encode()
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert wire.FrameDecoder().feed(frame) == [frame[4:]]
+    decoded = wire.decode_message(frame[4:])
+    assert decoded == msg
+    assert type(decoded) is type(msg)
+    assert decoded.encode() == frame
+
+
+def test_unknown_fields_are_ignored() -> None:
+    payload = payload_of(wire.Ping(9), extra=[1, 2, {"x": b"y"}], later_version=True)
+    assert wire.decode_message(payload) == wire.Ping(9)
+
+
+def test_work_is_minimal_big_endian() -> None:
+    assert wire.encode_work(0) == b""
+    assert wire.encode_work(65536) == b"\x01\x00\x00"
+    hello = SAMPLES[0]
+    assert isinstance(hello, wire.Hello)
+    assert wire.decode_message(payload_of(hello, work=b"\x01\x00\x00")) == replace(hello, work=65536)
+    for bad in (b"\x00\x01", b"\x01" * 65, 5, "01"):
+        with pytest.raises(ProtocolError):
+            wire.decode_message(payload_of(hello, work=bad))
+
+
+# --- framing ----------------------------------------------------------------------------------
+STREAM = b"".join(m.encode() for m in SAMPLES)
+PAYLOADS = [m.payload() for m in SAMPLES]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, len(STREAM)), max_size=40))
+def test_frame_decoder_any_split_yields_same_payloads(cuts: list[int]) -> None:
+    decoder = wire.FrameDecoder()
+    out: list[bytes] = []
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    for a, b in itertools.pairwise(bounds):
+        out += decoder.feed(STREAM[a:b])
+    assert out == PAYLOADS
+    assert decoder.buffered == 0
+
+
+def test_frame_decoder_byte_by_byte_keeps_only_one_frame() -> None:
+    decoder = wire.FrameDecoder()
+    out: list[bytes] = []
+    biggest = max(len(p) for p in PAYLOADS)
+    for i in range(len(STREAM)):
+        out += decoder.feed(STREAM[i : i + 1])
+        assert decoder.buffered < 4 + biggest
+    assert out == PAYLOADS
+
+
+@pytest.mark.parametrize("length", [0, limits.MAX_FRAME_BYTES + 1, 2**32 - 1])
+def test_frame_decoder_refuses_bad_length_from_header_alone(length: int) -> None:
+    decoder = wire.FrameDecoder()
+    with pytest.raises(ProtocolError):
+        decoder.feed(struct.pack(">I", length))  # the header alone: no payload needed to refuse
+    with pytest.raises(ProtocolError):  # the stream has lost its framing: the decoder stays failed
+        decoder.feed(wire.Ping(1).encode())
+
+
+def test_frame_decoder_limit_is_a_tunable() -> None:
+    decoder = wire.FrameDecoder()
+    decoder.max_frame_bytes = 10
+    assert decoder.feed(wire.encode_frame(b"\x90" * 10)) == [b"\x90" * 10]
+    with pytest.raises(ProtocolError):
+        decoder.feed(wire.encode_frame(b"\x90" * 11))
+
+
+def test_encode_frame_refuses_empty_and_oversized_payloads() -> None:
+    with pytest.raises(ProtocolError):
+        wire.encode_frame(b"")
+    with pytest.raises(ProtocolError):
+        wire.encode_frame(bytes(limits.MAX_FRAME_BYTES + 1))
+
+
+def _read_frames(data: bytes, eof: bool = True) -> list[bytes | Exception]:
+    """Run read_frame on a stream holding ``data``; collect payloads until it raises."""
+
+    async def go() -> list[bytes | Exception]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        if eof:
+            reader.feed_eof()
+        out: list[bytes | Exception] = []
+        while True:
+            try:
+                out.append(await asyncio.wait_for(wire.read_frame(reader), 5))
+            except (ProtocolError, asyncio.IncompleteReadError) as e:
+                out.append(e)
+                return out
+
+    return asyncio.run(go())
+
+
+def test_read_frame_reads_payloads_then_stops_at_eof() -> None:
+    out = _read_frames(STREAM)
+    assert out[:-1] == PAYLOADS
+    assert isinstance(out[-1], asyncio.IncompleteReadError)
+
+
+@pytest.mark.parametrize("length", [0, limits.MAX_FRAME_BYTES + 1])
+def test_read_frame_refuses_bad_length_before_reading_payload(length: int) -> None:
+    # No EOF and no payload: if read_frame tried to read the payload it would wait, not raise.
+    out = _read_frames(wire.Ping(1).encode() + struct.pack(">I", length), eof=False)
+    assert out[0] == wire.Ping(1).payload()
+    assert isinstance(out[1], ProtocolError)
+
+
+# --- malformed messages -------------------------------------------------------------------------
+def _array32(n: int) -> bytes:
+    return b"\xdd" + struct.pack(">I", n)
+
+
+HELLO, CHAIN = SAMPLES[0], SAMPLES[5]
+GOOD_BLOCK = GENESIS.to_wire()
+GOOD_TX = TX.to_wire()
+MALFORMED: dict[str, bytes] = {
+    "empty": b"",
+    "not msgpack": b"\xc1",
+    "truncated": wire.Ping(5).payload()[:-1],
+    "trailing data": wire.Ping(5).payload() + b"\x00",
+    "not a map": msgpack.packb([1, 2, 3]),
+    "map with int keys": msgpack.packb({1: 2}),
+    "ext type": msgpack.packb({"type": "PING", "nonce": msgpack.ExtType(5, b"x")}),
+    "bad utf-8": b"\x81\xa4type\xa2\xff\xfe",
+    "no type": msgpack.packb({"nonce": 1}),
+    "type not a string": msgpack.packb({"type": 1}),
+    "type as bin": msgpack.packb({"type": b"PING", "nonce": 1}, use_bin_type=True),
+    "unknown type": msgpack.packb({"type": "INV"}),
+    "missing field": payload_of(HELLO, agent=...),
+    "int as string": payload_of(wire.Ping(1), nonce="1"),
+    "int as float": payload_of(wire.Ping(1), nonce=1.0),
+    "int as bool": payload_of(wire.Ping(1), nonce=True),
+    "negative int": payload_of(wire.Ping(1), nonce=-1),
+    "port out of range": payload_of(HELLO, port=65536),
+    "version out of range": payload_of(HELLO, version=2**32),
+    "GET_CHAIN max 0": payload_of(SAMPLES[4], max=0),
+    "hash too short": payload_of(HELLO, best=b"\x00" * 31),
+    "hash as str": payload_of(HELLO, best="00" * 32),
+    "node_id too long": payload_of(HELLO, node_id=b"\x00" * 17),
+    "agent too long": payload_of(HELLO, agent="a" * (limits.USER_AGENT_MAX + 1)),
+    "agent too long in utf-8": payload_of(HELLO, agent="é" * (limits.USER_AGENT_MAX // 2 + 1)),
+    "bool as int": payload_of(CHAIN, more=1),
+    "locator too long": payload_of(SAMPLES[4], locator=[H] * (limits.MAX_LOCATOR_HASHES + 1)),
+    "locator not a list": payload_of(SAMPLES[4], locator=H),
+    "chain too long": payload_of(CHAIN, blocks=[GOOD_BLOCK] * (limits.MAX_BLOCKS_PER_CHAIN + 1)),
+    "peers too many": payload_of(SAMPLES[10], peers=["1.2.3.4:5"] * (limits.MAX_PEERS_PER_MESSAGE + 1)),
+    "peer without port": payload_of(SAMPLES[10], peers=["1.2.3.4"]),
+    "peer port 0": payload_of(SAMPLES[10], peers=["1.2.3.4:0"]),
+    "peer port unicode digits": payload_of(SAMPLES[10], peers=["h:١٢"]),
+    "peer address too long": payload_of(SAMPLES[10], peers=["a" * 300 + ":1"]),
+    "string over limit": payload_of(SAMPLES[-1], message="x" * (limits.MAX_WIRE_STR_BYTES + 1)),
+    "status not a map": payload_of(SAMPLES[12], status=[1]),
+    "status too deep": payload_of(SAMPLES[12], status={"a": [[[[1]]]]}),
+    "tx status unknown word": payload_of(SAMPLES[16], status="lost"),
+    "address too long": payload_of(SAMPLES[13], address="a" * (limits.MAX_ADDRESS_CHARS + 1)),
+    "address empty": payload_of(SAMPLES[13], address=""),
+    "id over u32": payload_of(SAMPLES[11], id=2**32),
+    # huge claims: a few bytes that announce 2**31 items must fail before allocating them
+    "huge array top level": _array32(2**31),
+    "huge array field": b"\x82\xa4type\xa5PEERS\xa5peers" + _array32(2**31),
+    "huge map": b"\xdf" + struct.pack(">I", 2**31),
+    "huge str": b"\xdb" + struct.pack(">I", 2**31),
+    "huge bin": b"\xc6" + struct.pack(">I", 2**31),
+    "block txs over limit": b"\x82\xa4type\xa9NEW_BLOCK\xa5block\x92\x90" + _array32(limits.MAX_BLOCK_TXS + 1),
+    "deep nesting": b"\x91" * 5000,
+    # bad block and transaction arrays
+    "tx short": payload_of(SAMPLES[7], tx=GOOD_TX[:6]),
+    "tx not a list": payload_of(SAMPLES[7], tx={"sender": "x"}),
+    "tx amount negative": payload_of(SAMPLES[7], tx=[*GOOD_TX[:2], -1, *GOOD_TX[3:]]),
+    "tx pubkey as str": payload_of(SAMPLES[7], tx=[*GOOD_TX[:5], "key", GOOD_TX[6]]),
+    "tx sender empty": payload_of(SAMPLES[7], tx=["", *GOOD_TX[1:]]),
+    "submit tx short": payload_of(SAMPLES[18], tx=GOOD_TX[:6]),
+    "block not a pair": payload_of(SAMPLES[8], block=[GOOD_BLOCK[0]]),
+    "header short": payload_of(SAMPLES[8], block=[GOOD_BLOCK[0][:6], GOOD_BLOCK[1]]),
+    "header bits over 256": payload_of(SAMPLES[8], block=[[*GOOD_BLOCK[0][:5], 257, 0], GOOD_BLOCK[1]]),
+    "header prev hash short": payload_of(SAMPLES[8], block=[[1, 0, b"", *GOOD_BLOCK[0][3:]], GOOD_BLOCK[1]]),
+    "block tx bad": payload_of(SAMPLES[8], block=[GOOD_BLOCK[0], [[1, 2]]]),
+    "chain with one bad block": payload_of(CHAIN, blocks=[GOOD_BLOCK, [GOOD_BLOCK[0], 5]]),
+    "blocks reply bad block": payload_of(SAMPLES[22], blocks=[None]),
+}
+
+
+@pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_payload_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        wire.decode_message(payload)
+
+
+@pytest.mark.parametrize("name", [k for k in MALFORMED if k.startswith("huge")])
+def test_huge_claims_fail_without_allocating(name: str) -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError):
+            wire.decode_message(MALFORMED[name])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"decoding {name} peaked at {peak} bytes"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes_raise_only_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        wire.decode_message(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(SAMPLES), st.data())
+def test_fuzz_mutated_frames_decode_or_raise_protocol_error(msg: wire.Message, data: st.DataObject) -> None:
+    """Valid payloads with bytes flipped, cut or inserted: near-misses reach the field checks."""
+    payload = bytearray(msg.payload())
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(payload)))
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip" and i < len(payload):
+            payload[i] = data.draw(st.integers(0, 255))
+        elif action == "cut":
+            del payload[i:]
+        else:
+            payload[i:i] = data.draw(st.binary(min_size=1, max_size=5))
+    try:
+        decoded = wire.decode_message(bytes(payload))
+    except ProtocolError:
+        return
+    assert type(decoded) in wire.MESSAGE_TYPES.values()
+
+
+# --- docs/protocol.md vectors -----------------------------------------------------------------
+def _load_vectors_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("protocol_vectors", ROOT / "scripts" / "protocol_vectors.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_protocol_doc_vectors_match_the_code() -> None:
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    found = {
+        name: bytes.fromhex("".join(body.split()))
+        for name, body in re.findall(r"<!-- vector: (\S+) -->\s*```hex\n(.*?)```", doc, re.DOTALL)
+    }
+    script = _load_vectors_script()
+    assert found == script.vectors(), "regenerate with: .venv/bin/python scripts/protocol_vectors.py"
+    for name, msg in script.messages().items():
+        assert wire.decode_message(found[name][4:]) == msg
+
+
+def test_protocol_doc_limits_table_has_the_code_values() -> None:
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| `([^`]*)` \|", doc, re.MULTILINE)
+    assert len(rows) >= 40
+    for name, value in rows:
+        assert hasattr(limits, name), f"{name} is in docs/protocol.md but not in limits.py"
+        assert ast.literal_eval(value) == getattr(limits, name), f"regenerate the table: {name} changed"
+    for name in ("MAX_FRAME_BYTES", "MAX_LOCATOR_HASHES", "MAX_BLOCKS_PER_CHAIN", "HANDSHAKE_TIMEOUT_S"):
+        assert name in dict(rows)
