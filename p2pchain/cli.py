@@ -1,0 +1,162 @@
+"""The command line: `p2pchain --port 7000 --peer host:7001 ...` runs a node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from p2pchain import __version__, limits
+from p2pchain.connmgr import parse_addr
+from p2pchain.errors import StoreError, WalletError
+from p2pchain.keys import is_address
+from p2pchain.node import NodeConfig, run_node
+from p2pchain.params import DEFAULT_BITS, NetworkParams
+from p2pchain.peer import Tunables
+
+log = logging.getLogger(__name__)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _peer(text: str) -> str:
+    try:
+        parse_addr(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _address(text: str) -> str:
+    if not is_address(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address (40 lowercase hex digits)")
+    return text
+
+
+def _bits(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: difficulty is 1..64 leading zero bits")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-3600)")
+    return value
+
+
+def node_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="p2pchain",
+        description="Run a p2pchain node: a peer-to-peer proof-of-work blockchain node.",
+        epilog="Wallet and query commands: p2pchain wallet|balance|send|status|chain|tx --help",
+    )
+    p.add_argument("--version", action="version", version=f"p2pchain {__version__}")
+    p.add_argument("--port", type=_port, default=7000, help="TCP port for peers (default 7000; 0 picks a free one)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 listens on every interface)",
+    )
+    p.add_argument(
+        "--peer",
+        type=_peer,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer to keep connected to; repeat for several",
+    )
+    p.add_argument("--data-dir", type=Path, help="where the chain, wallet and bans live (default ./node<PORT>)")
+    p.add_argument("--mine", action="store_true", help="mine blocks continuously")
+    p.add_argument("--miner-procs", type=_positive, help="mining processes (default: one per core)")
+    p.add_argument(
+        "--reward-to",
+        type=_address,
+        metavar="ADDRESS",
+        help="pay mining rewards to this address (default: the node's own wallet)",
+    )
+    p.add_argument("--http-port", type=_port, help="serve the HTTP shim (tutorial endpoints, /status) on this port")
+    p.add_argument(
+        "--difficulty",
+        type=_bits,
+        default=DEFAULT_BITS,
+        help=f"leading zero bits per block hash (default {DEFAULT_BITS}); part of the network id",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default INFO)",
+    )
+    p.add_argument(
+        "--ban-loopback",
+        action="store_true",
+        help="ban misbehaving peers on 127.0.0.1 too (by default they are only disconnected)",
+    )
+    p.add_argument(
+        "--ping-interval",
+        type=_seconds,
+        default=limits.PING_INTERVAL_S,
+        help=f"seconds of silence before a PING (default {limits.PING_INTERVAL_S:g}); "
+        "the PONG must follow within as long again",
+    )
+    return p
+
+
+def run_node_command(argv: list[str]) -> int:
+    args = node_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    config = NodeConfig(
+        data_dir=args.data_dir or Path(f"node{args.port}"),
+        host=args.host,
+        port=args.port,
+        peers=args.peer,
+        params=NetworkParams(bits=args.difficulty),
+        mine=args.mine,
+        miner_procs=args.miner_procs,
+        http_port=args.http_port,
+        reward_to=args.reward_to,
+        ban_loopback=args.ban_loopback,
+        tunables=Tunables(ping_interval=args.ping_interval, pong_timeout=args.ping_interval),
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_node(config, stop)
+
+    try:
+        asyncio.run(serve())
+    except (StoreError, WalletError) as e:
+        print(f"p2pchain: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"p2pchain: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return run_node_command(argv)

@@ -1,0 +1,257 @@
+"""Connections: listen, dial with backoff, keep the outbound target, refuse what is over the
+limits, never connect to ourselves or twice to one node, and remember bans."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from p2pchain import limits, wire
+from p2pchain.peer import Misbehaving, Peer, Tunables
+from p2pchain.store import Ban, Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Peer, wire.Message], Awaitable[None]]
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); ValueError with a clear message otherwise."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:7001)")
+    return host.strip("[]"), int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ConnectionManager:
+    def __init__(
+        self,
+        *,
+        node_id: bytes,
+        network: bytes,
+        store: Store,
+        make_hello: Callable[[], wire.Hello],
+        on_hello: Callable[[Peer], None],
+        handle: Handler,
+        on_close: Callable[[Peer], None],
+        tunables: Tunables,
+        ban_loopback: bool = False,
+    ) -> None:
+        self.node_id = node_id
+        self.network = network
+        self.store = store
+        self.make_hello = make_hello
+        self.node_on_hello = on_hello
+        self.handle = handle
+        self.on_close = on_close
+        self.tunables = tunables
+        self.ban_loopback = ban_loopback
+        self.peers: set[Peer] = set()  # every open connection, handshaken or not
+        self.by_node: dict[bytes, Peer] = {}  # handshaken peers by node id
+        self.persistent: dict[str, asyncio.Task[None]] = {}  # --peer / register: redialled forever
+        self.addrbook: OrderedDict[str, None] = OrderedDict()  # learnt addresses, oldest first
+        self.self_addrs: set[str] = set()  # addresses that turned out to be this node
+        self.dialing: set[str] = set()
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[object]] = set()
+        self.bans: dict[str, Ban] = {b.host: b for b in store.bans(self._now_ms())}
+
+    @staticmethod
+    def _now_ms() -> int:
+        return int(time.time() * 1000)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def listen(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._accept, host, port, limit=2**16)
+        sock = self.server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    def start(self) -> None:
+        self._spawn(self._fill_outbound())
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for peer in list(self.peers):
+            peer.close("shutting down", quiet=True)
+        for task in list(self.tasks) + list(self.persistent.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks, *self.persistent.values(), return_exceptions=True)
+        if self.server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self.server.wait_closed()
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- bans -------------------------------------------------------------------------------
+    def is_banned(self, host: str) -> bool:
+        ban = self.bans.get(host)
+        if ban is None:
+            return False
+        if ban.until_ms <= self._now_ms():
+            del self.bans[host]
+            self.store.unban(host)
+            return False
+        return True
+
+    def ban(self, host: str, reason: str) -> None:
+        if is_loopback(host) and not self.ban_loopback:
+            log.info("not banning loopback %s (%s): disconnected only", host, reason)
+            return
+        until = self._now_ms() + int(limits.BAN_SECONDS * 1000)
+        self.bans[host] = Ban(host, until, reason)
+        self.store.ban(host, until, reason)
+        log.warning("banned %s for %d s: %s", host, limits.BAN_SECONDS, reason)
+
+    def current_bans(self) -> list[Ban]:
+        return [b for b in self.bans.values() if b.until_ms > self._now_ms()]
+
+    # --- peers ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> list[Peer]:
+        return [p for p in self.by_node.values() if not p.closed.is_set()]
+
+    def outbound_count(self) -> int:
+        return sum(1 for p in self.peers if not p.inbound) + len(self.dialing)
+
+    def connected_to(self, addr: str) -> bool:
+        return any(p.listen_addr == addr or p.dialed == addr for p in self.peers)
+
+    def add_addresses(self, addrs: list[str]) -> None:
+        for addr in addrs:
+            if addr in self.self_addrs or addr in self.addrbook:
+                continue
+            self.addrbook[addr] = None
+            while len(self.addrbook) > limits.ADDRBOOK_MAX:
+                self.addrbook.popitem(last=False)
+
+    def known_addresses(self) -> list[str]:
+        live = [p.listen_addr for p in self.ready if p.listen_addr]
+        return list(dict.fromkeys([*live, *self.addrbook]))[: limits.MAX_PEERS_PER_MESSAGE]
+
+    def _check_hello(self, peer: Peer) -> None:
+        hello = peer.hello
+        assert hello is not None
+        if hello.network != self.network:
+            raise Misbehaving(
+                f"on another network {hello.network.hex()[:12]}… (ours {self.network.hex()[:12]}…)", ban=False
+            )
+        if not limits.MIN_PROTOCOL_VERSION <= hello.version <= limits.PROTOCOL_VERSION:
+            raise Misbehaving(f"protocol version {hello.version} not supported", ban=False)
+        if hello.node_id == self.node_id:
+            dialed = peer.dialed
+            if dialed:
+                self.self_addrs.add(dialed)
+                self.addrbook.pop(dialed, None)
+            raise Misbehaving("connected to ourselves", ban=False)
+        other = self.by_node.get(hello.node_id)
+        if other is not None and not other.closed.is_set():
+            # Keep the connection dialled by the node with the smaller id; both ends agree.
+            def canonical(p: Peer) -> bool:
+                return p.inbound == (hello.node_id < self.node_id)
+
+            if canonical(peer) and not canonical(other):
+                other.close("duplicate connection to the same node", quiet=True)
+            else:
+                raise Misbehaving("already connected to this node", ban=False)
+        self.by_node[hello.node_id] = peer
+        self.node_on_hello(peer)
+
+    async def _serve(self, peer: Peer) -> None:
+        self.peers.add(peer)
+        try:
+            await peer.run(self.make_hello(), self._check_hello, self.handle)
+        finally:
+            self.peers.discard(peer)
+            if peer.hello is not None and self.by_node.get(peer.hello.node_id) is peer:
+                del self.by_node[peer.hello.node_id]
+            if peer.ban_reason is not None:
+                self.ban(peer.host, peer.ban_reason)
+            self.on_close(peer)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host = writer.get_extra_info("peername")[0]
+        refuse = None
+        if self.is_banned(host):
+            refuse = "banned"
+        elif sum(1 for p in self.peers if p.inbound) >= limits.MAX_INBOUND:
+            refuse = f"inbound limit {limits.MAX_INBOUND} reached"
+        elif not is_loopback(host) and sum(1 for p in self.peers if p.inbound and p.host == host) >= (
+            limits.MAX_INBOUND_PER_IP
+        ):
+            refuse = f"{limits.MAX_INBOUND_PER_IP} connections from this address already"
+        if refuse is not None:
+            log.info("refusing inbound connection from %s: %s", host, refuse)
+            writer.close()
+            return
+        await self._serve(Peer(reader, writer, inbound=True, tunables=self.tunables))
+
+    async def dial(self, addr: str) -> bool:
+        """Connect to ``addr`` and serve the connection until it ends; True if it handshook."""
+        host, port = parse_addr(addr)
+        if self.is_banned(host) or addr in self.self_addrs:
+            return False
+        self.dialing.add(addr)
+        try:
+            async with asyncio.timeout(5.0):
+                reader, writer = await asyncio.open_connection(host, port, limit=2**16)
+        except (OSError, TimeoutError) as e:
+            log.debug("could not connect to %s: %s", addr, e)
+            return False
+        finally:
+            self.dialing.discard(addr)
+        peer = Peer(reader, writer, inbound=False, tunables=self.tunables)
+        peer.dialed = addr
+        await self._serve(peer)
+        return peer.hello is not None
+
+    def connect(self, addr: str) -> None:
+        """Keep a connection to ``addr`` (from --peer or /nodes/register), redialling with backoff."""
+        parse_addr(addr)
+        if addr not in self.persistent:
+            self.persistent[addr] = asyncio.ensure_future(self._keep(addr))
+
+    async def _keep(self, addr: str) -> None:
+        delay = limits.RECONNECT_BASE_S
+        while addr not in self.self_addrs:
+            if self.connected_to(addr):
+                delay = limits.RECONNECT_BASE_S
+                await asyncio.sleep(1.0)
+                continue
+            if await self.dial(addr):
+                delay = limits.RECONNECT_BASE_S
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, limits.RECONNECT_MAX_S)
+
+    async def _fill_outbound(self) -> None:
+        """Dial learnt addresses while below the outbound target."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.outbound_count() >= limits.TARGET_OUTBOUND:
+                continue
+            candidates = [
+                a
+                for a in self.addrbook
+                if a not in self.persistent and not self.connected_to(a) and a not in self.dialing
+            ]
+            if candidates:
+                self._spawn(self.dial(random.choice(candidates)))

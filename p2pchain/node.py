@@ -1,0 +1,463 @@
+"""The composition root: chain, mempool, miner, connections and the message handlers that tie
+them together (gossip and sync). One event loop owns all of it, so no locks are needed: a
+handler runs to completion between awaits, as btcd's sync manager does with one goroutine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pchain import __version__, limits, wire
+from p2pchain.chain import Chain, Status
+from p2pchain.connmgr import ConnectionManager
+from p2pchain.errors import MempoolCode, MempoolError, RuleCode, RuleError
+from p2pchain.keys import Wallet
+from p2pchain.ledger.block import Block
+from p2pchain.ledger.tx import Tx
+from p2pchain.mempool import Mempool, RecentSet
+from p2pchain.miner import MinerPool, build_template
+from p2pchain.params import NetworkParams
+from p2pchain.peer import Misbehaving, Peer, Tunables
+from p2pchain.store import DB_FILE
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"p2pchain/{__version__}"
+# Rule breaks an honest peer can send (a race, a clock a little off): ignored, no strike.
+HONEST_BLOCK_CODES = frozenset({RuleCode.TIME_TOO_NEW})
+HONEST_TX_CODES = frozenset(
+    {
+        MempoolCode.DUPLICATE,
+        MempoolCode.STALE_NONCE,
+        MempoolCode.NONCE_CONFLICT,
+        MempoolCode.NONCE_GAP,
+        MempoolCode.INSUFFICIENT_FUNDS,
+        MempoolCode.FULL,
+    }
+)
+SYNC_STALL_S = 30.0  # a GET_CHAIN unanswered this long drops the sync peer
+PROGRESS_LOG_S = 1.0  # "synced H of N blocks" at most this often
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class NodeConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 7000
+    peers: list[str] = field(default_factory=list)
+    params: NetworkParams = field(default_factory=NetworkParams)
+    mine: bool = False
+    miner_procs: int | None = None  # None: one per core
+    http_port: int | None = None
+    reward_to: str | None = None  # default: the node's own wallet
+    ban_loopback: bool = False  # ban misbehaving 127.0.0.1 peers too (tests)
+    tunables: Tunables = field(default_factory=Tunables)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.params = config.params
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.wallet = Wallet.load_or_create(config.data_dir / "wallet.json")
+        self.reward_to = config.reward_to or self.wallet.address
+        self.chain = Chain.open(config.data_dir / DB_FILE, self.params)
+        self.mempool = Mempool(self.params, self.chain.get_account)
+        self.chain.verified = self.mempool.verified
+        self.chain.subscribe(self._on_chain_update)
+        self.node_id = os.urandom(16)
+        self.port = config.port
+        self.connmgr = ConnectionManager(
+            node_id=self.node_id,
+            network=self.params.network_id,
+            store=self.chain.store,
+            make_hello=self.hello,
+            on_hello=self._on_hello,
+            handle=self.handle,
+            on_close=self._on_peer_closed,
+            tunables=config.tunables,
+            ban_loopback=config.ban_loopback,
+        )
+        self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # recently rejected txids: not re-checked
+        self.sync_peer: Peer | None = None
+        self._sync_asked_at = 0.0
+        self._sync_target = 0
+        self._progress_at = 0.0
+        self.miner: MinerPool | None = None
+        self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
+        self._mine_lock = asyncio.Lock()
+        self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0}
+        self.started = time.time()
+        self._handlers: dict[type[Any], Callable[[Peer, Any], Awaitable[None]]] = {
+            wire.Ping: self._on_ping,
+            wire.Pong: self._on_pong,
+            wire.GetChain: self._on_get_chain,
+            wire.Chain: self._on_chain,
+            wire.NewTx: self._on_new_tx,
+            wire.NewBlock: self._on_new_block,
+            wire.GetPeers: self._on_get_peers,
+            wire.Peers: self._on_peers,
+            wire.GetStatus: self._on_get_status,
+            wire.GetAccount: self._on_get_account,
+            wire.GetTx: self._on_get_tx,
+            wire.SubmitTx: self._on_submit_tx,
+            wire.GetBlocks: self._on_get_blocks,
+            wire.GetBlock: self._on_get_block,
+        }
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.port = await self.connmgr.listen(self.config.host, self.config.port)
+        log.info(
+            "listening on %s:%d, %s, tip %s at height %d, wallet %s",
+            self.config.host,
+            self.port,
+            self.params.describe(),
+            self.chain.tip.hash.hex()[:16],
+            self.chain.height,
+            self.wallet.address,
+        )
+        self.connmgr.start()
+        for addr in self.config.peers:
+            self.connmgr.connect(addr)
+        self._tasks = [asyncio.create_task(self._maintain())]
+        if self.config.mine:
+            self._tasks.append(asyncio.create_task(self._mine_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.miner is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.miner.close)
+        await self.connmgr.close()
+        self.chain.close()
+        log.info("stopped at height %d, tip %s", self.chain.height, self.chain.tip.hash.hex()[:16])
+
+    def hello(self) -> wire.Hello:
+        tip = self.chain.tip
+        return wire.Hello(
+            limits.PROTOCOL_VERSION,
+            self.params.network_id,
+            self.node_id,
+            self.port,
+            tip.height,
+            tip.hash,
+            tip.work,
+            USER_AGENT,
+        )
+
+    # --- peers ------------------------------------------------------------------------------
+    def _on_hello(self, peer: Peer) -> None:
+        assert peer.hello is not None
+        log.info("connected %r: %s, height %d", peer, peer.hello.agent, peer.hello.height)
+        if peer.listen_addr:
+            self.connmgr.add_addresses([peer.listen_addr])
+        peer.send(wire.GetPeers())
+        if peer.hello.work > self.chain.tip.work:
+            self._start_sync(peer)
+
+    def _on_peer_closed(self, peer: Peer) -> None:
+        if peer is self.sync_peer:
+            self.sync_peer = None
+            self._sync_from_best()
+
+    def broadcast(self, msg: wire.Message, *, exclude: Peer | None = None) -> None:
+        frame = msg.encode()
+        for peer in self.connmgr.ready:
+            if peer is not exclude:
+                peer.send_frame(frame)
+
+    async def handle(self, peer: Peer, msg: wire.Message) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is None:  # a reply type sent unasked (STATUS, ACCOUNT, ...)
+            raise Misbehaving(f"sent {msg.TYPE}, which only answers our queries")
+        await handler(peer, msg)
+
+    async def _on_ping(self, peer: Peer, msg: wire.Ping) -> None:
+        peer.send(wire.Pong(msg.nonce))
+
+    async def _on_pong(self, peer: Peer, msg: wire.Pong) -> None:
+        peer.got_pong(msg.nonce)
+
+    async def _on_get_peers(self, peer: Peer, msg: wire.GetPeers) -> None:
+        peer.send(wire.Peers(tuple(a for a in self.connmgr.known_addresses() if a != peer.listen_addr)))
+
+    async def _on_peers(self, peer: Peer, msg: wire.Peers) -> None:
+        self.connmgr.add_addresses(list(msg.peers))
+
+    # --- sync -------------------------------------------------------------------------------
+    def _start_sync(self, peer: Peer, start: bytes | None = None) -> None:
+        if self.sync_peer is not None and self.sync_peer is not peer and not self.sync_peer.closed.is_set():
+            return
+        self.sync_peer = peer
+        self._sync_target = max(self._sync_target, peer.best_height)
+        peer.asked_chain += 1
+        self._sync_asked_at = time.monotonic()
+        peer.send(wire.GetChain(tuple(self.chain.locator(start)), limits.MAX_BLOCKS_PER_CHAIN))
+
+    def _sync_from_best(self) -> None:
+        """After a sync ends, continue with whichever peer claims the most work beyond ours."""
+        ahead = [
+            p
+            for p in self.connmgr.ready
+            if p.hello and p.hello.work > self.chain.tip.work and p.best_height > self.chain.height
+        ]
+        if ahead:
+            self._start_sync(max(ahead, key=lambda p: p.best_height))
+
+    async def _on_get_chain(self, peer: Peer, msg: wire.GetChain) -> None:
+        count = min(msg.max, limits.MAX_BLOCKS_PER_CHAIN)
+        blocks, more = self.chain.blocks_after(list(msg.locator), count, limits.CHAIN_BATCH_BYTES)
+        peer.send(wire.Chain(tuple(blocks), more))
+
+    async def _on_chain(self, peer: Peer, msg: wire.Chain) -> None:
+        if peer.asked_chain <= 0:
+            raise Misbehaving("sent CHAIN nobody asked for")
+        peer.asked_chain -= 1
+        prev: bytes | None = None
+        connected_any = False
+        for i, block in enumerate(msg.blocks):
+            if prev is not None and block.prev_hash != prev:
+                raise Misbehaving(f"CHAIN blocks do not link at position {i}")
+            prev = block.hash
+            try:
+                result = self.chain.process_block(block, now_ms())
+            except RuleError as e:
+                if e.code in HONEST_BLOCK_CODES:
+                    log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
+                    break
+                raise Misbehaving(f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}") from None
+            if result.status is Status.ORPHAN:
+                raise Misbehaving("CHAIN starts at a block whose parent we never had", ban=False)
+            peer.best_height = max(peer.best_height, block.height)
+            connected_any = connected_any or bool(result.connected)
+            if i % 64 == 63:
+                await asyncio.sleep(0)  # let other peers be served during a long sync
+        self._log_progress()
+        if msg.more and prev is not None:
+            self.sync_peer = None
+            self._start_sync(peer, prev)
+            return
+        if peer is self.sync_peer:
+            self.sync_peer = None
+            self._sync_target = 0
+        if connected_any:
+            tip_block = self.chain.get_block(self.chain.tip.hash)
+            if tip_block is not None:
+                self.broadcast(wire.NewBlock(tip_block), exclude=peer)
+        self._sync_from_best()
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._progress_at >= PROGRESS_LOG_S:
+            self._progress_at = now
+            target = max(self._sync_target, self.chain.height)
+            log.info("synced %d of %d blocks", self.chain.height, target)
+
+    # --- gossip -----------------------------------------------------------------------------
+    async def _on_new_block(self, peer: Peer, msg: wire.NewBlock) -> None:
+        block = msg.block
+        peer.best_height = max(peer.best_height, block.height)
+        try:
+            result = self.chain.process_block(block, now_ms())
+        except RuleError as e:
+            if e.code in HONEST_BLOCK_CODES:
+                log.info("%r sent block %s from the future: ignored", peer, block.hash.hex()[:16])
+                return
+            raise Misbehaving(f"sent invalid block {block.hash.hex()[:16]}: {e}") from None
+        if result.status is Status.DUPLICATE:
+            return
+        self.stats["blocks_received"] += 1
+        if result.status is Status.ORPHAN:
+            log.info(
+                "block %s at height %d from %r has an unknown parent: syncing",
+                block.hash.hex()[:16],
+                block.height,
+                peer,
+            )
+            self._start_sync(peer)
+        elif result.status is Status.CONNECTED:
+            self.broadcast(msg, exclude=peer)
+
+    async def _on_new_tx(self, peer: Peer, msg: wire.NewTx) -> None:
+        try:
+            self.submit_tx(msg.tx, source=peer)
+        except MempoolError as e:
+            if e.code not in HONEST_TX_CODES:
+                raise Misbehaving(f"sent invalid transaction {msg.tx.txid.hex()[:16]}: {e}") from None
+
+    def submit_tx(self, tx: Tx, source: Peer | None = None) -> None:
+        """Validate ``tx`` into the mempool and gossip it; MempoolError says why not."""
+        txid = tx.txid
+        if txid in self.seen_bad_txs:
+            raise MempoolError(MempoolCode.DUPLICATE, "recently rejected")
+        try:
+            self.mempool.add(tx)
+        except MempoolError as e:
+            if e.code is not MempoolCode.DUPLICATE:
+                self.seen_bad_txs.add(txid)
+            raise
+        self.broadcast(wire.NewTx(tx), exclude=source)
+
+    def _on_chain_update(self, connected: list[Block], disconnected: list[Block]) -> None:
+        self.mempool.update(connected, disconnected)
+        self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # a stale nonce may be good again after a reorg
+        if disconnected:
+            self.stats["forks_resolved"] += 1
+        if self.miner is not None:
+            self.miner.cancel()
+
+    # --- mining -----------------------------------------------------------------------------
+    def _pool(self) -> MinerPool:
+        if self.miner is None:
+            self.miner = MinerPool(self.config.miner_procs)
+        return self.miner
+
+    async def mine_block(self) -> Block | None:
+        """Search one block on the current tip; None if a new tip arrived first."""
+        async with self._mine_lock:
+            tip = self.chain.tip
+            txs = self.mempool.select(limits.MAX_BLOCK_TXS - 1, limits.MAX_BLOCK_BYTES - 4096)
+            template = build_template(
+                self.params, tip.header, self.chain.median_time_past(tip), txs, self.reward_to, now_ms()
+            )
+            pool = self._pool()
+            header = await pool.solve(template.header)
+            if header is None or self.chain.tip.hash != tip.hash:
+                return None
+            block = Block(header, template.txs)
+            result = self.chain.process_block(block, now_ms())
+            if result.status is not Status.CONNECTED:
+                return None
+            self.stats["blocks_mined"] += 1
+            log.info(
+                "mined block %s at height %d with %d transaction(s)",
+                block.hash.hex()[:16],
+                block.height,
+                len(block.txs) - 1,
+            )
+            self.broadcast(wire.NewBlock(block))
+            for waiter in self._mined:
+                if not waiter.done():
+                    waiter.set_result(block)
+            self._mined.clear()
+            return block
+
+    async def mine_one(self) -> Block:
+        """Mine until this node has added one block of its own (the HTTP /mine)."""
+        if self.config.mine:
+            waiter: asyncio.Future[Block] = asyncio.get_running_loop().create_future()
+            self._mined.append(waiter)
+            return await waiter
+        for _ in range(1000):
+            block = await self.mine_block()
+            if block is not None:
+                return block
+        raise RuntimeError("could not mine a block: the tip kept changing")
+
+    async def _mine_forever(self) -> None:
+        while True:
+            await self.mine_block()
+            await asyncio.sleep(0)
+
+    # --- housekeeping -----------------------------------------------------------------------
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            peer = self.sync_peer
+            if peer is not None and peer.asked_chain and time.monotonic() - self._sync_asked_at > SYNC_STALL_S:
+                peer.close(f"sync stalled: no CHAIN within {SYNC_STALL_S:g} s")
+
+    # --- queries ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        tip = self.chain.tip
+        return {
+            "node_id": self.node_id.hex(),
+            "agent": USER_AGENT,
+            "address": self.wallet.address,
+            "network": self.params.network_id.hex(),
+            "difficulty": self.params.bits,
+            "height": tip.height,
+            "length": tip.height + 1,
+            "tip": tip.hash.hex(),
+            "work": str(tip.work),
+            "port": self.port,
+            "mining": self.config.mine,
+            "peers": [{"addr": p.addr, "inbound": p.inbound, "height": p.best_height} for p in self.connmgr.ready],
+            "mempool": len(self.mempool),
+            "bans": [{"host": b.host, "until_ms": b.until_ms, "reason": b.reason} for b in self.connmgr.current_bans()],
+            **self.stats,
+        }
+
+    async def _on_get_status(self, peer: Peer, msg: wire.GetStatus) -> None:
+        peer.send(wire.Status(msg.id, self.status()))
+
+    async def _on_get_account(self, peer: Peer, msg: wire.GetAccount) -> None:
+        acct = self.chain.get_account(msg.address)
+        peer.send(wire.Account(msg.id, msg.address, acct.balance, acct.nonce, self.mempool.next_nonce(msg.address)))
+
+    async def _on_get_tx(self, peer: Peer, msg: wire.GetTx) -> None:
+        pooled = self.mempool.get(msg.txid)
+        if pooled is not None:
+            peer.send(wire.TxInfo(msg.id, msg.txid, "mempool", None, None, 0, pooled))
+            return
+        entry = self.chain.find_tx(msg.txid)
+        block = self.chain.get_block(entry.hash) if entry is not None else None
+        tx = next((t for t in block.txs if t.txid == msg.txid), None) if block is not None else None
+        if entry is None or tx is None:
+            peer.send(wire.TxInfo(msg.id, msg.txid, "unknown", None, None, 0, None))
+            return
+        confirmations = self.chain.height - entry.height + 1
+        peer.send(wire.TxInfo(msg.id, msg.txid, "confirmed", entry.height, entry.hash, confirmations, tx))
+
+    async def _on_submit_tx(self, peer: Peer, msg: wire.SubmitTx) -> None:
+        try:
+            self.submit_tx(msg.tx, source=peer)
+        except MempoolError as e:
+            cause = e.__cause__
+            code = cause.code.value if isinstance(cause, RuleError) else e.code.value
+            peer.send(wire.SubmitResult(msg.id, msg.tx.txid, False, code, e.description))
+            return
+        peer.send(wire.SubmitResult(msg.id, msg.tx.txid, True, "", ""))
+
+    async def _on_get_blocks(self, peer: Peer, msg: wire.GetBlocks) -> None:
+        blocks = self.chain.blocks_range(msg.start, min(msg.limit, limits.MAX_BLOCKS_PER_CHAIN))
+        peer.send(wire.Blocks(msg.id, tuple(blocks), self.chain.height))
+
+    async def _on_get_block(self, peer: Peer, msg: wire.GetBlock) -> None:
+        block = self.chain.get_block(msg.hash)
+        peer.send(wire.Blocks(msg.id, (block,) if block is not None else (), self.chain.height))
+
+
+async def run_node(config: NodeConfig, stop: asyncio.Event, on_ready: Callable[[Node], None] | None = None) -> None:
+    """Start a node, serve until ``stop`` is set, then shut down within the grace period."""
+    node = Node(config)
+    http_runner = None
+    try:
+        await node.start()
+        if config.http_port is not None:
+            from p2pchain.http import start_http
+
+            http_runner = await start_http(node, config.host, config.http_port)
+        if on_ready is not None:
+            on_ready(node)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limits.SHUTDOWN_GRACE_S):
+                if http_runner is not None:
+                    await http_runner.cleanup()
+                await node.stop()

@@ -1,0 +1,215 @@
+"""One connection to another node: handshake, a reader task, a writer task with a bounded
+queue, liveness pings and flow control. What the messages mean is the node's business: the
+peer hands each decoded message to ``handler`` and sends what it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from p2pchain import limits, wire
+from p2pchain.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class Misbehaving(Exception):
+    """The peer broke the protocol or sent consensus-invalid data: drop it, maybe ban it."""
+
+    def __init__(self, reason: str, *, ban: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ban = ban
+
+
+@dataclass(frozen=True)
+class Tunables:
+    """Timings a test may shorten (aiorpcX style): seconds."""
+
+    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
+    ping_interval: float = limits.PING_INTERVAL_S
+    pong_timeout: float = limits.PONG_TIMEOUT_S
+    drain_timeout: float = limits.SEND_DRAIN_TIMEOUT_S
+    msg_rate: float = limits.PEER_MSG_RATE
+    msg_burst: int = limits.PEER_MSG_BURST
+
+
+class Peer:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        inbound: bool,
+        tunables: Tunables,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.inbound = inbound
+        self.tunables = tunables
+        host, port = writer.get_extra_info("peername")[:2]
+        self.host: str = host
+        self.port: int = port  # the remote socket's port (for inbound: ephemeral)
+        self.hello: wire.Hello | None = None
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(limits.SEND_QUEUE_MAX)
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.ban_reason: str | None = None  # set when the peer misbehaved in a way that earns a ban
+        self.asked_chain = 0  # GET_CHAIN requests sent and not yet answered
+        self.best_height = 0  # from HELLO, raised by what it announces
+        self.dialed: str | None = None  # the address we dialled (outbound only)
+        self._ping_nonce: int | None = None
+        self._ping_sent = 0.0
+        self._last_recv = time.monotonic()
+        self._tokens = float(tunables.msg_burst)
+        self._refill = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"peer {self.addr} ({'in' if self.inbound else 'out'})"
+
+    @property
+    def addr(self) -> str:
+        """The peer's listening address when known (host:port), else the socket's."""
+        port = self.hello.port if self.hello and self.hello.port else self.port
+        return f"{self.host}:{port}" if ":" not in self.host else f"[{self.host}]:{port}"
+
+    @property
+    def listen_addr(self) -> str | None:
+        if self.hello is None or not self.hello.port:
+            return None
+        return f"{self.host}:{self.hello.port}" if ":" not in self.host else f"[{self.host}]:{self.hello.port}"
+
+    # --- sending ----------------------------------------------------------------------------
+    def send(self, msg: wire.Message) -> None:
+        self.send_frame(msg.encode())
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a frame; a peer whose queue is full has stayed behind and is dropped."""
+        if self.closed.is_set():
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.close(f"send queue full ({limits.SEND_QUEUE_MAX} frames): peer is not reading")
+
+    async def _writer(self) -> None:
+        while not self.closed.is_set():
+            frame = await self.queue.get()
+            if frame is None:
+                return
+            self.writer.write(frame)
+            try:
+                async with asyncio.timeout(self.tunables.drain_timeout):
+                    await self.writer.drain()
+            except TimeoutError:
+                self.close(f"could not send for {self.tunables.drain_timeout:.0f} s: peer is not reading")
+                return
+
+    # --- receiving --------------------------------------------------------------------------
+    async def read_message(self) -> wire.Message:
+        payload = await wire.read_frame(self.reader)
+        self._last_recv = time.monotonic()
+        return wire.decode_message(payload)
+
+    async def _throttle(self) -> None:
+        """Token bucket: a peer that sends faster than msg_rate is slowed down (we stop reading,
+        TCP pushes back), never served ahead of the others."""
+        now = time.monotonic()
+        self._tokens = min(self.tunables.msg_burst, self._tokens + (now - self._refill) * self.tunables.msg_rate)
+        self._refill = now
+        self._tokens -= 1
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.tunables.msg_rate)
+
+    async def _watchdog(self) -> None:
+        """PING after silence; drop the peer if the PONG does not come."""
+        t = self.tunables
+        tick = min(1.0, t.ping_interval / 4, t.pong_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if self._ping_nonce is not None:
+                if now - self._ping_sent > t.pong_timeout:
+                    self.close(f"no PONG within {t.pong_timeout:g} s")
+                    return
+            elif now - self._last_recv > t.ping_interval:
+                self._ping_nonce = random.getrandbits(64)
+                self._ping_sent = now
+                self.send(wire.Ping(self._ping_nonce))
+
+    def got_pong(self, nonce: int) -> None:
+        if nonce == self._ping_nonce:
+            self._ping_nonce = None
+
+    # --- life -------------------------------------------------------------------------------
+    async def run(
+        self,
+        our_hello: wire.Hello,
+        on_hello: Callable[[Peer], None],
+        handle: Callable[[Peer, wire.Message], Awaitable[None]],
+    ) -> None:
+        """Handshake, then serve until closed; never raises but CancelledError. ``on_hello`` and
+        ``handle`` raise Misbehaving to drop the peer (``ban_reason`` tells the caller to ban)."""
+        writer_task = asyncio.create_task(self._writer())
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            self.send(our_hello)
+            try:
+                async with asyncio.timeout(self.tunables.handshake_timeout):
+                    first = await self.read_message()
+            except TimeoutError:
+                raise Misbehaving(f"no HELLO within {self.tunables.handshake_timeout:g} s", ban=False) from None
+            if not isinstance(first, wire.Hello):
+                raise Misbehaving(f"sent {first.TYPE} before HELLO")
+            self.hello = first
+            self.best_height = first.height
+            on_hello(self)
+            watchdog = asyncio.create_task(self._watchdog())
+            while not self.closed.is_set():
+                msg = await self.read_message()
+                if isinstance(msg, wire.Hello):
+                    raise Misbehaving("sent a second HELLO")
+                await handle(self, msg)
+                await self._throttle()
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            self.close(f"connection lost ({type(e).__name__})", quiet=True)
+        except ProtocolError as e:
+            self.misbehaved(Misbehaving(f"protocol error: {e}"))
+        except Misbehaving as e:
+            self.misbehaved(e)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            self.close("closed", quiet=True)
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)
+            try:
+                async with asyncio.timeout(1.0):
+                    await writer_task
+            except (TimeoutError, ConnectionError):
+                writer_task.cancel()
+            self.writer.close()
+
+    def misbehaved(self, e: Misbehaving) -> None:
+        if e.ban:
+            self.ban_reason = e.reason
+        self.close(e.reason)
+
+    def close(self, reason: str, *, quiet: bool = False) -> None:
+        """Drop the connection now (the reader sees EOF); ``quiet`` for normal endings."""
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        if quiet:
+            log.info("%r disconnected: %s", self, reason)
+        else:
+            log.warning("dropping %r: %s", self, reason)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+        self.writer.close()

@@ -1,0 +1,43 @@
+"""Shared fixtures: ``nodes`` makes NodeProcs in a fresh temp dir and always stops them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import NodeProc
+
+
+class NodeFactory:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: list[NodeProc] = []
+
+    def __call__(self, name: str | None = None, **kwargs: Any) -> NodeProc:
+        node = NodeProc(self.root, name or f"node{len(self.made)}", **kwargs)
+        self.made.append(node)
+        return node
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path)
+    yield factory
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for node in factory.made:
+        node.kill()
+        if failed:
+            sys.stderr.write(f"\n--- {node.name} log tail ---\n{node.log_tail(40)}\n")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, "rep_" + rep.when, rep)
