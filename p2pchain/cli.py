@@ -12,6 +12,7 @@ from pathlib import Path
 from p2pchain import __version__, limits
 from p2pchain.connmgr import parse_addr
 from p2pchain.errors import StoreError, WalletError
+from p2pchain.http import start_http
 from p2pchain.keys import is_address
 from p2pchain.node import NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, NetworkParams
@@ -144,7 +145,7 @@ def run_node_command(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_node(config, stop)
+        await run_node(config, stop, start_http=start_http)
 
     try:
         asyncio.run(serve())

@@ -441,15 +441,22 @@ class Node:
         peer.send(wire.Blocks(msg.id, (block,) if block is not None else (), self.chain.height))
 
 
-async def run_node(config: NodeConfig, stop: asyncio.Event, on_ready: Callable[[Node], None] | None = None) -> None:
-    """Start a node, serve until ``stop`` is set, then shut down within the grace period."""
+HttpStarter = Callable[["Node", str, int], Awaitable[Any]]  # returns an object with async cleanup()
+
+
+async def run_node(
+    config: NodeConfig,
+    stop: asyncio.Event,
+    on_ready: Callable[[Node], None] | None = None,
+    start_http: HttpStarter | None = None,
+) -> None:
+    """Start a node (and its HTTP shim, given the starter from p2pchain.http), serve until
+    ``stop`` is set, then shut down within the grace period."""
     node = Node(config)
     http_runner = None
     try:
         await node.start()
-        if config.http_port is not None:
-            from p2pchain.http import start_http
-
+        if config.http_port is not None and start_http is not None:
             http_runner = await start_http(node, config.host, config.http_port)
         if on_ready is not None:
             on_ready(node)
