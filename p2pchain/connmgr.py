@@ -155,8 +155,10 @@ class ConnectionManager:
             raise Misbehaving(
                 f"on another network {hello.network.hex()[:12]}… (ours {self.network.hex()[:12]}…)", ban=False
             )
-        if not limits.MIN_PROTOCOL_VERSION <= hello.version <= limits.PROTOCOL_VERSION:
-            raise Misbehaving(f"protocol version {hello.version} not supported", ban=False)
+        if hello.version < limits.MIN_PROTOCOL_VERSION:  # a newer peer speaks our version with us
+            raise Misbehaving(
+                f"protocol version {hello.version} is older than {limits.MIN_PROTOCOL_VERSION}", ban=False
+            )
         if hello.node_id == self.node_id:
             dialed = peer.dialed
             if dialed:
