@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 ChainListener = Callable[[list[Block], list[Block]], None]  # (connected, disconnected)
 MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them again cheaply
+# check_block failures that do not make the block HASH invalid, so it is not remembered: junk
+# without work (kept out of memory), and transactions that the header may not commit to. A
+# relayed copy of a good header with its transactions altered, or with the last one repeated
+# (same merkle root: Bitcoin's CVE-2012-2459), must not get the real block refused for ever.
+UNCOMMITTED_FAILURES = frozenset(
+    {RuleCode.BAD_POW, RuleCode.TOO_MANY_TXS, RuleCode.BLOCK_TOO_BIG, RuleCode.BAD_MERKLE_ROOT, RuleCode.DUPLICATE_TX}
+)
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,7 @@ class Chain:
         try:
             rules.check_block(block, self.params, verified=self.verified)
         except RuleError as e:
-            if e.code is not RuleCode.BAD_POW:  # don't let junk without work fill the memory
+            if e.code not in UNCOMMITTED_FAILURES:
                 self._remember_invalid(block_hash, e.code)
             raise
         parent = self.index.get(block.prev_hash)
@@ -256,6 +263,7 @@ class Chain:
         status = self._accept(block, parent, now_ms, connected, disconnected)
         self._connect_orphans(block_hash, now_ms, connected, disconnected)
         if connected or disconnected:
+            connected, disconnected = self._net_change(connected, disconnected)
             for listener in self.listeners:
                 listener(connected, disconnected)
         return ProcessResult(status, connected, disconnected)
@@ -289,12 +297,24 @@ class Chain:
             children = [b for b in self.orphans.values() if b.prev_hash == parent.hash]
             for child in children:
                 del self.orphans[child.hash]
+                if parent.hash not in self.index:  # a sibling's failed reorg found the parent invalid
+                    self._remember_invalid(child.hash, RuleCode.INVALID_ANCESTOR)
+                    continue
                 try:
                     self._accept(child, parent, now_ms, connected, disconnected)
                 except RuleError as e:
                     log.info("orphan %s rejected once its parent arrived: %s", child.hash.hex()[:16], e)
                     continue
                 stack.append(child.hash)
+
+    def _net_change(self, connected: list[Block], disconnected: list[Block]) -> tuple[list[Block], list[Block]]:
+        """The net change of one call, which may switch branches more than once (orphans that
+        complete two sibling branches): blocks on the best chain now that were not before, in
+        height order, and blocks that were on it before and are not now, tip first."""
+        added = {b.hash for b in connected}
+        now = {b.hash: b for b in connected if self.is_main(b.hash)}
+        gone = {b.hash: b for b in disconnected if b.hash not in added}  # were best before this call
+        return sorted(now.values(), key=lambda b: b.height), sorted(gone.values(), key=lambda b: -b.height)
 
     def _add_orphan(self, block: Block) -> None:
         self.orphans[block.hash] = block
@@ -356,6 +376,8 @@ class Chain:
             bad = branch[len(applied)]
             log.warning("block %s at height %d breaks a state rule: %s", bad.hash.hex()[:16], bad.height, failure)
             doomed = self._forget_invalid(bad, failure.code)
+            if bad is not block:  # ``block`` is not in the tree yet, so _forget_invalid missed it
+                self._remember_invalid(block.hash, RuleCode.INVALID_ANCESTOR)
             with self.store.transaction():
                 self.store.delete_blocks(doomed)
             if not applied or self.index[applied[-1][0].hash].work <= self.tip.work:

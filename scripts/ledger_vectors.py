@@ -1,0 +1,84 @@
+"""Print the ledger test vectors of docs/ledger.md: the default network's genesis header and one
+signed transaction from a fixed seed. Deterministic (Ed25519 signatures are), so the output is
+the same on every machine; tests/test_rules.py checks that the doc holds it verbatim.
+
+    python scripts/ledger_vectors.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from p2pchain.keys import Wallet
+from p2pchain.ledger.block import HEADER_PREFIX, NONCE, Header
+from p2pchain.ledger.tx import Tx, make_tx
+from p2pchain.params import NetworkParams
+
+SENDER_SEED = hashlib.sha256(b"p2pchain ledger test vector: sender").digest()
+RECIPIENT_SEED = hashlib.sha256(b"p2pchain ledger test vector: recipient").digest()
+AMOUNT, FEE, NONCE_VALUE = 5, 1, 0
+
+
+def header_fields(h: Header) -> list[tuple[str, bytes]]:
+    """The header's bytes cut at its fields, in order."""
+    raw = h.raw
+    names = ["version", "height", "prev_hash", "merkle_root", "timestamp", "bits"]
+    sizes = [4, 4, 32, 32, 8, 4]
+    assert sum(sizes) == HEADER_PREFIX.size and len(raw) == HEADER_PREFIX.size + NONCE.size
+    out, at = [], 0
+    for name, size in zip(names, sizes, strict=True):
+        out.append((name, raw[at : at + size]))
+        at += size
+    out.append(("nonce", raw[at:]))
+    return out
+
+
+def body_fields(tx: Tx) -> list[tuple[str, bytes]]:
+    """The transaction body's bytes cut at its fields, in order."""
+    body, parts, at = tx.body, [], 0
+    for name in ("sender", "recipient"):
+        n = body[at]
+        parts += [(f"{name} length", body[at : at + 1]), (name, body[at + 1 : at + 1 + n])]
+        at += 1 + n
+    for name in ("amount", "fee", "nonce"):
+        parts.append((name, body[at : at + 8]))
+        at += 8
+    parts += [("pubkey length", body[at : at + 1]), ("pubkey", body[at + 1 :])]
+    return parts
+
+
+def lines() -> list[str]:
+    params = NetworkParams()
+    genesis = params.genesis
+    sender, recipient = Wallet.from_seed(SENDER_SEED), Wallet.from_seed(RECIPIENT_SEED)
+    tx = make_tx(sender, recipient.address, AMOUNT, FEE, NONCE_VALUE, params.network_id)
+    out = [
+        f"bits: {params.bits}",
+        f"reward: {params.reward}",
+        f"genesis header: {genesis.header.raw.hex()}",
+        *(f"  {name:<12} {part.hex()}" for name, part in header_fields(genesis.header)),
+        f"genesis hash: {genesis.hash.hex()}",
+        f"genesis coinbase txid: {genesis.txs[0].txid.hex()}",
+        f"sender seed: {SENDER_SEED.hex()}",
+        f"sender pubkey: {sender.pubkey.hex()}",
+        f"sender address: {sender.address}",
+        f"recipient: {recipient.address}",
+        f"amount: {AMOUNT}",
+        f"fee: {FEE}",
+        f"nonce: {NONCE_VALUE}",
+        f"tx body: {tx.body.hex()}",
+        *(f"  {name:<16} {part.hex()}" for name, part in body_fields(tx)),
+        f"signing message: {tx.signing_message(params.network_id).hex()}",
+        f"signature: {tx.signature.hex()}",
+        f"tx bytes: {tx.raw.hex()}",
+        f"txid: {tx.txid.hex()}",
+    ]
+    return out
+
+
+def main() -> None:
+    print("\n".join(lines()))
+
+
+if __name__ == "__main__":
+    main()

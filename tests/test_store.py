@@ -1,0 +1,210 @@
+"""The SQLite store under the chain: a reopened store gives back the same chain, a store of another
+network or a damaged file is refused with a StoreError that names the file (never reset), and a
+writer killed with SIGKILL at random moments always leaves a store whose best chain re-validates
+from genesis with every consensus rule.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ledger_helpers import (
+    GENESIS,
+    NOW_MS,
+    PARAMS,
+    block_on,
+    branch,
+    feed,
+    main_blocks,
+    pay,
+    replay,
+    revalidate,
+    wallet,
+)
+
+from p2pchain.chain import Chain, Status
+from p2pchain.errors import StoreError
+from p2pchain.ledger.block import Block
+from p2pchain.params import NetworkParams
+from p2pchain.store import Ban, Store
+
+A, B, C = wallet(1), wallet(2), wallet(3)
+HELPERS = Path(__file__).with_name("ledger_helpers.py")
+KILL_ROUNDS = 10
+
+
+def build(chain: Chain) -> dict[str, Block]:
+    """G - a1 - a2 - a3 - a4        main after a reorg; a1, a2 pay A; a3 confirms A -> B 30;
+    \\                          a4 confirms B -> C 5
+     b1 - b2 - b3              first the best chain (b3 confirms a payment that a4's
+                               branch does not have), then a side branch with less work
+    """
+    a1, a2 = branch(GENESIS, 2, miner=A.address)
+    a3 = block_on(a2, [pay(A, B, 30, fee=1)])
+    a4 = block_on(a3, [pay(B, C, 5)])
+    b1 = block_on(GENESIS, miner=C.address, salt=1)
+    b2 = block_on(b1, miner=C.address, salt=1)
+    b3 = block_on(b2, [pay(C, A, 7)], salt=1)
+    feed(chain, [b1, b2, b3, a1, a2, a3, a4])
+    assert chain.tip.hash == a4.hash
+    return {"a1": a1, "a2": a2, "a3": a3, "a4": a4, "b1": b1, "b2": b2, "b3": b3}
+
+
+def test_reopened_store_gives_the_same_chain(tmp_path: Path) -> None:
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = build(chain)
+    tip, main, accounts = chain.tip, list(chain.main), dict(chain.accounts)
+    chain.close()
+
+    chain = Chain.open(path, PARAMS)
+    try:
+        assert chain.tip == tip and chain.main == main and chain.accounts == accounts
+        assert accounts == replay(main_blocks(chain)) == revalidate(main_blocks(chain), PARAMS)
+        for name in ("a1", "a2", "a3", "a4"):
+            block = blocks[name]
+            assert chain.get_block(block.hash) == block
+            for tx in block.txs:
+                found = chain.find_tx(tx.txid)
+                assert found is not None and found.hash == block.hash, name
+        assert chain.find_tx(blocks["b3"].txs[1].txid) is None  # only on the side branch
+        assert chain.entry(blocks["b3"].hash) is not None and not chain.is_main(blocks["b3"].hash)
+        # the reopened tree still prefers work, and still keeps the first seen on a tie
+        b4 = block_on(blocks["b3"], salt=1)
+        assert chain.process_block(b4, NOW_MS).status is Status.SIDE
+        b5 = block_on(b4, salt=1)
+        result = chain.process_block(b5, NOW_MS)
+        assert result.connected == [blocks["b1"], blocks["b2"], blocks["b3"], b4, b5]
+        assert result.disconnected == [blocks[n] for n in ("a4", "a3", "a2", "a1")]
+    finally:
+        chain.close()
+
+
+def test_store_of_another_network_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    build(chain)
+    tip = chain.tip.hash
+    chain.close()
+    before = path.read_bytes()
+
+    with pytest.raises(StoreError) as err:
+        Chain.open(path, NetworkParams(bits=PARAMS.bits + 1, reward=PARAMS.reward))
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == before
+    chain = Chain.open(path, PARAMS)  # still ours, untouched
+    assert chain.tip.hash == tip
+    chain.close()
+
+
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(random.Random(7).randbytes(8192))
+
+
+def _text(path: Path) -> None:
+    path.write_text("not a database\n")
+
+
+def _truncated_store(path: Path) -> None:
+    chain = Chain.open(path, PARAMS)
+    feed(chain, branch(GENESIS, 200))
+    chain.close()
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [_random_bytes, _text, _truncated_store], ids=["random", "text", "truncated"])
+def test_damaged_file_is_refused_never_reset(tmp_path: Path, damage) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "chain.sqlite"
+    damage(path)
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as err:
+        Chain.open(path, PARAMS)
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == before
+
+
+def test_bans_persist_until_they_expire(tmp_path: Path) -> None:
+    path = tmp_path / "chain.sqlite"
+    store = Store(path)
+    with store.transaction():
+        store.ban("10.0.0.1", 2_000, "bad block")
+        store.ban("10.0.0.2", 1_000, "junk")
+    store.close()
+    store = Store(path)
+    try:
+        assert store.bans(500) == [Ban("10.0.0.1", 2_000, "bad block"), Ban("10.0.0.2", 1_000, "junk")]
+        assert store.bans(1_000) == [Ban("10.0.0.1", 2_000, "bad block")]
+        store.unban("10.0.0.1")
+        assert store.bans(0) == []
+    finally:
+        store.close()
+
+
+# --- kill -9 ----------------------------------------------------------------------------------------
+def _wait_lines(proc: subprocess.Popen[bytes], count: int, deadline: float) -> None:
+    """Read the writer's stdout until it has printed ``count`` more lines."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = 0
+    while seen < count:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"the writer printed {seen} of {count} lines before the deadline"
+        chunk = os.read(fd, 65536)
+        assert chunk, f"the writer exited with {proc.wait()}"
+        seen += chunk.count(b"\n")
+
+
+def _check_store(path: Path) -> int:
+    """Open the store after a kill; its best chain must re-validate from genesis. Returns its height."""
+    chain = Chain.open(path, PARAMS)
+    try:
+        blocks = main_blocks(chain)
+        assert revalidate(blocks, PARAMS) == chain.accounts == replay(blocks)
+        for block in blocks:
+            for tx in block.txs:
+                found = chain.find_tx(tx.txid)
+                assert found is not None and found.hash == block.hash
+        for entry in chain.index.values():  # the stored tree is whole
+            assert entry.height == 0 or entry.header.prev_hash in chain.index
+        return chain.height
+    finally:
+        chain.close()
+
+
+def test_kill_9_mid_write_leaves_a_valid_store(tmp_path: Path) -> None:
+    seed = int(os.environ.get("P2PCHAIN_KILL_SEED", random.randrange(2**32)))
+    print(f"kill -9 test seed: {seed} (rerun with P2PCHAIN_KILL_SEED={seed})")
+    rng = random.Random(seed)
+    path = tmp_path / "chain.sqlite"
+    heights = []
+    for round_ in range(KILL_ROUNDS):
+        with (tmp_path / "writer.err").open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(HELPERS), "write", str(path), str(seed + round_)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                _wait_lines(proc, 1 + rng.randint(0, 40), deadline)  # "ready", then blocks
+                time.sleep(rng.uniform(0, 0.005))  # not a wait: it spreads the kill over the write cycle
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                assert proc.stdout is not None
+                proc.stdout.close()
+        assert proc.returncode == -signal.SIGKILL, (tmp_path / "writer.err").read_text()
+        heights.append(_check_store(path))
+    print(f"heights after each kill: {heights}")
+    assert heights[-1] > 0
