@@ -175,9 +175,18 @@ class Chain:
     def block_at(self, height: int) -> Block | None:
         return self.store.get_block(self.main[height]) if 0 <= height < len(self.main) else None
 
-    def blocks_range(self, start: int, limit: int) -> list[Block]:
-        """Best-chain blocks from height ``start``, at most ``limit``."""
-        return self.store.get_blocks(self.main[max(start, 0) : max(start, 0) + max(limit, 0)])
+    def blocks_range(self, start: int, limit: int, max_bytes: int = limits.CHAIN_BATCH_BYTES) -> list[Block]:
+        """Best-chain blocks from height ``start``: at most ``limit``, and no more canonical bytes
+        than ``max_bytes`` (at least one block)."""
+        blocks: list[Block] = []
+        size = 0
+        for block_hash in self.main[max(start, 0) : max(start, 0) + max(limit, 0)]:
+            block = self.store.get_block(block_hash)
+            if block is None or (blocks and size + block.size > max_bytes):
+                break
+            blocks.append(block)
+            size += block.size
+        return blocks
 
     def find_tx(self, txid: bytes) -> Entry | None:
         """The best-chain block that confirms ``txid``, if any."""
@@ -221,16 +230,7 @@ class Chain:
         """Best-chain blocks after the locator's fork point: at most ``max_blocks`` and about
         ``max_bytes`` of canonical bytes; the flag says whether more follow."""
         start = self.fork_point(locator) + 1
-        blocks: list[Block] = []
-        size = 0
-        for block_hash in self.main[start : start + max_blocks]:
-            block = self.store.get_block(block_hash)
-            if block is None:
-                break
-            if blocks and size + block.size > max_bytes:
-                break
-            blocks.append(block)
-            size += block.size
+        blocks = self.blocks_range(start, max_blocks, max_bytes)
         return blocks, start + len(blocks) <= self.height
 
     def subscribe(self, listener: ChainListener) -> None:
