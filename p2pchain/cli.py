@@ -17,6 +17,7 @@ from p2pchain.keys import is_address
 from p2pchain.node import NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, NetworkParams
 from p2pchain.peer import Tunables
+from p2pchain.wallet_cli import COMMANDS, run_command
 
 log = logging.getLogger(__name__)
 
@@ -160,4 +161,6 @@ def run_node_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:  # p2pchain wallet|balance|send|status|chain|tx ...
+        return run_command(argv)
     return run_node_command(argv)

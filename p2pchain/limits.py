@@ -65,3 +65,10 @@ MAX_PEER_ADDR_CHARS = 261  # one "host:port" in PEERS: a 255-char DNS name, ":" 
 MINER_CHUNK_NONCES = 16_384  # nonces a worker hashes between looks for a new job: ~6 ms at 2.8 MH/s,
 # so a new tip stops every worker well within 100 ms even on a core 10x slower
 MINER_STOP_TIMEOUT_S = 2.0  # seconds close() waits for a worker to exit before terminating it
+
+# --- command line (p2pchain wallet|balance|send|status|chain|tx) -----------------------------
+CLI_CONNECT_TIMEOUT_S = 10.0  # seconds to reach and handshake a node before saying it is down
+CLI_WAIT_TIMEOUT_S = 300.0  # `send --wait` gives up after this long: a network nobody mines on never confirms
+CLI_POLL_S = 0.5  # `send --wait` asks about its transaction this often, sooner when a block is gossiped
+CLI_WATCH_INTERVAL_S = 2.0  # seconds between `status --watch` refreshes
+CLI_CHAIN_LIMIT = 10  # blocks `p2pchain chain` lists by default: the newest ones
