@@ -52,6 +52,11 @@ SHUTDOWN_GRACE_S = 1.5  # graceful close before a forced abort on SIGTERM
 # --- http shim ----------------------------------------------------------------------------
 HTTP_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413
 HTTP_CHAIN_PAGE_MAX = 500  # blocks per /chain page
+HTTP_STREAM_CHUNK_BYTES = 256 * 1024  # a streamed /chain is written in chunks of about this many
+# bytes of JSON, and the event loop serves peers between chunks (a block is at most ~3 MB of JSON)
+HTTP_REGISTER_MAX = 64  # addresses in one /nodes/register request
+HTTP_REGISTER_WAIT_S = 5.0  # /nodes/register waits this long for new peers to handshake, then answers
+RESOLVE_TIMEOUT_S = 10.0  # /nodes/resolve waits this long for every peer's CHAIN and the sync it starts
 
 # --- wire decoding bounds (msgpack refuses a longer object before allocating it) ------------
 # items in one msgpack array: the longest list a message may hold (a block's transactions)

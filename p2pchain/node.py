@@ -44,6 +44,7 @@ HONEST_TX_CODES = frozenset(
 )
 SYNC_STALL_S = 30.0  # a GET_CHAIN unanswered this long drops the sync peer
 PROGRESS_LOG_S = 1.0  # "synced H of N blocks" at most this often
+RESOLVE_POLL_S = 0.02  # how often resolve() looks whether every asked peer has answered
 
 
 def now_ms() -> int:
@@ -216,6 +217,30 @@ class Node:
         ]
         if ahead:
             self._start_sync(max(ahead, key=lambda p: p.best_height))
+
+    async def resolve(self, timeout: float = limits.RESOLVE_TIMEOUT_S) -> bool:
+        """The tutorials' consensus on demand (/nodes/resolve): ask every connected node (not
+        clients: they do not listen) for its blocks beyond our tip, whatever work it claimed.
+        Its CHAIN goes through the fork choice like any other, and a long answer continues as
+        a sync. Waits, at most ``timeout`` s, until every asked peer has answered or left and
+        no sync runs; True if our tip changed meanwhile."""
+        before = self.chain.tip.hash
+        asked = [p for p in self.connmgr.ready if p.listen_addr]
+        frame = wire.GetChain(tuple(self.chain.locator()), limits.MAX_BLOCKS_PER_CHAIN).encode()
+        for peer in asked:
+            peer.asked_chain += 1
+            peer.send_frame(frame)
+
+        def settled() -> bool:
+            sync = self.sync_peer
+            idle = sync is None or sync.closed.is_set()
+            return idle and all(p.asked_chain <= 0 or p.closed.is_set() for p in asked)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not settled():
+                    await asyncio.sleep(RESOLVE_POLL_S)
+        return self.chain.tip.hash != before
 
     async def _on_get_chain(self, peer: Peer, msg: wire.GetChain) -> None:
         count = min(msg.max, limits.MAX_BLOCKS_PER_CHAIN)
