@@ -30,6 +30,10 @@ ORPHAN_POOL_MAX = 256  # blocks waiting for their parent (Bitcoin: MAX_ORPHAN_TR
 # --- mempool ------------------------------------------------------------------------------
 MEMPOOL_MAX_TXS = 50_000  # pending transactions
 MEMPOOL_MAX_BYTES = 32 * 1024 * 1024  # canonical bytes of pending transactions (Bitcoin: 300 MB)
+# pooled transactions pushed to a node that connects (a healed partition, a restart), in mining
+# order so nonces arrive in sequence: half the send queue, so the push never fills it alone
+MEMPOOL_PUSH_MAX_TXS = 512
+MEMPOOL_PUSH_MAX_BYTES = 256 * 1024  # bytes of those transactions
 
 # --- peers --------------------------------------------------------------------------------
 TARGET_OUTBOUND = 8  # outbound connections kept open (Bitcoin: 8 full-relay)

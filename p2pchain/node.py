@@ -168,6 +168,9 @@ class Node:
         peer.send(wire.GetPeers())
         if peer.hello.work > self.chain.tip.work:
             self._start_sync(peer)
+        if peer.listen_addr:  # a node (not a client): it may have missed what we pooled while apart
+            for tx in self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES):
+                peer.send(wire.NewTx(tx))
 
     def _on_peer_closed(self, peer: Peer) -> None:
         if peer is self.sync_peer:
