@@ -85,6 +85,11 @@ def node_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="a peer to keep connected to; repeat for several",
     )
+    p.add_argument(
+        "--no-discover",
+        action="store_true",
+        help="dial only the --peer addresses, never addresses learnt from other peers (fixed topologies)",
+    )
     p.add_argument("--data-dir", type=Path, help="where the chain, wallet and bans live (default ./node<PORT>)")
     p.add_argument("--mine", action="store_true", help="mine blocks continuously")
     p.add_argument("--miner-procs", type=_positive, help="mining processes (default: one per core)")
@@ -138,6 +143,7 @@ def run_node_command(argv: list[str]) -> int:
         http_port=args.http_port,
         reward_to=args.reward_to,
         ban_loopback=args.ban_loopback,
+        discover=not args.no_discover,
         tunables=Tunables(ping_interval=args.ping_interval, pong_timeout=args.ping_interval),
     )
 

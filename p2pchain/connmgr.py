@@ -205,7 +205,12 @@ class ConnectionManager:
             log.info("refusing inbound connection from %s: %s", host, refuse)
             writer.close()
             return
-        await self._serve(Peer(reader, writer, inbound=True, tunables=self.tunables))
+        try:
+            await self._serve(Peer(reader, writer, inbound=True, tunables=self.tunables))
+        except asyncio.CancelledError:
+            # Shutdown cancels this server-owned task, which nobody awaits; Python 3.11's
+            # start_server would log the cancellation as an "Exception in callback" traceback.
+            writer.close()
 
     async def dial(self, addr: str) -> bool:
         """Connect to ``addr`` and serve the connection until it ends; True if it handshook."""

@@ -62,6 +62,7 @@ class NodeConfig:
     miner_procs: int | None = None  # None: one per core
     http_port: int | None = None
     reward_to: str | None = None  # default: the node's own wallet
+    discover: bool = True  # dial addresses learnt from PEERS; False: only --peer (Bitcoin's -connect)
     ban_loopback: bool = False  # ban misbehaving 127.0.0.1 peers too (tests)
     tunables: Tunables = field(default_factory=Tunables)
 
@@ -98,7 +99,7 @@ class Node:
         self.miner: MinerPool | None = None
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
         self._mine_lock = asyncio.Lock()
-        self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0}
+        self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0, "sync_requests": 0}
         self.started = time.time()
         self._handlers: dict[type[Any], Callable[[Peer, Any], Awaitable[None]]] = {
             wire.Ping: self._on_ping,
@@ -129,7 +130,8 @@ class Node:
             self.chain.height,
             self.wallet.address,
         )
-        self.connmgr.start()
+        if self.config.discover:
+            self.connmgr.start()
         for addr in self.config.peers:
             self.connmgr.connect(addr)
         self._tasks = [asyncio.create_task(self._maintain())]
@@ -205,11 +207,17 @@ class Node:
     def _start_sync(self, peer: Peer, start: bytes | None = None) -> None:
         if self.sync_peer is not None and self.sync_peer is not peer and not self.sync_peer.closed.is_set():
             return
-        self.sync_peer = peer
         self._sync_target = max(self._sync_target, peer.best_height)
+        if self.sync_peer is peer and peer.asked_chain > 0:
+            return  # a GET_CHAIN is in flight: its CHAIN (and "more") continues the sync
+        self.sync_peer = peer
         peer.asked_chain += 1
+        self.stats["sync_requests"] += 1
         self._sync_asked_at = time.monotonic()
-        peer.send(wire.GetChain(tuple(self.chain.locator(start)), limits.MAX_BLOCKS_PER_CHAIN))
+        locator = self.chain.locator(start)
+        if start is not None and self.chain.entry(start) is None:  # the end of a batch not checked yet
+            locator = [start, *locator][: limits.MAX_LOCATOR_HASHES]
+        peer.send(wire.GetChain(tuple(locator), limits.MAX_BLOCKS_PER_CHAIN))
 
     def _sync_from_best(self) -> None:
         """After a sync ends, continue with whichever peer claims the most work beyond ours."""
@@ -254,29 +262,33 @@ class Node:
         if peer.asked_chain <= 0:
             raise Misbehaving("sent CHAIN nobody asked for")
         peer.asked_chain -= 1
+        for i in range(1, len(msg.blocks)):  # refuse a broken batch whole, before any block counts
+            if msg.blocks[i].prev_hash != msg.blocks[i - 1].hash:
+                raise Misbehaving(f"CHAIN blocks do not link at position {i}")
+        if msg.more and msg.blocks:  # ask for the next batch now: the peer reads it while we check this one
+            self.sync_peer = None
+            self._start_sync(peer, msg.blocks[-1].hash)
         prev: bytes | None = None
         connected_any = False
-        for i, block in enumerate(msg.blocks):
-            if prev is not None and block.prev_hash != prev:
-                raise Misbehaving(f"CHAIN blocks do not link at position {i}")
-            prev = block.hash
-            try:
-                result = self.chain.process_block(block, now_ms())
-            except RuleError as e:
-                if e.code in HONEST_BLOCK_CODES:
-                    log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
-                    break
-                raise Misbehaving(f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}") from None
-            if result.status is Status.ORPHAN:
-                raise Misbehaving("CHAIN starts at a block whose parent we never had", ban=False)
-            peer.best_height = max(peer.best_height, block.height)
-            connected_any = connected_any or bool(result.connected)
-            if i % 64 == 63:
-                await asyncio.sleep(0)  # let other peers be served during a long sync
+        with self.chain.store.batch():  # one commit for the batch
+            for i, block in enumerate(msg.blocks):
+                prev = block.hash
+                try:
+                    result = self.chain.process_block(block, now_ms())
+                except RuleError as e:
+                    if e.code in HONEST_BLOCK_CODES:
+                        log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
+                        break
+                    why = f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}"
+                    raise Misbehaving(why) from None
+                if result.status is Status.ORPHAN:
+                    raise Misbehaving("CHAIN starts at a block whose parent we never had", ban=False)
+                peer.best_height = max(peer.best_height, block.height)
+                connected_any = connected_any or bool(result.connected)
+                if i % 64 == 63:
+                    await asyncio.sleep(0)  # let other peers be served during a long sync
         self._log_progress()
         if msg.more and prev is not None:
-            self.sync_peer = None
-            self._start_sync(peer, prev)
             return
         if peer is self.sync_peer:
             self.sync_peer = None

@@ -79,6 +79,7 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._batch_depth = 0  # open ``batch`` contexts
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -95,13 +96,33 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+        """All or nothing. Inside ``batch`` it is a savepoint, committed when the batch ends."""
+        nested = self._batch_depth > 0
+        self.db.execute("SAVEPOINT tx" if nested else "BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK TO tx" if nested else "ROLLBACK")
+            if nested:
+                self.db.execute("RELEASE tx")
             raise
-        self.db.execute("COMMIT")
+        self.db.execute("RELEASE tx" if nested else "COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One commit for every transaction inside (a sync batch of blocks: one WAL write instead of
+        one per block, half the cost of a sync). Each inner transaction stays all or nothing; what
+        they did is committed when the outermost batch ends, by an exception too, since the caller's
+        memory already holds it. A kill -9 before then leaves the store as it was before the batch."""
+        if self._batch_depth == 0:
+            self.db.execute("BEGIN IMMEDIATE")
+        self._batch_depth += 1
+        try:
+            yield
+        finally:
+            self._batch_depth -= 1
+            if self._batch_depth == 0:
+                self.db.execute("COMMIT")
 
     # --- meta -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> bytes | None:
