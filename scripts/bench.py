@@ -14,12 +14,17 @@ the machine and print the results.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import random
 import resource
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,14 +36,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pchain import limits
+from p2pchain import limits, wire
 from p2pchain.chain import Chain
+from p2pchain.client import Client, NodeUnavailable
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import NONCE, Block, Header
-from p2pchain.ledger.tx import Tx
+from p2pchain.ledger.tx import Tx, make_tx
+from p2pchain.mempool import Mempool
 from p2pchain.miner import MinerPool, build_template, mine_block, search, target_bytes
+from p2pchain.node import Node, NodeConfig
 from p2pchain.params import NetworkParams
+from p2pchain.peer import Peer
+from p2pchain.store import DB_FILE
 
 Figures = dict[str, Any]  # figure name -> number (or None when it could not be measured)
 
@@ -305,6 +315,295 @@ LEDGER_NOTES = {
 }
 
 
+# --- net: node processes on loopback ------------------------------------------------------------
+NET_PARAMS = NetworkParams(bits=8)  # the nodes' network: blocks pre-mine in ~0.2 ms each; relaying
+# and syncing a block cost the same at any difficulty (one hash checks the proof of work)
+NET_SPACING_MS = 1000  # timestamp step between pre-mined blocks: always after the median time past
+LINE_NODES = 5  # propagation_line5: node0 - node1 - ... - node4
+RANDOM_NODES = 20  # propagation_random20: processes in a random connected graph
+RANDOM_DEGREE = 4  # links per node in that graph
+PROPAGATION_BLOCKS = 50  # blocks timed in each propagation figure
+SYNC_BLOCKS = 10_000  # sync_10000_s: blocks the fresh node downloads
+RESYNC_ROUNDS = 5  # reconnections of an up-to-date node; the median is reported
+INGEST_TXS = 10_000  # transactions of ingest_tx_per_s, nonces 0.. of one wallet, 1 coin each
+INGEST_WINDOW = 1000  # SUBMIT_TX queries in flight on the one connection
+NET_TIMEOUT_S = 60.0  # a node not up, linked or caught up after this long fails the bench
+
+
+def net_chain(n: int, reward_to: str) -> list[Block]:
+    """``n`` coinbase-only blocks on NET_PARAMS' genesis, each paying ``reward_to`` 1 coin."""
+    blocks: list[Block] = []
+    parent = NET_PARAMS.genesis.header
+    for _ in range(n):
+        stamp = parent.timestamp + NET_SPACING_MS
+        blocks.append(mine_block(build_template(NET_PARAMS, parent, parent.timestamp, [], reward_to, stamp)))
+        parent = blocks[-1].header
+    return blocks
+
+
+def random_graph(n: int, degree: int, rng: random.Random) -> list[tuple[int, int]]:
+    """A random connected simple graph where every node has ``degree`` links (pairing model:
+    ``degree`` stubs per node, shuffled and paired; retried until no loop, no double link and
+    connected). Links are (a, b) with a < b."""
+    while True:
+        stubs = [i for i in range(n) for _ in range(degree)]
+        rng.shuffle(stubs)
+        links = {(min(a, b), max(a, b)) for a, b in zip(stubs[::2], stubs[1::2], strict=True) if a != b}
+        if 2 * len(links) != len(stubs):
+            continue
+        reached, todo = {0}, [0]
+        while todo:
+            a = todo.pop()
+            for b in [y for x, y in links if x == a] + [x for x, y in links if y == a]:
+                if b not in reached:
+                    reached.add(b)
+                    todo.append(b)
+        if len(reached) == n:
+            return sorted(links)
+
+
+def percentile_ms(times: list[float], q: int) -> float:
+    """The ``q``th percentile, interpolated between samples (q < 100)."""
+    return statistics.quantiles(times, n=100, method="inclusive")[q - 1]
+
+
+class NodeProcs:
+    """``n`` `python -m p2pchain` processes (not mining, --no-discover) of one measurement, each
+    with a protocol Client; ``close`` stops every one (SIGTERM, SIGKILL after 5 s)."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        socks = [socket.socket() for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        self.ports = [int(s.getsockname()[1]) for s in socks]
+        for s in socks:
+            s.close()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.clients: dict[int, Client] = {}
+
+    def data_dir(self, i: int) -> Path:
+        return self.root / f"node{i}"
+
+    async def start(self, i: int, dial: list[int]) -> Client:
+        """Start node ``i``, dialling nodes ``dial``; returns a Client connected to it."""
+        log_path = self.root / f"node{i}.log"
+        cmd = [sys.executable, "-m", "p2pchain", "--port", str(self.ports[i]), "--data-dir", str(self.data_dir(i))]
+        cmd += ["--difficulty", str(NET_PARAMS.bits), "--log-level", "WARNING", "--no-discover"]
+        cmd += [f"--peer=127.0.0.1:{self.ports[j]}" for j in dial]
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        deadline = time.monotonic() + NET_TIMEOUT_S
+        while True:
+            try:
+                self.clients[i] = await Client.connect("127.0.0.1", self.ports[i])
+                return self.clients[i]
+            except NodeUnavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"node{i} did not start:\n{tail}") from None
+                await asyncio.sleep(0.02)
+
+    async def wait_linked(self, links: list[tuple[int, int]]) -> None:
+        """Until every node lists each of its neighbours among its peers."""
+        want: dict[int, set[str]] = {i: set() for i in self.clients}
+        for a, b in links:
+            want[a].add(f"127.0.0.1:{self.ports[b]}")
+            want[b].add(f"127.0.0.1:{self.ports[a]}")
+        deadline = time.monotonic() + NET_TIMEOUT_S
+        for i, client in self.clients.items():
+            while not want[i] <= {p["addr"] for p in (await client.status())["peers"]}:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node{i} did not connect to all of {sorted(want[i])}")
+                await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            with contextlib.suppress(OSError, NodeUnavailable):
+                await client.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                await asyncio.to_thread(proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def gossiped(client: Client, block_hash: bytes) -> None:
+    """Until ``client``'s node pushes it the block ``block_hash``."""
+    while True:
+        msg = await client.gossip.get()
+        if isinstance(msg, wire.NewBlock) and msg.block.hash == block_hash:
+            return
+
+
+async def propagation_ms(source: Client, watchers: list[Client], blocks: list[Block]) -> list[float]:
+    """For each block in turn: push it as NEW_BLOCK from ``source``, and time until the node of
+    every watcher has accepted it and pushed it on (the last one counts)."""
+    times: list[float] = []
+    for block in blocks:
+        start = time.perf_counter()
+        await source.send_and_drain(wire.NewBlock(block))
+        async with asyncio.timeout(NET_TIMEOUT_S):
+            await asyncio.gather(*(gossiped(w, block.hash) for w in watchers))
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+async def propagation_figures(root: Path, blocks: list[Block]) -> Figures:
+    """A line of LINE_NODES processes (time to its far end), then RANDOM_NODES processes in a
+    random graph of degree RANDOM_DEGREE (time to the last node). Blocks enter at node 0."""
+    figures: Figures = {}
+    line = [(i, i + 1) for i in range(LINE_NODES - 1)]
+    graph = random_graph(RANDOM_NODES, RANDOM_DEGREE, random.Random(RANDOM_NODES))
+    for name, n, links in (("line5", LINE_NODES, line), ("random20", RANDOM_NODES, graph)):
+        procs = NodeProcs(root / name, n)
+        try:
+            for i in reversed(range(n)):  # each node dials its higher-numbered neighbours, already up
+                await procs.start(i, [b for a, b in links if a == i])
+            await procs.wait_linked(links)
+            watchers = [procs.clients[n - 1]] if name == "line5" else [procs.clients[i] for i in range(1, n)]
+            times = await propagation_ms(procs.clients[0], watchers, blocks)
+        finally:
+            await procs.close()
+        figures[f"propagation_{name}_p50_ms"] = statistics.median(times)
+        figures[f"propagation_{name}_p99_ms"] = percentile_ms(times, 99)
+    return figures
+
+
+def handshake_event(node: Node) -> asyncio.Event:
+    """An event set once ``node`` has handled a peer's HELLO, which is where it decides to sync."""
+    done = asyncio.Event()
+    on_hello = node.connmgr.node_on_hello
+
+    def on_hello_then_set(peer: Peer) -> None:
+        on_hello(peer)
+        done.set()
+
+    node.connmgr.node_on_hello = on_hello_then_set
+    return done
+
+
+async def sync_figures(data_dir: Path, source_port: int, height: int) -> Figures:
+    """A fresh node (in this process, on this event loop) syncs from the node at ``source_port``
+    until it has ``height`` blocks; then, RESYNC_ROUNDS times, the same node restarts on its data
+    dir and is timed from start to the end of the handshake, after which it has nothing to fetch."""
+    source = f"127.0.0.1:{source_port}"
+    config = NodeConfig(data_dir=data_dir, port=0, peers=[source], params=NET_PARAMS, discover=False)
+    node = Node(config)
+    caught_up = asyncio.Event()
+    node.chain.subscribe(lambda connected, gone: caught_up.set() if node.chain.height >= height else None)
+    try:
+        start = time.perf_counter()
+        await node.start()
+        async with asyncio.timeout(NET_TIMEOUT_S):
+            await caught_up.wait()
+        sync_s = time.perf_counter() - start
+        requests = node.stats["sync_requests"]
+    finally:
+        await node.stop()
+    noop: list[float] = []
+    for _ in range(RESYNC_ROUNDS):
+        node = Node(config)
+        handshaken = handshake_event(node)
+        try:
+            start = time.perf_counter()
+            await node.start()
+            async with asyncio.timeout(NET_TIMEOUT_S):
+                await handshaken.wait()
+            noop.append((time.perf_counter() - start) * 1000)
+            if node.stats["sync_requests"] or node.chain.height != height:
+                raise RuntimeError("an up-to-date node asked for blocks")
+        finally:
+            await node.stop()
+    return {"sync_10000_s": sync_s, "sync_10000_requests": requests, "resync_noop_ms": statistics.median(noop)}
+
+
+async def ingest_figures(client: Client, wallet: Wallet, count: int) -> Figures:
+    """``count`` signed payments of 1 coin from ``wallet`` (nonces 0..), pipelined as SUBMIT_TX over the
+    one connection of ``client``, from the first send to the last reply; every one must be
+    accepted. The in-process figure: Mempool.add of the same payments, freshly decoded."""
+    to = Wallet.generate().address
+    txs = [make_tx(wallet, to, 1, 0, n, NET_PARAMS.network_id) for n in range(count)]
+    funded = rules.Account(count, 0)
+    pool = Mempool(NET_PARAMS, lambda a: funded if a == wallet.address else rules.EMPTY_ACCOUNT)
+    fresh = [Tx.from_wire(tx.to_wire()) for tx in txs]
+    start = time.perf_counter()
+    for tx in fresh:
+        pool.add(tx)
+    inprocess = len(fresh) / (time.perf_counter() - start)
+
+    window = asyncio.Semaphore(INGEST_WINDOW)
+
+    async def submit(tx: Tx) -> bool:
+        async with window:
+            reply = await client.submit_tx(tx)
+            return reply.accepted
+
+    start = time.perf_counter()
+    accepted = sum(await asyncio.gather(*(submit(tx) for tx in txs)))
+    elapsed = time.perf_counter() - start
+    if accepted != len(txs):
+        raise RuntimeError(f"the node accepted {accepted} of {len(txs)} transactions")
+    return {"ingest_tx_per_s": accepted / elapsed, "ingest_inprocess_tx_per_s": inprocess}
+
+
+async def sync_and_ingest(root: Path, blocks: list[Block], wallet: Wallet) -> Figures:
+    """The source node's store is written in this process (timed: the no-network floor of a sync),
+    then the node serves a fresh node's sync and takes the transactions of ``wallet``."""
+    procs = NodeProcs(root / "source", 1)
+    store_dir = procs.data_dir(0)
+    store_dir.mkdir()
+    chain = Chain.open(store_dir / DB_FILE, NET_PARAMS)
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(blocks), limits.MAX_BLOCKS_PER_CHAIN):
+            with chain.store.batch():  # one commit per CHAIN-sized batch, as the node does
+                for block in blocks[i : i + limits.MAX_BLOCKS_PER_CHAIN]:
+                    chain.process_block(block, block.header.timestamp)
+        figures: Figures = {"sync_10000_inprocess_s": time.perf_counter() - start}
+    finally:
+        chain.close()
+    try:
+        client = await procs.start(0, [])
+        figures.update(await sync_figures(root / "fresh", procs.ports[0], len(blocks)))
+        figures.update(await ingest_figures(client, wallet, min(INGEST_TXS, len(blocks))))
+    finally:
+        await procs.close()
+    return figures
+
+
+def bench_net(args: argparse.Namespace) -> Figures:
+    wallet = Wallet.generate()  # every pre-mined block pays it 1 coin: the ingest transactions spend them
+    blocks = net_chain(SYNC_BLOCKS, wallet.address)
+    with tempfile.TemporaryDirectory(prefix="p2pchain-bench-net-") as tmp:
+        root = Path(tmp)
+        figures = asyncio.run(propagation_figures(root, blocks[:PROPAGATION_BLOCKS]))
+        figures.update(asyncio.run(sync_and_ingest(root, blocks, wallet)))
+    return figures
+
+
+NET_NOTES = {
+    "propagation_line5_p50_ms": f"ms, NEW_BLOCK in at one end of a {LINE_NODES}-process line to gossip out of the "
+    f"other, median of {PROPAGATION_BLOCKS}",
+    "propagation_line5_p99_ms": "ms, same, 99th percentile",
+    "propagation_random20_p50_ms": f"ms, same in {RANDOM_NODES} processes, random graph of degree {RANDOM_DEGREE}, "
+    "until the last node",
+    "propagation_random20_p99_ms": "ms, same, 99th percentile",
+    "sync_10000_s": f"s, a fresh node syncs {SYNC_BLOCKS:,} blocks from one node process; target <= 3",
+    "sync_10000_requests": "GET_CHAIN requests that sync took",
+    "sync_10000_inprocess_s": "s, Chain.process_block of the same blocks, no network (the floor)",
+    "resync_noop_ms": f"ms, an up-to-date node starts, handshakes, has nothing to fetch (median of {RESYNC_ROUNDS})",
+    "ingest_tx_per_s": "txs/s a node accepts over one TCP connection (pipelined SUBMIT_TX); target >= 5,000",
+    "ingest_inprocess_tx_per_s": "txs/s, Mempool.add of the same transactions, no network (the ceiling)",
+}
+
+
 # --- the entry point -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Subcommand:
@@ -316,6 +615,7 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "ledger": Subcommand(bench_ledger, "hashing, signature checks, block acceptance", LEDGER_NOTES),
+    "net": Subcommand(bench_net, "node processes on loopback: propagation, sync, tx ingest", NET_NOTES),
 }
 
 
