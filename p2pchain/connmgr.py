@@ -224,6 +224,10 @@ class ConnectionManager:
         except (OSError, TimeoutError) as e:
             log.debug("could not connect to %s: %s", addr, e)
             return False
+        except ValueError as e:  # a gossiped host no resolver takes: "a..b", a NUL, a 64-char label
+            log.info("forgetting address %r: %s", addr, e)
+            self.addrbook.pop(addr, None)
+            return False
         finally:
             self.dialing.discard(addr)
         peer = Peer(reader, writer, inbound=False, tunables=self.tunables)
