@@ -45,8 +45,12 @@ class Client:
         return self.node_hello.network
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, timeout: float = 10.0, agent: str = "") -> Client:
-        """Open a connection and handshake; NodeUnavailable if the node is down or not a node."""
+    async def connect(
+        cls, host: str, port: int, *, timeout: float = 10.0, agent: str = "", listen_port: int = 0
+    ) -> Client:
+        """Open a connection and handshake; NodeUnavailable if the node is down or not a node.
+        ``listen_port`` > 0 makes the HELLO claim a listening node (tests that play a peer node:
+        a node syncs only from peers that listen)."""
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port, limit=2**16)
@@ -57,7 +61,7 @@ class Client:
                     limits.PROTOCOL_VERSION,
                     first.network,
                     os.urandom(16),
-                    0,
+                    listen_port,
                     0,
                     first.network,
                     0,

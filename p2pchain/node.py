@@ -42,7 +42,6 @@ HONEST_TX_CODES = frozenset(
         MempoolCode.FULL,
     }
 )
-SYNC_STALL_S = 30.0  # a GET_CHAIN unanswered this long drops the sync peer
 PROGRESS_LOG_S = 1.0  # "synced H of N blocks" at most this often
 RESOLVE_POLL_S = 0.02  # how often resolve() looks whether every asked peer has answered
 
@@ -63,7 +62,7 @@ class NodeConfig:
     http_port: int | None = None
     reward_to: str | None = None  # default: the node's own wallet
     discover: bool = True  # dial addresses learnt from PEERS; False: only --peer (Bitcoin's -connect)
-    ban_loopback: bool = False  # ban misbehaving 127.0.0.1 peers too (tests)
+    ban_loopback: bool = False  # loopback peers are banned and held to MAX_INBOUND_PER_IP too (tests)
     tunables: Tunables = field(default_factory=Tunables)
 
 
@@ -205,6 +204,8 @@ class Node:
 
     # --- sync -------------------------------------------------------------------------------
     def _start_sync(self, peer: Peer, start: bytes | None = None) -> None:
+        if peer.listen_addr is None:
+            return  # a client (HELLO port 0) serves no chain: never wait on it
         if self.sync_peer is not None and self.sync_peer is not peer and not self.sync_peer.closed.is_set():
             return
         self._sync_target = max(self._sync_target, peer.best_height)
@@ -417,8 +418,8 @@ class Node:
         while True:
             await asyncio.sleep(1.0)
             peer = self.sync_peer
-            if peer is not None and peer.asked_chain and time.monotonic() - self._sync_asked_at > SYNC_STALL_S:
-                peer.close(f"sync stalled: no CHAIN within {SYNC_STALL_S:g} s")
+            if peer is not None and peer.asked_chain and time.monotonic() - self._sync_asked_at > limits.SYNC_STALL_S:
+                peer.close(f"sync stalled: no CHAIN within {limits.SYNC_STALL_S:g} s")
 
     # --- queries ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import NodeFactory
-from harness import wait_until
+from harness import free_port, run, wait_until
 from node_helpers import FUNDED, TEST_PARAMS, ask, branch, main_chain, next_block, pay, status, tip_hex, write_store
 
 from p2pchain import limits, wire
@@ -78,15 +78,20 @@ def test_longer_chain_with_an_invalid_block_does_not_win(nodes: NodeFactory, kin
     evil = invalid_branch(kind, 40)
     push = push_as_new_blocks if how == "new-block" else push_as_chain
 
-    async def attack(client: Client) -> bool:
-        await push(client, evil)
-        try:  # the node drops us: this round trip fails
-            await client.ping(timeout=20)
-        except NodeUnavailable:
-            return True
-        return False
+    async def attack() -> bool:
+        # Plays a listening node (a node syncs only from peers that serve a chain).
+        client = await Client.connect("127.0.0.1", node.port, listen_port=free_port())
+        try:
+            await push(client, evil)
+            try:  # the node drops us: this round trip fails
+                await client.ping(timeout=20)
+            except NodeUnavailable:
+                return True
+            return False
+        finally:
+            await client.close()
 
-    assert ask(node, attack), "the node kept the connection that sent an invalid chain"
+    assert run(attack(), 60), "the node kept the connection that sent an invalid chain"
     assert node.tip() == tip_hex(honest)
     assert status(node)["height"] == len(honest)
     wait_until(lambda: status(node)["peers"] == [], 10, "the attacker's connection to be gone")
