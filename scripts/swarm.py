@@ -188,6 +188,12 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def ms_text(ms: float | None) -> str:
+    if ms is None:
+        return "n/a"
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
 # --- propagation ---------------------------------------------------------------------------------
 class Propagation:
     """When each block first reached each node. A node that announces block B has every ancestor
@@ -599,6 +605,7 @@ class Summary:
     propagation_blocks: int = 0  # blocks that reached every node (the percentiles' sample)
     tx_sent: int = 0
     tx_accepted: int = 0
+    tx_skipped: int = 0  # payments not made because no wallet had spare coins
     died: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     difficulty: int = 0
@@ -621,9 +628,6 @@ class Summary:
         return json.dumps(doc)
 
     def text(self) -> str:
-        def ms(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:.0f} ms"
-
         agreed = f"yes, on {self.tip[:16]} at height {self.height}" if self.agreed else "NO"
         lines = [
             f"swarm summary ({self.duration_s:.1f} s, {self.nodes} nodes, {self.miners} mining, "
@@ -632,12 +636,13 @@ class Summary:
             + (f" (died: {', '.join(self.died)})" if self.died else ""),
             f"  agreed within {AGREE_WITHIN_S:g} s: {agreed}",
             f"  blocks: {self.blocks} announced, {self.forks_resolved} lost a race (forks resolved)",
-            f"  propagation to every node: median {ms(self.propagation_p50_ms)}, "
-            f"p99 {ms(self.propagation_p99_ms)} ({self.propagation_blocks} blocks)",
+            f"  propagation to every node: median {ms_text(self.propagation_p50_ms)}, "
+            f"p99 {ms_text(self.propagation_p99_ms)} ({self.propagation_blocks} blocks)",
         ]
-        if self.tx_sent:
+        if self.tx_sent or self.tx_skipped:
             lines.append(
                 f"  transactions: {self.tx_sent} sent, {self.tx_accepted} accepted, {self.tx_confirmed} confirmed"
+                + (f", {self.tx_skipped} skipped (no wallet had spare coins)" if self.tx_skipped else "")
             )
         lines.append(f"  run dir: {self.run_dir} (nodeI/ data, nodeI.log)")
         return "\n".join(lines)
@@ -668,6 +673,7 @@ class Swarm:
         self.started = time.monotonic()
         self.start_height = 0
         self.tx_sent = 0
+        self.tx_unfunded = 0  # payments not made: no wallet had spare coins
         self.tx_accepted: list[bytes] = []
         self.tx_rejected: dict[str, int] = {}
         self.views: list[View] = []
@@ -748,7 +754,8 @@ class Swarm:
                 await self._refresh_accounts()
             senders = [m for m in self.members if m.alive() and m.wallet is not None and self._spendable(m)]
             if not senders:
-                continue  # nobody has coins yet: the first blocks pay the miners
+                self.tx_unfunded += 1  # nobody has spare coins yet: the first blocks pay the miners
+                continue
             sender = self.rng.choice(senders)
             recipients = [m for m in self.members if m is not sender and m.wallet is not None]
             if not recipients:
@@ -807,11 +814,13 @@ class Swarm:
             reached = len(self.prop.arrivals[last].keys() & alive_ids)
             height = self.prop.height[last]
             if spread is not None:
-                line += f" | block {height} reached all {len(alive_ids)} nodes in {spread:.0f} ms"
+                line += f" | block {height} reached all {len(alive_ids)} nodes in {ms_text(spread)}"
             else:
                 line += f" | block {height} reached {reached}/{len(alive_ids)} nodes"
-        if self.tx_sent:
+        if self.opts.tx_rate > 0:
             line += f" | txs {len(self.tx_accepted)}/{self.tx_sent} accepted"
+            if self.tx_unfunded:
+                line += f", {self.tx_unfunded} skipped (no spare coins)"
         died = self.launcher.died()
         if died:
             line += f" | DIED: {', '.join(died)}"
@@ -907,6 +916,7 @@ class Swarm:
             tx_confirmed=sum(1 for txid in self.tx_accepted if txid in confirmed),
             tx_sent=self.tx_sent,
             tx_accepted=len(self.tx_accepted),
+            tx_skipped=self.tx_unfunded,
             died=self.launcher.died(),
             duration_s=time.monotonic() - self.started,
             difficulty=opts.difficulty,
