@@ -178,6 +178,50 @@ def test_in_process_swarm_mines_and_agrees(tmp_path: Path) -> None:
     assert summary.propagation_p50_ms is not None
 
 
+class FakeMember(swarm.Member):
+    """A node that shows a fixed tip: for the end-of-run verdict without processes."""
+
+    def __init__(self, index: int, tip: str, alive: bool = True) -> None:
+        super().__init__(index, mining=False)
+        self.tip, self.up = tip, alive
+
+    def alive(self) -> bool:
+        return self.up
+
+    async def status(self) -> dict[str, Any] | None:
+        return {"tip": self.tip, "height": 3, "work": "9", "peers": [], "mempool": 0} if self.up else None
+
+    async def account(self, address: str) -> swarm.AccountView | None:
+        return None
+
+    async def submit(self, tx: Any) -> tuple[bool, str]:
+        return False, "unused"
+
+    async def blocks_from(self, start: int) -> list[Block]:
+        return []
+
+
+@pytest.mark.parametrize(
+    ("tips", "alive", "agreed", "ok"),
+    [
+        (["aa", "aa", "aa"], [True, True, True], True, True),
+        (["aa", "bb", "aa"], [True, True, True], False, False),  # no agreement within the wait
+        (["aa", "aa", "bb"], [True, True, False], True, False),  # the dead node's tip is not asked
+    ],
+)
+def test_end_of_run_verdict(tmp_path: Path, tips: list[str], alive: list[bool], agreed: bool, ok: bool) -> None:
+    runner = swarm.Swarm(swarm.Options(nodes=3, run_dir=tmp_path, in_process=True), out=io.StringIO())
+    runner.launcher.members = [FakeMember(i, t, a) for i, (t, a) in enumerate(zip(tips, alive, strict=True))]
+
+    async def verdict() -> swarm.Summary:
+        return await runner.summarize(await runner.wait_agreement(timeout=0.3))
+
+    summary = asyncio.run(verdict())
+    assert summary.agreed is agreed
+    assert summary.alive == sum(alive)
+    assert summary.ok is ok
+
+
 # --- parts --------------------------------------------------------------------------------------
 def components(n: int, dials: list[list[int]]) -> int:
     parent = list(range(n))
