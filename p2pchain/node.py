@@ -436,7 +436,12 @@ class Node:
             "work": str(tip.work),
             "port": self.port,
             "mining": self.config.mine,
-            "peers": [{"addr": p.addr, "inbound": p.inbound, "height": p.best_height} for p in self.connmgr.ready],
+            "peers": [  # other nodes; clients (HELLO port 0, like the CLI's own query) are only counted
+                {"addr": p.addr, "inbound": p.inbound, "height": p.best_height}
+                for p in self.connmgr.ready
+                if p.listen_addr
+            ],
+            "clients": sum(1 for p in self.connmgr.ready if not p.listen_addr),
             "mempool": len(self.mempool),
             "bans": [{"host": b.host, "until_ms": b.until_ms, "reason": b.reason} for b in self.connmgr.current_bans()],
             **self.stats,
