@@ -54,6 +54,7 @@ RECONNECT_MAX_S = 30.0  # reconnect delay ceiling
 PEER_MSG_RATE = 10_000.0  # messages/s a peer may send on average (token bucket); above the ~9,000
 # signed txs/s a node can check, so one client can feed it at full speed (issue 4: >= 5,000/s)
 PEER_MSG_BURST = 4000  # token bucket depth
+PEER_TURN_S = 0.002  # a peer's already-buffered messages are handled this long, then the others get a turn
 SEEN_CACHE_MAX = 50_000  # recently seen block/tx ids remembered for gossip de-duplication
 MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them again cheaply
 ADDRBOOK_MAX = 1000  # peer addresses remembered

@@ -57,6 +57,7 @@ class Peer:
         self.port: int = port  # the remote socket's port (for inbound: ephemeral)
         self.hello: wire.Hello | None = None
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(limits.SEND_QUEUE_MAX)
+        self.queued_bytes = 0  # bytes of the frames in ``queue``
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.ban_reason: str | None = None  # set when the peer misbehaved in a way that earns a ban
@@ -68,6 +69,7 @@ class Peer:
         self._last_recv = time.monotonic()
         self._tokens = float(tunables.msg_burst)
         self._refill = time.monotonic()
+        self._turn_start = self._refill  # when this peer's handler last let the others run
 
     def __repr__(self) -> str:
         return f"peer {self.addr} ({'in' if self.inbound else 'out'})"
@@ -92,16 +94,22 @@ class Peer:
         """Queue a frame; a peer whose queue is full has stayed behind and is dropped."""
         if self.closed.is_set():
             return
+        if self.queued_bytes + len(frame) > limits.SEND_QUEUE_MAX_BYTES:
+            self.close(f"send queue full ({limits.SEND_QUEUE_MAX_BYTES} bytes): peer is not reading")
+            return
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             self.close(f"send queue full ({limits.SEND_QUEUE_MAX} frames): peer is not reading")
+            return
+        self.queued_bytes += len(frame)
 
     async def _writer(self) -> None:
         while not self.closed.is_set():
             frame = await self.queue.get()
             if frame is None:
                 return
+            self.queued_bytes -= len(frame)
             self.writer.write(frame)
             try:
                 async with asyncio.timeout(self.tunables.drain_timeout):
@@ -125,6 +133,11 @@ class Peer:
         self._tokens -= 1
         if self._tokens < 0:
             await asyncio.sleep(-self._tokens / self.tunables.msg_rate)
+        elif now - self._turn_start < limits.PEER_TURN_S:
+            return
+        else:  # within its rate too: its next message may be buffered already, and another peer's
+            await asyncio.sleep(0)  # (a block to relay) must not wait behind a whole batch of them
+        self._turn_start = time.monotonic()
 
     async def _watchdog(self) -> None:
         """PING after silence; drop the peer if the PONG does not come."""
@@ -189,11 +202,17 @@ class Peer:
             with contextlib.suppress(asyncio.QueueFull):
                 self.queue.put_nowait(None)
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(limits.CLOSE_FLUSH_S):
                     await writer_task
             except (TimeoutError, ConnectionError):
                 writer_task.cancel()
-            self.writer.close()
+            if self.writer.transport.get_write_buffer_size():  # not taken in time: drop it
+                self.writer.transport.abort()
+            else:
+                self.writer.close()
+            # A cancelled task's exception holds a traceback, whose frames hold this peer: drop our
+            # references so that the queue and buffers are freed now, not at a later GC pass.
+            del writer_task, watchdog
 
     def misbehaved(self, e: Misbehaving) -> None:
         if e.ban:
@@ -212,4 +231,7 @@ class Peer:
             log.warning("dropping %r: %s", self, reason)
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
-        self.writer.close()
+        if quiet:
+            self.writer.close()
+        else:  # a dropped peer gets nothing more: unsent bytes must not hold its socket open
+            self.writer.transport.abort()
