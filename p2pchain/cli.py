@@ -115,7 +115,8 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ban-loopback",
         action="store_true",
-        help="ban misbehaving peers on 127.0.0.1 too (by default they are only disconnected)",
+        help="treat loopback peers like remote ones: ban them for misbehaviour and hold them to the "
+        "per-address connection limit (by default they are only disconnected; for tests)",
     )
     p.add_argument(
         "--ping-interval",

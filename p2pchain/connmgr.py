@@ -197,9 +197,9 @@ class ConnectionManager:
             refuse = "banned"
         elif sum(1 for p in self.peers if p.inbound) >= limits.MAX_INBOUND:
             refuse = f"inbound limit {limits.MAX_INBOUND} reached"
-        elif not is_loopback(host) and sum(1 for p in self.peers if p.inbound and p.host == host) >= (
-            limits.MAX_INBOUND_PER_IP
-        ):
+        elif (self.ban_loopback or not is_loopback(host)) and sum(
+            1 for p in self.peers if p.inbound and p.host == host
+        ) >= limits.MAX_INBOUND_PER_IP:
             refuse = f"{limits.MAX_INBOUND_PER_IP} connections from this address already"
         if refuse is not None:
             log.info("refusing inbound connection from %s: %s", host, refuse)
@@ -219,7 +219,7 @@ class ConnectionManager:
             return False
         self.dialing.add(addr)
         try:
-            async with asyncio.timeout(5.0):
+            async with asyncio.timeout(limits.DIAL_TIMEOUT_S):
                 reader, writer = await asyncio.open_connection(host, port, limit=2**16)
         except (OSError, TimeoutError) as e:
             log.debug("could not connect to %s: %s", addr, e)
