@@ -26,7 +26,6 @@ from p2pchain.store import Store
 log = logging.getLogger(__name__)
 
 ChainListener = Callable[[list[Block], list[Block]], None]  # (connected, disconnected)
-MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them again cheaply
 # check_block failures that do not make the block HASH invalid, so it is not remembered: junk
 # without work (kept out of memory), and transactions that the header may not commit to. A
 # relayed copy of a good header with its transactions altered, or with the last one repeated
@@ -323,7 +322,7 @@ class Chain:
 
     def _remember_invalid(self, block_hash: bytes, code: RuleCode) -> None:
         self.invalid[block_hash] = code
-        while len(self.invalid) > MAX_INVALID_REMEMBERED:
+        while len(self.invalid) > limits.MAX_INVALID_REMEMBERED:
             self.invalid.popitem(last=False)
 
     def _next_seq(self) -> int:
