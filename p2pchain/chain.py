@@ -74,6 +74,7 @@ class Chain:
         self.main: list[bytes] = []  # best chain: main[h] is the hash at height h
         self.accounts: dict[str, Account] = {}
         self.orphans: OrderedDict[bytes, Block] = OrderedDict()
+        self._orphan_bytes = 0  # canonical bytes held in the orphan pool
         self.invalid: OrderedDict[bytes, RuleCode] = OrderedDict()
         self.listeners: list[ChainListener] = []
         self.verified: Container[bytes] = ()  # txids with checked signatures (the mempool's cache)
@@ -296,6 +297,7 @@ class Chain:
             children = [b for b in self.orphans.values() if b.prev_hash == parent.hash]
             for child in children:
                 del self.orphans[child.hash]
+                self._orphan_bytes -= child.size
                 if parent.hash not in self.index:  # a sibling's failed reorg found the parent invalid
                     self._remember_invalid(child.hash, RuleCode.INVALID_ANCESTOR)
                     continue
@@ -316,9 +318,11 @@ class Chain:
         return sorted(now.values(), key=lambda b: b.height), sorted(gone.values(), key=lambda b: -b.height)
 
     def _add_orphan(self, block: Block) -> None:
+        """Keep ``block`` until its parent comes; the oldest go first past the count or byte bound."""
         self.orphans[block.hash] = block
-        while len(self.orphans) > limits.ORPHAN_POOL_MAX:
-            self.orphans.popitem(last=False)
+        self._orphan_bytes += block.size
+        while len(self.orphans) > limits.ORPHAN_POOL_MAX or self._orphan_bytes > limits.ORPHAN_POOL_MAX_BYTES:
+            self._orphan_bytes -= self.orphans.popitem(last=False)[1].size
 
     def _remember_invalid(self, block_hash: bytes, code: RuleCode) -> None:
         self.invalid[block_hash] = code

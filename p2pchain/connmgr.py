@@ -29,6 +29,16 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
+def is_ip_addr(addr: str) -> bool:
+    """'1.2.3.4:5' or '[::1]:5': an IP literal and a port, no name to resolve."""
+    try:
+        host, _ = parse_addr(addr)
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -137,8 +147,10 @@ class ConnectionManager:
         return any(p.listen_addr == addr or p.dialed == addr for p in self.peers)
 
     def add_addresses(self, addrs: list[str]) -> None:
+        """Remember addresses to dial later. Only IP literals: a peer must not make us resolve
+        names it chose (Bitcoin's addr messages carry IPs too)."""
         for addr in addrs:
-            if addr in self.self_addrs or addr in self.addrbook:
+            if addr in self.self_addrs or addr in self.addrbook or not is_ip_addr(addr):
                 continue
             self.addrbook[addr] = None
             while len(self.addrbook) > limits.ADDRBOOK_MAX:
@@ -259,10 +271,8 @@ class ConnectionManager:
             await asyncio.sleep(1.0)
             if self.outbound_count() >= limits.TARGET_OUTBOUND:
                 continue
-            candidates = [
-                a
-                for a in self.addrbook
-                if a not in self.persistent and not self.connected_to(a) and a not in self.dialing
-            ]
+            busy = {p.listen_addr for p in self.peers} | {p.dialed for p in self.peers}
+            busy |= self.dialing | set(self.persistent)
+            candidates = [a for a in self.addrbook if a not in busy]
             if candidates:
                 self._spawn(self.dial(random.choice(candidates)))

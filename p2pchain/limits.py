@@ -26,6 +26,7 @@ MEDIAN_TIME_SPAN = 11  # blocks in the median-time-past window (Bitcoin: same)
 MAX_MONEY = 2**62  # no amount, fee or balance may exceed this (keeps SQLite INTEGER safe)
 MAX_ADDRESS_CHARS = 64  # an address field on the wire; real addresses are 40 hex chars
 ORPHAN_POOL_MAX = 256  # blocks waiting for their parent (Bitcoin: MAX_ORPHAN_TRANSACTIONS=100)
+ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256 full blocks would be 256 MiB
 
 # --- mempool ------------------------------------------------------------------------------
 MEMPOOL_MAX_TXS = 50_000  # pending transactions

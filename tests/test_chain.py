@@ -197,6 +197,15 @@ def test_orphan_pool_is_bounded() -> None:
     assert all(chain.has_block(s.hash) for s in strays[5:])
 
 
+def test_orphan_pool_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = mem_chain()
+    strays = [block_on(GENESIS, prev_hash=hashlib.sha256(b"stray %d" % i).digest()) for i in range(10)]
+    monkeypatch.setattr(limits, "ORPHAN_POOL_MAX_BYTES", 3 * strays[0].size)
+    for stray in strays:
+        assert chain.process_block(stray, NOW_MS).status is Status.ORPHAN
+    assert list(chain.orphans) == [s.hash for s in strays[-3:]]  # the newest three fit
+
+
 def test_longer_branch_with_an_overspend_inside_is_not_adopted() -> None:
     # G - a1 - a2 - a3                   main
     #   \
