@@ -26,6 +26,7 @@ from p2pchain.chain import Chain, ProcessResult, Status
 from p2pchain.errors import RuleCode, RuleError
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.rules import EMPTY_ACCOUNT
+from p2pchain.mempool import Mempool
 from p2pchain.params import GENESIS_TIMESTAMP_MS, NetworkParams
 from p2pchain.store import Store
 
@@ -122,6 +123,8 @@ def test_reorg_of_depth(depth: int) -> None:
     b += branch(b[0], depth, miner=C.address, salt=3)
     seen: list[tuple[list[Block], list[Block]]] = []
     chain.subscribe(lambda connected, disconnected: seen.append((connected, disconnected)))
+    pool = Mempool(chain.params, chain.get_account)
+    chain.subscribe(pool.update)  # as the node does
     feed(chain, [c1, c2, *a])
     assert chain.get_account(B.address).balance == depth
     seen.clear()
@@ -138,6 +141,9 @@ def test_reorg_of_depth(depth: int) -> None:
     assert chain.get_account(A.address).nonce == 1
     moved = chain.find_tx(payments[0].txid)
     assert moved is not None and moved.hash == b[0].hash
+    # The abandoned blocks' other payments are pending again, in nonce order, minable at once.
+    assert payments[0].txid not in pool
+    assert [tx.txid for tx in pool.select(100, 10**6)] == [tx.txid for tx in payments[1:]]
     assert all(chain.find_tx(tx.txid) is None for tx in payments[1:])
     assert_balances_replay(chain)
 
