@@ -353,8 +353,9 @@ class Chain:
     def _activate(self, entry: Entry, block: Block, connected: list[Block], disconnected: list[Block]) -> None:
         """Make the branch ending at ``entry`` (whose ``block`` is not stored yet) the best chain, in
         one store transaction. If a block on it breaks a state rule, that block and its descendants
-        are forgotten as invalid, the valid part of the branch is adopted only if it has more work
-        than the current tip, and the RuleError is raised."""
+        are forgotten as invalid, the best chain stays as it was, and the RuleError is raised. (The
+        valid part of such a branch never has more work than our tip: its blocks were stored as a
+        side branch because they had no more, and the tip's work only grows.)"""
         branch, fork_height = self._branch_to(block)
         old = self.store.get_blocks(self.main[:fork_height:-1])  # to disconnect, tip first
         overlay: dict[str, Account] = {}
@@ -383,12 +384,10 @@ class Chain:
                 self._remember_invalid(block.hash, RuleCode.INVALID_ANCESTOR)
             with self.store.transaction():
                 self.store.delete_blocks(doomed)
-            if not applied or self.index[applied[-1][0].hash].work <= self.tip.work:
-                raise failure
+            raise failure
 
         with self.store.transaction():
-            if failure is None:
-                self.store.put_block(block, entry.work, entry.seq)
+            self.store.put_block(block, entry.work, entry.seq)
             for height, gone in zip(range(len(self.main) - 1, fork_height, -1), old, strict=True):
                 self.store.unset_main(height, gone)
             for height, (new, undo) in enumerate(applied, start=fork_height + 1):
@@ -396,8 +395,7 @@ class Chain:
                 self.store.set_main(height, new)
             self.store.write_accounts(overlay.items())
             self.store.set_meta("tip", applied[-1][0].hash)
-        if failure is None:
-            self.index[block.hash] = entry
+        self.index[block.hash] = entry
         for address, acct in overlay.items():
             if acct == EMPTY_ACCOUNT:
                 self.accounts.pop(address, None)
@@ -416,8 +414,6 @@ class Chain:
                 self.tip.hash.hex()[:16],
                 self.height,
             )
-        if failure is not None:
-            raise failure
 
     def _forget_invalid(self, bad: Block, code: RuleCode) -> list[bytes]:
         """Remember ``bad`` and its known descendants as invalid and drop them from the tree;
