@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +96,7 @@ def test_ctrl_c_stops_every_node_and_a_dead_node_fails_the_run(tmp_path: Path) -
         wait_until(lambda: (run_dir / "swarm.json").exists(), 60, "the launcher to start its nodes")
         pids = started_pids(run_dir)
         os.kill(pids[2], signal.SIGKILL)
-        time.sleep(1.5)  # let a refresh or two see the death (not synchronisation: either way it ends)
+        wait_until(lambda: process_gone(pids[2]), 10, "the killed node to be dead")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -304,3 +303,12 @@ def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert swarm.percentile(values, 50) == 50.0
     assert swarm.percentile(values, 99) == 99.0
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited: no /proc entry, or a zombie its parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
