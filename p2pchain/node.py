@@ -5,11 +5,12 @@ handler runs to completion between awaits, as btcd's sync manager does with one 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from p2pchain.chain import Chain, Status
 from p2pchain.connmgr import ConnectionManager
 from p2pchain.errors import MempoolCode, MempoolError, RuleCode, RuleError
 from p2pchain.keys import Wallet
+from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import Mempool, RecentSet
@@ -43,7 +45,14 @@ HONEST_TX_CODES = frozenset(
     }
 )
 PROGRESS_LOG_S = 1.0  # "synced H of N blocks" at most this often
+VERIFY_THREADS = os.cpu_count() or 1  # signature-checking threads (Ed25519 releases the GIL)
+PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sending to the threads
 RESOLVE_POLL_S = 0.02  # how often resolve() looks whether every asked peer has answered
+
+
+def _signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
+    """Runs in a verifier thread."""
+    return [rules.signature_ok(tx, network_id) for tx in txs]
 
 
 def now_ms() -> int:
@@ -97,6 +106,7 @@ class Node:
         self._progress_at = 0.0
         self.miner: MinerPool | None = None
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
+        self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
         self._mine_lock = asyncio.Lock()
         self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0, "sync_requests": 0}
         self.started = time.time()
@@ -144,6 +154,7 @@ class Node:
         if self.miner is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.miner.close)
         await self.connmgr.close()
+        self._verifier.shutdown(wait=False, cancel_futures=True)
         self.chain.close()
         log.info("stopped at height %d, tip %s", self.chain.height, self.chain.tip.hash.hex()[:16])
 
@@ -269,6 +280,7 @@ class Node:
         if msg.more and msg.blocks:  # ask for the next batch now: the peer reads it while we check this one
             self.sync_peer = None
             self._start_sync(peer, msg.blocks[-1].hash)
+        await self._preverify(msg.blocks)
         prev: bytes | None = None
         connected_any = False
         with self.chain.store.batch():  # one commit for the batch
@@ -308,9 +320,32 @@ class Node:
             log.info("synced %d of %d blocks", self.chain.height, target)
 
     # --- gossip -----------------------------------------------------------------------------
+    async def _preverify(self, blocks: Sequence[Block]) -> None:
+        """Check the signatures of these blocks' transactions in threads, off the event loop
+        (Ed25519 releases the GIL: every core works and the loop keeps serving peers), and add
+        the good ones to the signature cache that process_block consults. A bad signature is not
+        cached, so process_block finds it again and names it. Below PREVERIFY_MIN_TXS unchecked
+        transactions the threads cost more than they save."""
+        cache = self.mempool.verified
+        todo = [tx for b in blocks for tx in b.txs[1:] if tx.txid not in cache and len(tx.pubkey) == 32]
+        if len(todo) < PREVERIFY_MIN_TXS:
+            return
+        network = self.params.network_id
+        loop = asyncio.get_running_loop()
+        chunk = -(-len(todo) // VERIFY_THREADS)
+        parts = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._verifier, _signatures_ok, part, network) for part in parts)
+        )
+        for part, oks in zip(parts, results, strict=True):
+            for tx, ok in zip(part, oks, strict=True):
+                if ok:
+                    cache.add(tx.txid)
+
     async def _on_new_block(self, peer: Peer, msg: wire.NewBlock) -> None:
         block = msg.block
         peer.best_height = max(peer.best_height, block.height)
+        await self._preverify((block,))
         try:
             result = self.chain.process_block(block, now_ms())
         except RuleError as e:

@@ -1,0 +1,59 @@
+"""node_preverify: a block's signatures are checked in threads off the event loop, and a bad one
+is still found and named by the block rules.
+
+In-process: a Node on a temp data dir, no sockets; blocks built with tests/node_helpers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from node_helpers import FUNDED, TEST_PARAMS, branch, next_block, pay
+
+from p2pchain.errors import RuleCode, RuleError
+from p2pchain.keys import Wallet
+from p2pchain.ledger import rules
+from p2pchain.node import PREVERIFY_MIN_TXS, Node, NodeConfig
+
+
+def test_preverify_caches_good_signatures_and_leaves_a_bad_one_to_the_rules(tmp_path: Path) -> None:
+    funding = branch(TEST_PARAMS.genesis.header, 3)  # FUNDED earns the rewards
+    to = Wallet.generate().address
+    txs = [pay(FUNDED, to, 1, nonce=i) for i in range(PREVERIFY_MIN_TXS + 8)]
+    forged = replace(txs[7], signature=bytes(64))  # same body, signature of zeros
+    block = next_block(funding[-1].header, [*txs[:7], forged, *txs[8:]])
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
+        try:
+            await node._preverify([block])
+            cache = node.mempool.verified
+            assert all(tx.txid in cache for tx in block.txs[1:] if tx is not forged)
+            assert forged.txid not in cache
+            with pytest.raises(RuleError) as err:
+                rules.check_block(block, TEST_PARAMS, verified=cache)
+            assert err.value.code is RuleCode.TX_BAD_SIGNATURE
+        finally:
+            node._verifier.shutdown()
+            node.chain.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_small_block_is_left_to_process_block(tmp_path: Path) -> None:
+    to = Wallet.generate().address
+    block = next_block(TEST_PARAMS.genesis.header, [pay(FUNDED, to, 1, nonce=0)])
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
+        try:
+            await node._preverify([block])
+            assert block.txs[1].txid not in node.mempool.verified  # below PREVERIFY_MIN_TXS: no threads
+        finally:
+            node._verifier.shutdown()
+            node.chain.close()
+
+    asyncio.run(scenario())
