@@ -87,9 +87,24 @@ class Store:
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise StoreError(f"store {self.path} is corrupt ({ok}): move it aside and resync")
+            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:
+                raise StoreError(
+                    f"{self.path} is an SQLite database of something else (tables: {', '.join(sorted(tables))}): "
+                    "use another --data-dir"
+                )
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
+            self._close_quietly()
             raise StoreError(f"store {self.path} cannot be opened ({e}): move it aside and resync") from None
+        except StoreError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
 
     def close(self) -> None:
         self.db.close()

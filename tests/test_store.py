@@ -10,6 +10,7 @@ import os
 import random
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -130,6 +131,22 @@ def test_damaged_file_is_refused_never_reset(tmp_path: Path, damage) -> None:  #
         Chain.open(path, PARAMS)
     assert str(path) in str(err.value)
     assert path.read_bytes() == before
+
+
+def test_sqlite_file_of_another_program_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "chain.sqlite"
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE invoices(id INTEGER PRIMARY KEY, total INTEGER)")
+    other.execute("INSERT INTO invoices(total) VALUES (42)")
+    other.commit()
+    other.close()
+    with pytest.raises(StoreError, match="something else") as err:
+        Chain.open(path, PARAMS)
+    assert str(path) in str(err.value)
+    check = sqlite3.connect(path)
+    tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    check.close()
+    assert tables == {"invoices"}  # nothing was added to it
 
 
 def test_bans_persist_until_they_expire(tmp_path: Path) -> None:
