@@ -205,7 +205,9 @@ class ConnectionManager:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("peername")[0]
         refuse = None
-        if self.is_banned(host):
+        if self.server is not None and not self.server.is_serving():
+            refuse = "shutting down"  # accepted just before close(): it would outlive close()
+        elif self.is_banned(host):
             refuse = "banned"
         elif sum(1 for p in self.peers if p.inbound) >= limits.MAX_INBOUND:
             refuse = f"inbound limit {limits.MAX_INBOUND} reached"
@@ -217,6 +219,12 @@ class ConnectionManager:
             log.info("refusing inbound connection from %s: %s", host, refuse)
             writer.close()
             return
+        # The server owns this task and nobody awaits it: close() must cancel and await it like the
+        # dialled ones, or a handler still running (a sync batch) would use the store after it closed.
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         try:
             await self._serve(Peer(reader, writer, inbound=True, tunables=self.tunables))
         except asyncio.CancelledError:

@@ -105,6 +105,7 @@ class Node:
         self._sync_target = 0
         self._progress_at = 0.0
         self.miner: MinerPool | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
         self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
         self._mine_lock = asyncio.Lock()
@@ -291,6 +292,8 @@ class Node:
                 except RuleError as e:
                     if e.code in HONEST_BLOCK_CODES:
                         log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
+                        # what it can give us now ends below it: _sync_from_best must not ask it again at once
+                        peer.best_height = min(peer.best_height, block.height - 1)
                         break
                     why = f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}"
                     raise Misbehaving(why) from None

@@ -195,6 +195,9 @@ class Peer:
             self.misbehaved(Misbehaving(f"protocol error: {e}"))
         except Misbehaving as e:
             self.misbehaved(e)
+        except Exception as e:  # a bug of ours, not the peer's: drop it (no ban), keep the node and the redialling
+            log.exception("%r: internal error while serving it", self)
+            self.close(f"internal error ({type(e).__name__})")
         finally:
             if watchdog is not None:
                 watchdog.cancel()

@@ -1,0 +1,203 @@
+"""node robustness: regressions from the code review of the node layer.
+
+- A handler bug (any exception but Misbehaving/ProtocolError) drops that peer with its traceback
+  logged; it neither escapes into asyncio nor ends the redialling of a --peer address.
+- ``Node.stop`` returns only once every peer's task has ended, inbound ones too: a handler still
+  running would otherwise use the store after it is closed.
+- A peer whose chain holds a block from the future is not asked for it again and again.
+
+In-process: Nodes on temp data dirs and loopback sockets, raw test peers from tests/p2p_peer.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_helpers import TEST_PARAMS, branch, next_block
+from p2p_peer import RawPeer
+
+from p2pchain import limits, wire
+from p2pchain.connmgr import ConnectionManager
+from p2pchain.node import Node, NodeConfig, run_node
+from p2pchain.peer import Peer, Tunables
+from p2pchain.store import Store
+
+DEADLINE_S = 20.0  # generous: the machine is shared
+
+
+def _errors_with_traceback(caplog: pytest.LogCaptureFixture, exc_type: type[BaseException]) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith("p2pchain") and r.exc_info and r.exc_info[0] is exc_type
+    ]
+
+
+def test_a_handler_bug_on_a_dialled_peer_is_logged_and_the_address_is_redialled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> int:
+        connections: asyncio.Queue[None] = asyncio.Queue()
+
+        async def fake_node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await wire.read_frame(reader)  # the dialler's HELLO
+            writer.write(wire.Hello(1, TEST_PARAMS.network_id, os.urandom(16), 1, 0, b"\0" * 32, 0, "fake").encode())
+            writer.write(wire.Ping(7).encode())
+            connections.put_nowait(None)
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass
+            writer.close()
+
+        async def buggy_handler(peer: Peer, msg: wire.Message) -> None:
+            raise RuntimeError("planted handler bug")
+
+        server = await asyncio.start_server(fake_node, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = Store(tmp_path / "store.sqlite")
+        connmgr = ConnectionManager(
+            node_id=os.urandom(16),
+            network=TEST_PARAMS.network_id,
+            store=store,
+            make_hello=lambda: wire.Hello(1, TEST_PARAMS.network_id, os.urandom(16), 0, 0, b"\0" * 32, 0, "t"),
+            on_hello=lambda peer: None,
+            handle=buggy_handler,
+            on_close=lambda peer: None,
+            tunables=Tunables(),
+        )
+        try:
+            connmgr.connect(f"127.0.0.1:{port}")
+            async with asyncio.timeout(DEADLINE_S):
+                for _ in range(2):  # the first connection hits the bug; the address is dialled again
+                    await connections.get()
+            return len(connmgr.persistent)
+        finally:
+            await connmgr.close()
+            server.close()
+            store.close()
+
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(scenario()) == 1
+    assert _errors_with_traceback(caplog, RuntimeError), "the handler's traceback was not logged"
+
+
+def test_a_handler_bug_on_an_inbound_peer_drops_it_and_the_node_serves_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def buggy_ping(self: Node, peer: Peer, msg: wire.Ping) -> None:
+        if msg.nonce == 666:
+            raise RuntimeError("planted handler bug")
+        peer.send(wire.Pong(msg.nonce))
+
+    monkeypatch.setattr(Node, "_on_ping", buggy_ping)
+
+    async def scenario() -> list[dict[str, Any]]:
+        loop_errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        try:
+            bad = await RawPeer.connect(node.port)
+            await bad.handshake()
+            bad.send(wire.Ping(666))
+            await bad.drain()
+            await bad.wait_closed(DEADLINE_S)
+            await bad.close()
+            honest = await RawPeer.connect(node.port)
+            await honest.handshake()
+            await honest.sync_with_ping(DEADLINE_S)
+            await honest.close()
+        finally:
+            await node.stop()
+        return loop_errors
+
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(scenario()) == []
+    assert _errors_with_traceback(caplog, RuntimeError), "the handler's traceback was not logged"
+
+
+def test_stop_waits_for_inbound_peers_before_closing_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler that awaits (a sync batch yielding, signatures checked in threads) must not run
+    on after stop() has closed the store."""
+    handler_tasks: list[asyncio.Task[Any]] = []
+    started = asyncio.Event()
+
+    async def slow_ping(self: Node, peer: Peer, msg: wire.Ping) -> None:
+        handler_tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        started.set()
+        await asyncio.sleep(DEADLINE_S)  # stands for a long await inside a handler
+        self.chain.get_block(self.chain.tip.hash)
+
+    monkeypatch.setattr(Node, "_on_ping", slow_ping)
+
+    async def scenario() -> tuple[bool, int]:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        peer = await RawPeer.connect(node.port)
+        try:
+            await peer.handshake()
+            peer.send(wire.Ping(1))
+            await peer.drain()
+            async with asyncio.timeout(DEADLINE_S):
+                await started.wait()
+        finally:
+            await node.stop()
+            await peer.close()
+        return handler_tasks[0].done(), len(node.connmgr.peers)
+
+    assert asyncio.run(scenario()) == (True, 0)
+
+
+def test_a_block_from_the_future_in_a_chain_is_not_asked_for_again_and_again(tmp_path: Path) -> None:
+    good = branch(TEST_PARAMS.genesis.header, 2)
+    ahead_ms = int(time.time() * 1000) + limits.MAX_FUTURE_BLOCK_MS + 60 * 60 * 1000
+    future = next_block(good[-1].header, salt=ahead_ms - good[-1].header.timestamp - 1000)
+    blocks = (*good, future)
+
+    async def scenario() -> tuple[int, int]:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        peer = await RawPeer.connect(node.port)
+        try:
+            await peer.handshake(port=1, height=future.height, work=2**200)  # a node with more work
+            await peer.expect(wire.GetChain, DEADLINE_S)
+            peer.send(wire.Chain(blocks, False))
+            asks = 0
+
+            def count_until_pong(msg: wire.Message) -> bool:  # the CHAIN was handled before the PING
+                nonlocal asks
+                asks += isinstance(msg, wire.GetChain)
+                return isinstance(msg, wire.Pong)
+
+            peer.send(wire.Ping(1))
+            await peer.expect(count_until_pong, DEADLINE_S)
+            return node.chain.height, asks
+        finally:
+            await node.stop()
+            await peer.close()
+
+    assert asyncio.run(scenario()) == (len(good), 0)
+
+
+def test_a_port_in_use_fails_with_the_os_error(tmp_path: Path) -> None:
+    """The CLI turns OSError into "cannot listen on ...": stop() after a failed start() must not
+    replace it with an error of its own."""
+
+    async def scenario() -> None:
+        busy = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = busy.sockets[0].getsockname()[1]
+        try:
+            config = NodeConfig(data_dir=tmp_path / "n", port=port, params=TEST_PARAMS, discover=False)
+            await run_node(config, asyncio.Event())
+        finally:
+            busy.close()
+
+    with pytest.raises(OSError):
+        asyncio.run(scenario())
