@@ -103,7 +103,7 @@ class Client:
                     if self.gossip.full():
                         self.gossip.get_nowait()
                     self.gossip.put_nowait(msg)
-        except (asyncio.IncompleteReadError, ConnectionError, ProtocolError) as e:
+        except (asyncio.IncompleteReadError, OSError, ProtocolError) as e:  # OSError: EHOSTUNREACH, ETIMEDOUT too
             err = NodeUnavailable(f"node closed the connection ({type(e).__name__})")
             for fut in self._waiting.values():
                 if not fut.done():
@@ -130,8 +130,9 @@ class Client:
             async with asyncio.timeout(timeout):
                 reply = await fut
         except TimeoutError:
-            self._waiting.pop(qid, None)
             raise NodeUnavailable(f"node did not answer {make.TYPE} within {timeout:g} s") from None
+        finally:  # answered, timed out or cancelled by the caller: nothing waits under this id any more
+            self._waiting.pop(qid, None)
         if isinstance(reply, wire.Error):
             raise QueryError(reply.message)
         return reply

@@ -189,7 +189,7 @@ class Peer:
                     raise Misbehaving("sent a second HELLO")
                 await handle(self, msg)
                 await self._throttle()
-        except (asyncio.IncompleteReadError, ConnectionError) as e:
+        except (asyncio.IncompleteReadError, OSError) as e:  # OSError: also EHOSTUNREACH, ETIMEDOUT
             self.close(f"connection lost ({type(e).__name__})", quiet=True)
         except ProtocolError as e:
             self.misbehaved(Misbehaving(f"protocol error: {e}"))
@@ -207,7 +207,7 @@ class Peer:
             try:
                 async with asyncio.timeout(limits.CLOSE_FLUSH_S):
                     await writer_task
-            except (TimeoutError, ConnectionError):
+            except OSError:  # TimeoutError too; a broken link's error (drain() raises the reader's)
                 writer_task.cancel()
             if self.writer.transport.get_write_buffer_size():  # not taken in time: drop it
                 self.writer.transport.abort()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from node_helpers import TEST_PARAMS, branch, next_block
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
+from p2pchain.client import Client, NodeUnavailable
 from p2pchain.connmgr import ConnectionManager
 from p2pchain.node import Node, NodeConfig, run_node
 from p2pchain.peer import Peer, Tunables
@@ -40,52 +43,72 @@ def _errors_with_traceback(caplog: pytest.LogCaptureFixture, exc_type: type[Base
     ]
 
 
+async def _redialled(tmp_path: Path, handle: Callable[[Peer, wire.Message], Awaitable[None]]) -> bool:
+    """Dial a fake node as a --peer address whose connection ``handle`` spoils at its first
+    message (a PING); True once the address has been dialled a second time."""
+    connections: asyncio.Queue[None] = asyncio.Queue()
+
+    async def fake_node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await wire.read_frame(reader)  # the dialler's HELLO
+        writer.write(wire.Hello(1, TEST_PARAMS.network_id, os.urandom(16), 1, 0, b"\0" * 32, 0, "fake").encode())
+        writer.write(wire.Ping(7).encode())
+        connections.put_nowait(None)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(fake_node, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = Store(tmp_path / "store.sqlite")
+    connmgr = ConnectionManager(
+        node_id=os.urandom(16),
+        network=TEST_PARAMS.network_id,
+        store=store,
+        make_hello=lambda: wire.Hello(1, TEST_PARAMS.network_id, os.urandom(16), 0, 0, b"\0" * 32, 0, "t"),
+        on_hello=lambda peer: None,
+        handle=handle,
+        on_close=lambda peer: None,
+        tunables=Tunables(),
+    )
+    try:
+        connmgr.connect(f"127.0.0.1:{port}")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DEADLINE_S):
+                for _ in range(2):  # the first connection is spoilt; the address is dialled again
+                    await connections.get()
+                return True
+        return False
+    finally:
+        await connmgr.close()
+        server.close()
+        store.close()
+
+
 def test_a_handler_bug_on_a_dialled_peer_is_logged_and_the_address_is_redialled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def scenario() -> int:
-        connections: asyncio.Queue[None] = asyncio.Queue()
-
-        async def fake_node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await wire.read_frame(reader)  # the dialler's HELLO
-            writer.write(wire.Hello(1, TEST_PARAMS.network_id, os.urandom(16), 1, 0, b"\0" * 32, 0, "fake").encode())
-            writer.write(wire.Ping(7).encode())
-            connections.put_nowait(None)
-            with contextlib.suppress(ConnectionError):
-                while await reader.read(65536):
-                    pass
-            writer.close()
-
-        async def buggy_handler(peer: Peer, msg: wire.Message) -> None:
-            raise RuntimeError("planted handler bug")
-
-        server = await asyncio.start_server(fake_node, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        store = Store(tmp_path / "store.sqlite")
-        connmgr = ConnectionManager(
-            node_id=os.urandom(16),
-            network=TEST_PARAMS.network_id,
-            store=store,
-            make_hello=lambda: wire.Hello(1, TEST_PARAMS.network_id, os.urandom(16), 0, 0, b"\0" * 32, 0, "t"),
-            on_hello=lambda peer: None,
-            handle=buggy_handler,
-            on_close=lambda peer: None,
-            tunables=Tunables(),
-        )
-        try:
-            connmgr.connect(f"127.0.0.1:{port}")
-            async with asyncio.timeout(DEADLINE_S):
-                for _ in range(2):  # the first connection hits the bug; the address is dialled again
-                    await connections.get()
-            return len(connmgr.persistent)
-        finally:
-            await connmgr.close()
-            server.close()
-            store.close()
+    async def buggy_handler(peer: Peer, msg: wire.Message) -> None:
+        raise RuntimeError("planted handler bug")
 
     with caplog.at_level(logging.INFO):
-        assert asyncio.run(scenario()) == 1
+        assert asyncio.run(_redialled(tmp_path, buggy_handler))
     assert _errors_with_traceback(caplog, RuntimeError), "the handler's traceback was not logged"
+
+
+def test_a_connection_lost_with_an_os_error_is_a_quiet_disconnect_and_redialled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio hands a reader (and so drain()) the socket's error: EHOSTUNREACH or ETIMEDOUT on a
+    real network are OSErrors but not ConnectionErrors."""
+
+    async def link_breaks(peer: Peer, msg: wire.Message) -> None:
+        peer.reader.set_exception(OSError(errno.EHOSTUNREACH, "No route to host"))  # as connection_lost(exc)
+        peer.send(wire.Pong(1))  # the writer's drain() meets it too
+
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(_redialled(tmp_path, link_breaks))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a lost link is not an error of ours"
 
 
 def test_a_handler_bug_on_an_inbound_peer_drops_it_and_the_node_serves_on(
@@ -201,3 +224,33 @@ def test_a_port_in_use_fails_with_the_os_error(tmp_path: Path) -> None:
 
     with pytest.raises(OSError):
         asyncio.run(scenario())
+
+
+def test_a_client_query_fails_at_once_when_the_link_breaks_with_an_os_error(tmp_path: Path) -> None:
+    """The client's reader must hand any socket error to the queries waiting on it, not only
+    ConnectionErrors; and a query given up by its caller leaves nothing behind."""
+
+    async def scenario() -> int:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        try:
+            client = await Client.connect("127.0.0.1", node.port)
+            try:
+                abandoned = asyncio.create_task(client.query(wire.GetStatus, timeout=3600))
+                await asyncio.sleep(0)  # it sends and waits
+                abandoned.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await abandoned
+                left_behind = len(client._waiting)
+                pending = asyncio.create_task(client.query(wire.GetStatus, timeout=3600))
+                client.reader.set_exception(OSError(errno.EHOSTUNREACH, "No route to host"))
+                async with asyncio.timeout(DEADLINE_S):
+                    with pytest.raises(NodeUnavailable):
+                        await pending
+                return left_behind
+            finally:
+                await client.close()
+        finally:
+            await node.stop()
+
+    assert asyncio.run(scenario()) == 0
