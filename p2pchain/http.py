@@ -440,7 +440,7 @@ def make_app(node: Node) -> web.Application:
 
 
 async def start_http(node: Node, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(node), access_log=None)
+    runner = web.AppRunner(make_app(node), access_log=None, shutdown_timeout=limits.HTTP_SHUTDOWN_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -70,6 +70,9 @@ HTTP_STREAM_CHUNK_BYTES = 256 * 1024  # a streamed /chain is written in chunks o
 HTTP_REGISTER_MAX = 64  # addresses in one /nodes/register request
 HTTP_REGISTER_WAIT_S = 5.0  # /nodes/register waits this long for new peers to handshake, then answers
 RESOLVE_TIMEOUT_S = 10.0  # /nodes/resolve waits this long for every peer's CHAIN and the sync it starts
+# seconds requests still running at shutdown get, then they are cancelled: aiohttp's default (60 s)
+# outlasted SHUTDOWN_GRACE_S, so a waiting /nodes/resolve or /mine kept Node.stop() from running
+HTTP_SHUTDOWN_S = 0.25
 
 # --- wire decoding bounds (msgpack refuses a longer object before allocating it) ------------
 # items in one msgpack array: the longest list a message may hold (a block's transactions)

@@ -16,12 +16,14 @@ import contextlib
 import errno
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import free_port
 from node_helpers import TEST_PARAMS, branch, next_block
 from p2p_peer import RawPeer
 
@@ -254,3 +256,42 @@ def test_a_client_query_fails_at_once_when_the_link_breaks_with_an_os_error(tmp_
             await node.stop()
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_request_in_flight_does_not_keep_the_node_from_stopping(tmp_path: Path) -> None:
+    """SIGTERM while /nodes/resolve waits for a peer that never answers (10 s): aiohttp would wait
+    60 s for it, the shutdown grace ran out first and Node.stop() never ran (store left open, the
+    "stopped at height" line never logged)."""
+    from aiohttp import ClientSession
+
+    from p2pchain.http import start_http
+
+    async def scenario() -> tuple[bool, bool]:
+        stop = asyncio.Event()
+        ready: asyncio.Future[Node] = asyncio.get_running_loop().create_future()
+        http_port = free_port()
+        config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, http_port=http_port)
+        running = asyncio.create_task(run_node(config, stop, on_ready=ready.set_result, start_http=start_http))
+        node = await asyncio.wait_for(ready, DEADLINE_S)
+        peer = await RawPeer.connect(node.port)
+        session = ClientSession()
+        try:
+            await peer.handshake(port=1)  # a node, so resolve asks it; it never answers
+            request = asyncio.create_task(session.get(f"http://127.0.0.1:{http_port}/nodes/resolve"))
+            await peer.expect(wire.GetChain, DEADLINE_S)
+            stop.set()
+            async with asyncio.timeout(DEADLINE_S):
+                await running
+            request.cancel()
+            with contextlib.suppress(BaseException):
+                await request
+        finally:
+            await session.close()
+            await peer.close()
+        try:
+            node.chain.store.db.execute("SELECT 1")
+        except sqlite3.ProgrammingError:  # closed by Node.stop()
+            return True, not node.connmgr.peers
+        return False, not node.connmgr.peers
+
+    assert asyncio.run(scenario()) == (True, True)
