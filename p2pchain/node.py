@@ -100,6 +100,8 @@ class Node:
             ban_loopback=config.ban_loopback,
         )
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # recently rejected txids: not re-checked
+        # CHAIN blocks skipped from a block from the future on: the next batch, already asked for, builds on them
+        self._skipped = RecentSet(limits.MAX_BLOCKS_PER_CHAIN)
         self.sync_peer: Peer | None = None
         self._sync_asked_at = 0.0
         self._sync_target = 0
@@ -278,6 +280,11 @@ class Node:
         for i in range(1, len(msg.blocks)):  # refuse a broken batch whole, before any block counts
             if msg.blocks[i].prev_hash != msg.blocks[i - 1].hash:
                 raise Misbehaving(f"CHAIN blocks do not link at position {i}")
+        parent = msg.blocks[0].prev_hash if msg.blocks else None
+        if parent is not None and parent in self._skipped and self.chain.entry(parent) is None:
+            # asked for (pipelined) before the batch it builds on stopped at a block from the future
+            log.info("%r sent blocks after one from the future: ignored for now", peer)
+            msg = wire.Chain((), False)  # this sync ends here
         if msg.more and msg.blocks:  # ask for the next batch now: the peer reads it while we check this one
             self.sync_peer = None
             self._start_sync(peer, msg.blocks[-1].hash)
@@ -294,6 +301,8 @@ class Node:
                         log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
                         # what it can give us now ends below it: _sync_from_best must not ask it again at once
                         peer.best_height = min(peer.best_height, block.height - 1)
+                        for skipped in msg.blocks[i:]:
+                            self._skipped.add(skipped.hash)
                         break
                     why = f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}"
                     raise Misbehaving(why) from None

@@ -30,6 +30,7 @@ from p2p_peer import RawPeer
 from p2pchain import limits, wire
 from p2pchain.client import Client, NodeUnavailable
 from p2pchain.connmgr import ConnectionManager
+from p2pchain.ledger.block import Block
 from p2pchain.node import Node, NodeConfig, run_node
 from p2pchain.peer import Peer, Tunables
 from p2pchain.store import Store
@@ -180,35 +181,65 @@ def test_stop_waits_for_inbound_peers_before_closing_the_store(tmp_path: Path, m
     assert asyncio.run(scenario()) == (True, 0)
 
 
-def test_a_block_from_the_future_in_a_chain_is_not_asked_for_again_and_again(tmp_path: Path) -> None:
+async def _chain_requests_before_pong(peer: RawPeer) -> int:
+    """PING the node and count the GET_CHAINs it sends before the PONG (what the messages sent
+    before the PING made it ask)."""
+    asks = 0
+
+    def count_until_pong(msg: wire.Message) -> bool:
+        nonlocal asks
+        asks += isinstance(msg, wire.GetChain)
+        return isinstance(msg, wire.Pong)
+
+    peer.send(wire.Ping(1))
+    await peer.expect(count_until_pong, DEADLINE_S)
+    return asks
+
+
+def _chain_with_a_block_from_the_future() -> tuple[list[Block], Block, list[Block]]:
+    """Two good blocks, one 3 h ahead of our clock, and two after it."""
     good = branch(TEST_PARAMS.genesis.header, 2)
     ahead_ms = int(time.time() * 1000) + limits.MAX_FUTURE_BLOCK_MS + 60 * 60 * 1000
     future = next_block(good[-1].header, salt=ahead_ms - good[-1].header.timestamp - 1000)
-    blocks = (*good, future)
+    return good, future, branch(future.header, 2)
 
-    async def scenario() -> tuple[int, int]:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        await node.start()
-        peer = await RawPeer.connect(node.port)
-        try:
-            await peer.handshake(port=1, height=future.height, work=2**200)  # a node with more work
-            await peer.expect(wire.GetChain, DEADLINE_S)
-            peer.send(wire.Chain(blocks, False))
-            asks = 0
 
-            def count_until_pong(msg: wire.Message) -> bool:  # the CHAIN was handled before the PING
-                nonlocal asks
-                asks += isinstance(msg, wire.GetChain)
-                return isinstance(msg, wire.Pong)
+async def _serve_chain(
+    tmp_path: Path, height: int, batches: list[tuple[tuple[Block, ...], bool]]
+) -> tuple[int, list[wire.GetChain], int]:
+    """Play a node with more work that answers the node's GET_CHAINs with ``batches``: the node's
+    height then, the requests answered, and the GET_CHAINs it sends after the last batch."""
+    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+    await node.start()
+    peer = await RawPeer.connect(node.port)
+    try:
+        await peer.handshake(port=1, height=height, work=2**200)
+        requests = []
+        for blocks, more in batches:
+            requests.append(await peer.expect(wire.GetChain, DEADLINE_S))
+            peer.send(wire.Chain(blocks, more))
+        asks = await _chain_requests_before_pong(peer)
+        return node.chain.height, requests, asks
+    finally:
+        await node.stop()
+        await peer.close()
 
-            peer.send(wire.Ping(1))
-            await peer.expect(count_until_pong, DEADLINE_S)
-            return node.chain.height, asks
-        finally:
-            await node.stop()
-            await peer.close()
 
-    assert asyncio.run(scenario()) == (len(good), 0)
+def test_a_block_from_the_future_in_a_chain_is_not_asked_for_again_and_again(tmp_path: Path) -> None:
+    good, future, _ = _chain_with_a_block_from_the_future()
+    height, _, asks = asyncio.run(_serve_chain(tmp_path, future.height, [((*good, future), False)]))
+    assert (height, asks) == (len(good), 0)
+
+
+def test_a_block_from_the_future_mid_sync_does_not_cost_the_peer_its_connection(tmp_path: Path) -> None:
+    """The next batch is asked for before a batch is checked; when that batch stops at a block
+    from the future, the next one starts on blocks we skipped: not the peer's fault, and its
+    "more" is not followed."""
+    good, future, after = _chain_with_a_block_from_the_future()
+    batches = [((*good, future, after[0]), True), (tuple(after[1:]), True)]
+    height, requests, asks = asyncio.run(_serve_chain(tmp_path, after[-1].height, batches))
+    assert requests[1].locator[0] == after[0].hash  # the pipelined request, from the first batch's end
+    assert (height, asks) == (len(good), 0)  # and the peer is still served (it got the PONG)
 
 
 def test_a_port_in_use_fails_with_the_os_error(tmp_path: Path) -> None:
