@@ -109,6 +109,7 @@ class Node:
         self.miner: MinerPool | None = None
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
+        self._mining_stopped: str | None = None  # why the --mine task ended, if it did
         self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
         self._mine_lock = asyncio.Lock()
         self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0, "sync_requests": 0}
@@ -446,6 +447,8 @@ class Node:
     async def mine_one(self) -> Block:
         """Mine until this node has added one block of its own (the HTTP /mine)."""
         if self.config.mine:
+            if self._mining_stopped is not None:
+                raise RuntimeError(self._mining_stopped)
             waiter: asyncio.Future[Block] = asyncio.get_running_loop().create_future()
             self._mined.append(waiter)
             return await waiter
@@ -456,9 +459,17 @@ class Node:
         raise RuntimeError("could not mine a block: the tip kept changing")
 
     async def _mine_forever(self) -> None:
-        while True:
-            await self.mine_block()
-            await asyncio.sleep(0)
+        try:
+            while True:
+                await self.mine_block()
+                await asyncio.sleep(0)
+        except Exception as e:  # a worker process died: say so, and fail /mine instead of hanging it
+            log.exception("mining stopped")
+            self._mining_stopped = f"mining stopped: {e}"
+            for waiter in self._mined:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError(self._mining_stopped))
+            self._mined.clear()
 
     # --- housekeeping -----------------------------------------------------------------------
     async def _maintain(self) -> None:

@@ -326,3 +326,44 @@ def test_a_request_in_flight_does_not_keep_the_node_from_stopping(tmp_path: Path
         return False, not node.connmgr.peers
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_a_broken_miner_fails_a_waiting_mine_request_instead_of_hanging_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --mine, GET /mine waits for the mining task's next block; a mining task that died (a
+    worker process gone: MinerPool raises RuntimeError) left it waiting for ever, silently."""
+    from p2pchain.miner import MinerPool
+
+    async def dead_worker(self: MinerPool, header: Any) -> None:
+        raise RuntimeError("miner worker 0 exited with code -9")
+
+    monkeypatch.setattr(MinerPool, "__init__", lambda self, procs=None: None)
+    monkeypatch.setattr(MinerPool, "solve", dead_worker)
+    monkeypatch.setattr(MinerPool, "close", lambda self: None)
+
+    async def scenario() -> tuple[bool, bool]:
+        config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, mine=True)
+        node = Node(config)
+        await node.start()
+        try:
+            failed_now = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DEADLINE_S):
+                    try:
+                        await node.mine_one()  # while the task dies, or after
+                    except RuntimeError:
+                        failed_now = True
+            try:
+                async with asyncio.timeout(DEADLINE_S):
+                    await node.mine_one()
+                again = False
+            except RuntimeError:
+                again = True
+            return failed_now, again
+        finally:
+            await node.stop()
+
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(scenario()) == (True, True)
+    assert _errors_with_traceback(caplog, RuntimeError), "the mining task's end was not logged"
