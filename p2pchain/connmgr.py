@@ -75,7 +75,7 @@ class ConnectionManager:
         self.by_node: dict[bytes, Peer] = {}  # handshaken peers by node id
         self.persistent: dict[str, asyncio.Task[None]] = {}  # --peer / register: redialled forever
         self.addrbook: OrderedDict[str, None] = OrderedDict()  # learnt addresses, oldest first
-        self.self_addrs: set[str] = set()  # addresses that turned out to be this node
+        self.self_addrs: OrderedDict[str, None] = OrderedDict()  # addresses that turned out to be this node
         self.dialing: set[str] = set()
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[object]] = set()
@@ -128,6 +128,10 @@ class ConnectionManager:
             log.info("not banning loopback %s (%s): disconnected only", host, reason)
             return
         until = self._now_ms() + int(limits.BAN_SECONDS * 1000)
+        while len(self.bans) >= limits.MAX_BANS and host not in self.bans:
+            soonest = min(self.bans.values(), key=lambda b: b.until_ms)
+            del self.bans[soonest.host]
+            self.store.unban(soonest.host)
         self.bans[host] = Ban(host, until, reason)
         self.store.ban(host, until, reason)
         log.warning("banned %s for %d s: %s", host, limits.BAN_SECONDS, reason)
@@ -174,7 +178,9 @@ class ConnectionManager:
         if hello.node_id == self.node_id:
             dialed = peer.dialed
             if dialed:
-                self.self_addrs.add(dialed)
+                self.self_addrs[dialed] = None
+                while len(self.self_addrs) > limits.SELF_ADDRS_MAX:
+                    self.self_addrs.popitem(last=False)
                 self.addrbook.pop(dialed, None)
             raise Misbehaving("connected to ourselves", ban=False)
         other = self.by_node.get(hello.node_id)

@@ -321,7 +321,7 @@ async def register_nodes(request: web.Request) -> web.Response:
     except TimeoutError:
         pass
     waiting = pending()
-    total = sorted({*cm.persistent, *(p.listen_addr for p in cm.ready if p.listen_addr)} - cm.self_addrs)
+    total = sorted({*cm.persistent, *(p.listen_addr for p in cm.ready if p.listen_addr)} - set(cm.self_addrs))
     answer: dict[str, Any] = {"message": "New nodes have been added", "total_nodes": total, "pending": waiting}
     if waiting:
         answer["hint"] = "not connected yet (the node keeps retrying): give each node's P2P --port, not its --http-port"

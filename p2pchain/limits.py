@@ -60,6 +60,8 @@ SEEN_CACHE_MAX = 50_000  # recently seen block/tx ids remembered for gossip de-d
 MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them again cheaply
 ADDRBOOK_MAX = 1000  # peer addresses remembered
 BAN_SECONDS = 24 * 60 * 60  # discouragement period (Bitcoin: DEFAULT_MISBEHAVING_BANTIME 24 h)
+MAX_BANS = 10_000  # banned addresses kept; past it the ban that ends soonest goes (many-address attackers)
+SELF_ADDRS_MAX = 64  # addresses remembered as being this node (its own port under several aliases)
 SHUTDOWN_GRACE_S = 1.5  # graceful close before a forced abort on SIGTERM
 
 # --- http shim ----------------------------------------------------------------------------

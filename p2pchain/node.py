@@ -155,12 +155,12 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.miner is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.miner.close)
         await self.connmgr.close()
         self._verifier.shutdown(wait=False, cancel_futures=True)
-        self.chain.close()
+        self.chain.close()  # before the miner: its workers may take a while and need no store
         log.info("stopped at height %d, tip %s", self.chain.height, self.chain.tip.hash.hex()[:16])
+        if self.miner is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.miner.close)
 
     def hello(self) -> wire.Hello:
         tip = self.chain.tip

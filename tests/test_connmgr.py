@@ -40,3 +40,32 @@ def test_only_ip_literals_are_learnt_from_peers(addr: str, dialable: bool) -> No
 def test_loopback() -> None:
     assert is_loopback("127.0.0.5") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("10.0.0.1") and not is_loopback("example.com")
+
+
+def test_bans_are_bounded_dropping_the_one_that_ends_soonest(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A many-address attacker cannot grow the ban list (or its table) without bound."""
+    from p2pchain import limits
+    from p2pchain.connmgr import ConnectionManager
+    from p2pchain.peer import Tunables
+    from p2pchain.store import Store
+
+    monkeypatch.setattr(limits, "MAX_BANS", 3)
+    store = Store(tmp_path / "chain.sqlite")
+    cm = ConnectionManager(
+        node_id=b"\1" * 16,
+        network=b"\0" * 32,
+        store=store,
+        make_hello=None,  # type: ignore[arg-type]
+        on_hello=None,
+        handle=None,
+        on_close=None,
+        tunables=Tunables(),  # type: ignore[arg-type]
+    )
+    now = [1_000_000]
+    monkeypatch.setattr(cm, "_now_ms", lambda: now[0])
+    for i in range(5):
+        now[0] += 1000
+        cm.ban(f"10.0.0.{i}", "test")
+    assert sorted(cm.bans) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert sorted(b.host for b in store.bans(now[0])) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    store.close()
