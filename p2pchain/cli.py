@@ -48,7 +48,8 @@ def _bits(text: str) -> int:
     return int(text)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (also used by scripts/swarm.py)."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
@@ -92,7 +93,7 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", type=Path, help="where the chain, wallet and bans live (default ./node<PORT>)")
     p.add_argument("--mine", action="store_true", help="mine blocks continuously")
-    p.add_argument("--miner-procs", type=_positive, help="mining processes (default: one per core)")
+    p.add_argument("--miner-procs", type=positive_int, help="mining processes (default: one per core)")
     p.add_argument(
         "--reward-to",
         type=_address,

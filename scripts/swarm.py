@@ -74,6 +74,7 @@ from dataclasses import asdict, dataclass, field, fields  # noqa: E402
 from typing import Any, TextIO  # noqa: E402
 
 from p2pchain import limits, wire  # noqa: E402
+from p2pchain.cli import positive_int  # noqa: E402
 from p2pchain.client import Client, NodeUnavailable, QueryError  # noqa: E402
 from p2pchain.errors import MempoolError  # noqa: E402
 from p2pchain.keys import Wallet  # noqa: E402
@@ -950,12 +951,6 @@ class Swarm:
 
 
 # --- the command line ---------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
-
-
 def _topology(text: str) -> str:
     try:
         parse_topology(text)
@@ -981,7 +976,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit status 0 when every node is alive at the end and all agree on one tip within "
         f"{AGREE_WITHIN_S:g} s; 1 otherwise.",
     )
-    p.add_argument("--nodes", type=_positive_int, default=5, help="nodes to start (default 5)")
+    p.add_argument("--nodes", type=positive_int, default=5, help="nodes to start (default 5)")
     p.add_argument("--miners", type=int, default=2, help="how many of them mine (default 2)")
     p.add_argument(
         "--topology",
@@ -998,11 +993,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--difficulty",
-        type=_positive_int,
+        type=positive_int,
         default=DEMO_BITS,
         help=f"leading zero bits per block (default {DEMO_BITS}: a block every 1-2 s on 2 cores)",
     )
-    p.add_argument("--miner-procs", type=_positive_int, default=1, help="worker processes per miner (default 1)")
+    p.add_argument("--miner-procs", type=positive_int, default=1, help="worker processes per miner (default 1)")
     p.add_argument("--duration", type=_positive_float, help="seconds to run (default: until Ctrl-C)")
     p.add_argument(
         "--tx-rate", type=float, default=0.0, help="signed payments per second between the nodes' wallets (default 0)"
