@@ -208,6 +208,29 @@ class ConnectionManager:
                 self.ban(peer.host, peer.ban_reason)
             self.on_close(peer)
 
+    def inbound_count(self) -> int:
+        return sum(1 for p in self.peers if p.inbound and not p.closed.is_set())
+
+    def _evict_inbound(self, host: str) -> bool:
+        """Free an inbound slot for a newcomer from ``host``, in the spirit of Bitcoin Core's
+        eviction: peers that gave us a block or transaction we took are protected; of the rest,
+        the address holding the most slots loses its newest connection, if that is not the
+        newcomer's address and it holds more than one slot and more than the newcomer's address
+        would. Else nothing is evicted and the newcomer is refused."""
+        by_host: dict[str, list[Peer]] = {}
+        for p in self.peers:
+            if p.inbound and not p.closed.is_set() and not p.useful:
+                by_host.setdefault(p.host, []).append(p)
+        if not by_host:
+            return False
+        crowded = max(by_host.values(), key=len)
+        newcomer_would_hold = sum(1 for p in self.peers if p.inbound and p.host == host and not p.closed.is_set()) + 1
+        if crowded[0].host == host or len(crowded) < 2 or len(crowded) <= newcomer_would_hold:
+            return False
+        victim = max(crowded, key=lambda p: p.connected_at)
+        victim.close(f"evicted: inbound slots full and {victim.host} holds {len(crowded)} of them")
+        return True
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("peername")[0]
         refuse = None
@@ -215,12 +238,12 @@ class ConnectionManager:
             refuse = "shutting down"  # accepted just before close(): it would outlive close()
         elif self.is_banned(host):
             refuse = "banned"
-        elif sum(1 for p in self.peers if p.inbound) >= limits.MAX_INBOUND:
-            refuse = f"inbound limit {limits.MAX_INBOUND} reached"
         elif (self.ban_loopback or not is_loopback(host)) and sum(
-            1 for p in self.peers if p.inbound and p.host == host
+            1 for p in self.peers if p.inbound and p.host == host and not p.closed.is_set()
         ) >= limits.MAX_INBOUND_PER_IP:
             refuse = f"{limits.MAX_INBOUND_PER_IP} connections from this address already"
+        elif self.inbound_count() >= limits.MAX_INBOUND and not self._evict_inbound(host):
+            refuse = f"inbound limit {limits.MAX_INBOUND} reached"
         if refuse is not None:
             log.info("refusing inbound connection from %s: %s", host, refuse)
             writer.close()

@@ -311,6 +311,7 @@ class Node:
                     raise Misbehaving("CHAIN starts at a block whose parent we never had", ban=False)
                 peer.best_height = max(peer.best_height, block.height)
                 connected_any = connected_any or bool(result.connected)
+                peer.useful = peer.useful or bool(result.connected)
                 if i % 64 == 63:
                     await asyncio.sleep(0)  # let other peers be served during a long sync
         self._log_progress()
@@ -378,6 +379,7 @@ class Node:
             )
             self._start_sync(peer)
         elif result.status is Status.CONNECTED:
+            peer.useful = True
             self.broadcast(msg, exclude=peer)
 
     async def _on_new_tx(self, peer: Peer, msg: wire.NewTx) -> None:
@@ -399,6 +401,8 @@ class Node:
                 self.seen_bad_txs.add(txid)
             raise
         self.broadcast(wire.NewTx(tx), exclude=source)
+        if source is not None:
+            source.useful = True
 
     def _on_chain_update(self, connected: list[Block], disconnected: list[Block]) -> None:
         self.mempool.update(connected, disconnected)

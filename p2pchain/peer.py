@@ -64,6 +64,8 @@ class Peer:
         self.asked_chain = 0  # GET_CHAIN requests sent and not yet answered
         self.best_height = 0  # from HELLO, raised by what it announces
         self.dialed: str | None = None  # the address we dialled (outbound only)
+        self.useful = False  # it gave us a block or transaction we took: protected from eviction
+        self.connected_at = time.monotonic()
         self._ping_nonce: int | None = None
         self._ping_sent = 0.0
         self._last_recv = time.monotonic()
