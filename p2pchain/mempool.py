@@ -52,6 +52,9 @@ class RecentSet:
     def __contains__(self, item: object) -> bool:
         return item in self._items
 
+    def clear(self) -> None:
+        self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -113,7 +113,6 @@ class Node:
         self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
         self._mine_lock = asyncio.Lock()
         self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0, "sync_requests": 0}
-        self.started = time.time()
         self._handlers: dict[type[Any], Callable[[Peer, Any], Awaitable[None]]] = {
             wire.Ping: self._on_ping,
             wire.Pong: self._on_pong,
@@ -406,7 +405,7 @@ class Node:
 
     def _on_chain_update(self, connected: list[Block], disconnected: list[Block]) -> None:
         self.mempool.update(connected, disconnected)
-        self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # a stale nonce may be good again after a reorg
+        self.seen_bad_txs.clear()  # a new tip may fund a sender, a reorg revive a stale nonce
         if disconnected:
             self.stats["forks_resolved"] += 1
         if self.miner is not None:

@@ -203,9 +203,7 @@ class Peer:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-            self.close("closed", quiet=True)
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(None)
+            self.close("closed", quiet=True)  # also wakes the writer to end
             try:
                 async with asyncio.timeout(limits.CLOSE_FLUSH_S):
                     await writer_task

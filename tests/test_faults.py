@@ -220,10 +220,10 @@ def test_crash_at_random_moments_keeps_store_chain_and_wallet(nodes: Any) -> Non
 
     for kill in range(CRASH_KILLS):
         if rng.random() < 0.3:
-            time.sleep(rng.uniform(0.0, 0.6))  # a random moment of its startup
+            time.sleep(rng.uniform(0.0, 0.6))  # ok: a random moment of its startup
         else:
             victim.wait_ready()  # its store opened
-            time.sleep(rng.uniform(0.05, 0.8))  # a random moment of mining, syncing, writing
+            time.sleep(rng.uniform(0.05, 0.8))  # ok: a random moment of mining, syncing, writing
         assert victim.proc is not None and victim.proc.poll() is None, (
             f"seed {seed}: the victim exited by itself before kill {kill}:\n{victim.log_tail()}"
         )
@@ -293,7 +293,7 @@ def test_churn_nodes_join_and_leave_while_others_mine(nodes: Any) -> None:
                 shutil.rmtree(node.data_dir)
             join(node)
             events.append(f"{node.name} joins{' fresh' if fresh else ''}")
-        time.sleep(rng.uniform(0.2, 0.8))  # churn pace: not synchronisation
+        time.sleep(rng.uniform(0.2, 0.8))  # ok: churn pace: not synchronisation
 
     for node in churners:
         if node.proc is None or node.proc.poll() is not None:

@@ -158,7 +158,7 @@ def test_stop_waits_for_inbound_peers_before_closing_the_store(tmp_path: Path, m
     async def slow_ping(self: Node, peer: Peer, msg: wire.Ping) -> None:
         handler_tasks.append(asyncio.current_task())  # type: ignore[arg-type]
         started.set()
-        await asyncio.sleep(DEADLINE_S)  # stands for a long await inside a handler
+        await asyncio.sleep(DEADLINE_S)  # ok: stands for a long await inside a handler
         self.chain.get_block(self.chain.tip.hash)
 
     monkeypatch.setattr(Node, "_on_ping", slow_ping)
@@ -270,7 +270,7 @@ def test_a_client_query_fails_at_once_when_the_link_breaks_with_an_os_error(tmp_
             client = await Client.connect("127.0.0.1", node.port)
             try:
                 abandoned = asyncio.create_task(client.query(wire.GetStatus, timeout=3600))
-                await asyncio.sleep(0)  # it sends and waits
+                await asyncio.sleep(0)  # ok: one loop turn, so it sends and waits
                 abandoned.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await abandoned

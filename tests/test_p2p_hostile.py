@@ -618,7 +618,7 @@ async def never_reads(ctx: Ctx, peer: RawPeer) -> RawPeer:
         while not stuck.writer.transport.is_closing():
             stuck.send_raw(request * 50)
             await stuck.drain()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # ok: a loop turn between bursts, the loop is bounded by the timeout
     await stuck.close()
     await peer.close()
     return peer

@@ -213,7 +213,7 @@ def test_kill_9_mid_write_leaves_a_valid_store(tmp_path: Path) -> None:
             try:
                 deadline = time.monotonic() + 30
                 _wait_lines(proc, 1 + rng.randint(0, 40), deadline)  # "ready", then blocks
-                time.sleep(rng.uniform(0, 0.005))  # not a wait: it spreads the kill over the write cycle
+                time.sleep(rng.uniform(0, 0.005))  # ok: not a wait: it spreads the kill over the write cycle
                 proc.send_signal(signal.SIGKILL)
             finally:
                 if proc.poll() is None:
