@@ -41,3 +41,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     rep = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium per test module (starting one costs about a second); tests navigate
+    it to their own pages. Fails under CI=true when Chromium is missing (tests/browser.py)."""
+    from browser import chromium
+
+    with chromium() as driver:
+        yield driver
