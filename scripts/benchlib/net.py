@@ -1,0 +1,214 @@
+"""net: node processes on loopback: propagation, sync, tx ingest."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib.common import Figures, Subcommand
+from benchlib.nodes import (
+    NET_PARAMS,
+    NET_TIMEOUT_S,
+    NodeProcs,
+    net_chain,
+    percentile_ms,
+    propagation_ms,
+)
+from p2pchain import limits
+from p2pchain.chain import Chain
+from p2pchain.client import Client
+from p2pchain.keys import Wallet
+from p2pchain.ledger import rules
+from p2pchain.ledger.block import Block
+from p2pchain.ledger.tx import Tx, make_tx
+from p2pchain.mempool import Mempool
+from p2pchain.node import Node, NodeConfig
+from p2pchain.peer import Peer
+from p2pchain.store import DB_FILE
+
+LINE_NODES = 5  # propagation_line5: node0 - node1 - ... - node4
+RANDOM_NODES = 20  # propagation_random20: processes in a random connected graph
+RANDOM_DEGREE = 4  # links per node in that graph
+PROPAGATION_BLOCKS = 50  # blocks timed in each propagation figure
+SYNC_BLOCKS = 10_000  # sync_10000_s: blocks the fresh node downloads
+RESYNC_ROUNDS = 5  # reconnections of an up-to-date node; the median is reported
+INGEST_TXS = 10_000  # transactions of ingest_tx_per_s, nonces 0.. of one wallet, 1 coin each
+INGEST_WINDOW = 1000  # SUBMIT_TX queries in flight on the one connection
+
+
+def random_graph(n: int, degree: int, rng: random.Random) -> list[tuple[int, int]]:
+    """A random connected simple graph where every node has ``degree`` links (pairing model:
+    ``degree`` stubs per node, shuffled and paired; retried until no loop, no double link and
+    connected). Links are (a, b) with a < b."""
+    while True:
+        stubs = [i for i in range(n) for _ in range(degree)]
+        rng.shuffle(stubs)
+        links = {(min(a, b), max(a, b)) for a, b in zip(stubs[::2], stubs[1::2], strict=True) if a != b}
+        if 2 * len(links) != len(stubs):
+            continue
+        reached, todo = {0}, [0]
+        while todo:
+            a = todo.pop()
+            for b in [y for x, y in links if x == a] + [x for x, y in links if y == a]:
+                if b not in reached:
+                    reached.add(b)
+                    todo.append(b)
+        if len(reached) == n:
+            return sorted(links)
+
+
+async def propagation_figures(root: Path, blocks: list[Block]) -> Figures:
+    """A line of LINE_NODES processes (time to its far end), then RANDOM_NODES processes in a
+    random graph of degree RANDOM_DEGREE (time to the last node). Blocks enter at node 0."""
+    figures: Figures = {}
+    line = [(i, i + 1) for i in range(LINE_NODES - 1)]
+    graph = random_graph(RANDOM_NODES, RANDOM_DEGREE, random.Random(RANDOM_NODES))
+    for name, n, links in (("line5", LINE_NODES, line), ("random20", RANDOM_NODES, graph)):
+        procs = NodeProcs(root / name, n)
+        try:
+            for i in reversed(range(n)):  # each node dials its higher-numbered neighbours, already up
+                await procs.start(i, [b for a, b in links if a == i])
+            await procs.wait_linked(links)
+            watchers = [procs.clients[n - 1]] if name == "line5" else [procs.clients[i] for i in range(1, n)]
+            times = await propagation_ms(procs.clients[0], watchers, blocks)
+        finally:
+            await procs.close()
+        figures[f"propagation_{name}_p50_ms"] = statistics.median(times)
+        figures[f"propagation_{name}_p99_ms"] = percentile_ms(times, 99)
+    return figures
+
+
+def handshake_event(node: Node) -> asyncio.Event:
+    """An event set once ``node`` has handled a peer's HELLO, which is where it decides to sync."""
+    done = asyncio.Event()
+    on_hello = node.connmgr.node_on_hello
+
+    def on_hello_then_set(peer: Peer) -> None:
+        on_hello(peer)
+        done.set()
+
+    node.connmgr.node_on_hello = on_hello_then_set
+    return done
+
+
+async def sync_figures(data_dir: Path, source_port: int, height: int) -> Figures:
+    """A fresh node (in this process, on this event loop) syncs from the node at ``source_port``
+    until it has ``height`` blocks; then, RESYNC_ROUNDS times, the same node restarts on its data
+    dir and is timed from start to the end of the handshake, after which it has nothing to fetch."""
+    source = f"127.0.0.1:{source_port}"
+    config = NodeConfig(data_dir=data_dir, port=0, peers=[source], params=NET_PARAMS, discover=False)
+    node = Node(config)
+    caught_up = asyncio.Event()
+    node.chain.subscribe(lambda connected, gone: caught_up.set() if node.chain.height >= height else None)
+    try:
+        start = time.perf_counter()
+        await node.start()
+        async with asyncio.timeout(NET_TIMEOUT_S):
+            await caught_up.wait()
+        sync_s = time.perf_counter() - start
+        requests = node.stats["sync_requests"]
+    finally:
+        await node.stop()
+    noop: list[float] = []
+    for _ in range(RESYNC_ROUNDS):
+        node = Node(config)
+        handshaken = handshake_event(node)
+        try:
+            start = time.perf_counter()
+            await node.start()
+            async with asyncio.timeout(NET_TIMEOUT_S):
+                await handshaken.wait()
+            noop.append((time.perf_counter() - start) * 1000)
+            if node.stats["sync_requests"] or node.chain.height != height:
+                raise RuntimeError("an up-to-date node asked for blocks")
+        finally:
+            await node.stop()
+    return {"sync_10000_s": sync_s, "sync_10000_requests": requests, "resync_noop_ms": statistics.median(noop)}
+
+
+async def ingest_figures(client: Client, wallet: Wallet, count: int) -> Figures:
+    """``count`` signed payments of 1 coin from ``wallet`` (nonces 0..), pipelined as SUBMIT_TX over the
+    one connection of ``client``, from the first send to the last reply; every one must be
+    accepted. The in-process figure: Mempool.add of the same payments, freshly decoded."""
+    to = Wallet.generate().address
+    txs = [make_tx(wallet, to, 1, 0, n, NET_PARAMS.network_id) for n in range(count)]
+    funded = rules.Account(count, 0)
+    pool = Mempool(NET_PARAMS, lambda a: funded if a == wallet.address else rules.EMPTY_ACCOUNT)
+    fresh = [Tx.from_wire(tx.to_wire()) for tx in txs]
+    start = time.perf_counter()
+    for tx in fresh:
+        pool.add(tx)
+    inprocess = len(fresh) / (time.perf_counter() - start)
+
+    window = asyncio.Semaphore(INGEST_WINDOW)
+
+    async def submit(tx: Tx) -> bool:
+        async with window:
+            reply = await client.submit_tx(tx)
+            return reply.accepted
+
+    start = time.perf_counter()
+    accepted = sum(await asyncio.gather(*(submit(tx) for tx in txs)))
+    elapsed = time.perf_counter() - start
+    if accepted != len(txs):
+        raise RuntimeError(f"the node accepted {accepted} of {len(txs)} transactions")
+    return {"ingest_tx_per_s": accepted / elapsed, "ingest_inprocess_tx_per_s": inprocess}
+
+
+async def sync_and_ingest(root: Path, blocks: list[Block], wallet: Wallet) -> Figures:
+    """The source node's store is written in this process (timed: the no-network floor of a sync),
+    then the node serves a fresh node's sync and takes the transactions of ``wallet``."""
+    procs = NodeProcs(root / "source", 1)
+    store_dir = procs.data_dir(0)
+    store_dir.mkdir()
+    chain = Chain.open(store_dir / DB_FILE, NET_PARAMS)
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(blocks), limits.MAX_BLOCKS_PER_CHAIN):
+            with chain.store.batch():  # one commit per CHAIN-sized batch, as the node does
+                for block in blocks[i : i + limits.MAX_BLOCKS_PER_CHAIN]:
+                    chain.process_block(block, block.header.timestamp)
+        figures: Figures = {"sync_10000_inprocess_s": time.perf_counter() - start}
+    finally:
+        chain.close()
+    try:
+        client = await procs.start(0, [])
+        figures.update(await sync_figures(root / "fresh", procs.ports[0], len(blocks)))
+        figures.update(await ingest_figures(client, wallet, min(INGEST_TXS, len(blocks))))
+    finally:
+        await procs.close()
+    return figures
+
+
+def bench_net(args: argparse.Namespace) -> Figures:
+    wallet = Wallet.generate()  # every pre-mined block pays it 1 coin: the ingest transactions spend them
+    blocks = net_chain(SYNC_BLOCKS, wallet.address)
+    with tempfile.TemporaryDirectory(prefix="p2pchain-bench-net-") as tmp:
+        root = Path(tmp)
+        figures = asyncio.run(propagation_figures(root, blocks[:PROPAGATION_BLOCKS]))
+        figures.update(asyncio.run(sync_and_ingest(root, blocks, wallet)))
+    return figures
+
+
+NET_NOTES = {
+    "propagation_line5_p50_ms": f"ms, NEW_BLOCK in at one end of a {LINE_NODES}-process line to gossip out of the "
+    f"other, median of {PROPAGATION_BLOCKS}",
+    "propagation_line5_p99_ms": "ms, same, 99th percentile",
+    "propagation_random20_p50_ms": f"ms, same in {RANDOM_NODES} processes, random graph of degree {RANDOM_DEGREE}, "
+    "until the last node",
+    "propagation_random20_p99_ms": "ms, same, 99th percentile",
+    "sync_10000_s": f"s, a fresh node syncs {SYNC_BLOCKS:,} blocks from one node process; target <= 3",
+    "sync_10000_requests": "GET_CHAIN requests that sync took",
+    "sync_10000_inprocess_s": "s, Chain.process_block of the same blocks, no network (the floor)",
+    "resync_noop_ms": f"ms, an up-to-date node starts, handshakes, has nothing to fetch (median of {RESYNC_ROUNDS})",
+    "ingest_tx_per_s": "txs/s a node accepts over one TCP connection (pipelined SUBMIT_TX); target >= 5,000",
+    "ingest_inprocess_tx_per_s": "txs/s, Mempool.add of the same transactions, no network (the ceiling)",
+}
+
+
+COMMAND = Subcommand(bench_net, "node processes on loopback: propagation, sync, tx ingest", NET_NOTES)

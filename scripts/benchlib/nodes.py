@@ -1,0 +1,128 @@
+"""Node processes on loopback, shared by the subcommands that run real nodes (net, hostile):
+a pre-mined chain, NodeProcs, and timing a block's gossip across them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from p2pchain import wire
+from p2pchain.client import Client, NodeUnavailable
+from p2pchain.ledger.block import Block
+from p2pchain.miner import build_template, mine_block
+from p2pchain.params import NetworkParams
+
+NET_PARAMS = NetworkParams(bits=8)  # the nodes' network: blocks pre-mine in ~0.2 ms each; relaying
+# and syncing a block cost the same at any difficulty (one hash checks the proof of work)
+NET_SPACING_MS = 1000  # timestamp step between pre-mined blocks: always after the median time past
+NET_TIMEOUT_S = 60.0  # a node not up, linked or caught up after this long fails the bench
+
+
+def net_chain(n: int, reward_to: str) -> list[Block]:
+    """``n`` coinbase-only blocks on NET_PARAMS' genesis, each paying ``reward_to`` 1 coin."""
+    blocks: list[Block] = []
+    parent = NET_PARAMS.genesis.header
+    for _ in range(n):
+        stamp = parent.timestamp + NET_SPACING_MS
+        blocks.append(mine_block(build_template(NET_PARAMS, parent, parent.timestamp, [], reward_to, stamp)))
+        parent = blocks[-1].header
+    return blocks
+
+
+def percentile_ms(times: list[float], q: int) -> float:
+    """The ``q``th percentile, interpolated between samples (q < 100)."""
+    return statistics.quantiles(times, n=100, method="inclusive")[q - 1]
+
+
+class NodeProcs:
+    """``n`` `python -m p2pchain` processes (not mining, --no-discover) of one measurement, each
+    with a protocol Client; ``close`` stops every one (SIGTERM, SIGKILL after 5 s)."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        socks = [socket.socket() for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        self.ports = [int(s.getsockname()[1]) for s in socks]
+        for s in socks:
+            s.close()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.clients: dict[int, Client] = {}
+
+    def data_dir(self, i: int) -> Path:
+        return self.root / f"node{i}"
+
+    async def start(self, i: int, dial: list[int], args: tuple[str, ...] = ()) -> Client:
+        """Start node ``i``, dialling nodes ``dial`` (``args``: more flags); returns a Client connected to it."""
+        log_path = self.root / f"node{i}.log"
+        cmd = [sys.executable, "-m", "p2pchain", "--port", str(self.ports[i]), "--data-dir", str(self.data_dir(i))]
+        cmd += ["--difficulty", str(NET_PARAMS.bits), "--log-level", "WARNING", "--no-discover", *args]
+        cmd += [f"--peer=127.0.0.1:{self.ports[j]}" for j in dial]
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        deadline = time.monotonic() + NET_TIMEOUT_S
+        while True:
+            try:
+                self.clients[i] = await Client.connect("127.0.0.1", self.ports[i])
+                return self.clients[i]
+            except NodeUnavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"node{i} did not start:\n{tail}") from None
+                await asyncio.sleep(0.02)
+
+    async def wait_linked(self, links: list[tuple[int, int]]) -> None:
+        """Until every node lists each of its neighbours among its peers."""
+        want: dict[int, set[str]] = {i: set() for i in self.clients}
+        for a, b in links:
+            want[a].add(f"127.0.0.1:{self.ports[b]}")
+            want[b].add(f"127.0.0.1:{self.ports[a]}")
+        deadline = time.monotonic() + NET_TIMEOUT_S
+        for i, client in self.clients.items():
+            while not want[i] <= {p["addr"] for p in (await client.status())["peers"]}:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node{i} did not connect to all of {sorted(want[i])}")
+                await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            with contextlib.suppress(OSError, NodeUnavailable):
+                await client.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                await asyncio.to_thread(proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def gossiped(client: Client, block_hash: bytes) -> None:
+    """Until ``client``'s node pushes it the block ``block_hash``."""
+    while True:
+        msg = await client.gossip.get()
+        if isinstance(msg, wire.NewBlock) and msg.block.hash == block_hash:
+            return
+
+
+async def propagation_ms(source: Client, watchers: list[Client], blocks: list[Block]) -> list[float]:
+    """For each block in turn: push it as NEW_BLOCK from ``source``, and time until the node of
+    every watcher has accepted it and pushed it on (the last one counts)."""
+    times: list[float] = []
+    for block in blocks:
+        start = time.perf_counter()
+        await source.send_and_drain(wire.NewBlock(block))
+        async with asyncio.timeout(NET_TIMEOUT_S):
+            await asyncio.gather(*(gossiped(w, block.hash) for w in watchers))
+        times.append((time.perf_counter() - start) * 1000)
+    return times
