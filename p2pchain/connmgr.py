@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
+from p2pchain.metrics import Traffic
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.store import Ban, Store
 
@@ -61,6 +62,7 @@ class ConnectionManager:
         on_close: Callable[[Peer], None],
         tunables: Tunables,
         ban_loopback: bool = False,
+        traffic: Traffic | None = None,
     ) -> None:
         self.node_id = node_id
         self.network = network
@@ -71,6 +73,7 @@ class ConnectionManager:
         self.on_close = on_close
         self.tunables = tunables
         self.ban_loopback = ban_loopback
+        self.traffic = traffic if traffic is not None else Traffic()  # every peer counts its frames here
         self.peers: set[Peer] = set()  # every open connection, handshaken or not
         self.by_node: dict[bytes, Peer] = {}  # handshaken peers by node id
         self.persistent: dict[str, asyncio.Task[None]] = {}  # --peer / register: redialled forever
@@ -255,7 +258,7 @@ class ConnectionManager:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         try:
-            await self._serve(Peer(reader, writer, inbound=True, tunables=self.tunables))
+            await self._serve(Peer(reader, writer, inbound=True, tunables=self.tunables, traffic=self.traffic))
         except asyncio.CancelledError:
             # Shutdown cancels this server-owned task, which nobody awaits; Python 3.11's
             # start_server would log the cancellation as an "Exception in callback" traceback.
@@ -279,7 +282,7 @@ class ConnectionManager:
             return False
         finally:
             self.dialing.discard(addr)
-        peer = Peer(reader, writer, inbound=False, tunables=self.tunables)
+        peer = Peer(reader, writer, inbound=False, tunables=self.tunables, traffic=self.traffic)
         peer.dialed = addr
         await self._serve(peer)
         return peer.hello is not None

@@ -24,6 +24,7 @@ from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import Mempool, RecentSet
+from p2pchain.metrics import Traffic
 from p2pchain.miner import MinerPool, build_template
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
@@ -88,6 +89,7 @@ class Node:
         self.chain.subscribe(self._on_chain_update)
         self.node_id = os.urandom(16)
         self.port = config.port
+        self.traffic = Traffic()  # frames and bytes by message type, counted by every peer
         self.connmgr = ConnectionManager(
             node_id=self.node_id,
             network=self.params.network_id,
@@ -98,6 +100,7 @@ class Node:
             on_close=self._on_peer_closed,
             tunables=config.tunables,
             ban_loopback=config.ban_loopback,
+            traffic=self.traffic,
         )
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # recently rejected txids: not re-checked
         # CHAIN blocks skipped from a block from the future on: the next batch, already asked for, builds on them
@@ -196,7 +199,7 @@ class Node:
         frame = msg.encode()
         for peer in self.connmgr.ready:
             if peer is not exclude:
-                peer.send_frame(frame)
+                peer.send_frame(frame, msg.TYPE)
 
     async def handle(self, peer: Peer, msg: wire.Message) -> None:
         handler = self._handlers.get(type(msg))
@@ -255,7 +258,7 @@ class Node:
         frame = wire.GetChain(tuple(self.chain.locator()), limits.MAX_BLOCKS_PER_CHAIN).encode()
         for peer in asked:
             peer.asked_chain += 1
-            peer.send_frame(frame)
+            peer.send_frame(frame, wire.GetChain.TYPE)
 
         def settled() -> bool:
             sync = self.sync_peer
@@ -498,13 +501,20 @@ class Node:
             "port": self.port,
             "mining": self.config.mine,
             "peers": [  # other nodes; clients (HELLO port 0, like the CLI's own query) are only counted
-                {"addr": p.addr, "inbound": p.inbound, "height": p.best_height}
+                {
+                    "addr": p.addr,
+                    "inbound": p.inbound,
+                    "height": p.best_height,
+                    "bytes_received": p.bytes_received,
+                    "bytes_sent": p.bytes_sent,
+                }
                 for p in self.connmgr.ready
                 if p.listen_addr
             ],
             "clients": sum(1 for p in self.connmgr.ready if not p.listen_addr),
             "mempool": len(self.mempool),
             "bans": [{"host": b.host, "until_ms": b.until_ms, "reason": b.reason} for b in self.connmgr.current_bans()],
+            "traffic": self.traffic.by_type(),
             **self.stats,
         }
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from p2pchain import limits, wire
 from p2pchain.errors import ProtocolError
+from p2pchain.metrics import INVALID, Traffic
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Peer:
         *,
         inbound: bool,
         tunables: Tunables,
+        traffic: Traffic | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -56,8 +58,11 @@ class Peer:
         self.host: str = host
         self.port: int = port  # the remote socket's port (for inbound: ephemeral)
         self.hello: wire.Hello | None = None
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(limits.SEND_QUEUE_MAX)
+        self.queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(limits.SEND_QUEUE_MAX)  # (type, frame)
         self.queued_bytes = 0  # bytes of the frames in ``queue``
+        self.traffic = traffic if traffic is not None else Traffic()  # the node's, shared by its peers
+        self.bytes_received = 0  # frame bytes, length prefix included
+        self.bytes_sent = 0
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.ban_reason: str | None = None  # set when the peer misbehaved in a way that earns a ban
@@ -90,17 +95,18 @@ class Peer:
 
     # --- sending ----------------------------------------------------------------------------
     def send(self, msg: wire.Message) -> None:
-        self.send_frame(msg.encode())
+        self.send_frame(msg.encode(), msg.TYPE)
 
-    def send_frame(self, frame: bytes) -> None:
-        """Queue a frame; a peer whose queue is full has stayed behind and is dropped."""
+    def send_frame(self, frame: bytes, kind: str) -> None:
+        """Queue a frame of message type ``kind`` (for the traffic counts); a peer whose queue
+        is full has stayed behind and is dropped."""
         if self.closed.is_set():
             return
         if self.queued_bytes + len(frame) > limits.SEND_QUEUE_MAX_BYTES:
             self.close(f"send queue full ({limits.SEND_QUEUE_MAX_BYTES} bytes): peer is not reading")
             return
         try:
-            self.queue.put_nowait(frame)
+            self.queue.put_nowait((kind, frame))
         except asyncio.QueueFull:
             self.close(f"send queue full ({limits.SEND_QUEUE_MAX} frames): peer is not reading")
             return
@@ -108,11 +114,15 @@ class Peer:
 
     async def _writer(self) -> None:
         while not self.closed.is_set():
-            frame = await self.queue.get()
-            if frame is None:
+            item = await self.queue.get()
+            if item is None:
                 return
-            self.queued_bytes -= len(frame)
+            kind, frame = item
+            n = len(frame)
+            self.queued_bytes -= n
             self.writer.write(frame)
+            self.bytes_sent += n
+            self.traffic.count_sent(kind, n)
             try:
                 async with asyncio.timeout(self.tunables.drain_timeout):
                     await self.writer.drain()
@@ -124,7 +134,15 @@ class Peer:
     async def read_message(self) -> wire.Message:
         payload = await wire.read_frame(self.reader)
         self._last_recv = time.monotonic()
-        return wire.decode_message(payload)
+        n = len(payload) + limits.FRAME_HEADER_BYTES
+        self.bytes_received += n
+        try:
+            msg = wire.decode_message(payload)
+        except ProtocolError:
+            self.traffic.count_received(INVALID, n)
+            raise
+        self.traffic.count_received(msg.TYPE, n)
+        return msg
 
     async def _throttle(self) -> None:
         """Token bucket: a peer that sends faster than msg_rate is slowed down (we stop reading,

@@ -278,9 +278,10 @@ class NodeTarget:
         types = []
         queue = self.peer.queue
         while not queue.empty():
-            frame = queue.get_nowait()
-            if frame is None:
+            item = queue.get_nowait()
+            if item is None:
                 continue
+            frame = item[1]
             if int.from_bytes(frame[:4], "big") != len(frame) - 4:
                 raise OracleFailure(f"node queued a frame whose length prefix is wrong: {frame[:16].hex()}")
             try:

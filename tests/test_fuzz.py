@@ -79,7 +79,7 @@ def test_the_harness_catches_a_handler_crash_and_saves_a_replayable_input(
 
 def test_the_harness_catches_a_reply_its_decoder_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def garbling_ping(self: Node, peer: Any, msg: wire.Ping) -> None:
-        peer.send_frame(wire.encode_frame(b"\xc1"))  # 0xc1 is never valid msgpack
+        peer.send_frame(wire.encode_frame(b"\xc1"), "PONG")  # 0xc1 is never valid msgpack
 
     monkeypatch.setattr(Node, "_on_ping", garbling_ping)
     report = fuzz.run(inputs=2000, seed=6, crash_dir=tmp_path)

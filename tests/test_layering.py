@@ -19,7 +19,7 @@ PKG = ROOT / "p2pchain"
 
 # Lower layers first. A module may import modules of its own layer or any layer before it.
 LAYERS: list[set[str]] = [
-    {"limits", "errors", "__init__"},
+    {"limits", "errors", "metrics", "__init__"},
     {"keys"},
     {"ledger.tx", "ledger.block", "ledger.__init__"},
     {"params"},
