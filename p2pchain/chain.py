@@ -26,13 +26,14 @@ from p2pchain.store import Store
 log = logging.getLogger(__name__)
 
 ChainListener = Callable[[list[Block], list[Block]], None]  # (connected, disconnected)
-# check_block failures that do not make the block HASH invalid, so it is not remembered: junk
-# without work (kept out of memory), and transactions that the header may not commit to. A
-# relayed copy of a good header with its transactions altered, or with the last one repeated
-# (same merkle root: Bitcoin's CVE-2012-2459), must not get the real block refused for ever.
-UNCOMMITTED_FAILURES = frozenset(
-    {RuleCode.BAD_POW, RuleCode.TOO_MANY_TXS, RuleCode.BLOCK_TOO_BIG, RuleCode.BAD_MERKLE_ROOT, RuleCode.DUPLICATE_TX}
-)
+# Which refusals are remembered against a block HASH (refused again unchecked, its descendants
+# with it). Only what every block with that hash must fail: the header's own fields (but bad-pow:
+# junk without work must not fill memory), its place after the parent (but time-too-new: it may
+# become valid), and the state rules of a body that matched the header's merkle root (the tree is
+# unambiguous, so no other body matches it). Never a failure of the body's own checks: a relayed
+# copy of a good header with another body (a forged 64-byte "transaction", a repeated one, one
+# dropped) must not get the real block refused for ever (issue 11, CVE-2017-12842's family).
+REMEMBERED_HEADER_FAILURES = frozenset({RuleCode.BAD_VERSION, RuleCode.BAD_DIFFICULTY})
 
 
 @dataclass(frozen=True)
@@ -246,11 +247,12 @@ class Chain:
         if block_hash in self.index or block_hash in self.orphans:
             return ProcessResult(Status.DUPLICATE)
         try:
-            rules.check_block(block, self.params, verified=self.verified)
+            rules.check_header(block.header, self.params)
         except RuleError as e:
-            if e.code not in UNCOMMITTED_FAILURES:
+            if e.code in REMEMBERED_HEADER_FAILURES:
                 self._remember_invalid(block_hash, e.code)
             raise
+        rules.check_body(block, self.params, verified=self.verified)  # never remembered: see above
         parent = self.index.get(block.prev_hash)
         if parent is None:
             if block.prev_hash in self.invalid:

@@ -1,6 +1,6 @@
-"""Print the ledger test vectors of docs/ledger.md: the default network's genesis header and one
-signed transaction from a fixed seed. Deterministic (Ed25519 signatures are), so the output is
-the same on every machine; tests/test_rules.py checks that the doc holds it verbatim.
+"""Print the ledger test vectors of docs/ledger.md: the default network's genesis header, one
+signed transaction from a fixed seed, and merkle roots over their txids. Deterministic (Ed25519
+signatures are), so the output is the same on every machine; tests/test_rules.py checks that the doc holds it verbatim.
 
     python scripts/ledger_vectors.py
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from p2pchain.keys import Wallet
-from p2pchain.ledger.block import HEADER_PREFIX, NONCE, Header
+from p2pchain.ledger.block import HEADER_PREFIX, LEAF_PREFIX, NODE_PREFIX, NONCE, Header, merkle_root
 from p2pchain.ledger.tx import Tx, make_tx
 from p2pchain.params import NetworkParams
 
@@ -47,6 +47,22 @@ def body_fields(tx: Tx) -> list[tuple[str, bytes]]:
     return parts
 
 
+def merkle_lines(cb: bytes, tx: bytes) -> list[str]:
+    """The tree over [coinbase, tx] and over [coinbase, tx, tx] (an odd level carries its last
+    node up: the repeated transaction does not pair with itself)."""
+    sha = hashlib.sha256
+    leaf_cb, leaf_tx = sha(LEAF_PREFIX + cb).digest(), sha(LEAF_PREFIX + tx).digest()
+    two = sha(NODE_PREFIX + leaf_cb + leaf_tx).digest()
+    three = sha(NODE_PREFIX + two + leaf_tx).digest()
+    assert two == merkle_root([cb, tx]) and three == merkle_root([cb, tx, tx])
+    return [
+        f"merkle leaf of the genesis coinbase: {leaf_cb.hex()}",
+        f"merkle leaf of the tx: {leaf_tx.hex()}",
+        f"merkle root of coinbase and tx: {two.hex()}",
+        f"merkle root of coinbase and tx and tx: {three.hex()}",
+    ]
+
+
 def lines() -> list[str]:
     params = NetworkParams()
     genesis = params.genesis
@@ -72,6 +88,7 @@ def lines() -> list[str]:
         f"signature: {tx.signature.hex()}",
         f"tx bytes: {tx.raw.hex()}",
         f"txid: {tx.txid.hex()}",
+        *merkle_lines(genesis.txs[0].txid, tx.txid),
     ]
     return out
 

@@ -15,11 +15,15 @@ import pytest
 from conftest import NodeFactory
 from harness import free_port, run, wait_until
 from node_helpers import FUNDED, TEST_PARAMS, ask, branch, main_chain, next_block, pay, status, tip_hex, write_store
+from p2p_peer import connect_client
 
 from p2pchain import limits, wire
 from p2pchain.client import Client, NodeUnavailable
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block
+from p2pchain.ledger.tx import Tx
+
+ATTACKER = "127.0.9.2"  # a loopback address of its own: its ban does not hit the honest 127.0.0.1
 
 
 def test_node_with_more_work_wins(nodes: NodeFactory) -> None:
@@ -100,3 +104,41 @@ def test_longer_chain_with_an_invalid_block_does_not_win(nodes: NodeFactory, kin
         return str((await client.status())["tip"])
 
     assert ask(node, honest_client) == tip_hex(honest), "an honest client is no longer served"
+
+
+def test_a_twin_seen_first_does_not_stop_the_honest_chain(nodes: NodeFactory) -> None:
+    """Issue 11, finding 1, end to end: an attacker (its own loopback address) relays a copy of an
+    honest block's header with a forged body, a 64-byte transaction (the shape of CVE-2017-12842),
+    before the block itself. The node refuses the copy and bans its sender; then an honest client
+    (127.0.0.1) relays the real block and its child: the node follows them, keeps that client and
+    bans nobody else. (tests/test_rules.py builds the twins whose merkle root matched the old tree.)"""
+    honest = list(main_chain()[:20])
+    real = next_block(honest[-1].header, [pay(FUNDED, Wallet.generate().address, 1)])
+    child = next_block(real.header)
+    filler = Tx("x", "y", 1, 0, 0, bytes(32), bytes(2))  # decodes, and is 64 bytes long
+    assert filler.size == 64
+    twin = Block(real.header, (filler,))
+    assert twin.hash == real.hash
+    node = nodes("node", args=["--ban-loopback"])
+    write_store(node, honest)
+    node.start()
+
+    async def scenario() -> None:
+        attacker = await connect_client(node.port, ATTACKER)
+        try:
+            await attacker.send_and_drain(wire.NewBlock(twin))
+            with pytest.raises(NodeUnavailable):  # dropped for an invalid block
+                await attacker.ping(timeout=20)
+        finally:
+            await attacker.close()
+        relay = await connect_client(node.port)
+        try:
+            for block in (real, child):
+                await relay.send_and_drain(wire.NewBlock(block))
+            await relay.ping(timeout=20)  # processed both, still connected
+        finally:
+            await relay.close()
+
+    run(scenario(), 60)
+    assert node.tip() == tip_hex([child])
+    assert [ban["host"] for ban in status(node)["bans"]] == [ATTACKER]

@@ -4,7 +4,8 @@ Header layout (92 bytes, big-endian), nonce last so that a miner hashes the firs
 and reuses the SHA-256 midstate for every nonce:
     u32 version | u32 height | 32 prev_hash | 32 merkle_root | u64 timestamp (Unix ms)
     | u32 bits | u64 nonce
-block hash = SHA-256(header bytes). Proof of work: the hash, read as a 256-bit big-endian
+block hash = SHA-256(header bytes); merkle_root is RFC 6962's tree over the txids (below).
+Proof of work: the hash, read as a 256-bit big-endian
 integer, is below 2**(256 - bits); that is, it starts with ``bits`` zero bits.
 """
 
@@ -38,17 +39,27 @@ def work(bits: int) -> int:
     return 1 << bits
 
 
+LEAF_PREFIX = b"\x00"  # a merkle leaf is H(0x00 | txid)
+NODE_PREFIX = b"\x01"  # an inner node is H(0x01 | left | right)
+EMPTY_MERKLE_ROOT = hashlib.sha256(b"").digest()  # RFC 6962's root of no leaves (no valid block has none)
+
+
 def merkle_root(txids: list[bytes]) -> bytes:
-    """Bitcoin's tree with single SHA-256: pairs hashed level by level, an odd last one paired
-    with itself; the root of no leaves is 32 zero bytes."""
-    level = list(txids)
-    if not level:
-        return ZERO_HASH
+    """RFC 6962's Merkle Tree Hash of the txids with single SHA-256. Leaves and inner nodes are
+    hashed with different prefixes, so no transaction can pass for an inner node (a 64-byte
+    transaction whose bytes are two txids: CVE-2017-12842's family). Level by level, a level of
+    odd length carries its last node up unchanged instead of pairing it with itself, so ``[a, b,
+    c]`` and ``[a, b, c, c]`` have different roots (no CVE-2012-2459); this builds exactly RFC
+    6962's tree, whose left subtree holds the largest power of two below the leaf count."""
+    if not txids:
+        return EMPTY_MERKLE_ROOT
     sha = hashlib.sha256
+    level = [sha(LEAF_PREFIX + txid).digest() for txid in txids]
     while len(level) > 1:
+        paired = [sha(NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
-            level.append(level[-1])
-        level = [sha(level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+            paired.append(level[-1])
+        level = paired
     return level[0]
 
 

@@ -1,8 +1,8 @@
 """Consensus rules as pure functions: each raises RuleError with its own code, or returns.
 
 Three stages, cheapest first, as a node meets a block:
-1. ``check_block`` (no context): proof of work, size, count, merkle root, coinbase shape,
-   every transaction's signature and key.
+1. ``check_block`` (no context): ``check_header`` (version, difficulty, proof of work), then
+   ``check_body`` (size, count, merkle root, coinbase shape, every transaction's signature and key).
 2. ``check_header_context`` (the parent and the median time past; "now" is an argument).
 3. ``connect_block`` (the account state at the parent): nonces, balances, coinbase amount.
 """
@@ -58,14 +58,26 @@ def signature_ok(tx: Tx, network_id: bytes) -> bool:
 
 
 def check_block(block: Block, params: NetworkParams, *, verified: Container[bytes] = ()) -> None:
-    """Everything about a block that needs no other block."""
-    h = block.header
+    """Everything about a block that needs no other block: its header, then its body."""
+    check_header(block.header, params)
+    check_body(block, params, verified=verified)
+
+
+def check_header(h: Header, params: NetworkParams) -> None:
+    """The header's own fields. Every block with this hash fails them alike, so a failure here
+    (but ``bad-pow``: junk costs nothing to make) may be held against the hash."""
     if h.version != BLOCK_VERSION:
         raise RuleError(RuleCode.BAD_VERSION, f"block version {h.version}, expected {BLOCK_VERSION}")
     if h.bits != params.bits:
         raise RuleError(RuleCode.BAD_DIFFICULTY, f"block claims {h.bits} bits, network needs {params.bits}")
     if not h.meets_target():
         raise RuleError(RuleCode.BAD_POW, f"hash {h.hash.hex()} does not start with {h.bits} zero bits")
+
+
+def check_body(block: Block, params: NetworkParams, *, verified: Container[bytes] = ()) -> None:
+    """The transactions against the header's merkle root, and each on its own. A failure here
+    says nothing about the header's hash: another body under the same header may be good."""
+    h = block.header
     if len(block.txs) > limits.MAX_BLOCK_TXS:
         raise RuleError(RuleCode.TOO_MANY_TXS, f"{len(block.txs)} transactions, limit {limits.MAX_BLOCK_TXS}")
     if block.size > limits.MAX_BLOCK_BYTES:
