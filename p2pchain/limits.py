@@ -7,7 +7,7 @@ Bitcoin Core's equivalent is given where there is one.
 from __future__ import annotations
 
 # --- protocol -----------------------------------------------------------------------------
-PROTOCOL_VERSION = 1  # bumped on any incompatible wire change (Bitcoin: PROTOCOL_VERSION)
+PROTOCOL_VERSION = 2  # bumped on any wire change; 2: HELLO names relay features (Bitcoin: PROTOCOL_VERSION)
 MIN_PROTOCOL_VERSION = 1  # oldest version we still talk to
 USER_AGENT_MAX = 256  # bytes of a HELLO user agent
 FRAME_HEADER_BYTES = 4  # big-endian u32 payload length
@@ -16,7 +16,27 @@ MAX_LOCATOR_HASHES = 64  # hashes in a GET_CHAIN locator (Bitcoin: MAX_LOCATOR_S
 MAX_BLOCKS_PER_CHAIN = 500  # blocks in one CHAIN message (Bitcoin: 500 per getblocks inv)
 CHAIN_BATCH_BYTES = 3 * 1024 * 1024  # a CHAIN batch is cut before its frame would pass this
 MAX_PEERS_PER_MESSAGE = 1000  # addresses in one PEERS message (Bitcoin: MAX_ADDR_TO_SEND)
-MAX_TXS_PER_MESSAGE = 1000  # transactions in one TXS / MEMPOOL answer
+MAX_TXS_PER_MESSAGE = 1000  # transactions in one TXS answer
+MAX_INV_TXIDS = MAX_TXS_PER_MESSAGE  # txids in one INV_TX or GET_TXS: one TXS answers a GET_TXS (Bitcoin: 50000)
+RELAY_FEATURES_MAX = 16  # names in HELLO's relay list
+RELAY_FEATURE_MAX_BYTES = 32  # bytes of one such name
+SHORT_ID_BYTES = 6  # a compact block's short transaction id (Bitcoin: BIP152, 6 bytes)
+
+# --- relay (p2pchain/relay.py: announcements, requests, compact blocks) ----------------------
+# txids one peer may have announced that we still want; more are ignored (Bitcoin: MAX_PEER_TX_ANNOUNCEMENTS)
+RELAY_MAX_PEER_ANNOUNCED = 5000
+# txids asked of one peer and not yet answered; more wait for its answers (Bitcoin: 100; one full TXS here)
+RELAY_MAX_PEER_IN_FLIGHT = 1000
+RELAY_TX_REQUEST_TIMEOUT_S = 2.0  # a GET_TXS unanswered this long: ask the next announcer (Bitcoin: 60 s)
+RELAY_BLOCK_TXN_TIMEOUT_S = 2.0  # a GET_BLOCK_TXN unanswered this long: ask the next sender of the block
+RELAY_KNOWN_TXIDS_MAX = 4096  # txids remembered per peer as known to it (announced either way, or sent)
+RELAY_KNOWN_BLOCKS_MAX = 64  # block hashes remembered per peer as known to it
+# transactions kept besides the mempool to rebuild compact blocks: refused for a nonce gap, a full
+# pool, missing funds, or evicted (Bitcoin: -blockreconstructionextratxn = 100)
+RELAY_EXTRA_TXS_MAX = 1000
+RELAY_MAX_PENDING_BLOCKS = 8  # compact blocks being rebuilt at once (waiting for BLOCK_TXN); the oldest is dropped
+RELAY_MAX_BLOCK_SOURCES = 8  # other senders of a block being rebuilt, kept to ask when the first fails
+RELAY_RECENT_BLOCKS = 8  # blocks we announced kept decoded, to answer GET_BLOCK_TXN without the store
 
 # --- ledger -------------------------------------------------------------------------------
 MAX_BLOCK_BYTES = 1024 * 1024  # canonical bytes of a block (Bitcoin: 1 MB before segwit)

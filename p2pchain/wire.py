@@ -21,7 +21,7 @@ import msgpack
 
 from p2pchain import limits
 from p2pchain.errors import ProtocolError
-from p2pchain.ledger.block import Block
+from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.tx import Tx
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,13 @@ def _codec(decode: Decode, encode: Encode = _same) -> dict[str, Any]:
     return {"wire": (decode, encode)}
 
 
+def _optional_field(codec: dict[str, Any], default: Any) -> Any:
+    """A field added after version 1: a sender leaves it out when it holds ``default`` (so a
+    message without it is byte for byte what a version 1 node sends), a receiver reads its
+    absence as ``default``, and a version 1 receiver ignores it as an unknown key."""
+    return field(default=default, metadata={**codec, "default": default})
+
+
 def _uint(lo: int, hi: int) -> Decode:
     def decode(v: Any, where: str) -> int:
         if type(v) is not int:
@@ -194,6 +201,19 @@ def _tx(v: Any, where: str) -> Tx:
         raise ProtocolError(f"{where}: {e}") from None
 
 
+def _header(v: Any, where: str) -> Header:
+    try:
+        return Header.from_wire(v)
+    except ProtocolError as e:
+        raise ProtocolError(f"{where}: {e}") from None
+
+
+def _prefilled(v: Any, where: str) -> tuple[int, Tx]:
+    if type(v) is not list or len(v) != 2:
+        raise ProtocolError(f"{where} must be an array [index, tx]")
+    return _uint(0, limits.MAX_BLOCK_TXS - 1)(v[0], f"{where}.index"), _tx(v[1], f"{where}.tx")
+
+
 def _decode_work(v: Any, where: str) -> int:
     if type(v) is not bytes:
         raise ProtocolError(f"{where} must be binary, not {type(v).__name__}")
@@ -263,6 +283,14 @@ def _blocks(max_items: int) -> dict[str, Any]:
     return _codec(_list(_block, max_items), lambda blocks: [b.to_wire() for b in blocks])
 
 
+def _txs(max_items: int) -> dict[str, Any]:
+    return _codec(_list(_tx, max_items), lambda txs: [t.to_wire() for t in txs])
+
+
+TXIDS = _codec(_list(_bin(32), limits.MAX_INV_TXIDS))
+RELAY_FEATURES = _codec(_list(_text(limits.RELAY_FEATURE_MAX_BYTES), limits.RELAY_FEATURES_MAX))
+
+
 # --- messages -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Message:
@@ -272,7 +300,10 @@ class _Message:
         """The msgpack map: "type" first, then the fields in declaration order."""
         doc: dict[str, Any] = {"type": self.TYPE}
         for f in fields(self):
-            doc[f.name] = f.metadata["wire"][1](getattr(self, f.name))
+            value = getattr(self, f.name)
+            if "default" in f.metadata and value == f.metadata["default"]:
+                continue  # an optional field at its default is left out (version 1 bytes)
+            doc[f.name] = f.metadata["wire"][1](value)
         return bytes(msgpack.packb(doc, use_bin_type=True))
 
     def encode(self) -> bytes:
@@ -293,6 +324,8 @@ class Hello(_Message):
     best: bytes = field(metadata=HASH)  # hash of the sender's best block
     work: int = field(metadata=_codec(_decode_work, encode_work))  # cumulative work of that chain
     agent: str = field(metadata=_codec(_text(limits.USER_AGENT_MAX)))  # e.g. "p2pchain/0.1.0"
+    # version 2: the relay features the sender speaks (p2pchain.relay.FEATURES); absent = none
+    relay: tuple[str, ...] = _optional_field(RELAY_FEATURES, ())
 
 
 @dataclass(frozen=True)
@@ -344,6 +377,65 @@ class GetPeers(_Message):
 class Peers(_Message):
     TYPE: ClassVar[str] = "PEERS"
     peers: tuple[str, ...] = field(metadata=_codec(_list(_peer_addr, limits.MAX_PEERS_PER_MESSAGE)))
+
+
+# Relay (version 2, between peers that both named the feature in HELLO; docs/protocol.md 7).
+@dataclass(frozen=True)
+class InvTx(_Message):
+    """Transactions the sender has and the receiver may lack, by txid (feature "inv-tx")."""
+
+    TYPE: ClassVar[str] = "INV_TX"
+    txids: tuple[bytes, ...] = field(metadata=TXIDS)
+
+
+@dataclass(frozen=True)
+class GetTxs(_Message):
+    """Ask for transactions the receiver announced; answered by exactly one TXS, in order."""
+
+    TYPE: ClassVar[str] = "GET_TXS"
+    txids: tuple[bytes, ...] = field(metadata=TXIDS)
+
+
+@dataclass(frozen=True)
+class Txs(_Message):
+    """The answer to the oldest unanswered GET_TXS: those of its transactions the sender still
+    has, in any order; an asked txid left out is not found."""
+
+    TYPE: ClassVar[str] = "TXS"
+    txs: tuple[Tx, ...] = field(metadata=_txs(limits.MAX_TXS_PER_MESSAGE))
+
+
+@dataclass(frozen=True)
+class CmpctBlock(_Message):
+    """A new block as its header, a short id per transaction and the transactions sent in full
+    (the coinbase at least), keyed by ``nonce`` (feature "cmpct-block"; BIP152)."""
+
+    TYPE: ClassVar[str] = "CMPCT_BLOCK"
+    header: Header = field(metadata=_codec(_header, Header.to_wire))
+    nonce: int = field(metadata=U64)  # short-id salt, chosen by the sender
+    short_ids: tuple[bytes, ...] = field(metadata=_codec(_list(_bin(limits.SHORT_ID_BYTES), limits.MAX_BLOCK_TXS)))
+    prefilled: tuple[tuple[int, Tx], ...] = field(
+        metadata=_codec(_list(_prefilled, limits.MAX_BLOCK_TXS), lambda p: [[i, tx.to_wire()] for i, tx in p])
+    )  # (index in the block, tx), indexes increasing; index 0 (the coinbase) always
+
+
+@dataclass(frozen=True)
+class GetBlockTxn(_Message):
+    """Ask the sender of a CMPCT_BLOCK for the block's transactions at these indexes."""
+
+    TYPE: ClassVar[str] = "GET_BLOCK_TXN"
+    hash: bytes = field(metadata=HASH)
+    indexes: tuple[int, ...] = field(metadata=_codec(_list(_uint(0, limits.MAX_BLOCK_TXS - 1), limits.MAX_BLOCK_TXS)))
+
+
+@dataclass(frozen=True)
+class BlockTxn(_Message):
+    """The answer to GET_BLOCK_TXN: the asked transactions in the asked order, or none when the
+    sender no longer has the block."""
+
+    TYPE: ClassVar[str] = "BLOCK_TXN"
+    hash: bytes = field(metadata=HASH)
+    txs: tuple[Tx, ...] = field(metadata=_txs(limits.MAX_BLOCK_TXS))
 
 
 # Queries (client -> node): each request carries an id that its reply echoes.
@@ -463,6 +555,12 @@ Message: TypeAlias = (
     | NewBlock
     | GetPeers
     | Peers
+    | InvTx
+    | GetTxs
+    | Txs
+    | CmpctBlock
+    | GetBlockTxn
+    | BlockTxn
     | GetStatus
     | Status
     | GetAccount
@@ -477,9 +575,11 @@ Message: TypeAlias = (
     | Error
 )
 MESSAGE_TYPES: Mapping[str, type[Message]] = {cls.TYPE: cls for cls in get_args(Message)}
-# type -> (class, ((field name, decode), ...)), so that decoding does not walk dataclass fields
-_DECODERS: dict[str, tuple[type[Message], tuple[tuple[str, Decode], ...]]] = {
-    name: (cls, tuple((f.name, f.metadata["wire"][0]) for f in fields(cls))) for name, cls in MESSAGE_TYPES.items()
+_REQUIRED = object()  # no default: the field must be present
+# type -> (class, ((field name, decode, default), ...)), so that decoding does not walk dataclass fields
+_DECODERS: dict[str, tuple[type[Message], tuple[tuple[str, Decode, Any], ...]]] = {
+    name: (cls, tuple((f.name, f.metadata["wire"][0], f.metadata.get("default", _REQUIRED)) for f in fields(cls)))
+    for name, cls in MESSAGE_TYPES.items()
 }
 
 
@@ -518,10 +618,13 @@ def decode_message(payload: bytes) -> Message:
         raise ProtocolError(f"unknown message type {kind[:40]!r}")
     cls, spec = entry
     values: dict[str, Any] = {}
-    for name, decode in spec:
+    for name, decode, default in spec:
         try:
             value = doc[name]
         except KeyError:
-            raise ProtocolError(f"{kind} has no field {name!r}") from None
+            if default is _REQUIRED:
+                raise ProtocolError(f"{kind} has no field {name!r}") from None
+            values[name] = default
+            continue
         values[name] = decode(value, f"{kind}.{name}")
     return cls(**values)

@@ -50,7 +50,7 @@ from typing import Any, cast
 
 import msgpack
 
-from p2pchain import limits, wire
+from p2pchain import limits, relay, wire
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block
@@ -133,6 +133,15 @@ def seed_messages(params: NetworkParams = FUZZ_PARAMS) -> list[wire.Message]:
         *(wire.NewBlock(b) for b in chain[1:]),
         wire.GetPeers(),
         wire.Peers(("127.0.0.1:7000", "[::1]:8333", "node.example:1")),
+        wire.Hello(2, params.network_id, bytes(range(16)), 7000, 4, h, 2**5, "p2pchain/fuzz", relay.FEATURES),
+        wire.InvTx((tx.txid, spend.txid)),
+        wire.GetTxs((spend.txid, h)),
+        wire.Txs((spend, tx)),
+        relay.compact_block(chain[2], 7),
+        relay.compact_block(chain[3], 2**64 - 1),
+        wire.GetBlockTxn(chain[2].hash, (1,)),
+        wire.BlockTxn(chain[2].hash, (tx,)),
+        wire.BlockTxn(h, ()),
         wire.GetStatus(1),
         wire.Status(2, {"height": 7, "tip": h.hex(), "peers": [{"addr": "10.0.0.1:7000", "inbound": True}]}),
         wire.GetAccount(3, miner.address),

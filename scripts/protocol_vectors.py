@@ -15,17 +15,20 @@ import inspect
 import re
 import sys
 import textwrap
+from dataclasses import replace
 
-from p2pchain import limits, wire
+from p2pchain import limits, relay, wire
 from p2pchain.keys import Wallet
-from p2pchain.ledger.block import work
-from p2pchain.ledger.tx import make_tx
-from p2pchain.params import NetworkParams
+from p2pchain.ledger.block import Block, Header, merkle_root, work
+from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
+from p2pchain.params import BLOCK_VERSION, NetworkParams
 
 SENDER_SEED = bytes([0x01]) * 32  # the NEW_TX sender's Ed25519 seed
 RECIPIENT_SEED = bytes([0x02]) * 32  # its recipient's seed (only the address is used)
 NODE_ID = bytes(range(16))  # HELLO node_id 000102...0f
 PING_NONCE = 0x0123456789ABCDEF
+CMPCT_NONCE = 0x0123456789ABCDEF  # the CMPCT_BLOCK vector's short-id nonce
+BLOCK_TIMESTAMP_MS = 1_700_000_000_000  # the height-1 block of the relay vectors (not mined: nonce 0)
 HEX_BYTES_PER_LINE = 32
 
 
@@ -35,22 +38,44 @@ def messages() -> dict[str, wire.Message]:
     genesis = params.genesis
     sender, recipient = Wallet.from_seed(SENDER_SEED), Wallet.from_seed(RECIPIENT_SEED)
     tx = make_tx(sender, recipient.address, amount=5, fee=1, nonce=0, network_id=params.network_id)
+    hello = wire.Hello(
+        version=limits.PROTOCOL_VERSION,
+        network=params.network_id,
+        node_id=NODE_ID,
+        port=7000,
+        height=0,
+        best=genesis.hash,
+        work=work(genesis.header.bits),
+        agent="p2pchain/vectors",
+        relay=relay.FEATURES,
+    )
+    block = relay_block(params, tx)
     return {
-        "HELLO": wire.Hello(
-            version=limits.PROTOCOL_VERSION,
-            network=params.network_id,
-            node_id=NODE_ID,
-            port=7000,
-            height=0,
-            best=genesis.hash,
-            work=work(genesis.header.bits),
-            agent="p2pchain/vectors",
-        ),
+        "HELLO": hello,
+        "HELLO_V1": replace(hello, version=1, relay=()),
         "PING": wire.Ping(nonce=PING_NONCE),
         "GET_CHAIN": wire.GetChain(locator=(genesis.hash,), max=limits.MAX_BLOCKS_PER_CHAIN),
         "NEW_TX": wire.NewTx(tx=tx),
         "NEW_BLOCK": wire.NewBlock(block=genesis),
+        "INV_TX": wire.InvTx(txids=(tx.txid,)),
+        "GET_TXS": wire.GetTxs(txids=(tx.txid,)),
+        "TXS": wire.Txs(txs=(tx,)),
+        "CMPCT_BLOCK": relay.compact_block(block, CMPCT_NONCE),
+        "GET_BLOCK_TXN": wire.GetBlockTxn(hash=block.hash, indexes=(1,)),
+        "BLOCK_TXN": wire.BlockTxn(hash=block.hash, txs=(tx,)),
     }
+
+
+def relay_block(params: NetworkParams, tx: Tx) -> Block:
+    """The relay vectors' block: height 1 on genesis, the coinbase (reward to the NEW_TX
+    recipient) and the NEW_TX transaction; nonce 0, so its proof of work is not met."""
+    genesis = params.genesis
+    coinbase = make_coinbase(tx.recipient, params.reward + tx.fee, 1)
+    txs = (coinbase, tx)
+    header = Header(
+        BLOCK_VERSION, 1, genesis.hash, merkle_root([t.txid for t in txs]), BLOCK_TIMESTAMP_MS, params.bits, 0
+    )
+    return Block(header, txs)
 
 
 def vectors() -> dict[str, bytes]:

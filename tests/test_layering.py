@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"chain", "mempool", "miner"},
     {"peer"},
     {"connmgr"},
+    {"relay"},
     {"node", "client"},
     {"http"},
     {"wallet_cli", "cli"},

@@ -69,8 +69,19 @@ SAMPLES: list[wire.Message] = [
     wire.GetBlocks(6, 0, 500),
     wire.GetBlock(7, GENESIS.hash),
     wire.Blocks(7, (GENESIS,), 0),
+    # version 2 relay messages (kept before ERROR: the cases below index SAMPLES)
+    wire.Hello(2, PARAMS.network_id, bytes(16), 7000, 3, H, 1, "p2pchain/0.2.0", ("inv-tx", "cmpct-block")),
+    wire.InvTx((TX.txid, H)),
+    wire.InvTx(()),
+    wire.GetTxs((TX.txid,)),
+    wire.Txs((TX, TX)),
+    wire.CmpctBlock(GENESIS.header, 2**64 - 1, (b"\x01" * 6, bytes(6)), ((0, GENESIS.txs[0]), (3, TX))),
+    wire.GetBlockTxn(H, (1, 3999)),
+    wire.BlockTxn(H, (TX,)),
+    wire.BlockTxn(H, ()),
     wire.Error(8, "unknown block"),
 ]
+BY_TYPE = {m.TYPE: m for m in reversed(SAMPLES)}  # the first sample of each type
 
 
 def payload_of(msg: wire.Message, **changes: object) -> bytes:
@@ -272,6 +283,20 @@ MALFORMED: dict[str, bytes] = {
     "block tx bad": payload_of(SAMPLES[8], block=[GOOD_BLOCK[0], [[1, 2]]]),
     "chain with one bad block": payload_of(CHAIN, blocks=[GOOD_BLOCK, [GOOD_BLOCK[0], 5]]),
     "blocks reply bad block": payload_of(SAMPLES[22], blocks=[None]),
+    "hello relay not a list": payload_of(SAMPLES[0], relay="inv-tx"),
+    "hello relay name too long": payload_of(SAMPLES[0], relay=["x" * (limits.RELAY_FEATURE_MAX_BYTES + 1)]),
+    "hello relay too many": payload_of(SAMPLES[0], relay=["a"] * (limits.RELAY_FEATURES_MAX + 1)),
+    "inv too many": payload_of(BY_TYPE["INV_TX"], txids=[H] * (limits.MAX_INV_TXIDS + 1)),
+    "inv txid short": payload_of(BY_TYPE["INV_TX"], txids=[H[:31]]),
+    "get_txs too many": payload_of(BY_TYPE["GET_TXS"], txids=[H] * (limits.MAX_INV_TXIDS + 1)),
+    "txs too many": payload_of(BY_TYPE["TXS"], txs=[GOOD_TX] * (limits.MAX_TXS_PER_MESSAGE + 1)),
+    "cmpct short id of 8 bytes": payload_of(BY_TYPE["CMPCT_BLOCK"], short_ids=[bytes(8)]),
+    "cmpct prefilled not a pair": payload_of(BY_TYPE["CMPCT_BLOCK"], prefilled=[[0]]),
+    "cmpct prefilled index too big": payload_of(BY_TYPE["CMPCT_BLOCK"], prefilled=[[limits.MAX_BLOCK_TXS, GOOD_TX]]),
+    "cmpct nonce negative": payload_of(BY_TYPE["CMPCT_BLOCK"], nonce=-1),
+    "cmpct header short": payload_of(BY_TYPE["CMPCT_BLOCK"], header=GOOD_BLOCK[0][:6]),
+    "get_block_txn index too big": payload_of(BY_TYPE["GET_BLOCK_TXN"], indexes=[limits.MAX_BLOCK_TXS]),
+    "block_txn tx bad": payload_of(BY_TYPE["BLOCK_TXN"], txs=[[1, 2]]),
 }
 
 

@@ -1,0 +1,590 @@
+"""Transaction and block relay between version 2 peers (docs/protocol.md section 7): what each
+peer announced and was announced, which transactions we asked of whom, and compact blocks (the
+spirit of Bitcoin Core's txrequest.cpp and blockencodings.cpp, BIP152).
+
+The one owner of that state. It is pure: no sockets, no clock (callers pass ``now``, a
+monotonic time in seconds), no store. node.py sends what the methods return and feeds them what
+arrives; a peer is any hashable object (node.py passes its Peer objects). A method raises
+``Misbehaving`` when what a peer sent breaks the relay protocol.
+
+Transactions: a peer with the "inv-tx" feature gets each transaction we accept announced once
+by txid (INV_TX), never sent in full unless it asks (GET_TXS, answered by one TXS). We ask one
+announcer at a time for what we lack; a request unanswered for RELAY_TX_REQUEST_TIMEOUT_S, or
+answered without the transaction, moves to the next announcer.
+
+Blocks: a peer with the "cmpct-block" feature gets each new block as CMPCT_BLOCK (header,
+6-byte short ids keyed by the block hash and a nonce of the sender's, the coinbase in full). The
+receiver rebuilds it from its mempool and the extra pool below, asks the sender for what is
+missing by index (GET_BLOCK_TXN/BLOCK_TXN) in one round trip, and when the rebuilt block's
+merkle root is wrong (a short-id collision) asks for every transaction: a sender whose own
+transactions do not make the block has lied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from p2pchain import limits, wire
+from p2pchain.ledger.block import Block, Header
+from p2pchain.ledger.tx import Tx
+from p2pchain.mempool import RecentSet
+from p2pchain.peer import Misbehaving
+
+FEATURE_INV_TX = "inv-tx"  # transactions announced by txid and fetched (INV_TX, GET_TXS, TXS)
+FEATURE_CMPCT = "cmpct-block"  # blocks as compact blocks (CMPCT_BLOCK, GET_BLOCK_TXN, BLOCK_TXN)
+FEATURES = (FEATURE_INV_TX, FEATURE_CMPCT)
+RELAY_VERSION = 2  # the first protocol version whose HELLO carries ``relay``
+
+P = TypeVar("P", bound=Hashable)
+
+
+def negotiate(ours: Iterable[str], version: int, theirs: Iterable[str]) -> frozenset[str]:
+    """The features both sides speak: none with a version 1 peer, whatever its HELLO holds."""
+    if version < RELAY_VERSION:
+        return frozenset()
+    return frozenset(ours) & frozenset(theirs)
+
+
+# --- short ids --------------------------------------------------------------------------------
+def short_id_key(block_hash: bytes, nonce: int) -> bytes:
+    """The BLAKE2b key of a compact block's short ids: its hash (which nobody knows before the
+    block is mined, so collisions cannot be ground in advance) and the sender's nonce (so that
+    one unlucky collision does not hit every link)."""
+    return block_hash + nonce.to_bytes(8, "big")
+
+
+def short_ids(key: bytes, txids: Iterable[bytes]) -> Iterator[bytes]:
+    """BLAKE2b(txid, key=key, digest_size=SHORT_ID_BYTES) of each txid."""
+    base = hashlib.blake2b(key=key, digest_size=limits.SHORT_ID_BYTES)
+    for txid in txids:
+        h = base.copy()
+        h.update(txid)
+        yield h.digest()
+
+
+def compact_block(block: Block, nonce: int) -> wire.CmpctBlock:
+    """``block`` as CMPCT_BLOCK: the coinbase prefilled (no mempool holds it), a short id for
+    every other transaction."""
+    key = short_id_key(block.hash, nonce)
+    ids = tuple(short_ids(key, (tx.txid for tx in block.txs[1:])))
+    return wire.CmpctBlock(block.header, nonce, ids, ((0, block.txs[0]),))
+
+
+class PartialBlock:
+    """A compact block being rebuilt: one slot per transaction, filled from the prefilled
+    transactions, then from candidates whose short id matches, then from BLOCK_TXN."""
+
+    def __init__(self, msg: wire.CmpctBlock) -> None:
+        total = len(msg.short_ids) + len(msg.prefilled)
+        if total > limits.MAX_BLOCK_TXS:
+            raise Misbehaving(f"compact block of {total} transactions, over {limits.MAX_BLOCK_TXS}")
+        indexes = [i for i, _ in msg.prefilled]
+        if not indexes or indexes[0] != 0:
+            raise Misbehaving("compact block without its coinbase prefilled")
+        if any(b <= a for a, b in itertools.pairwise(indexes)) or indexes[-1] >= total:
+            raise Misbehaving("compact block prefilled indexes not increasing within the block")
+        self.header: Header = msg.header
+        self.slots: list[Tx | None] = [None] * total
+        for i, tx in msg.prefilled:
+            self.slots[i] = tx
+        self.prefilled = frozenset(indexes)
+        self._key = short_id_key(msg.header.hash, msg.nonce)
+        open_slots = [i for i in range(total) if i not in self.prefilled]
+        self._wanted: dict[bytes, int] = {}
+        clashing: set[bytes] = set()
+        for i, sid in zip(open_slots, msg.short_ids, strict=True):
+            if sid in self._wanted:
+                clashing.add(sid)  # two of the block's own txs share an id: both asked for
+            self._wanted[sid] = i
+        for sid in clashing:
+            del self._wanted[sid]
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    def fill_from(self, candidates: Iterable[Tx]) -> None:
+        """Put each candidate whose short id a slot wants there; a slot two different
+        candidates match stays empty (asked for)."""
+        wanted, slots = self._wanted, self.slots
+        if not wanted:
+            return
+        ambiguous: set[int] = set()
+        pool = list(candidates)
+        for tx, sid in zip(pool, short_ids(self._key, (tx.txid for tx in pool)), strict=True):
+            i = wanted.get(sid)
+            if i is None:
+                continue
+            held = slots[i]
+            if held is None:
+                slots[i] = tx
+            elif held.txid != tx.txid:
+                ambiguous.add(i)
+        for i in ambiguous:
+            slots[i] = None
+
+    def missing(self) -> tuple[int, ...]:
+        return tuple(i for i, tx in enumerate(self.slots) if tx is None)
+
+    def all_open(self) -> tuple[int, ...]:
+        """Every index not prefilled: what a full fallback asks for."""
+        return tuple(i for i in range(len(self.slots)) if i not in self.prefilled)
+
+    def put(self, indexes: tuple[int, ...], txs: tuple[Tx, ...]) -> None:
+        for i, tx in zip(indexes, txs, strict=True):
+            self.slots[i] = tx
+
+    def block(self) -> Block | None:
+        """The rebuilt block if every slot is filled and the merkle root matches, else None."""
+        if any(tx is None for tx in self.slots):
+            return None
+        block = Block(self.header, tuple(tx for tx in self.slots if tx is not None))
+        return block if block.computed_merkle_root() == self.header.merkle_root else None
+
+
+# --- the extra pool -------------------------------------------------------------------------
+class ExtraPool:
+    """Transactions that are not in the mempool but may be in the next blocks (refused for a
+    nonce gap, a full pool or missing funds; the losers of a nonce conflict), for rebuilding
+    compact blocks; and, by sender and nonce, the successor to retry once its predecessor is
+    pooled. The oldest go first past ``max_txs``."""
+
+    def __init__(self, max_txs: int = limits.RELAY_EXTRA_TXS_MAX) -> None:
+        self.max_txs = max_txs
+        self._txs: OrderedDict[bytes, Tx] = OrderedDict()
+        self._by_slot: dict[tuple[str, int], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, txid: object) -> bool:
+        return txid in self._txs
+
+    def __iter__(self) -> Iterator[Tx]:
+        return iter(list(self._txs.values()))
+
+    def add(self, tx: Tx) -> None:
+        if tx.txid in self._txs:
+            return
+        self._txs[tx.txid] = tx
+        self._by_slot[(tx.sender, tx.nonce)] = tx.txid
+        while len(self._txs) > self.max_txs:
+            self._forget(self._txs.popitem(last=False)[1])
+
+    def _forget(self, tx: Tx) -> None:
+        if self._by_slot.get((tx.sender, tx.nonce)) == tx.txid:
+            del self._by_slot[(tx.sender, tx.nonce)]
+
+    def pop_successor(self, tx: Tx) -> Tx | None:
+        """The transaction of ``tx``'s sender with the next nonce, taken out of the pool."""
+        txid = self._by_slot.pop((tx.sender, tx.nonce + 1), None)
+        return self._txs.pop(txid) if txid is not None else None
+
+
+# --- per-peer and per-request state ---------------------------------------------------------
+@dataclass(eq=False)
+class _Peer:
+    features: frozenset[str]
+    known_txs: RecentSet = field(default_factory=lambda: RecentSet(limits.RELAY_KNOWN_TXIDS_MAX))
+    known_blocks: RecentSet = field(default_factory=lambda: RecentSet(limits.RELAY_KNOWN_BLOCKS_MAX))
+    to_announce: list[bytes] = field(default_factory=list)
+    announced: set[bytes] = field(default_factory=set)  # txids it announced that we still want
+    requests: deque[frozenset[bytes]] = field(default_factory=deque)  # GET_TXS not yet answered, oldest first
+    in_flight: int = 0  # txids in ``requests``
+    block_requests: OrderedDict[bytes, tuple[int, ...]] = field(default_factory=OrderedDict)  # hash -> indexes
+
+
+@dataclass(eq=False)
+class _Want(Generic[P]):
+    """A transaction announced to us that we lack."""
+
+    announcers: deque[P]  # not yet asked, in the order they announced it
+    asked: P | None = None
+    deadline: float = 0.0
+
+
+@dataclass(eq=False)
+class _PendingBlock(Generic[P]):
+    """A compact block waiting for its BLOCK_TXN."""
+
+    source: P
+    partial: PartialBlock
+    asked: tuple[int, ...]
+    full: bool  # the request asks for every transaction: a wrong answer is a lie
+    deadline: float
+    others: deque[tuple[P, wire.CmpctBlock]] = field(default_factory=deque)  # other senders of the block
+
+
+@dataclass
+class RelayStats:
+    txs_announced: int = 0  # txids sent in INV_TX
+    txs_requested: int = 0  # txids asked for in GET_TXS
+    txs_not_found: int = 0  # asked and left out of the TXS
+    tx_request_timeouts: int = 0
+    announcements_ignored: int = 0  # over RELAY_MAX_PEER_ANNOUNCED
+    cmpct_received: int = 0  # compact blocks of new blocks
+    cmpct_rebuilt: int = 0  # rebuilt from the mempool and extra pool alone
+    cmpct_roundtrip: int = 0  # needed a GET_BLOCK_TXN
+    cmpct_full_fallback: int = 0  # a merkle mismatch: every transaction asked for
+    cmpct_failed: int = 0  # given up (the sender had no block, timeouts)
+
+
+Requests = dict[P, list[bytes]]  # peer -> txids to ask it for (GET_TXS), or to announce (INV_TX)
+
+
+class Relay(Generic[P]):
+    def __init__(self, features: Iterable[str] = FEATURES, *, rng: random.Random | None = None) -> None:
+        self.features = frozenset(features)  # what we offer in HELLO
+        self.extra = ExtraPool()
+        self.confirmed = RecentSet(limits.SEEN_CACHE_MAX)  # txids of recently connected blocks
+        self.stats = RelayStats()
+        self._peers: dict[P, _Peer] = {}
+        self._wants: dict[bytes, _Want[P]] = {}
+        self._pending: OrderedDict[bytes, _PendingBlock[P]] = OrderedDict()
+        self._recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
+        self._rng = rng or random.Random()
+
+    # --- peers ------------------------------------------------------------------------------
+    def add_peer(self, peer: P, version: int, theirs: Iterable[str]) -> frozenset[str]:
+        features = negotiate(self.features, version, theirs)
+        self._peers[peer] = _Peer(features)
+        return features
+
+    def speaks(self, peer: P, feature: str) -> bool:
+        state = self._peers.get(peer)
+        return state is not None and feature in state.features
+
+    def remove_peer(self, peer: P, now: float) -> Requests[P]:
+        """Forget ``peer``; what we had asked of it goes to the next announcers (returned); the
+        compact blocks it was to complete move on at the next ``expire``."""
+        state = self._peers.pop(peer, None)
+        if state is None:
+            return {}
+        out: Requests[P] = {}
+        for txid in state.announced | {t for batch in state.requests for t in batch}:
+            want = self._wants.get(txid)
+            if want is None:
+                continue
+            if peer in want.announcers:
+                want.announcers.remove(peer)
+            if want.asked == peer:
+                want.asked = None
+            self._assign(txid, want, now, out)
+        for pending in self._pending.values():
+            pending.others = deque((p, m) for p, m in pending.others if p != peer)
+            if pending.source == peer:
+                pending.deadline = now  # the next expire() asks another sender
+        return out
+
+    # --- announcing -------------------------------------------------------------------------
+    def announce(self, txid: bytes, exclude: P | None = None) -> None:
+        """Queue ``txid`` for every inv-tx peer that does not know it (take_announcements
+        sends); ``exclude``, the peer it came from, knows it."""
+        if exclude is not None:
+            self.mark_known(exclude, txid)
+        for state in self._peers.values():
+            if FEATURE_INV_TX in state.features and txid not in state.known_txs:
+                state.known_txs.add(txid)
+                state.to_announce.append(txid)
+
+    def announce_to(self, peer: P, txids: Iterable[bytes]) -> None:
+        state = self._peers.get(peer)
+        if state is None or FEATURE_INV_TX not in state.features:
+            return
+        for txid in txids:
+            if txid not in state.known_txs:
+                state.known_txs.add(txid)
+                state.to_announce.append(txid)
+
+    def take_announcements(self) -> dict[P, list[tuple[bytes, ...]]]:
+        """Peer -> INV_TX batches (at most MAX_INV_TXIDS txids each) queued since the last call."""
+        out: dict[P, list[tuple[bytes, ...]]] = {}
+        step = limits.MAX_INV_TXIDS
+        for peer, state in self._peers.items():
+            if state.to_announce:
+                queued, state.to_announce = state.to_announce, []
+                out[peer] = [tuple(queued[i : i + step]) for i in range(0, len(queued), step)]
+                self.stats.txs_announced += len(queued)
+        return out
+
+    def mark_known(self, peer: P, txid: bytes) -> None:
+        """``peer`` has ``txid`` (it sent it or asked for it): never announce it there."""
+        state = self._peers.get(peer)
+        if state is not None:
+            state.known_txs.add(txid)
+
+    # --- requesting -------------------------------------------------------------------------
+    def on_inv(self, peer: P, txids: Iterable[bytes], have: Callable[[bytes], bool], now: float) -> Requests[P]:
+        """``peer`` announced ``txids``: the GET_TXS to send now (to it, or nothing when another
+        announcer is being asked already). Announcements past RELAY_MAX_PEER_ANNOUNCED are
+        ignored (Bitcoin Core's reaction)."""
+        state = self._peers.get(peer)
+        if state is None or FEATURE_INV_TX not in state.features:
+            raise Misbehaving("sent INV_TX without the inv-tx feature")
+        out: Requests[P] = {}
+        for txid in txids:
+            state.known_txs.add(txid)
+            if txid in state.announced or have(txid) or txid in self.extra or txid in self.confirmed:
+                continue
+            if len(state.announced) >= limits.RELAY_MAX_PEER_ANNOUNCED:
+                self.stats.announcements_ignored += 1
+                continue
+            state.announced.add(txid)
+            want = self._wants.get(txid)
+            if want is None:
+                want = self._wants[txid] = _Want(deque())
+            want.announcers.append(peer)
+            if want.asked is None:
+                self._assign(txid, want, now, out)
+        return out
+
+    def _assign(self, txid: bytes, want: _Want[P], now: float, out: Requests[P]) -> None:
+        """Ask the first announcer with room in flight; forget ``txid`` when none is left."""
+        skipped: list[P] = []
+        while want.announcers:
+            peer = want.announcers.popleft()
+            state = self._peers.get(peer)
+            if state is None:
+                continue
+            if state.in_flight + len(out.get(peer, ())) >= limits.RELAY_MAX_PEER_IN_FLIGHT:
+                skipped.append(peer)  # full: may be asked later (expire)
+                continue
+            want.asked = peer
+            want.deadline = now + limits.RELAY_TX_REQUEST_TIMEOUT_S
+            out.setdefault(peer, []).append(txid)
+            want.announcers.extendleft(reversed(skipped))
+            return
+        want.announcers.extend(skipped)
+        want.asked = None
+        if not skipped:
+            self._drop_want(txid)
+
+    def _drop_want(self, txid: bytes) -> None:
+        want = self._wants.pop(txid, None)
+        if want is None:
+            return
+        for peer in (*want.announcers, *([want.asked] if want.asked is not None else [])):
+            state = self._peers.get(peer)
+            if state is not None:
+                state.announced.discard(txid)
+
+    def requested(self, peer: P, txids: list[bytes]) -> None:
+        """``peer`` was sent GET_TXS for ``txids`` (node.py calls this as it sends)."""
+        state = self._peers[peer]
+        state.requests.append(frozenset(txids))
+        state.in_flight += len(txids)
+        self.stats.txs_requested += len(txids)
+
+    def on_txs(self, peer: P, txs: tuple[Tx, ...], now: float) -> Requests[P]:
+        """``peer`` answered its oldest GET_TXS: the requests to send for what it did not have.
+        Raises Misbehaving for a TXS nobody asked for or a transaction not asked for."""
+        state = self._peers.get(peer)
+        if state is None or not state.requests:
+            raise Misbehaving("sent TXS nobody asked for")
+        batch = state.requests.popleft()
+        state.in_flight -= len(batch)
+        got = {tx.txid for tx in txs}
+        if not got <= batch:
+            raise Misbehaving("sent a transaction in TXS that was not asked for")
+        out: Requests[P] = {}
+        for txid in batch:
+            state.known_txs.add(txid)
+            state.announced.discard(txid)
+            want = self._wants.get(txid)
+            if txid in got:
+                self._drop_want(txid)
+            elif want is not None and want.asked == peer:
+                self.stats.txs_not_found += 1
+                self._assign(txid, want, now, out)
+        return out
+
+    def have_tx(self, txid: bytes) -> None:
+        """``txid`` arrived (pooled, refused or confirmed): stop wanting it."""
+        self._drop_want(txid)
+
+    def expire(self, now: float) -> tuple[Requests[P], list[tuple[P, wire.GetBlockTxn]]]:
+        """Requests past their deadline move on: GET_TXS to the next announcers, and
+        GET_BLOCK_TXN to the next sender of each pending compact block."""
+        out: Requests[P] = {}
+        for txid, want in list(self._wants.items()):
+            if want.asked is None or want.deadline <= now:
+                if want.asked is not None:
+                    self.stats.tx_request_timeouts += 1
+                    want.asked = None
+                self._assign(txid, want, now, out)
+        block_requests: list[tuple[P, wire.GetBlockTxn]] = []
+        for block_hash, pending in list(self._pending.items()):
+            if pending.deadline <= now:
+                request = self._next_source(block_hash, pending, now)
+                if request is not None:
+                    block_requests.append(request)
+        return out, block_requests
+
+    def next_deadline(self) -> float | None:
+        times = [w.deadline for w in self._wants.values() if w.asked is not None]
+        times += [p.deadline for p in self._pending.values()]
+        return min(times, default=None)
+
+    # --- blocks -----------------------------------------------------------------------------
+    def block_targets(self, block: Block, peers: Iterable[P], exclude: P | None = None) -> tuple[list[P], list[P]]:
+        """(compact, full): the peers to send ``block`` to as CMPCT_BLOCK and as NEW_BLOCK;
+        a peer that sent it to us or was sent it is skipped. Peers relay does not know (clients)
+        get NEW_BLOCK."""
+        compact: list[P] = []
+        full: list[P] = []
+        for peer in peers:
+            if peer == exclude:
+                continue
+            state = self._peers.get(peer)
+            if state is None:
+                full.append(peer)
+                continue
+            if block.hash in state.known_blocks:
+                continue
+            state.known_blocks.add(block.hash)
+            (compact if FEATURE_CMPCT in state.features else full).append(peer)
+        if compact:
+            self._remember_block(block)
+        return compact, full
+
+    def compact(self, block: Block) -> wire.CmpctBlock:
+        return compact_block(block, self._rng.getrandbits(64))
+
+    def _remember_block(self, block: Block) -> None:
+        self._recent_blocks[block.hash] = block
+        while len(self._recent_blocks) > limits.RELAY_RECENT_BLOCKS:
+            self._recent_blocks.popitem(last=False)
+
+    def block_known(self, peer: P, block_hash: bytes) -> None:
+        state = self._peers.get(peer)
+        if state is not None:
+            state.known_blocks.add(block_hash)
+
+    def recent_block(self, block_hash: bytes) -> Block | None:
+        return self._recent_blocks.get(block_hash)
+
+    def block_txn(self, block: Block | None, msg: wire.GetBlockTxn) -> wire.BlockTxn:
+        """The answer to GET_BLOCK_TXN; asking for an index the block does not have is a
+        protocol error (an honest requester asks only indexes of the compact block we sent)."""
+        if block is None:
+            return wire.BlockTxn(msg.hash, ())
+        if any(i >= len(block.txs) for i in msg.indexes):
+            raise Misbehaving(f"asked for a transaction index beyond block {block.hash.hex()[:16]}")
+        return wire.BlockTxn(msg.hash, tuple(block.txs[i] for i in msg.indexes))
+
+    def on_cmpct(
+        self, peer: P, msg: wire.CmpctBlock, candidates: Callable[[], Iterable[Tx]], now: float
+    ) -> Block | wire.GetBlockTxn | None:
+        """A compact block of a block we do not have (the caller checked): the rebuilt block,
+        the GET_BLOCK_TXN to send to ``peer``, or None (being rebuilt from another sender)."""
+        state = self._peers.get(peer)
+        if state is None or FEATURE_CMPCT not in state.features:
+            raise Misbehaving("sent CMPCT_BLOCK without the cmpct-block feature")
+        if not msg.header.meets_target():
+            raise Misbehaving(f"sent compact block {msg.header.hash.hex()[:16]} without its proof of work")
+        block_hash = msg.header.hash
+        state.known_blocks.add(block_hash)
+        pending = self._pending.get(block_hash)
+        if pending is not None:
+            PartialBlock(msg)  # check its shape now: a bad one is the sender's fault
+            if len(pending.others) < limits.RELAY_MAX_BLOCK_SOURCES:
+                pending.others.append((peer, msg))
+            return None
+        self.stats.cmpct_received += 1
+        return self._start(peer, msg, candidates, now)
+
+    def _start(
+        self, peer: P, msg: wire.CmpctBlock, candidates: Callable[[], Iterable[Tx]], now: float
+    ) -> Block | wire.GetBlockTxn:
+        partial = PartialBlock(msg)
+        partial.fill_from(candidates())
+        missing = partial.missing()
+        if not missing:
+            block = partial.block()
+            if block is not None:
+                self.stats.cmpct_rebuilt += 1
+                return block
+            missing, full = partial.all_open(), True  # a short-id collision put a wrong tx in
+            self.stats.cmpct_full_fallback += 1
+        else:
+            full = False
+        self.stats.cmpct_roundtrip += 1
+        return self._ask(peer, partial, missing, full, now)
+
+    def _ask(
+        self, peer: P, partial: PartialBlock, indexes: tuple[int, ...], full: bool, now: float
+    ) -> wire.GetBlockTxn:
+        block_hash = partial.hash
+        others = self._pending.pop(block_hash).others if block_hash in self._pending else deque()
+        self._pending[block_hash] = _PendingBlock(
+            peer, partial, indexes, full, now + limits.RELAY_BLOCK_TXN_TIMEOUT_S, others
+        )
+        while len(self._pending) > limits.RELAY_MAX_PENDING_BLOCKS:
+            self._pending.popitem(last=False)
+            self.stats.cmpct_failed += 1
+        requests = self._peers[peer].block_requests
+        requests[block_hash] = indexes
+        while len(requests) > limits.RELAY_MAX_PENDING_BLOCKS:
+            requests.popitem(last=False)
+        return wire.GetBlockTxn(block_hash, indexes)
+
+    def on_block_txn(self, peer: P, msg: wire.BlockTxn, now: float) -> Block | tuple[P, wire.GetBlockTxn] | None:
+        """``peer`` answered a GET_BLOCK_TXN: the rebuilt block, or a request to send (every
+        transaction, to ``peer`` after a merkle mismatch; to the next sender of the block when
+        ``peer`` no longer has it), or None (a late answer: nothing to do). Raises Misbehaving
+        for an answer nobody asked for, of the wrong length, or a full answer that does not
+        make the block."""
+        state = self._peers.get(peer)
+        asked = state.block_requests.pop(msg.hash, None) if state is not None else None
+        if asked is None:
+            raise Misbehaving("sent BLOCK_TXN nobody asked for")
+        if msg.txs and len(msg.txs) != len(asked):
+            raise Misbehaving(f"sent {len(msg.txs)} block transactions for {len(asked)} asked")
+        pending = self._pending.get(msg.hash)
+        if pending is None or pending.source != peer or pending.asked != asked:
+            return None  # late: the block came another way or from another sender
+        if not msg.txs:  # it no longer has the block
+            return self._next_source(msg.hash, pending, now)
+        pending.partial.put(asked, msg.txs)
+        block = pending.partial.block()
+        if block is not None:
+            del self._pending[msg.hash]
+            return block
+        if pending.full:
+            del self._pending[msg.hash]
+            raise Misbehaving(f"compact block {msg.hash.hex()[:16]}: its own transactions do not match its merkle root")
+        self.stats.cmpct_full_fallback += 1
+        return peer, self._ask(peer, pending.partial, pending.partial.all_open(), True, now)
+
+    def _next_source(
+        self, block_hash: bytes, pending: _PendingBlock[P], now: float
+    ) -> tuple[P, wire.GetBlockTxn] | None:
+        """Ask the next peer that sent this compact block for all of it; None if none is left."""
+        del self._pending[block_hash]
+        while pending.others:
+            peer, msg = pending.others.popleft()
+            if peer not in self._peers:
+                continue
+            partial = PartialBlock(msg)
+            self._pending[block_hash] = _PendingBlock(peer, partial, (), True, now, pending.others)
+            return peer, self._ask(peer, partial, partial.all_open(), True, now)
+        self.stats.cmpct_failed += 1
+        return None
+
+    def block_done(self, block_hash: bytes) -> None:
+        """The block arrived whole (any path): stop rebuilding it."""
+        self._pending.pop(block_hash, None)
+
+    def connected(self, blocks: Iterable[Block]) -> None:
+        """Blocks joined the best chain: their transactions are no longer wanted."""
+        for block in blocks:
+            self.block_done(block.hash)
+            for tx in block.txs[1:]:
+                self.confirmed.add(tx.txid)
+                self._drop_want(tx.txid)

@@ -1,0 +1,322 @@
+"""relay: the relay state of p2pchain/relay.py without sockets: feature negotiation, announcing
+each transaction once per peer, asking one announcer at a time (next on not-found, timeout or
+disconnect), per-peer bounds, compact-block reconstruction (from the pool, by round trip, by
+the full fallback after a short-id collision) and each protocol breach it refuses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from ledger_helpers import GENESIS, block_on, pay, unmine, wallet
+
+from p2pchain import limits, wire
+from p2pchain.ledger.block import Block
+from p2pchain.ledger.tx import Tx
+from p2pchain.peer import Misbehaving
+from p2pchain.relay import (
+    FEATURE_CMPCT,
+    FEATURE_INV_TX,
+    FEATURES,
+    ExtraPool,
+    PartialBlock,
+    Relay,
+    compact_block,
+    negotiate,
+    short_id_key,
+    short_ids,
+)
+
+ALICE, BOB = wallet(1), wallet(2)
+T0 = 100.0  # the tests' clock, seconds
+
+
+def payments(n: int, sender_seed: int = 1) -> list[Tx]:
+    sender = wallet(sender_seed)
+    return [pay(sender, BOB, 1, nonce=i) for i in range(n)]
+
+
+def relay_with(*peers: str, features: tuple[str, ...] = FEATURES) -> Relay[str]:
+    relay: Relay[str] = Relay()
+    for p in peers:
+        relay.add_peer(p, 2, features)
+    return relay
+
+
+def never(txid: bytes) -> bool:
+    return False
+
+
+# --- negotiation ----------------------------------------------------------------------------
+def test_negotiation_is_the_intersection_and_version_1_gets_nothing() -> None:
+    assert negotiate(FEATURES, 1, FEATURES) == frozenset()  # a version 1 HELLO cannot name features
+    assert negotiate(FEATURES, 2, ()) == frozenset()
+    assert negotiate(FEATURES, 2, (FEATURE_INV_TX, "future-thing")) == {FEATURE_INV_TX}
+    assert negotiate((), 3, FEATURES) == frozenset()  # a --relay flood node offers none
+
+
+def test_hello_without_relay_is_version_1_bytes() -> None:
+    """The optional field is left out at its default, so such a HELLO is a version 1 HELLO."""
+    plain = wire.Hello(1, bytes(32), bytes(16), 7000, 0, bytes(32), 0, "a")
+    assert b"relay" not in plain.payload()
+    rich = replace(plain, version=2, relay=FEATURES)
+    decoded = wire.decode_message(rich.payload())
+    assert isinstance(decoded, wire.Hello) and decoded.relay == FEATURES
+    assert wire.decode_message(plain.payload()) == plain
+
+
+# --- announcing -----------------------------------------------------------------------------
+def test_each_transaction_is_announced_once_to_each_inv_peer_but_its_source() -> None:
+    relay = relay_with("a", "b")
+    relay.add_peer("old", 1, ())  # version 1: gets NEW_TX from node.py, never INV_TX
+    txid = payments(1)[0].txid
+    relay.announce(txid, exclude="a")
+    relay.announce(txid)  # again, e.g. after a reorg: nobody hears of it twice
+    assert relay.take_announcements() == {"b": [(txid,)]}
+    assert relay.take_announcements() == {}
+    assert not relay.speaks("old", FEATURE_INV_TX) and relay.speaks("b", FEATURE_CMPCT)
+
+
+def test_a_peer_that_announced_a_transaction_is_never_told_of_it() -> None:
+    relay = relay_with("a", "b")
+    txid = payments(1)[0].txid
+    relay.on_inv("a", [txid], never, T0)
+    relay.announce(txid)  # we got it (from a) and pass it on
+    assert relay.take_announcements() == {"b": [(txid,)]}
+
+
+def test_announcements_are_batched_in_inv_sized_messages() -> None:
+    relay = relay_with("a")
+    ids = [i.to_bytes(32, "big") for i in range(limits.MAX_INV_TXIDS + 5)]
+    relay.announce_to("a", ids)
+    batches = relay.take_announcements()["a"]
+    assert [len(b) for b in batches] == [limits.MAX_INV_TXIDS, 5]
+
+
+# --- requesting -----------------------------------------------------------------------------
+def test_one_announcer_is_asked_at_a_time_and_not_found_moves_to_the_next() -> None:
+    relay = relay_with("a", "b", "c")
+    tx = payments(1)[0]
+    assert relay.on_inv("a", [tx.txid], never, T0) == {"a": [tx.txid]}
+    relay.requested("a", [tx.txid])
+    assert relay.on_inv("b", [tx.txid], never, T0) == {}  # a is being asked
+    assert relay.on_inv("c", [tx.txid], never, T0) == {}
+    assert relay.on_txs("a", (), T0 + 0.1) == {"b": [tx.txid]}  # a no longer had it
+    relay.requested("b", [tx.txid])
+    assert relay.on_txs("b", (tx,), T0 + 0.2) == {}
+    assert relay.expire(T0 + 100) == ({}, [])  # delivered: nothing left to ask
+
+
+def test_a_request_that_times_out_goes_to_the_next_announcer_and_a_late_answer_is_welcome() -> None:
+    relay = relay_with("a", "b")
+    tx = payments(1)[0]
+    relay.requested("a", relay.on_inv("a", [tx.txid], never, T0)["a"])
+    relay.on_inv("b", [tx.txid], never, T0)
+    assert relay.expire(T0 + limits.RELAY_TX_REQUEST_TIMEOUT_S / 2) == ({}, [])
+    assert relay.expire(T0 + limits.RELAY_TX_REQUEST_TIMEOUT_S) == ({"b": [tx.txid]}, [])
+    relay.requested("b", [tx.txid])
+    assert relay.on_txs("a", (tx,), T0 + 3) == {}  # a's late answer was asked for: not a breach
+    assert relay.stats.tx_request_timeouts == 1
+
+
+def test_a_disconnected_announcer_hands_its_requests_to_the_next() -> None:
+    relay = relay_with("a", "b")
+    txid = payments(1)[0].txid
+    relay.requested("a", relay.on_inv("a", [txid], never, T0)["a"])
+    relay.on_inv("b", [txid], never, T0)
+    assert relay.remove_peer("a", T0 + 0.1) == {"b": [txid]}
+
+
+def test_what_we_have_is_not_asked_for() -> None:
+    relay = relay_with("a")
+    pooled, confirmed, fresh = payments(3)
+    relay.connected([block_on(GENESIS, [confirmed])])
+    assert relay.on_inv("a", [pooled.txid, confirmed.txid, fresh.txid], lambda t: t == pooled.txid, T0) == {
+        "a": [fresh.txid]
+    }
+
+
+def test_announcements_past_the_per_peer_bound_are_ignored() -> None:
+    relay = relay_with("a")
+    ids = [i.to_bytes(32, "big") for i in range(limits.RELAY_MAX_PEER_ANNOUNCED + 10)]
+    asked: list[bytes] = []
+    for i in range(0, len(ids), limits.MAX_INV_TXIDS):
+        for peer, txids in relay.on_inv("a", ids[i : i + limits.MAX_INV_TXIDS], never, T0).items():
+            relay.requested(peer, txids)
+            asked += txids
+    assert len(asked) == limits.RELAY_MAX_PEER_IN_FLIGHT  # never more in flight than the bound
+    assert relay.stats.announcements_ignored == 10
+
+
+def test_txs_nobody_asked_for_and_unasked_transactions_are_breaches() -> None:
+    relay = relay_with("a")
+    tx, other = payments(2)
+    with pytest.raises(Misbehaving, match="nobody asked"):
+        relay.on_txs("a", (tx,), T0)
+    relay.requested("a", relay.on_inv("a", [tx.txid], never, T0)["a"])
+    with pytest.raises(Misbehaving, match="not asked for"):
+        relay.on_txs("a", (tx, other), T0)
+
+
+def test_inv_from_a_peer_without_the_feature_is_a_breach() -> None:
+    relay = relay_with("a", features=(FEATURE_CMPCT,))
+    with pytest.raises(Misbehaving):
+        relay.on_inv("a", [bytes(32)], never, T0)
+
+
+# --- the extra pool -------------------------------------------------------------------------
+def test_extra_pool_is_bounded_and_hands_back_a_successor_once() -> None:
+    extra = ExtraPool(max_txs=3)
+    txs = payments(5)
+    for tx in txs[1:]:
+        extra.add(tx)
+    assert len(extra) == 3 and txs[1].txid not in extra  # the oldest went
+    assert extra.pop_successor(txs[1]) == txs[2]
+    assert extra.pop_successor(txs[1]) is None and txs[2].txid not in extra
+
+
+# --- compact blocks -------------------------------------------------------------------------
+def block_of(txs: list[Tx]) -> Block:
+    return block_on(GENESIS, txs)
+
+
+def test_short_ids_depend_on_the_block_and_the_nonce() -> None:
+    txid = payments(1)[0].txid
+    a = next(short_ids(short_id_key(bytes(32), 1), [txid]))
+    assert len(a) == limits.SHORT_ID_BYTES
+    assert a != next(short_ids(short_id_key(bytes(32), 2), [txid]))
+    assert a != next(short_ids(short_id_key(b"\x01" * 32, 1), [txid]))
+
+
+def test_a_block_whose_transactions_are_pooled_is_rebuilt_without_a_round_trip() -> None:
+    txs = payments(20)
+    block = block_of(txs)
+    relay = relay_with("a")
+    pool = [*reversed(txs), *payments(5, sender_seed=3)]
+    assert relay.on_cmpct("a", compact_block(block, 7), lambda: pool, T0) == block
+    assert relay.stats.cmpct_rebuilt == 1
+
+
+def test_missing_transactions_are_asked_for_by_index_in_one_round_trip() -> None:
+    txs = payments(10)
+    block = block_of(txs)
+    relay = relay_with("a")
+    request = relay.on_cmpct("a", compact_block(block, 7), lambda: txs[:4] + txs[6:], T0)
+    assert request == wire.GetBlockTxn(block.hash, (5, 6))  # block indexes: the coinbase is 0
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, (txs[4], txs[5])), T0) == block
+    with pytest.raises(Misbehaving, match="nobody asked"):  # answered already
+        relay.on_block_txn("a", wire.BlockTxn(block.hash, (txs[4], txs[5])), T0)
+
+
+def impostor_for(msg: wire.CmpctBlock, i: int) -> Tx:
+    """A payment outside the block whose short id equals the block's ``i``-th one (with
+    SHORT_ID_BYTES patched to 1, one in 256 payments is)."""
+    key = short_id_key(msg.header.hash, msg.nonce)
+    sender = wallet(4)
+    for nonce in range(5000):
+        tx = pay(sender, BOB, 1, nonce=nonce)
+        if next(short_ids(key, [tx.txid])) == msg.short_ids[i]:
+            return tx
+    raise AssertionError("no colliding payment in 5000")
+
+
+def test_a_short_id_collision_falls_back_to_every_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1-byte short ids make collisions certain among a few hundred candidates: a pooled
+    transaction that is not in the block takes a slot, the merkle root does not match, and
+    every transaction is asked of the sender."""
+    monkeypatch.setattr(limits, "SHORT_ID_BYTES", 1)
+    txs = payments(3)
+    block = block_of(txs)
+    msg = compact_block(block, 9)
+    impostor = impostor_for(msg, 0)
+    relay = relay_with("a")
+    request = relay.on_cmpct("a", msg, lambda: [impostor, *txs[1:]], T0)
+    assert request == wire.GetBlockTxn(block.hash, (1, 2, 3))
+    assert relay.stats.cmpct_full_fallback == 1
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, tuple(txs)), T0) == block
+
+
+def test_two_candidates_for_one_slot_leave_it_to_be_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "SHORT_ID_BYTES", 1)
+    txs = payments(3)
+    block = block_of(txs)
+    msg = compact_block(block, 9)
+    impostor = impostor_for(msg, 1)
+    relay = relay_with("a")
+    assert relay.on_cmpct("a", msg, lambda: [*txs, impostor], T0) == wire.GetBlockTxn(block.hash, (2,))
+
+
+def test_a_full_answer_that_does_not_make_the_block_is_a_lie() -> None:
+    txs = payments(3)
+    block = block_of(txs)
+    relay = relay_with("a")
+    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)  # asks for 1, 2, 3
+    bad = (txs[0], txs[1], payments(1, sender_seed=5)[0])
+    request = relay.on_block_txn("a", wire.BlockTxn(block.hash, bad), T0)
+    assert request == ("a", wire.GetBlockTxn(block.hash, (1, 2, 3)))  # might have been our mistake: ask all
+    with pytest.raises(Misbehaving, match="merkle root"):
+        relay.on_block_txn("a", wire.BlockTxn(block.hash, bad), T0)
+
+
+def test_block_txn_of_the_wrong_length_is_a_breach() -> None:
+    txs = payments(3)
+    block = block_of(txs)
+    relay = relay_with("a")
+    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
+    with pytest.raises(Misbehaving, match="for 3 asked"):
+        relay.on_block_txn("a", wire.BlockTxn(block.hash, (txs[0],)), T0)
+
+
+def test_a_sender_without_the_block_hands_over_to_the_next_sender() -> None:
+    txs = payments(2)
+    block = block_of(txs)
+    relay = relay_with("a", "b")
+    msg = compact_block(block, 1)
+    assert isinstance(relay.on_cmpct("a", msg, lambda: (), T0), wire.GetBlockTxn)
+    assert relay.on_cmpct("b", compact_block(block, 2), lambda: (), T0) is None  # being rebuilt
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, ()), T0) == ("b", wire.GetBlockTxn(block.hash, (1, 2)))
+    assert relay.on_block_txn("b", wire.BlockTxn(block.hash, tuple(txs)), T0) == block
+
+
+def test_a_silent_sender_times_out_to_the_next() -> None:
+    txs = payments(2)
+    block = block_of(txs)
+    relay = relay_with("a", "b")
+    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
+    relay.on_cmpct("b", compact_block(block, 2), lambda: (), T0)
+    assert relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("b", wire.GetBlockTxn(block.hash, (1, 2)))])
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, tuple(txs)), T0 + 3) is None  # late, harmless
+
+
+def test_compact_blocks_that_cannot_be_honest_are_refused() -> None:
+    block = block_of(payments(2))
+    relay = relay_with("a")
+    msg = compact_block(block, 1)
+    no_pow = replace(msg, header=unmine(block.header))
+    with pytest.raises(Misbehaving, match="proof of work"):
+        relay.on_cmpct("a", no_pow, lambda: (), T0)
+    with pytest.raises(Misbehaving, match="coinbase"):
+        PartialBlock(replace(msg, prefilled=()))
+    with pytest.raises(Misbehaving, match="increasing"):
+        PartialBlock(replace(msg, prefilled=((0, block.txs[0]), (0, block.txs[1]))))
+    with pytest.raises(Misbehaving, match="over"):
+        PartialBlock(replace(msg, short_ids=(b"\0" * 6,) * limits.MAX_BLOCK_TXS))
+
+
+def test_get_block_txn_beyond_the_block_is_a_breach() -> None:
+    block = block_of(payments(2))
+    relay = relay_with("a")
+    assert relay.block_txn(block, wire.GetBlockTxn(block.hash, (2, 0))).txs == (block.txs[2], block.txs[0])
+    assert relay.block_txn(None, wire.GetBlockTxn(block.hash, (1,))).txs == ()
+    with pytest.raises(Misbehaving, match="beyond"):
+        relay.block_txn(block, wire.GetBlockTxn(block.hash, (3,)))
+
+
+def test_blocks_go_compact_or_full_by_feature_and_never_twice() -> None:
+    block = block_of(payments(1))
+    relay = relay_with("a", "b")
+    relay.add_peer("old", 1, ())
+    relay.block_known("b", block.hash)  # b sent it to us
+    assert relay.block_targets(block, ["a", "b", "old", "client"], exclude=None) == (["a"], ["old", "client"])
+    assert relay.block_targets(block, ["a", "b", "old"], exclude=None) == ([], [])
+    assert relay.recent_block(block.hash) == block
