@@ -20,6 +20,7 @@ from p2pchain.errors import RuleCode, RuleError, StoreError
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block, Header, work
 from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
+from p2pchain.ledger.tx import Tx
 from p2pchain.params import NetworkParams
 from p2pchain.store import Store
 
@@ -193,6 +194,24 @@ class Chain:
         """The best-chain block that confirms ``txid``, if any."""
         block_hash = self.store.find_tx(txid)
         return None if block_hash is None else self.index.get(block_hash)
+
+    def address_history(self, address: str, offset: int, limit: int) -> list[tuple[Entry, Tx]]:
+        """Best-chain transactions from or to ``address``, newest first, skipping ``offset``: each
+        with the entry of the block that confirms it (the store's address index, which every
+        reorg keeps in step with the best chain in the same transaction)."""
+        history: list[tuple[Entry, Tx]] = []
+        blocks: dict[int, Block | None] = {}
+        for height, pos, txid in self.store.address_history(address, offset, limit):
+            if height not in blocks:
+                blocks[height] = self.block_at(height)
+            block = blocks[height]
+            if block is None or pos >= len(block.txs) or block.txs[pos].txid != txid:
+                raise StoreError(f"store {self.store.path}: address index names a missing transaction {txid.hex()}")
+            history.append((self.index[block.hash], block.txs[pos]))
+        return history
+
+    def address_tx_count(self, address: str) -> int:
+        return self.store.address_tx_count(address)
 
     def median_time_past(self, entry: Entry) -> int:
         stamps: list[int] = []

@@ -24,6 +24,8 @@ from aiohttp import web
 from p2pchain import limits
 from p2pchain.connmgr import parse_addr
 from p2pchain.errors import MempoolCode, MempoolError, ProtocolError, RuleError
+from p2pchain.explorer import PREFIX as EXPLORER_PREFIX
+from p2pchain.explorer import make_explorer, wants_html
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx, make_tx
@@ -408,10 +410,21 @@ async def block_by_hash(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
+    if wants_html(request):  # a browser: the explorer; JSON clients keep the list of endpoints
+        raise web.HTTPFound(f"{EXPLORER_PREFIX}/")
     routes = sorted(
-        {f"{r.method} {r.resource.canonical}" for r in request.app.router.routes() if r.method != "HEAD" and r.resource}
+        {
+            f"{r.method} {r.resource.canonical}"
+            for r in request.app.router.routes()
+            if r.method != "HEAD" and r.resource and not r.resource.canonical.startswith(EXPLORER_PREFIX)
+        }
+        | {f"GET {EXPLORER_PREFIX}/"}
     )
     return json_response({"endpoints": routes})
+
+
+async def redirect(request: web.Request, to: str) -> web.Response:
+    raise web.HTTPFound(to)
 
 
 def make_app(node: Node) -> web.Application:
@@ -436,6 +449,8 @@ def make_app(node: Node) -> web.Application:
     get("/balance/{address}", balance)
     get("/wallet", wallet)
     get("/blocks/{hash}", block_by_hash)
+    get(EXPLORER_PREFIX, functools.partial(redirect, to=f"{EXPLORER_PREFIX}/"))
+    app.add_subapp(EXPLORER_PREFIX, make_explorer(node))  # read-only HTML pages and their live events
     return app
 
 

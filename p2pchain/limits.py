@@ -115,3 +115,14 @@ CLI_WAIT_TIMEOUT_S = 300.0  # `send --wait` gives up after this long: a network 
 CLI_POLL_S = 0.5  # `send --wait` asks about its transaction this often, sooner when a block is gossiped
 CLI_WATCH_INTERVAL_S = 2.0  # seconds between `status --watch` refreshes
 CLI_CHAIN_LIMIT = 10  # blocks `p2pchain chain` lists by default: the newest ones
+
+# --- explorer and its live event streams (p2pchain/events.py, p2pchain/explorer.py) ---------
+EVENT_STREAMS_MAX = 64  # open Server-Sent-Event streams (browser tabs); one more gets 503
+EVENT_QUEUE_MAX = 256  # events waiting for one stream; past this the stream is dropped (the page
+# reconnects and catches up), so a slow or stalled browser never holds the node's memory
+EVENT_WRITE_TIMEOUT_S = 10.0  # a stream whose socket takes longer to accept a write is dropped
+EVENT_KEEPALIVE_S = 15.0  # a comment line after this long without events: finds closed tabs
+EVENT_RETRY_MS = 1000  # the browser's reconnect delay after a dropped stream (SSE "retry:")
+EVENT_TIP_BLOCKS = 20  # newest connected blocks described in one tip event (a sync connects 500)
+EXPLORER_BLOCKS = 20  # blocks on the explorer's home page
+EXPLORER_PAGE_TXS = 25  # transactions per page of an address's history, and per block page

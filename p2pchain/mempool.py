@@ -21,7 +21,7 @@ import heapq
 import itertools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from p2pchain import limits
@@ -100,6 +100,7 @@ class Mempool:
         self._low: list[tuple[int, int, bytes]] = []  # min-heap (fee, -seq, txid); stale rows skipped
         self._size = 0
         self._seq = itertools.count()
+        self.listeners: list[Callable[[Tx], None]] = []  # told of each transaction admitted by add()
 
     # --- queries --------------------------------------------------------------------------
     def __contains__(self, txid: object) -> bool:
@@ -162,6 +163,12 @@ class Mempool:
         self._check_tx(tx, self.verified)
         self.verified.add(tx.txid)
         self._insert(tx, next(self._seq), cuts)
+        for listener in self.listeners:
+            listener(tx)
+
+    def subscribe(self, listener: Callable[[Tx], None]) -> None:
+        """Call ``listener(tx)`` for every new transaction admitted (not for ones a reorg returns)."""
+        self.listeners.append(listener)
 
     def _check_tx(self, tx: Tx, verified: tuple[bytes] | RecentSet) -> None:
         try:

@@ -19,6 +19,7 @@ from p2pchain import __version__, limits, wire
 from p2pchain.chain import Chain, Status
 from p2pchain.connmgr import ConnectionManager
 from p2pchain.errors import MempoolCode, MempoolError, RuleCode, RuleError
+from p2pchain.events import EventHub
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block
@@ -87,6 +88,9 @@ class Node:
         self.mempool = Mempool(self.params, self.chain.get_account)
         self.chain.verified = self.mempool.verified
         self.chain.subscribe(self._on_chain_update)
+        self.events = EventHub()  # live events for the explorer's browsers (after the mempool's update)
+        self.chain.subscribe(self.events.on_chain_update)
+        self.mempool.subscribe(self.events.on_new_tx)
         self.node_id = os.urandom(16)
         self.port = config.port
         self.traffic = Traffic()  # frames and bytes by message type, counted by every peer
@@ -154,6 +158,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self._mine_forever()))
 
     async def stop(self) -> None:
+        self.events.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

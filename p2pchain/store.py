@@ -1,4 +1,5 @@
-"""SQLite store (WAL): blocks, the best chain, account state, undo data, a tx index and bans.
+"""SQLite store (WAL): blocks, the best chain, account state, undo data, a tx index, an address
+index (the explorer's history of an address) and bans.
 
 Every change that a new tip makes (the block, its index entry, the best-chain rows, the account
 changes and its undo data) is written in ONE transaction, so a kill -9 at any instant leaves
@@ -20,6 +21,7 @@ import msgpack
 from p2pchain.errors import ProtocolError, StoreError
 from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.rules import Account
+from p2pchain.ledger.tx import Tx
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ CREATE TABLE IF NOT EXISTS blocks(
 CREATE TABLE IF NOT EXISTS main(height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts(address TEXT PRIMARY KEY, balance INTEGER NOT NULL, nonce INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS txindex(txid BLOB PRIMARY KEY, block BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS addrindex(
+    address TEXT NOT NULL, height INTEGER NOT NULL, pos INTEGER NOT NULL, txid BLOB NOT NULL,
+    PRIMARY KEY(address, height, pos)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bans(host TEXT PRIMARY KEY, until_ms INTEGER NOT NULL, reason TEXT NOT NULL);
 """
 
@@ -74,6 +79,15 @@ def _header_from_raw(raw: bytes) -> Header:
     return Header(version, height, prev, merkle, ts, bits, nonce)
 
 
+def _addresses(block: Block) -> Iterator[tuple[int, str, Tx]]:
+    """(position, address, tx) for each address a transaction of ``block`` touches: recipient
+    and sender (the coinbase's sender "0" is no address)."""
+    for pos, tx in enumerate(block.txs):
+        yield pos, tx.recipient, tx
+        if pos and tx.sender != tx.recipient:
+            yield pos, tx.sender, tx
+
+
 class Store:
     """A thin, typed layer over one SQLite file. Not thread-safe: the node's event loop owns it."""
 
@@ -94,6 +108,10 @@ class Store:
                     "use another --data-dir"
                 )
             self.db.executescript(_SCHEMA)
+            if self.get_meta("addrindex") is None:  # a new store, or one made before the index
+                if tables:
+                    self._build_addrindex()
+                self.set_meta("addrindex", b"1")
         except sqlite3.DatabaseError as e:
             self._close_quietly()
             raise StoreError(f"store {self.path} cannot be opened ({e}): move it aside and resync") from None
@@ -195,9 +213,43 @@ class Store:
             "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)", ((tx.txid, block.hash) for tx in block.txs)
         )
 
+        self.db.executemany(
+            "INSERT OR IGNORE INTO addrindex(address, height, pos, txid) VALUES (?,?,?,?)",
+            ((a, height, pos, tx.txid) for pos, a, tx in _addresses(block)),
+        )
+
     def unset_main(self, height: int, block: Block) -> None:
         self.db.execute("DELETE FROM main WHERE height=?", (height,))
         self.db.executemany("DELETE FROM txindex WHERE txid=?", ((tx.txid,) for tx in block.txs))
+        self.db.executemany(
+            "DELETE FROM addrindex WHERE address=? AND height=? AND pos=?",
+            ((a, height, pos) for pos, a, _ in _addresses(block)),
+        )
+
+    def _build_addrindex(self) -> None:
+        """Index the best chain of a store made before the address index existed (once)."""
+        log.info("store %s: building the address index", self.path)
+        with self.transaction():
+            for height, block_hash in self.db.execute("SELECT height, hash FROM main ORDER BY height").fetchall():
+                block = self.get_block(bytes(block_hash))
+                if block is not None:
+                    self.db.executemany(
+                        "INSERT OR IGNORE INTO addrindex(address, height, pos, txid) VALUES (?,?,?,?)",
+                        ((a, height, pos, tx.txid) for pos, a, tx in _addresses(block)),
+                    )
+
+    def address_history(self, address: str, offset: int, limit: int) -> list[tuple[int, int, bytes]]:
+        """(height, position in block, txid) of best-chain transactions from or to ``address``,
+        newest first, skipping ``offset``."""
+        rows = self.db.execute(
+            "SELECT height, pos, txid FROM addrindex WHERE address=? ORDER BY height DESC, pos DESC LIMIT ? OFFSET ?",
+            (address, limit, offset),
+        )
+        return [(h, p, bytes(t)) for h, p, t in rows]
+
+    def address_tx_count(self, address: str) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM addrindex WHERE address=?", (address,)).fetchone()
+        return int(row[0])
 
     def find_tx(self, txid: bytes) -> bytes | None:
         row = self.db.execute("SELECT block FROM txindex WHERE txid=?", (txid,)).fetchone()

@@ -1,0 +1,93 @@
+// p2pchain explorer: live updates over Server-Sent Events. The page works without this script;
+// with it, every tip, reorganisation or (on pages that list them) transaction the node reports
+// refreshes the page's live part from the server, without a reload. Text from the node is only
+// ever set with textContent, never parsed as HTML, except the server's own escaped page.
+"use strict";
+(function () {
+  const body = document.body;
+  const wants = new Set((body.dataset.live || "tip").split(" "));
+  const conn = document.getElementById("conn");
+  const feed = document.getElementById("feed");
+  const banner = document.getElementById("banner");
+  const FEED_MAX = 12;
+  let fetching = false;
+  let again = false;
+
+  function setConn(text, cls) {
+    conn.textContent = text;
+    conn.className = "conn " + cls;
+  }
+
+  function note(cls, text) {
+    if (feed.firstElementChild && feed.firstElementChild.classList.contains("muted")) feed.textContent = "";
+    const li = document.createElement("li");
+    li.className = cls;
+    li.textContent = new Date().toLocaleTimeString() + " " + text;
+    feed.prepend(li);
+    while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
+  }
+
+  function keys(root) {
+    return new Set(Array.from(root.querySelectorAll("[data-key]"), (el) => el.dataset.key));
+  }
+
+  // Fetch this page again and swap in its live part; one fetch at a time, the latest wins.
+  async function refresh() {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    try {
+      const resp = await fetch(location.href, { headers: { Accept: "text/html" }, cache: "no-store" });
+      if (resp.ok || resp.status === 404) {
+        const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+        const fresh = doc.getElementById("live");
+        const live = document.getElementById("live");
+        if (fresh && live) {
+          const before = keys(live);
+          const node = document.importNode(fresh, true);
+          for (const row of node.querySelectorAll("tr[data-key]")) {
+            if (before.size && !before.has(row.dataset.key)) row.classList.add("fresh");
+          }
+          live.replaceWith(node);
+          body.dataset.tip = doc.body.dataset.tip || body.dataset.tip;
+        }
+      }
+    } catch (err) {
+      setConn("node unreachable", "down");
+    } finally {
+      fetching = false;
+      if (again) { again = false; refresh(); }
+    }
+  }
+
+  function short(hash) { return String(hash).slice(0, 16) + "…"; }
+
+  if (!window.EventSource) return;
+  const source = new EventSource(body.dataset.events);
+  source.addEventListener("open", () => setConn("live", "live"));
+  source.addEventListener("error", () => setConn("reconnecting…", "down"));
+  source.addEventListener("hello", (e) => {
+    const d = JSON.parse(e.data);
+    setConn("live", "live");
+    if (d.hash !== body.dataset.tip) refresh();  // reconnected after missing events: catch up
+  });
+  source.addEventListener("tip", (e) => {
+    const d = JSON.parse(e.data);
+    note("tip", "block " + d.height + " " + short(d.hash) + " (" + d.txs + " tx)");
+    if (wants.has("tip")) refresh();
+  });
+  source.addEventListener("reorg", (e) => {
+    const d = JSON.parse(e.data);
+    const gone = d.disconnected.length;
+    const text = "Reorganisation: " + gone + " block(s) above height " + d.fork_height +
+      " replaced by " + d.connected.length + " from another branch";
+    banner.textContent = text;
+    banner.hidden = false;
+    note("reorg", text);
+    refresh();
+  });
+  source.addEventListener("tx", (e) => {
+    const d = JSON.parse(e.data);
+    note("tx", "tx " + short(d.txid) + " " + d.amount + " coin(s)");
+    if (wants.has("tx")) refresh();
+  });
+})();

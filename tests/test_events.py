@@ -1,0 +1,124 @@
+"""events: the hub that fans tips, reorganisations and mempool transactions out to browsers'
+Server-Sent-Event streams. Publishing never waits; a stream that falls behind is dropped while
+the others keep every event; the stream count is bounded; chain and mempool subscriptions give
+the events a page needs (a reorg names the replaced blocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from ledger_helpers import GENESIS, block_on, branch, feed, mem_chain, pay, wallet
+
+from p2pchain import limits
+from p2pchain.events import EventHub, TooManyStreams
+from p2pchain.mempool import Mempool
+
+A, B = wallet(1), wallet(2)
+
+
+def decode(frames: list[bytes]) -> list[tuple[str, dict[str, object]]]:
+    """(event name, data) of each SSE frame."""
+    out = []
+    for frame in frames:
+        lines = frame.decode().strip().split("\n")
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), frame
+        out.append((lines[0][7:], json.loads(lines[1][6:])))
+    return out
+
+
+def test_a_stream_that_falls_behind_is_dropped_and_the_others_keep_everything() -> None:
+    async def go() -> None:
+        hub = EventHub(max_streams=4, max_frames=8)
+        slow, fast = hub.open(), hub.open()
+        for i in range(5):
+            hub.publish("tx", {"n": i})
+        got = await fast.next(1.0)
+        assert got is not None and [d["n"] for _, d in decode(got)] == list(range(5))
+        for i in range(5, 20):  # slow never reads: its 9th waiting event drops it, publish goes on
+            hub.publish("tx", {"n": i})
+            got = await fast.next(1.0)
+            assert got is not None and [d["n"] for _, d in decode(got)] == [i]
+        assert slow.dropped == "fell 8 events behind"
+        assert await slow.next(1.0) is None
+        assert hub.streams == {fast} and hub.dropped == 1
+
+    asyncio.run(go())
+
+
+def test_streams_are_bounded_and_a_closed_one_frees_its_slot() -> None:
+    async def go() -> None:
+        hub = EventHub(max_streams=2)
+        first = hub.open()
+        hub.open()
+        with pytest.raises(TooManyStreams):
+            hub.open()
+        first.close()
+        hub.open()
+        assert hub.dropped == 0  # closing is not dropping
+        assert await first.next(1.0) is None
+
+    asyncio.run(go())
+
+
+def test_a_quiet_stream_wakes_for_keepalive_and_for_an_event() -> None:
+    async def go() -> None:
+        hub = EventHub()
+        stream = hub.open()
+        assert await stream.next(0.01) == []  # nothing happened: the caller writes a keepalive
+        waiter = asyncio.create_task(stream.next(5.0))
+        await asyncio.sleep(0)  # ok: let the waiter start waiting
+        hub.publish("tip", {"height": 1})
+        got = await asyncio.wait_for(waiter, 5.0)
+        assert got is not None and decode(got) == [("tip", {"height": 1})]
+
+    asyncio.run(go())
+
+
+def test_chain_and_mempool_subscriptions_give_tip_reorg_and_tx_events() -> None:
+    # G - a1 - a2            main, then b1 - b2 - b3 from G: a reorg of 2 blocks
+    async def go() -> None:
+        chain = mem_chain()
+        pool = Mempool(chain.params, chain.get_account)
+        hub = EventHub()
+        chain.subscribe(hub.on_chain_update)
+        pool.subscribe(hub.on_new_tx)
+        stream = hub.open()
+        a1 = block_on(GENESIS, miner=A.address)
+        a2 = block_on(a1)
+        feed(chain, [a1, a2])
+        tx = pay(A, B, 5, fee=1)
+        pool.add(tx)
+        b = branch(GENESIS, 3, salt=5)
+        feed(chain, b)
+        got = await stream.next(1.0)
+        assert got is not None
+        events = decode(got)
+        assert [name for name, _ in events] == ["tip", "tip", "tx", "reorg", "tip"]
+        assert events[1][1]["hash"] == a2.hash.hex() and events[1][1]["height"] == 2
+        want = {"txid": tx.txid.hex(), "sender": A.address, "recipient": B.address, "amount": 5, "fee": 1}
+        assert events[2][1] == want
+        reorg = events[3][1]
+        assert reorg["fork_height"] == 0
+        assert [x["hash"] for x in reorg["disconnected"]] == [a2.hash.hex(), a1.hash.hex()]  # type: ignore[index]
+        assert [x["hash"] for x in reorg["connected"]] == [x.hash.hex() for x in b]  # type: ignore[index]
+        assert events[4][1]["hash"] == b[-1].hash.hex() and events[4][1]["connected"] == 3
+
+    asyncio.run(go())
+
+
+def test_a_long_sync_is_one_tip_event_of_bounded_size() -> None:
+    async def go() -> None:
+        hub = EventHub()
+        stream = hub.open()
+        blocks = branch(GENESIS, limits.EVENT_TIP_BLOCKS + 10)
+        hub.on_chain_update(blocks, [])  # as one CHAIN batch connecting them all reports it
+        got = await stream.next(1.0)
+        assert got is not None
+        ((name, data),) = decode(got)
+        assert name == "tip" and data["height"] == blocks[-1].height
+        assert len(data["blocks"]) == limits.EVENT_TIP_BLOCKS  # type: ignore[arg-type]
+
+    asyncio.run(go())
+

@@ -1,0 +1,189 @@
+"""explorer: the address index kept right across reorgs, and the /explorer/ pages over real
+HTTP (no browser: tests/test_explorer_browser.py drives Chromium). Pages answer curl with the
+chain's data, escape what they echo, carry a Content-Security-Policy, and the event stream
+sends a new tip."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from harness import NodeProc
+from ledger_helpers import GENESIS, PARAMS, block_on, branch, feed, main_blocks, pay, wallet
+
+from p2pchain.chain import Chain
+from p2pchain.store import Store
+
+A, B, C = wallet(1), wallet(2), wallet(3)
+
+
+def history_by_replay(chain: Chain, address: str) -> list[tuple[int, bytes]]:
+    """(height, txid) of every best-chain transaction from or to ``address``, newest first."""
+    found = []
+    for block in main_blocks(chain):
+        for pos, tx in enumerate(block.txs):
+            if tx.recipient == address or (pos and tx.sender == address):
+                found.append((block.height, tx.txid))
+    return found[::-1]
+
+
+def history(chain: Chain, address: str, per_page: int = 2) -> list[tuple[int, bytes]]:
+    """Read page after page, as the address page does."""
+    out: list[tuple[int, bytes]] = []
+    while True:
+        page = chain.address_history(address, len(out), per_page)
+        out += [(entry.height, tx.txid) for entry, tx in page]
+        if len(page) < per_page:
+            return out
+
+
+def test_address_index_follows_reorgs(tmp_path: Path) -> None:
+    # G - a1 - a2 - a3        a1 pays A; a2: A -> B 5; a3 (mined by B): A -> C 1, B -> A 2
+    #  \
+    #   b1 - b2 - b3 - b4    b1 pays A; b2: A -> C 2: a reorg of 3 blocks, then back to a (a4, a5)
+    chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
+    a1 = block_on(GENESIS, miner=A.address)
+    a2 = block_on(a1, [pay(A, B, 5)])
+    a3 = block_on(a2, [pay(A, C, 1, nonce=1), pay(B, A, 2)], miner=B.address)
+    b1 = block_on(GENESIS, miner=A.address, salt=9)
+    b2 = block_on(b1, [pay(A, C, 2)], salt=9)
+    b3, b4 = branch(b2, 2, salt=9)
+    feed(chain, [a1, a2, a3])
+    for who in (A, B, C):
+        assert history(chain, who.address) == history_by_replay(chain, who.address)
+    assert [h for h, _ in history(chain, B.address)] == [3, 3, 2]  # newest first: coinbase and B -> A, then A -> B
+    assert chain.address_tx_count(B.address) == 3
+
+    feed(chain, [b1, b2, b3, b4])
+    assert chain.tip.hash == b4.hash
+    for who in (A, B, C):
+        assert history(chain, who.address) == history_by_replay(chain, who.address)
+    assert history(chain, B.address) == [] and chain.address_tx_count(B.address) == 0
+    assert [h for h, _ in history(chain, C.address)] == [2]
+
+    a4, a5 = branch(a3, 2)
+    feed(chain, [a4, a5])
+    assert chain.tip.hash == a5.hash
+    for who in (A, B, C):
+        assert history(chain, who.address) == history_by_replay(chain, who.address)
+    chain.close()
+
+    # A store made before the index existed gets it built when opened.
+    store = Store(tmp_path / "chain.sqlite")
+    store.db.execute("DELETE FROM addrindex")
+    store.db.execute("DELETE FROM meta WHERE key='addrindex'")
+    store.close()
+    chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
+    for who in (A, B, C):
+        assert history(chain, who.address) == history_by_replay(chain, who.address)
+    chain.close()
+
+
+def get(node: NodeProc, path: str, accept: str = "text/html") -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) without following redirects."""
+    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Accept": accept})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()
+
+
+def text_of(page: str) -> str:
+    """The page's text, roughly as a browser shows it (tags dropped, entities kept)."""
+    return re.sub(r"<[^>]+>", " ", page)
+
+
+def test_pages_over_http(nodes: Any) -> None:
+    node = nodes("a").start()
+    mined = [node.http("GET", "/mine")[1] for _ in range(2)]
+    address = node.http("GET", "/wallet")[1]["address"]
+    code, sent = node.http("POST", "/transactions/new", {"recipient": B.address, "amount": 1, "fee": 1})
+    assert code == 201
+    block = node.http("GET", "/mine")[1]
+    txid = sent["txid"]
+    assert [t["txid"] for t in block["transactions"]][1:] == [txid]
+
+    # A browser's GET / goes to the explorer; a JSON client keeps the list of endpoints.
+    code, headers, _ = get(node, "/")
+    assert code == 302 and headers["Location"] == "/explorer/"
+    code, index = node.http("GET", "/")
+    assert code == 200 and "GET /nodes/resolve" in index["endpoints"] and "GET /explorer/" in index["endpoints"]
+    assert not any(e.startswith("GET /explorer/") and e != "GET /explorer/" for e in index["endpoints"])
+
+    code, headers, home = get(node, "/explorer/")
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in headers["Content-Security-Policy"] and "default-src 'none'" in headers[
+        "Content-Security-Policy"
+    ]
+    assert block["hash"] in home and mined[0]["hash"] in home
+    assert re.search(r'<span id="height">3</span>', home)
+
+    for ref in ("2", mined[1]["hash"]):
+        code, _, page = get(node, f"/explorer/block/{ref}")
+        assert code == 200 and "Block 2" in page and "2 confirmation(s)" in page
+        assert mined[0]["hash"] in page and block["hash"] in page  # parent and child links
+
+    code, _, page = get(node, f"/explorer/tx/{txid}")
+    assert code == 200 and "confirmed" in page and block["hash"] in page
+    assert "1 coin" in text_of(page) and address in page and B.address in page
+
+    code, _, page = get(node, f"/explorer/address/{B.address}")
+    assert code == 200 and txid in page and "1 coin" in text_of(page)
+    code, _, page = get(node, f"/explorer/address/{address}")
+    assert code == 200 and "4 confirmed" in page and txid in page  # 3 coinbases and the payment
+
+    # Search: a height, a block hash, a txid and an address each go to their page.
+    for q, where in (
+        ("1", "/explorer/block/1"),
+        (block["hash"], f"/explorer/block/{block['hash']}"),
+        (txid, f"/explorer/tx/{txid}"),
+        (B.address.upper(), f"/explorer/address/{B.address}"),
+    ):
+        code, headers, _ = get(node, f"/explorer/search?q={q}")
+        assert (code, headers.get("Location")) == (303, where), q
+
+    # What the page echoes is text, never markup.
+    crafted = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+    code, _, page = get(node, "/explorer/search?q=" + urllib.request.quote(crafted))
+    assert code == 404 and "<img" not in page and "<script>alert" not in page
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+    code, _, page = get(node, "/explorer/" + urllib.request.quote("<b>x</b>"))
+    assert code == 404 and "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+    for path in ("/explorer/mempool", "/explorer/peers", "/explorer/static/explorer.js"):
+        assert get(node, path)[0] == 200, path
+    assert get(node, "/explorer/static/../../http.py")[0] == 404
+    assert get(node, "/explorer/block/99")[0] == 404
+    assert get(node, "/explorer/address/nothex")[0] == 400
+
+
+def test_event_stream_sends_hello_then_a_new_tip(nodes: Any) -> None:
+    node = nodes("a").start()
+    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=30)
+    try:
+        conn.request("GET", "/explorer/events", headers={"Accept": "text/event-stream"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+
+        def next_event() -> tuple[str, str]:
+            name = ""
+            while True:
+                line = resp.readline().decode().rstrip("\n")
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: ") and name:
+                    return name, line[6:]
+
+        name, data = next_event()
+        assert name == "hello" and f'"hash":"{node.tip()}"' in data
+        mined = node.http("GET", "/mine")[1]
+        name, data = next_event()
+        assert name == "tip" and f'"hash":"{mined["hash"]}"' in data
+    finally:
+        conn.close()
+
