@@ -150,9 +150,6 @@ class ConnectionManager:
     def outbound_count(self) -> int:
         return sum(1 for p in self.peers if not p.inbound) + len(self.dialing)
 
-    def connected_to(self, addr: str) -> bool:
-        return any(p.listen_addr == addr or p.dialed == addr for p in self.peers)
-
     def add_addresses(self, addrs: list[str]) -> None:
         """Remember addresses to dial later. Only IP literals: a peer must not make us resolve
         names it chose (Bitcoin's addr messages carry IPs too)."""
@@ -296,9 +293,10 @@ class ConnectionManager:
     async def _keep(self, addr: str) -> None:
         delay = limits.RECONNECT_BASE_S
         while addr not in self.self_addrs:
-            if self.connected_to(addr):
+            live = next((p for p in self.peers if addr in (p.listen_addr, p.dialed) and not p.closed.is_set()), None)
+            if live is not None:  # it dialled us first: redial when that connection ends
                 delay = limits.RECONNECT_BASE_S
-                await asyncio.sleep(1.0)
+                await live.closed.wait()
                 continue
             if await self.dial(addr):
                 delay = limits.RECONNECT_BASE_S

@@ -38,7 +38,6 @@ NODE_KEY: web.AppKey[Node] = web.AppKey("node")
 STREAMING_KEY: web.AppKey[list[str]] = web.AppKey("streaming")  # paths of chain answers being written
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NODES_ERROR = "Error: Please supply a valid list of nodes"  # the tutorial's words
-REGISTER_POLL_S = 0.05  # how often /nodes/register looks whether its new peers have connected
 
 
 class ApiError(Exception):
@@ -316,12 +315,7 @@ async def register_nodes(request: web.Request) -> web.Response:
         live = {a for p in cm.ready for a in (p.dialed, p.listen_addr) if a}
         return [a for a in addrs if a not in live and a not in cm.self_addrs]
 
-    try:
-        async with asyncio.timeout(limits.HTTP_REGISTER_WAIT_S):
-            while pending():
-                await asyncio.sleep(REGISTER_POLL_S)
-    except TimeoutError:
-        pass
+    await node.changed.wait_for(lambda: not pending(), limits.HTTP_REGISTER_WAIT_S)  # woken by each handshake
     waiting = pending()
     total = sorted({*cm.persistent, *(p.listen_addr for p in cm.ready if p.listen_addr)} - set(cm.self_addrs))
     answer: dict[str, Any] = {"message": "New nodes have been added", "total_nodes": total, "pending": waiting}

@@ -29,6 +29,7 @@ from p2pchain.metrics import Traffic
 from p2pchain.miner import MinerPool, build_template
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
+from p2pchain.pulse import Pulse
 from p2pchain.store import DB_FILE
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ HONEST_TX_CODES = frozenset(
 PROGRESS_LOG_S = 1.0  # "synced H of N blocks" at most this often
 VERIFY_THREADS = os.cpu_count() or 1  # signature-checking threads (Ed25519 releases the GIL)
 PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sending to the threads
-RESOLVE_POLL_S = 0.02  # how often resolve() looks whether every asked peer has answered
 
 
 def _signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
@@ -119,6 +119,9 @@ class Node:
         self._mining_stopped: str | None = None  # why the --mine task ended, if it did
         self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
         self._mine_lock = asyncio.Lock()
+        # pulsed after each peer message, handshake and closed connection: what waits on peers' state
+        # (/nodes/register, resolve) looks again then, and only then
+        self.changed = Pulse()
         self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0, "sync_requests": 0}
         self._handlers: dict[type[Any], Callable[[Peer, Any], Awaitable[None]]] = {
             wire.Ping: self._on_ping,
@@ -194,11 +197,13 @@ class Node:
         if peer.listen_addr:  # a node (not a client): it may have missed what we pooled while apart
             for tx in self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES):
                 peer.send(wire.NewTx(tx))
+        self.changed.pulse()
 
     def _on_peer_closed(self, peer: Peer) -> None:
         if peer is self.sync_peer:
             self.sync_peer = None
             self._sync_from_best()
+        self.changed.pulse()
 
     def broadcast(self, msg: wire.Message, *, exclude: Peer | None = None) -> None:
         frame = msg.encode()
@@ -210,7 +215,10 @@ class Node:
         handler = self._handlers.get(type(msg))
         if handler is None:  # a reply type sent unasked (STATUS, ACCOUNT, ...)
             raise Misbehaving(f"sent {msg.TYPE}, which only answers our queries")
-        await handler(peer, msg)
+        try:
+            await handler(peer, msg)
+        finally:
+            self.changed.pulse()
 
     async def _on_ping(self, peer: Peer, msg: wire.Ping) -> None:
         peer.send(wire.Pong(msg.nonce))
@@ -270,10 +278,7 @@ class Node:
             idle = sync is None or sync.closed.is_set()
             return idle and all(p.asked_chain <= 0 or p.closed.is_set() for p in asked)
 
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not settled():
-                    await asyncio.sleep(RESOLVE_POLL_S)
+        await self.changed.wait_for(settled, timeout)
         return self.chain.tip.hash != before
 
     async def _on_get_chain(self, peer: Peer, msg: wire.GetChain) -> None:

@@ -20,6 +20,7 @@ PKG = ROOT / "p2pchain"
 # Lower layers first. A module may import modules of its own layer or any layer before it.
 LAYERS: list[set[str]] = [
     {"limits", "errors", "metrics", "__init__"},
+    {"pulse"},
     {"keys"},
     {"ledger.tx", "ledger.block", "ledger.__init__"},
     {"params"},

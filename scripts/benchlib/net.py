@@ -9,18 +9,21 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from benchlib.common import Figures, Subcommand
 from benchlib.nodes import (
     NET_PARAMS,
     NET_TIMEOUT_S,
     NodeProcs,
+    free_ports,
     net_chain,
     percentile_ms,
     propagation_ms,
+    write_chain,
 )
-from p2pchain import limits
-from p2pchain.chain import Chain
 from p2pchain.client import Client
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
@@ -29,7 +32,6 @@ from p2pchain.ledger.tx import Tx, make_tx
 from p2pchain.mempool import Mempool
 from p2pchain.node import Node, NodeConfig
 from p2pchain.peer import Peer
-from p2pchain.store import DB_FILE
 
 LINE_NODES = 5  # propagation_line5: node0 - node1 - ... - node4
 RANDOM_NODES = 20  # propagation_random20: processes in a random connected graph
@@ -39,6 +41,8 @@ SYNC_BLOCKS = 10_000  # sync_10000_s: blocks the fresh node downloads
 RESYNC_ROUNDS = 5  # reconnections of an up-to-date node; the median is reported
 INGEST_TXS = 10_000  # transactions of ingest_tx_per_s, nonces 0.. of one wallet, 1 coin each
 INGEST_WINDOW = 1000  # SUBMIT_TX queries in flight on the one connection
+REGISTER_BLOCKS = 200  # register_sync_200_ms: the chain a fresh node joins through /nodes/register
+REGISTER_ROUNDS = 5  # fresh nodes that register; the median is reported
 
 
 def random_graph(n: int, degree: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -164,18 +168,7 @@ async def sync_and_ingest(root: Path, blocks: list[Block], wallet: Wallet) -> Fi
     """The source node's store is written in this process (timed: the no-network floor of a sync),
     then the node serves a fresh node's sync and takes the transactions of ``wallet``."""
     procs = NodeProcs(root / "source", 1)
-    store_dir = procs.data_dir(0)
-    store_dir.mkdir()
-    chain = Chain.open(store_dir / DB_FILE, NET_PARAMS)
-    try:
-        start = time.perf_counter()
-        for i in range(0, len(blocks), limits.MAX_BLOCKS_PER_CHAIN):
-            with chain.store.batch():  # one commit per CHAIN-sized batch, as the node does
-                for block in blocks[i : i + limits.MAX_BLOCKS_PER_CHAIN]:
-                    chain.process_block(block, block.header.timestamp)
-        figures: Figures = {"sync_10000_inprocess_s": time.perf_counter() - start}
-    finally:
-        chain.close()
+    figures: Figures = {"sync_10000_inprocess_s": write_chain(procs.data_dir(0), blocks)}
     try:
         client = await procs.start(0, [])
         figures.update(await sync_figures(root / "fresh", procs.ports[0], len(blocks)))
@@ -185,12 +178,63 @@ async def sync_and_ingest(root: Path, blocks: list[Block], wallet: Wallet) -> Fi
     return figures
 
 
+async def http_json(http: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+    async with http.request(method, url, json=body) as resp:
+        resp.raise_for_status()
+        return await resp.json()
+
+
+async def register_figures(root: Path, blocks: list[Block]) -> Figures:
+    """The tutorial's way to join a network, against a node process holding ``blocks``:
+    REGISTER_ROUNDS times, a fresh node process with --http-port gets POST /nodes/register
+    naming that node (timed to its answer), then GET /nodes/resolve, timed until the answer
+    shows the peer's chain; the fresh node's tip is then checked to be the peer's."""
+    procs = NodeProcs(root / "register", 1 + REGISTER_ROUNDS)
+    write_chain(procs.data_dir(0), blocks)
+    http_ports = free_ports(REGISTER_ROUNDS)
+    answers: list[float] = []
+    synced: list[float] = []
+    try:
+        await procs.start(0, [])
+        source = f"127.0.0.1:{procs.ports[0]}"
+        async with aiohttp.ClientSession() as http:
+            for r, port in enumerate(http_ports, start=1):
+                client = await procs.start(r, [], ("--http-port", str(port)))
+                base = f"http://127.0.0.1:{port}"
+                deadline = time.monotonic() + NET_TIMEOUT_S
+                while True:  # the HTTP shim starts after the P2P port: until it answers (not timed)
+                    try:
+                        await http_json(http, "GET", base + "/status")
+                        break
+                    except aiohttp.ClientConnectionError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"node{r}'s HTTP port {port} did not open") from None
+                        await asyncio.sleep(0.01)
+                start = time.perf_counter()
+                doc = await http_json(http, "POST", base + "/nodes/register", {"nodes": [source]})
+                answers.append((time.perf_counter() - start) * 1000)
+                if doc["pending"]:
+                    raise RuntimeError(f"node{r} did not connect to {source}: {doc}")
+                doc = await http_json(http, "GET", base + "/nodes/resolve")
+                synced.append((time.perf_counter() - start) * 1000)
+                status = await client.status()
+                if doc["length"] != len(blocks) + 1 or status["height"] != len(blocks):
+                    raise RuntimeError(f"node{r} is at height {status['height']} after resolve, not {len(blocks)}")
+    finally:
+        await procs.close()
+    return {
+        "register_answer_ms": statistics.median(answers),
+        f"register_sync_{len(blocks)}_ms": statistics.median(synced),
+    }
+
+
 def bench_net(args: argparse.Namespace) -> Figures:
     wallet = Wallet.generate()  # every pre-mined block pays it 1 coin: the ingest transactions spend them
     blocks = net_chain(SYNC_BLOCKS, wallet.address)
     with tempfile.TemporaryDirectory(prefix="p2pchain-bench-net-") as tmp:
         root = Path(tmp)
         figures = asyncio.run(propagation_figures(root, blocks[:PROPAGATION_BLOCKS]))
+        figures.update(asyncio.run(register_figures(root, blocks[:REGISTER_BLOCKS])))
         figures.update(asyncio.run(sync_and_ingest(root, blocks, wallet)))
     return figures
 
@@ -206,6 +250,10 @@ NET_NOTES = {
     "sync_10000_requests": "GET_CHAIN requests that sync took",
     "sync_10000_inprocess_s": "s, Chain.process_block of the same blocks, no network (the floor)",
     "resync_noop_ms": f"ms, an up-to-date node starts, handshakes, has nothing to fetch (median of {RESYNC_ROUNDS})",
+    "register_answer_ms": f"ms, POST /nodes/register on a fresh node to its answer (handshake done; median of "
+    f"{REGISTER_ROUNDS})",
+    f"register_sync_{REGISTER_BLOCKS}_ms": f"ms, from that POST to GET /nodes/resolve answering with the peer's "
+    f"{REGISTER_BLOCKS}-block chain; target <= 15",
     "ingest_tx_per_s": "txs/s a node accepts over one TCP connection (pipelined SUBMIT_TX); target >= 5,000",
     "ingest_inprocess_tx_per_s": "txs/s, Mempool.add of the same transactions, no network (the ceiling)",
 }

@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from p2pchain import wire
+from p2pchain import limits, wire
+from p2pchain.chain import Chain
 from p2pchain.client import Client, NodeUnavailable
 from p2pchain.ledger.block import Block
 from p2pchain.miner import build_template, mine_block
 from p2pchain.params import NetworkParams
+from p2pchain.store import DB_FILE
 
 NET_PARAMS = NetworkParams(bits=8)  # the nodes' network: blocks pre-mine in ~0.2 ms each; relaying
 # and syncing a block cost the same at any difficulty (one hash checks the proof of work)
@@ -35,6 +37,33 @@ def net_chain(n: int, reward_to: str) -> list[Block]:
     return blocks
 
 
+def write_chain(data_dir: Path, blocks: list[Block]) -> float:
+    """A node's store in ``data_dir`` holding ``blocks``, written in this process through
+    Chain.process_block, one commit per CHAIN-sized batch as the node does; returns the seconds."""
+    data_dir.mkdir(parents=True)
+    chain = Chain.open(data_dir / DB_FILE, NET_PARAMS)
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(blocks), limits.MAX_BLOCKS_PER_CHAIN):
+            with chain.store.batch():
+                for block in blocks[i : i + limits.MAX_BLOCKS_PER_CHAIN]:
+                    chain.process_block(block, block.header.timestamp)
+        return time.perf_counter() - start
+    finally:
+        chain.close()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free a moment ago."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def percentile_ms(times: list[float], q: int) -> float:
     """The ``q``th percentile, interpolated between samples (q < 100)."""
     return statistics.quantiles(times, n=100, method="inclusive")[q - 1]
@@ -47,12 +76,7 @@ class NodeProcs:
     def __init__(self, root: Path, n: int) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        socks = [socket.socket() for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        self.ports = [int(s.getsockname()[1]) for s in socks]
-        for s in socks:
-            s.close()
+        self.ports = free_ports(n)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.clients: dict[int, Client] = {}
 
