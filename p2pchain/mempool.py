@@ -35,6 +35,13 @@ from p2pchain.params import NetworkParams
 log = logging.getLogger(__name__)
 
 
+# Refusals that no later block or transaction can cure: the transaction's own bytes break a rule
+# (shape, amount, key, signature). A node may remember these txids and refuse them unchecked. Not
+# the others: a nonce gap is filled by the missing transaction (gossip delivers out of order), a
+# block funds a sender or frees a recipient's room, a reorg revives a stale nonce (issue 11).
+PERMANENT_REFUSALS = frozenset({MempoolCode.INVALID})
+
+
 class RecentSet:
     """A bounded set of ids that forgets the oldest first (the signature cache)."""
 

@@ -24,7 +24,7 @@ from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
-from p2pchain.mempool import Mempool, RecentSet
+from p2pchain.mempool import PERMANENT_REFUSALS, Mempool, RecentSet
 from p2pchain.metrics import Traffic
 from p2pchain.miner import MinerPool, build_template
 from p2pchain.params import NetworkParams
@@ -106,7 +106,7 @@ class Node:
             ban_loopback=config.ban_loopback,
             traffic=self.traffic,
         )
-        self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # recently rejected txids: not re-checked
+        self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
         # CHAIN blocks skipped from a block from the future on: the next batch, already asked for, builds on them
         self._skipped = RecentSet(limits.MAX_BLOCKS_PER_CHAIN)
         self.sync_peer: Peer | None = None
@@ -409,7 +409,7 @@ class Node:
         try:
             self.mempool.add(tx)
         except MempoolError as e:
-            if e.code is not MempoolCode.DUPLICATE:
+            if e.code in PERMANENT_REFUSALS:
                 self.seen_bad_txs.add(txid)
             raise
         self.broadcast(wire.NewTx(tx), exclude=source)
@@ -418,7 +418,6 @@ class Node:
 
     def _on_chain_update(self, connected: list[Block], disconnected: list[Block]) -> None:
         self.mempool.update(connected, disconnected)
-        self.seen_bad_txs.clear()  # a new tip may fund a sender, a reorg revive a stale nonce
         if disconnected:
             self.stats["forks_resolved"] += 1
         if self.miner is not None:

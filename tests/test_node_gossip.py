@@ -9,12 +9,14 @@ a line stays a line and each block crosses every hop.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from conftest import NodeFactory
 from harness import NodeProc, wait_until
-from node_helpers import MINER_ARGS, ask, hash_at, pay, peer_addrs, status
+from node_helpers import FUNDED, MINER_ARGS, ask, hash_at, main_chain, pay, peer_addrs, status, write_store
 
 from p2pchain.client import Client
-from p2pchain.errors import MempoolCode
+from p2pchain.errors import MempoolCode, RuleCode
 from p2pchain.keys import Wallet
 from p2pchain.wire import TxInfo
 
@@ -104,3 +106,26 @@ def test_tx_reaches_every_mempool_then_a_block_on_every_node(nodes: NodeFactory)
     blocks = {tx_info(n, tx.txid).block for n in line}
     assert len(blocks) == 1, "the nodes confirm the transaction in different blocks"
     assert all(status(n)["mempool"] == 0 for n in line)
+
+
+def test_tx_refused_for_a_nonce_gap_is_taken_once_the_gap_is_filled(nodes: NodeFactory) -> None:
+    """Issue 11, finding 3: gossip delivers nonce n+1 before nonce n. The node refuses n+1 for
+    the gap but must not remember that refusal: n+1 sent again after n is pooled. Only refusals
+    that nothing can cure (a bad signature) are remembered and answered without a check."""
+    node = nodes("node")
+    write_store(node, main_chain()[:5])  # FUNDED has 5 coins
+    node.start()
+    to = Wallet.generate().address
+    first, second = pay(FUNDED, to, 1, nonce=0), pay(FUNDED, to, 1, nonce=1)
+    forged = replace(pay(FUNDED, to, 2, nonce=2), amount=3)  # signature no longer matches
+
+    async def scenario(c: Client) -> list[str | None]:
+        codes = []
+        for tx in (second, first, second, forged, forged):
+            result = await c.submit_tx(tx)
+            codes.append(None if result.accepted else result.code)
+        return codes
+
+    gap, dup = MempoolCode.NONCE_GAP.value, MempoolCode.DUPLICATE.value
+    assert ask(node, scenario) == [gap, None, None, RuleCode.TX_BAD_SIGNATURE.value, dup]
+    assert status(node)["mempool"] == 2
