@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -13,6 +14,7 @@ from p2pchain import __version__, limits
 from p2pchain.connmgr import parse_addr
 from p2pchain.errors import StoreError, WalletError
 from p2pchain.http import start_http
+from p2pchain.http_auth import AuthConfigError, AuthMode, AuthSettings, read_token_file
 from p2pchain.keys import is_address
 from p2pchain.node import NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, NetworkParams
@@ -102,6 +104,27 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--http-port", type=_port, help="serve the HTTP shim (tutorial endpoints, /status) on this port")
     p.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="address the HTTP shim listens on (default 127.0.0.1, whatever --host is); any other "
+        "address needs authentication on (see --http-auth)",
+    )
+    p.add_argument(
+        "--http-auth",
+        type=AuthMode,
+        choices=list(AuthMode),
+        default=AuthMode.AUTO,
+        help="who needs the token for /mine, /transactions/new, /nodes/register and /nodes/resolve: "
+        "auto (default: clients not on loopback), always (every client), none (nobody; loopback "
+        "--http-host only). The token is in DATA_DIR/.cookie (new at each start) or --http-token-file",
+    )
+    p.add_argument(
+        "--http-token-file",
+        type=Path,
+        metavar="FILE",
+        help="a fixed token (one line, at least 16 characters) instead of the cookie",
+    )
+    p.add_argument(
         "--difficulty",
         type=_bits,
         default=DEFAULT_BITS,
@@ -134,6 +157,13 @@ def run_node_command(argv: list[str]) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    try:
+        auth = AuthSettings(args.http_auth, read_token_file(args.http_token_file) if args.http_token_file else None)
+        if args.http_port is not None:
+            auth.check(args.http_host)
+    except AuthConfigError as e:
+        print(f"p2pchain: {e}", file=sys.stderr)
+        return 2
     config = NodeConfig(
         data_dir=args.data_dir or Path(f"node{args.port}"),
         host=args.host,
@@ -143,6 +173,7 @@ def run_node_command(argv: list[str]) -> int:
         mine=args.mine,
         miner_procs=args.miner_procs,
         http_port=args.http_port,
+        http_host=args.http_host,
         reward_to=args.reward_to,
         ban_loopback=args.ban_loopback,
         discover=not args.no_discover,
@@ -154,7 +185,7 @@ def run_node_command(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_node(config, stop, start_http=start_http)
+        await run_node(config, stop, start_http=functools.partial(start_http, auth=auth))
 
     try:
         asyncio.run(serve())

@@ -41,12 +41,15 @@ def is_ip_addr(addr: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1, an IPv4-mapped 127.x (a dual-stack socket's view of it), or localhost."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class ConnectionManager:

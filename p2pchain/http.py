@@ -26,6 +26,7 @@ from p2pchain.connmgr import parse_addr
 from p2pchain.errors import MempoolCode, MempoolError, ProtocolError, RuleError
 from p2pchain.explorer import PREFIX as EXPLORER_PREFIX
 from p2pchain.explorer import make_explorer, wants_html
+from p2pchain.http_auth import AuthSettings, Guard, check
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx, make_tx
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
 STREAMING_KEY: web.AppKey[list[str]] = web.AppKey("streaming")  # paths of chain answers being written
+GUARD_KEY: web.AppKey[Guard] = web.AppKey("guard")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NODES_ERROR = "Error: Please supply a valid list of nodes"  # the tutorial's words
 
@@ -84,6 +86,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return error_response(500, "internal error: see the node's log", "internal")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The endpoints that act need the node's token (p2pchain/http_auth.py says when)."""
+    denial = check(request.app[GUARD_KEY], request)
+    if denial is not None:
+        return error_response(denial.status, denial.message, denial.code, denial.headers)
+    return await handler(request)
 
 
 # --- JSON shapes ----------------------------------------------------------------------------
@@ -421,9 +432,10 @@ async def redirect(request: web.Request, to: str) -> web.Response:
     raise web.HTTPFound(to)
 
 
-def make_app(node: Node) -> web.Application:
-    app = web.Application(client_max_size=limits.HTTP_MAX_BODY_BYTES, middlewares=[json_errors])
+def make_app(node: Node, guard: Guard) -> web.Application:
+    app = web.Application(client_max_size=limits.HTTP_MAX_BODY_BYTES, middlewares=[json_errors, authenticate])
     app[NODE_KEY] = node
+    app[GUARD_KEY] = guard
     app[STREAMING_KEY] = []
     get, post = app.router.add_get, app.router.add_post
     get("/", index)
@@ -448,10 +460,26 @@ def make_app(node: Node) -> web.Application:
     return app
 
 
-async def start_http(node: Node, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(node), access_log=None, shutdown_timeout=limits.HTTP_SHUTDOWN_S)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("HTTP shim on http://%s:%d/", host, port)
+async def start_http(node: Node, host: str, port: int, auth: AuthSettings | None = None) -> web.AppRunner:
+    """Serve the shim on host:port until the runner's cleanup(), which also removes the cookie.
+    ``auth`` defaults to auto with a cookie; AuthConfigError if it would leave the shim open."""
+    auth = auth or AuthSettings()
+    auth.check(host)
+    guard = Guard(auth, node.config.data_dir)
+    app = make_app(node, guard)
+
+    async def remove_cookie(app: web.Application) -> None:
+        guard.close()
+
+    app.on_cleanup.append(remove_cookie)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=limits.HTTP_SHUTDOWN_S)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    log.info("HTTP shim on http://%s:%d/: %s", shown, port, guard.describe())
     return runner

@@ -95,6 +95,9 @@ RESOLVE_TIMEOUT_S = 10.0  # /nodes/resolve waits this long for every peer's CHAI
 # seconds requests still running at shutdown get, then they are cancelled: aiohttp's default (60 s)
 # outlasted SHUTDOWN_GRACE_S, so a waiting /nodes/resolve or /mine kept Node.stop() from running
 HTTP_SHUTDOWN_S = 0.25
+HTTP_AUTH_MAX_FAILURES = 10  # wrong tokens one client address may send to the shim's guarded endpoints per window
+HTTP_AUTH_FAILURE_WINDOW_S = 60.0  # that window in seconds: past the limit, 429 until it ends
+HTTP_AUTH_TRACKED_MAX = 4096  # client addresses whose failures are remembered (the oldest go first)
 
 # --- wire decoding bounds (msgpack refuses a longer object before allocating it) ------------
 # items in one msgpack array: the longest list a message may hold (a block's transactions)

@@ -71,6 +71,7 @@ class NodeConfig:
     mine: bool = False
     miner_procs: int | None = None  # None: one per core
     http_port: int | None = None
+    http_host: str = "127.0.0.1"  # the shim's address, whatever ``host`` is: it is not for other hosts by default
     reward_to: str | None = None  # default: the node's own wallet
     discover: bool = True  # dial addresses learnt from PEERS; False: only --peer (Bitcoin's -connect)
     ban_loopback: bool = False  # loopback peers are banned and held to MAX_INBOUND_PER_IP too (tests)
@@ -583,7 +584,7 @@ async def run_node(
     try:
         await node.start()
         if config.http_port is not None and start_http is not None:
-            http_runner = await start_http(node, config.host, config.http_port)
+            http_runner = await start_http(node, config.http_host, config.http_port)
         if on_ready is not None:
             on_ready(node)
         await stop.wait()

@@ -123,7 +123,9 @@ class NodeProc:
             return "(no log)"
 
     # --- HTTP -------------------------------------------------------------------------------
-    def http(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    def http(
+        self, method: str, path: str, body: Any = None, timeout: float = 30.0, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         """(status code, decoded JSON) of a request to this node's HTTP shim."""
         assert self.http_port is not None, f"{self.name} has no HTTP shim"
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
@@ -131,7 +133,7 @@ class NodeProc:
             f"http://127.0.0.1:{self.http_port}{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **(headers or {})},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -74,6 +74,7 @@ PING_S = 2.0  # --ping-interval: a dead link is noticed within ~2x this
 DEADLINE_S = 40.0  # one wait (start, convergence) fails after this long
 CMD_TIMEOUT_S = 20.0
 SPENDERS = 10  # wallets the miner funds with 1 coin each; each later pays 1 coin once
+HTTP_TOKEN = "netlab-http-token-0123456789abcdef"  # the driver is not on the nodes' loopback: /mine needs it
 LOSSY_ROUNDS = 8  # blocks mined (and transactions taken) one host after another under loss
 
 
@@ -242,6 +243,7 @@ class Lab:
         log_path = self.workdir / f"n{i}.log"
         cmd = ["ip", "netns", "exec", f"h{i}", sys.executable, "-m", "p2pchain"]
         cmd += ["--host", "0.0.0.0", "--port", str(NODE_PORT), "--http-port", str(HTTP_PORT)]
+        cmd += ["--http-host", "0.0.0.0", "--http-token-file", str(self.token_file())]  # the driver is another host
         cmd += ["--data-dir", str(self.workdir / f"n{i}"), "--difficulty", str(BITS), "--miner-procs", "1"]
         cmd += ["--ping-interval", str(PING_S), "--reward-to", reward_to, "--log-level", "DEBUG"]
         for peer in peers:
@@ -252,6 +254,13 @@ class Lab:
         )
         log_file.close()
         self.nodes[i] = NodeHandle(i, proc, log_path)
+
+    def token_file(self) -> Path:
+        """The HTTP token every node takes (--http-token-file), written once."""
+        path = self.workdir / "http-token"
+        if not path.exists():
+            path.write_text(HTTP_TOKEN + "\n")
+        return path
 
     def set_loss(self, percent: int) -> None:
         """Drop ``percent`` % of IPv4 frames crossing the data bridge, chosen at random by nftables."""
@@ -354,7 +363,10 @@ def query_all(fn: Callable[[Client], Awaitable[Any]]) -> list[Any]:
 
 def mine(i: int) -> dict[str, Any]:
     """GET /mine on node i: it mines one block with its mempool and gossips it."""
-    with urllib.request.urlopen(f"http://{mgmt_ip(i)}:{HTTP_PORT}/mine", timeout=60) as resp:
+    req = urllib.request.Request(
+        f"http://{mgmt_ip(i)}:{HTTP_PORT}/mine", headers={"Authorization": f"Bearer {HTTP_TOKEN}"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
         block: dict[str, Any] = json.loads(resp.read())
     log.info("n%d mined block %s at height %d", i, block["hash"][:16], block["height"])
     return block

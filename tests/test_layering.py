@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
     {"relay"},
     {"node", "client"},
     {"explorer"},
-    {"http"},
+    {"http", "http_auth"},
     {"wallet_cli", "cli"},
     {"__main__"},
 ]
