@@ -54,6 +54,7 @@ class MempoolCode(enum.Enum):
     NONCE_GAP = "nonce-gap"
     STALE_NONCE = "stale-nonce"
     INSUFFICIENT_FUNDS = "insufficient-funds"
+    RECIPIENT_FULL = "recipient-over-money-limit"  # the recipient's balance would pass MAX_MONEY
     FULL = "mempool-full"
     INVALID = "invalid"  # wraps a RuleError
 

@@ -1,9 +1,11 @@
 """Pending transactions: valid against the best tip's accounts, not yet in a block (btcd: mempool).
 
-Invariant, for every sender with pooled transactions: their nonces run without a gap from the
-sender's confirmed nonce, and their amounts plus fees together fit in its confirmed balance.
-Incoming pooled payments are not counted, so every per-sender prefix can be mined on its own
-and ``select`` never builds a block that fails ``rules.apply_tx``.
+Invariants: for every sender with pooled transactions, their nonces run without a gap from the
+sender's confirmed nonce, and their amounts plus fees together fit in its confirmed balance;
+for every recipient, its confirmed balance plus every pooled payment to it (but its own to
+itself) stays within MAX_MONEY. Incoming pooled payments are not counted as funds and outgoing
+ones not as room, so every per-sender prefix can be mined on its own and ``select`` never builds
+a block that fails ``rules.apply_tx`` (which refuses a balance past MAX_MONEY, issue 11).
 
 Policy (no replace-by-fee, no child-pays-for-parent):
 - a second transaction with a pooled sender+nonce is refused (NONCE_CONFLICT);
@@ -104,6 +106,7 @@ class Mempool:
         self.verified = RecentSet(self.VERIFIED_MAX)  # for rules.check_block(verified=...)
         self._entries: dict[bytes, _Entry] = {}
         self._senders: dict[str, _Sender] = {}
+        self._incoming: dict[str, int] = {}  # recipient -> pooled amounts paid to it by others
         self._low: list[tuple[int, int, bytes]] = []  # min-heap (fee, -seq, txid); stale rows skipped
         self._size = 0
         self._seq = itertools.count()
@@ -198,6 +201,16 @@ class Mempool:
             raise MempoolError(
                 MempoolCode.INSUFFICIENT_FUNDS, f"needs {tx.amount + tx.fee}, sender has {available} unspent"
             )
+        if tx.recipient != tx.sender:  # paying oneself never raises one's balance
+            room = self._room(tx.recipient)
+            if tx.amount > room:
+                raise MempoolError(
+                    MempoolCode.RECIPIENT_FULL, f"amount {tx.amount}: the recipient's balance may grow only {room}"
+                )
+
+    def _room(self, address: str) -> int:
+        """How much more ``address`` may receive from pooled payments before passing MAX_MONEY."""
+        return limits.MAX_MONEY - self.get_account(address).balance - self._incoming.get(address, 0)
 
     def _make_room(self, tx: Tx) -> dict[str, int]:
         """Which transactions to evict for ``tx``: sender -> lowest nonce to drop (with all above).
@@ -255,6 +268,8 @@ class Mempool:
             sender = self._senders[tx.sender] = _Sender()
         sender.entries.append(entry)
         sender.spent += entry.cost
+        if tx.recipient != tx.sender:
+            self._incoming[tx.recipient] = self._incoming.get(tx.recipient, 0) + tx.amount
         self._entries[tx.txid] = entry
         self._size += tx.size
         heapq.heappush(self._low, (tx.fee, -seq, tx.txid))
@@ -268,6 +283,12 @@ class Mempool:
         self._size -= entry.tx.size
         sender.spent -= entry.cost
         tx = entry.tx
+        if tx.recipient != tx.sender:
+            left = self._incoming[tx.recipient] - tx.amount
+            if left:
+                self._incoming[tx.recipient] = left
+            else:
+                del self._incoming[tx.recipient]
         log.debug("mempool: dropped %s (sender %s nonce %d): %s", tx.txid.hex(), tx.sender, tx.nonce, reason)
 
     def _drop_from(self, address: str, nonce: int, reason: str) -> None:
@@ -308,6 +329,18 @@ class Mempool:
             return
         for address in {tx.sender for block in connected for tx in block.txs[1:]}:
             self._recheck_sender(address, confirmed)
+        for address in {tx.recipient for block in connected for tx in block.txs}:
+            self._recheck_recipient(address)
+
+    def _recheck_recipient(self, address: str) -> None:
+        """A block credited ``address``: drop the latest pooled payments to it while they could
+        take its balance past MAX_MONEY (never in practice: it takes a balance near 2**62)."""
+        while address in self._incoming and self._room(address) < 0:
+            latest = max(
+                (e for e in self._entries.values() if e.tx.recipient == address and e.tx.sender != address),
+                key=lambda e: e.seq,
+            )
+            self._drop_from(latest.tx.sender, latest.tx.nonce, f"{address} would pass the money limit")
 
     def _rebuild(self, confirmed: set[bytes], disconnected: Sequence[Block]) -> None:
         """After a reorg: readmit the pool plus the disconnected blocks' transactions that the new
@@ -323,6 +356,7 @@ class Mempool:
         candidates.sort(key=lambda c: (c[0].sender, c[0].nonce, c[1]))
         self._entries.clear()
         self._senders.clear()
+        self._incoming.clear()
         self._low.clear()
         self._size = 0
         for tx, seq in candidates:

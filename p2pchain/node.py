@@ -44,6 +44,7 @@ HONEST_TX_CODES = frozenset(
         MempoolCode.NONCE_CONFLICT,
         MempoolCode.NONCE_GAP,
         MempoolCode.INSUFFICIENT_FUNDS,
+        MempoolCode.RECIPIENT_FULL,
         MempoolCode.FULL,
     }
 )

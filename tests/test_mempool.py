@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pchain import limits
 from p2pchain.errors import MempoolCode, MempoolError, RuleCode, RuleError
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
@@ -162,6 +163,35 @@ def test_insufficient_funds_counts_pooled_spends() -> None:
     pool.add(tx(0, 1, amount=3, fee=1))
     assert pool.pending_balance(A.address) == 0
     assert refused(pool, tx(1, 0)) is MempoolCode.INSUFFICIENT_FUNDS  # never funded
+
+
+def test_a_recipient_may_not_be_paid_past_the_money_limit() -> None:
+    """Issue 11, finding 4: connect_block refuses a balance past MAX_MONEY, so a pooled payment
+    that would take its recipient there would make every block holding it invalid (and stop
+    --mine). The pool counts every pooled payment to a recipient against its room."""
+    rich = D.address
+    pool, ledger = fresh({A.address: 100, B.address: 100, rich: limits.MAX_MONEY - 10})
+    over, fits, second, third = tx(0, 0, 11, to=rich), tx(0, 0, 6, to=rich), tx(1, 0, 5, to=rich), tx(1, 0, 4, to=rich)
+    assert refused(pool, over) is MempoolCode.RECIPIENT_FULL
+    pool.add(fits)
+    assert refused(pool, second) is MempoolCode.RECIPIENT_FULL  # 6 + 5 pooled would pass it
+    pool.add(third)
+    pool.add(tx(3, 0, 10**6, to=rich))  # paying oneself does not raise one's balance
+    ledger.connect(pool.select(100, 10**6))  # raises if the block is invalid
+    pool.update(ledger.blocks[-1:], [])
+    assert len(pool) == 0 and ledger.get(rich).balance == limits.MAX_MONEY - 10 + 6 + 4 - 1  # fee of its own payment
+
+
+def test_a_block_that_fills_a_recipient_drops_the_pooled_payments_past_its_room() -> None:
+    rich = D.address
+    pool, ledger = fresh({A.address: 100, B.address: 100, C.address: 100, rich: limits.MAX_MONEY - 10})
+    early, late = tx(0, 0, 4, to=rich), tx(1, 0, 5, to=rich)
+    pool.add(early)
+    pool.add(late)
+    block = ledger.connect([tx(2, 0, 3, to=rich)])  # mined elsewhere: the room is 7 now
+    pool.update([block], [])
+    assert early.txid in pool and late.txid not in pool
+    ledger.connect(pool.select(100, 10**6))
 
 
 def test_signature_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
