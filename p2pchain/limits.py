@@ -70,6 +70,10 @@ SEND_DRAIN_TIMEOUT_S = 10.0  # a write that cannot drain this long drops the pee
 CLOSE_FLUSH_S = 1.0  # a closing peer's last frames get this long to be sent; then they are dropped
 DIAL_TIMEOUT_S = 5.0  # seconds to open an outbound TCP connection
 SYNC_STALL_S = 30.0  # a GET_CHAIN unanswered this long drops the sync peer (Bitcoin: block download timeout)
+# a peer that sends a block we cannot connect takes the sync over when the running sync has connected
+# nothing this long (seconds): one silent or slow sync peer cannot hold the only sync slot
+SYNC_TAKEOVER_S = 2.0
+SYNC_FRUITLESS_MAX = 3  # sync rounds that bring nothing while the peer claims more: then it is dropped (no ban)
 RECONNECT_BASE_S = 0.5  # first reconnect delay; doubled each failure, with jitter
 RECONNECT_MAX_S = 30.0  # reconnect delay ceiling
 PEER_MSG_RATE = 10_000.0  # messages/s a peer may send on average (token bucket); above the ~9,000

@@ -9,7 +9,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from p2pchain import __version__, limits, wire
 from p2pchain.chain import Chain, Status
 from p2pchain.connmgr import ConnectionManager
-from p2pchain.errors import MempoolCode, MempoolError, RuleCode, RuleError
+from p2pchain.errors import MempoolCode, MempoolError, RuleError
 from p2pchain.events import EventHub
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
@@ -31,12 +30,12 @@ from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
 from p2pchain.store import DB_FILE
+from p2pchain.sync import HONEST_BLOCK_CODES, SyncManager, now_ms
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"p2pchain/{__version__}"
-# Rule breaks an honest peer can send (a race, a clock a little off): ignored, no strike.
-HONEST_BLOCK_CODES = frozenset({RuleCode.TIME_TOO_NEW})
+# Transaction rule breaks an honest peer can send (a race): ignored, no strike.
 HONEST_TX_CODES = frozenset(
     {
         MempoolCode.DUPLICATE,
@@ -48,7 +47,6 @@ HONEST_TX_CODES = frozenset(
         MempoolCode.FULL,
     }
 )
-PROGRESS_LOG_S = 1.0  # "synced H of N blocks" at most this often
 VERIFY_THREADS = os.cpu_count() or 1  # signature-checking threads (Ed25519 releases the GIL)
 PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sending to the threads
 
@@ -56,10 +54,6 @@ PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sendi
 def _signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
     """Runs in a verifier thread."""
     return [rules.signature_ok(tx, network_id) for tx in txs]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -109,12 +103,6 @@ class Node:
             traffic=self.traffic,
         )
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
-        # CHAIN blocks skipped from a block from the future on: the next batch, already asked for, builds on them
-        self._skipped = RecentSet(limits.MAX_BLOCKS_PER_CHAIN)
-        self.sync_peer: Peer | None = None
-        self._sync_asked_at = 0.0
-        self._sync_target = 0
-        self._progress_at = 0.0
         self.miner: MinerPool | None = None
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
@@ -125,11 +113,18 @@ class Node:
         # (/nodes/register, resolve) looks again then, and only then
         self.changed = Pulse()
         self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0, "sync_requests": 0}
+        self.sync = SyncManager(
+            self.chain,
+            lambda: self.connmgr.ready,
+            self._preverify,
+            lambda msg, exclude: self.broadcast(msg, exclude=exclude),
+            self.stats,
+        )
         self._handlers: dict[type[Any], Callable[[Peer, Any], Awaitable[None]]] = {
             wire.Ping: self._on_ping,
             wire.Pong: self._on_pong,
             wire.GetChain: self._on_get_chain,
-            wire.Chain: self._on_chain,
+            wire.Chain: self.sync.on_chain,
             wire.NewTx: self._on_new_tx,
             wire.NewBlock: self._on_new_block,
             wire.GetPeers: self._on_get_peers,
@@ -195,16 +190,14 @@ class Node:
             self.connmgr.add_addresses([peer.listen_addr])
         peer.send(wire.GetPeers())
         if peer.hello.work > self.chain.tip.work:
-            self._start_sync(peer)
+            self.sync.start(peer)
         if peer.listen_addr:  # a node (not a client): it may have missed what we pooled while apart
             for tx in self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES):
                 peer.send(wire.NewTx(tx))
         self.changed.pulse()
 
     def _on_peer_closed(self, peer: Peer) -> None:
-        if peer is self.sync_peer:
-            self.sync_peer = None
-            self._sync_from_best()
+        self.sync.on_peer_closed(peer)
         self.changed.pulse()
 
     def broadcast(self, msg: wire.Message, *, exclude: Peer | None = None) -> None:
@@ -234,33 +227,10 @@ class Node:
     async def _on_peers(self, peer: Peer, msg: wire.Peers) -> None:
         self.connmgr.add_addresses(list(msg.peers))
 
-    # --- sync -------------------------------------------------------------------------------
-    def _start_sync(self, peer: Peer, start: bytes | None = None) -> None:
-        if peer.listen_addr is None:
-            return  # a client (HELLO port 0) serves no chain: never wait on it
-        if self.sync_peer is not None and self.sync_peer is not peer and not self.sync_peer.closed.is_set():
-            return
-        self._sync_target = max(self._sync_target, peer.best_height)
-        if self.sync_peer is peer and peer.asked_chain > 0:
-            return  # a GET_CHAIN is in flight: its CHAIN (and "more") continues the sync
-        self.sync_peer = peer
-        peer.asked_chain += 1
-        self.stats["sync_requests"] += 1
-        self._sync_asked_at = time.monotonic()
-        locator = self.chain.locator(start)
-        if start is not None and self.chain.entry(start) is None:  # the end of a batch not checked yet
-            locator = [start, *locator][: limits.MAX_LOCATOR_HASHES]
-        peer.send(wire.GetChain(tuple(locator), limits.MAX_BLOCKS_PER_CHAIN))
-
-    def _sync_from_best(self) -> None:
-        """After a sync ends, continue with whichever peer claims the most work beyond ours."""
-        ahead = [
-            p
-            for p in self.connmgr.ready
-            if p.hello and p.hello.work > self.chain.tip.work and p.best_height > self.chain.height
-        ]
-        if ahead:
-            self._start_sync(max(ahead, key=lambda p: p.best_height))
+    # --- sync (p2pchain/sync.py) -----------------------------------------------------------
+    @property
+    def sync_peer(self) -> Peer | None:
+        return self.sync.peer
 
     async def resolve(self, timeout: float = limits.RESOLVE_TIMEOUT_S) -> bool:
         """The tutorials' consensus on demand (/nodes/resolve): ask every connected node (not
@@ -288,72 +258,17 @@ class Node:
         blocks, more = self.chain.blocks_after(list(msg.locator), count, limits.CHAIN_BATCH_BYTES)
         peer.send(wire.Chain(tuple(blocks), more))
 
-    async def _on_chain(self, peer: Peer, msg: wire.Chain) -> None:
-        if peer.asked_chain <= 0:
-            raise Misbehaving("sent CHAIN nobody asked for")
-        peer.asked_chain -= 1
-        for i in range(1, len(msg.blocks)):  # refuse a broken batch whole, before any block counts
-            if msg.blocks[i].prev_hash != msg.blocks[i - 1].hash:
-                raise Misbehaving(f"CHAIN blocks do not link at position {i}")
-        parent = msg.blocks[0].prev_hash if msg.blocks else None
-        if parent is not None and parent in self._skipped and self.chain.entry(parent) is None:
-            # asked for (pipelined) before the batch it builds on stopped at a block from the future
-            log.info("%r sent blocks after one from the future: ignored for now", peer)
-            msg = wire.Chain((), False)  # this sync ends here
-        if msg.more and msg.blocks:  # ask for the next batch now: the peer reads it while we check this one
-            self.sync_peer = None
-            self._start_sync(peer, msg.blocks[-1].hash)
-        await self._preverify(msg.blocks)
-        prev: bytes | None = None
-        connected_any = False
-        with self.chain.store.batch():  # one commit for the batch
-            for i, block in enumerate(msg.blocks):
-                prev = block.hash
-                try:
-                    result = self.chain.process_block(block, now_ms())
-                except RuleError as e:
-                    if e.code in HONEST_BLOCK_CODES:
-                        log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
-                        # what it can give us now ends below it: _sync_from_best must not ask it again at once
-                        peer.best_height = min(peer.best_height, block.height - 1)
-                        for skipped in msg.blocks[i:]:
-                            self._skipped.add(skipped.hash)
-                        break
-                    why = f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}"
-                    raise Misbehaving(why) from None
-                if result.status is Status.ORPHAN:
-                    raise Misbehaving("CHAIN starts at a block whose parent we never had", ban=False)
-                peer.best_height = max(peer.best_height, block.height)
-                connected_any = connected_any or bool(result.connected)
-                peer.useful = peer.useful or bool(result.connected)
-                if i % 64 == 63:
-                    await asyncio.sleep(0)  # let other peers be served during a long sync
-        self._log_progress()
-        if msg.more and prev is not None:
-            return
-        if peer is self.sync_peer:
-            self.sync_peer = None
-            self._sync_target = 0
-        if connected_any:
-            tip_block = self.chain.get_block(self.chain.tip.hash)
-            if tip_block is not None:
-                self.broadcast(wire.NewBlock(tip_block), exclude=peer)
-        self._sync_from_best()
-
-    def _log_progress(self) -> None:
-        now = time.monotonic()
-        if now - self._progress_at >= PROGRESS_LOG_S:
-            self._progress_at = now
-            target = max(self._sync_target, self.chain.height)
-            log.info("synced %d of %d blocks", self.chain.height, target)
-
     # --- gossip -----------------------------------------------------------------------------
     async def _preverify(self, blocks: Sequence[Block]) -> None:
         """Check the signatures of these blocks' transactions in threads, off the event loop
         (Ed25519 releases the GIL: every core works and the loop keeps serving peers), and add
         the good ones to the signature cache that process_block consults. A bad signature is not
         cached, so process_block finds it again and names it. Below PREVERIFY_MIN_TXS unchecked
-        transactions the threads cost more than they save."""
+        transactions the threads cost more than they save. A block already known (stored, an
+        orphan, or found invalid) costs nothing: process_block answers it from a lookup, so a
+        peer replaying old blocks buys no signature checks."""
+        chain = self.chain
+        blocks = [b for b in blocks if not chain.has_block(b.hash) and b.hash not in chain.invalid]
         cache = self.mempool.verified
         todo = [tx for b in blocks for tx in b.txs[1:] if tx.txid not in cache and len(tx.pubkey) == 32]
         if len(todo) < PREVERIFY_MIN_TXS:
@@ -391,7 +306,7 @@ class Node:
                 block.height,
                 peer,
             )
-            self._start_sync(peer)
+            self.sync.start(peer, takeover=True)
         elif result.status is Status.CONNECTED:
             peer.useful = True
             self.broadcast(msg, exclude=peer)
@@ -492,9 +407,7 @@ class Node:
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            peer = self.sync_peer
-            if peer is not None and peer.asked_chain and time.monotonic() - self._sync_asked_at > limits.SYNC_STALL_S:
-                peer.close(f"sync stalled: no CHAIN within {limits.SYNC_STALL_S:g} s")
+            self.sync.check_stall()
 
     # --- queries ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

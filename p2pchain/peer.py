@@ -67,7 +67,8 @@ class Peer:
         self.close_reason = ""
         self.ban_reason: str | None = None  # set when the peer misbehaved in a way that earns a ban
         self.asked_chain = 0  # GET_CHAIN requests sent and not yet answered
-        self.best_height = 0  # from HELLO, raised by what it announces
+        self.best_height = 0  # from HELLO, raised by what it announces, lowered by a sync round that brings nothing
+        self.fruitless = 0  # sync rounds in a row that brought no block we lacked while it claimed more
         self.dialed: str | None = None  # the address we dialled (outbound only)
         self.useful = False  # it gave us a block or transaction we took: protected from eviction
         self.connected_at = time.monotonic()

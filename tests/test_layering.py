@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"store", "wire"},
     {"chain", "mempool", "miner", "events"},
     {"peer"},
-    {"connmgr"},
+    {"connmgr", "sync"},
     {"relay"},
     {"node", "client"},
     {"explorer"},

@@ -7,16 +7,22 @@ In-process: a Node on a temp data dir, no sockets; blocks built with tests/node_
 from __future__ import annotations
 
 import asyncio
+import types
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from node_helpers import FUNDED, TEST_PARAMS, branch, next_block, pay
 
+from p2pchain import node as node_module
+from p2pchain import wire
 from p2pchain.errors import RuleCode, RuleError
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
+from p2pchain.ledger.tx import Tx
 from p2pchain.node import PREVERIFY_MIN_TXS, Node, NodeConfig
+from p2pchain.peer import Misbehaving
 
 
 def test_preverify_caches_good_signatures_and_leaves_a_bad_one_to_the_rules(tmp_path: Path) -> None:
@@ -52,6 +58,49 @@ def test_a_small_block_is_left_to_process_block(tmp_path: Path) -> None:
         try:
             await node._preverify([block])
             assert block.txs[1].txid not in node.mempool.verified  # below PREVERIFY_MIN_TXS: no threads
+        finally:
+            node._verifier.shutdown()
+            node.chain.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_known_block_costs_no_signature_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12, finding 8: a block the node already has (stored, or found invalid) sent again
+    as NEW_BLOCK is answered from a lookup; before, its signatures were checked again whenever
+    the signature cache had forgotten them (a peer cycling stored blocks bought ~4,000 checks
+    per block, no proof of work needed)."""
+    funding = branch(TEST_PARAMS.genesis.header, PREVERIFY_MIN_TXS + 8)  # a coin for each payment
+    to = Wallet.generate().address
+    block = next_block(funding[-1].header, [pay(FUNDED, to, 1, nonce=i) for i in range(PREVERIFY_MIN_TXS + 8)])
+    more = [pay(FUNDED, to, 1, nonce=i) for i in range(PREVERIFY_MIN_TXS + 8, 2 * (PREVERIFY_MIN_TXS + 8))]
+    bad = next_block(block.header, more, overpay=1)  # its coinbase pays one coin too many
+    checked: list[int] = []
+    real = node_module._signatures_ok
+
+    def counting(txs: list[Tx], network_id: bytes) -> list[bool]:
+        checked.append(len(txs))
+        return real(txs, network_id)
+
+    monkeypatch.setattr(node_module, "_signatures_ok", counting)
+    peer: Any = types.SimpleNamespace(best_height=0, useful=False)
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
+        try:
+            for b in funding:
+                node.chain.process_block(b, b.header.timestamp)
+            await node.handle(peer, wire.NewBlock(block))
+            assert node.chain.tip.hash == block.hash and checked, "the new block was not pre-verified"
+            with pytest.raises(RuleError):
+                node.chain.process_block(bad, bad.header.timestamp)  # now remembered as invalid
+            checked.clear()
+            for _ in range(3):
+                node.mempool.verified.clear()  # as when other blocks' transactions pushed them out
+                await node.handle(peer, wire.NewBlock(block))
+                with pytest.raises(Misbehaving):
+                    await node.handle(peer, wire.NewBlock(bad))
+            assert checked == []
         finally:
             node._verifier.shutdown()
             node.chain.close()

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 from harness import free_port, wait_until
 
-from p2pchain.node import PROGRESS_LOG_S, Node, NodeConfig
+from p2pchain.node import Node, NodeConfig
 from p2pchain.params import DEFAULT_BITS, NetworkParams
+from p2pchain.sync import PROGRESS_LOG_S
 from p2pchain.wallet_cli import Exit
 
 WALK_BITS = DEFAULT_BITS  # the README's network: blocks come fast, but not thousands a second
@@ -226,17 +227,17 @@ def test_unknown_transaction_and_funds_short_on_a_fresh_node(cli, nodes):
 
 
 def test_sync_progress_is_logged_at_most_once_a_second(tmp_path, monkeypatch, caplog):
-    """node.py's "synced H of N blocks", driven by a fake clock: a line only when a second passed."""
+    """sync.py's "synced H of N blocks", driven by a fake clock: a line only when a second passed."""
     node = Node(NodeConfig(data_dir=tmp_path / "n", params=NetworkParams(bits=12)))
     clock = [1000.0]
-    monkeypatch.setattr("p2pchain.node.time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr("p2pchain.sync.time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     try:
-        caplog.set_level(logging.INFO, logger="p2pchain.node")
+        caplog.set_level(logging.INFO, logger="p2pchain.sync")
         logged_at = []
         for t in [1000.0, 1000.3, 1000.9, 1001.0, 1001.2, 1001.99, 1003.5, 1003.6]:
             clock[0] = t
             before = len(caplog.records)
-            node._log_progress()
+            node.sync.log_progress()
             if len(caplog.records) > before:
                 assert caplog.records[-1].getMessage().startswith("synced ")
                 logged_at.append(t)

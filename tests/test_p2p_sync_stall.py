@@ -1,0 +1,126 @@
+"""p2p_sync_stall: one connection that claims fake work cannot stop a node's catch-up (issue 12,
+finding 1).
+
+In-process: a victim Node 30 blocks behind, an honest Node at the tip, and an attacker (a raw
+test peer) whose HELLO claims far more work than anyone has. The attacker connects first, so it
+holds the sync slot when the honest node arrives, then:
+
+- answers every GET_CHAIN with an empty CHAIN, or with a block the victim already has and
+  "more": a round that brings nothing means the claim is met or false, and the victim syncs
+  from the honest node instead;
+- never answers: a block the victim cannot connect, relayed by the honest node, takes the sync
+  over once the silent sync has connected nothing for SYNC_TAKEOVER_S (well before the
+  SYNC_STALL_S timeout would drop the attacker).
+
+Before the fix the victim asked the attacker again and again (or waited on it) and stayed behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from node_helpers import TEST_PARAMS, branch
+from p2p_peer import RawPeer
+
+from p2pchain import limits, wire
+from p2pchain.chain import Chain
+from p2pchain.ledger.block import Block
+from p2pchain.node import Node, NodeConfig, now_ms
+from p2pchain.store import DB_FILE
+
+DEADLINE_S = 15.0  # well under SYNC_STALL_S (30 s): a sync that waits for the stall timeout fails
+BEHIND = 30
+CHAIN = branch(TEST_PARAMS.genesis.header, 10 + BEHIND + 20)  # 20 spare blocks for the honest node to mine
+
+
+def make_node(tmp_path: Path, name: str, blocks: list[Block]) -> Node:
+    data_dir = tmp_path / name
+    data_dir.mkdir()
+    chain = Chain.open(data_dir / DB_FILE, TEST_PARAMS)
+    try:
+        for block in blocks:
+            chain.process_block(block, block.header.timestamp)
+    finally:
+        chain.close()
+    return Node(NodeConfig(data_dir=data_dir, port=0, params=TEST_PARAMS, discover=False))
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.02)  # poll interval, not synchronisation
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+Answer = Callable[[Node], "wire.Chain | None"]
+
+
+async def attack(tmp_path: Path, answer: Answer, mine_on_honest: bool = False) -> tuple[Node, RawPeer]:
+    """Run the scenario; returns the victim (stopped) once it reached the honest tip."""
+    victim = make_node(tmp_path, "victim", list(CHAIN[:10]))
+    honest = make_node(tmp_path, "honest", list(CHAIN[: 10 + BEHIND]))
+    await victim.start()
+    await honest.start()
+    attacker = await RawPeer.connect(victim.port, "127.0.0.9")
+    honest_in = asyncio.Event()
+
+    async def serve() -> None:
+        while True:
+            await attacker.expect(wire.GetChain, 3600)
+            await honest_in.wait()  # hold the slot until the honest node is connected
+            reply = answer(victim)
+            if reply is not None:
+                attacker.send(reply)
+
+    server = asyncio.create_task(serve())
+    try:
+        await attacker.handshake(port=1, height=10**6, work=2**200)
+        await wait_for(lambda: victim.sync_peer is not None, "the victim to ask the attacker for its chain")
+        honest.connmgr.connect(f"127.0.0.1:{victim.port}")
+        await wait_for(lambda: len(victim.connmgr.ready) == 2, "the honest node to connect")
+        honest_in.set()
+        target = CHAIN[10 + BEHIND - 1]
+        if mine_on_honest:  # the honest node finds blocks; each reaches the victim as an orphan
+            for block in CHAIN[10 + BEHIND :]:
+                honest.chain.process_block(block, now_ms())
+                honest.broadcast(wire.NewBlock(block))
+                target = block
+                with contextlib.suppress(AssertionError):
+                    await wait_for(lambda h=block.height: victim.chain.height >= h, "", 0.5)
+                    break
+        await wait_for(lambda: victim.chain.height >= target.height, f"the victim to sync to height {target.height}")
+        assert victim.chain.is_main(target.hash)
+        return victim, attacker
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        await attacker.close()
+        await honest.stop()
+        await victim.stop()
+
+
+def empty_chain(victim: Node) -> wire.Chain:
+    return wire.Chain((), False)
+
+
+def known_block_and_more(victim: Node) -> wire.Chain:
+    return wire.Chain((CHAIN[3],), True)
+
+
+@pytest.mark.parametrize("answer", [empty_chain, known_block_and_more])
+def test_fake_work_in_hello_does_not_stall_sync(tmp_path: Path, answer: Answer) -> None:
+    victim, _ = asyncio.run(attack(tmp_path, answer))
+    assert victim.chain.height == 10 + BEHIND
+
+
+def test_an_orphan_from_another_peer_takes_over_a_silent_sync(tmp_path: Path) -> None:
+    victim, _ = asyncio.run(attack(tmp_path, lambda victim: None, mine_on_honest=True))
+    assert victim.chain.height > 10 + BEHIND
+    assert limits.SYNC_TAKEOVER_S < DEADLINE_S < limits.SYNC_STALL_S
