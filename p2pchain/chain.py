@@ -95,6 +95,8 @@ class Chain:
     def _load(self) -> None:
         network = self.store.get_meta("network")
         if network is None:
+            if self.store.load_main():  # blocks without the record of their network: never start afresh on them
+                raise StoreError(f"store {self.store.path} has blocks but no network record: move it aside and resync")
             self._init_genesis()
             return
         if network != self.params.network_id:
@@ -172,10 +174,17 @@ class Chain:
         return e is not None and e.height < len(self.main) and self.main[e.height] == block_hash
 
     def get_block(self, block_hash: bytes) -> Block | None:
-        return self.store.get_block(block_hash) if block_hash in self.index else None
+        return self._stored(block_hash) if block_hash in self.index else None
 
     def block_at(self, height: int) -> Block | None:
-        return self.store.get_block(self.main[height]) if 0 <= height < len(self.main) else None
+        return self._stored(self.main[height]) if 0 <= height < len(self.main) else None
+
+    def _stored(self, block_hash: bytes) -> Block:
+        """A block of the tree: the store must hold it (a damaged file may have lost its row)."""
+        block = self.store.get_block(block_hash)
+        if block is None:
+            raise StoreError(f"store {self.store.path}: block {block_hash.hex()} is missing: move it aside and resync")
+        return block
 
     def blocks_range(self, start: int, limit: int, max_bytes: int = limits.CHAIN_BATCH_BYTES) -> list[Block]:
         """Best-chain blocks from height ``start``: at most ``limit``, and no more canonical bytes
@@ -183,8 +192,8 @@ class Chain:
         blocks: list[Block] = []
         size = 0
         for block_hash in self.main[max(start, 0) : max(start, 0) + max(limit, 0)]:
-            block = self.store.get_block(block_hash)
-            if block is None or (blocks and size + block.size > max_bytes):
+            block = self._stored(block_hash)
+            if blocks and size + block.size > max_bytes:
                 break
             blocks.append(block)
             size += block.size
@@ -361,10 +370,7 @@ class Chain:
         branch = [block]
         e = self.index.get(block.prev_hash)
         while e is not None and not self.is_main(e.hash):
-            stored = self.store.get_block(e.hash)
-            if stored is None:
-                raise StoreError(f"store {self.store.path}: block {e.hash.hex()} is missing: move it aside and resync")
-            branch.append(stored)
+            branch.append(self._stored(e.hash))
             e = self.index.get(e.header.prev_hash)
         if e is None:
             raise StoreError(f"store {self.store.path}: a branch does not reach the best chain: move it aside")
@@ -378,7 +384,7 @@ class Chain:
         valid part of such a branch never has more work than our tip: its blocks were stored as a
         side branch because they had no more, and the tip's work only grows.)"""
         branch, fork_height = self._branch_to(block)
-        old = self.store.get_blocks(self.main[:fork_height:-1])  # to disconnect, tip first
+        old = [self._stored(h) for h in self.main[:fork_height:-1]]  # to disconnect, tip first
         overlay: dict[str, Account] = {}
         for gone in old:
             overlay.update(self.store.get_undo(gone.hash))

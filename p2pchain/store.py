@@ -9,12 +9,15 @@ stored as big-endian bytes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import msgpack
 
@@ -41,6 +44,28 @@ CREATE TABLE IF NOT EXISTS addrindex(
     PRIMARY KEY(address, height, pos)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bans(host TEXT PRIMARY KEY, until_ms INTEGER NOT NULL, reason TEXT NOT NULL);
 """
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# What a damaged file makes SQLite or the decoding of a row raise: a malformed page, a schema
+# whose columns are gone, text that is not UTF-8, a value of the wrong type where SQLite's dynamic
+# typing lets one be, a header or msgpack blob cut short (found by fuzz/store.py).
+_DAMAGE = (sqlite3.Error, ValueError, TypeError, struct.error, msgpack.UnpackException)
+
+
+def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """A store operation whose failure on a damaged file is a StoreError that names the file and
+    says what to do, never an sqlite3 or decoding exception escaping into the node."""
+
+    @functools.wraps(method)
+    def guarded(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except _DAMAGE as e:
+            raise StoreError(f"store {self.path} is damaged ({type(e).__name__}: {e}): move it aside and resync") from e
+
+    return guarded
 
 
 @dataclass(frozen=True)
@@ -112,7 +137,7 @@ class Store:
                 if tables:
                     self._build_addrindex()
                 self.set_meta("addrindex", b"1")
-        except sqlite3.DatabaseError as e:
+        except _DAMAGE as e:  # UnicodeDecodeError: a table name in sqlite_master that is not UTF-8
             self._close_quietly()
             raise StoreError(f"store {self.path} cannot be opened ({e}): move it aside and resync") from None
         except StoreError:
@@ -158,24 +183,29 @@ class Store:
                 self.db.execute("COMMIT")
 
     # --- meta -------------------------------------------------------------------------------
+    @_guarded
     def get_meta(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    @_guarded
     def set_meta(self, key: str, value: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # --- blocks -----------------------------------------------------------------------------
+    @_guarded
     def put_block(self, block: Block, work: int, seq: int) -> None:
         self.db.execute(
             "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body) VALUES (?,?,?,?,?,?,?)",
             (block.hash, block.prev_hash, block.height, _work_bytes(work), seq, block.header.raw, pack_block(block)),
         )
 
+    @_guarded
     def delete_blocks(self, hashes: list[bytes]) -> None:
         """Forget blocks found invalid (never on the best chain)."""
         self.db.executemany("DELETE FROM blocks WHERE hash=?", ((h,) for h in hashes))
 
+    @_guarded
     def get_block(self, block_hash: bytes) -> Block | None:
         row = self.db.execute("SELECT body FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         return None if row is None else self._decode(row[0], block_hash)
@@ -185,39 +215,47 @@ class Store:
 
     def _decode(self, body: bytes, block_hash: bytes) -> Block:
         try:
-            return unpack_block(body)
+            block = unpack_block(body)
         except (ProtocolError, ValueError, msgpack.ExtraData) as e:
             raise StoreError(f"store {self.path}: block {block_hash.hex()} is corrupt ({e})") from None
+        if block.hash != block_hash:  # a damaged body may still decode, into another block
+            raise StoreError(f"store {self.path}: the row of block {block_hash.hex()} holds another block")
+        return block
 
+    @_guarded
     def load_index(self) -> list[StoredEntry]:
         rows = self.db.execute("SELECT header, work, seq FROM blocks ORDER BY seq").fetchall()
         return [StoredEntry(_header_from_raw(bytes(h)), int.from_bytes(w, "big"), s) for h, w, s in rows]
 
+    @_guarded
     def get_undo(self, block_hash: bytes) -> dict[str, Account]:
         row = self.db.execute("SELECT undo FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         if row is None or row[0] is None:
             raise StoreError(f"store {self.path}: no undo data for block {block_hash.hex()}")
         return {a: Account(b, n) for a, (b, n) in msgpack.unpackb(row[0], raw=False).items()}
 
+    @_guarded
     def set_undo(self, block_hash: bytes, undo: dict[str, Account]) -> None:
         data = msgpack.packb({a: [acc.balance, acc.nonce] for a, acc in undo.items()})
         self.db.execute("UPDATE blocks SET undo=? WHERE hash=?", (data, block_hash))
 
     # --- best chain -------------------------------------------------------------------------
+    @_guarded
     def load_main(self) -> list[bytes]:
         return [bytes(h) for (h,) in self.db.execute("SELECT hash FROM main ORDER BY height")]
 
+    @_guarded
     def set_main(self, height: int, block: Block) -> None:
         self.db.execute("INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", (height, block.hash))
         self.db.executemany(
             "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)", ((tx.txid, block.hash) for tx in block.txs)
         )
-
         self.db.executemany(
             "INSERT OR IGNORE INTO addrindex(address, height, pos, txid) VALUES (?,?,?,?)",
             ((a, height, pos, tx.txid) for pos, a, tx in _addresses(block)),
         )
 
+    @_guarded
     def unset_main(self, height: int, block: Block) -> None:
         self.db.execute("DELETE FROM main WHERE height=?", (height,))
         self.db.executemany("DELETE FROM txindex WHERE txid=?", ((tx.txid,) for tx in block.txs))
@@ -238,6 +276,7 @@ class Store:
                         ((a, height, pos, tx.txid) for pos, a, tx in _addresses(block)),
                     )
 
+    @_guarded
     def address_history(self, address: str, offset: int, limit: int) -> list[tuple[int, int, bytes]]:
         """(height, position in block, txid) of best-chain transactions from or to ``address``,
         newest first, skipping ``offset``."""
@@ -247,18 +286,22 @@ class Store:
         )
         return [(h, p, bytes(t)) for h, p, t in rows]
 
+    @_guarded
     def address_tx_count(self, address: str) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM addrindex WHERE address=?", (address,)).fetchone()
         return int(row[0])
 
+    @_guarded
     def find_tx(self, txid: bytes) -> bytes | None:
         row = self.db.execute("SELECT block FROM txindex WHERE txid=?", (txid,)).fetchone()
         return None if row is None else bytes(row[0])
 
     # --- accounts ---------------------------------------------------------------------------
+    @_guarded
     def load_accounts(self) -> dict[str, Account]:
         return {a: Account(b, n) for a, b, n in self.db.execute("SELECT address, balance, nonce FROM accounts")}
 
+    @_guarded
     def write_accounts(self, changes: Iterable[tuple[str, Account]]) -> None:
         upserts, deletes = [], []
         for address, acct in changes:
@@ -270,12 +313,15 @@ class Store:
         self.db.executemany("DELETE FROM accounts WHERE address=?", deletes)
 
     # --- bans -------------------------------------------------------------------------------
+    @_guarded
     def ban(self, host: str, until_ms: int, reason: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO bans(host, until_ms, reason) VALUES (?,?,?)", (host, until_ms, reason))
 
+    @_guarded
     def unban(self, host: str) -> None:
         self.db.execute("DELETE FROM bans WHERE host=?", (host,))
 
+    @_guarded
     def bans(self, now_ms: int) -> list[Ban]:
         self.db.execute("DELETE FROM bans WHERE until_ms<=?", (now_ms,))
         return [Ban(h, u, r) for h, u, r in self.db.execute("SELECT host, until_ms, reason FROM bans ORDER BY host")]
