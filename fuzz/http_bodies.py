@@ -5,7 +5,8 @@ POST body (``/transactions/new``, ``/add_transaction``, ``/transactions``, ``/no
 ``/connect_node``) or the end of a GET path or query (``/balance/``, ``/blocks/``, ``/chain?``,
 ...), percent-encoded. The app is ``http.make_app`` over a real Node (temp data dir, the seed
 chain of scripts/fuzz.py, whose coinbases paid this node's wallet, so payments can succeed),
-served by ``aiohttp.test_utils.TestServer`` on 127.0.0.1; the node's dialler gets a numeric-only
+served by ``aiohttp.test_utils.TestServer`` on 127.0.0.1 (authentication as by default: none
+asked of a loopback client); the node's dialler gets a numeric-only
 resolver and every connect but the test client's is refused, and /nodes/register does not wait
 for peers that cannot come (``limits.HTTP_REGISTER_WAIT_S`` is 0 here). After each input the
 mempool is emptied and registered peers forgotten, so inputs do not depend on each other.
@@ -43,6 +44,7 @@ def build() -> Target:
 
     import fuzz  # scripts/fuzz.py
     from p2pchain import http, limits
+    from p2pchain.http_auth import AuthSettings, Guard
     from p2pchain.keys import Wallet
     from p2pchain.ledger.tx import make_tx
     from p2pchain.mempool import Mempool
@@ -78,7 +80,8 @@ def build() -> Target:
         node = Node(NodeConfig(data_dir=Path(tmp.name), params=params, port=0))
         for block in seed_chain[1:]:
             node.chain.process_block(block, block.header.timestamp)
-        client: TestClient[Any, Any] = TestClient(TestServer(http.make_app(node), host="127.0.0.1"))
+        guard = Guard(AuthSettings(), Path(tmp.name))  # the default: a loopback client needs no token
+        client: TestClient[Any, Any] = TestClient(TestServer(http.make_app(node, guard), host="127.0.0.1"))
         await client.start_server()
         assert client.port is not None
         allowed.add(client.port)
