@@ -110,6 +110,15 @@ MAX_WIRE_MAP_ENTRIES = 64  # entries in one msgpack map: a message has < 16 fiel
 MAX_WIRE_STR_BYTES = 4096  # one msgpack string: error texts, status values, user agents
 MAX_WIRE_BIN_BYTES = 4096  # one msgpack bin: real ones are <= 255 (keys, signatures, hashes, work)
 MAX_PEER_ADDR_CHARS = 261  # one "host:port" in PEERS: a 255-char DNS name, ":" and 5 digits
+# arrays and maps in one payload, nested ones included: a valid 3 MiB CHAIN of the smallest signed
+# transactions (~190 bytes each) holds ~17,000. An empty map is one byte, so without this a 4 MiB
+# frame decoded to 4 million dicts (~300 MiB); at the cap they hold about 5 MiB
+MAX_WIRE_CONTAINERS = 65_536
+# per-message-type payload limits, checked before the payload is unpacked (Bitcoin: a per-command
+# size check in ProcessMessage); the types each one covers are listed in docs/protocol.md section 2
+MAX_SMALL_MESSAGE_BYTES = 4096  # a PING, PONG, HELLO, GET_CHAIN (64 hashes), GET_* query or ACCOUNT
+MAX_TX_MESSAGE_BYTES = 16 * 1024  # one transaction (under 1 KiB) or two 4,096-byte strings, with their fields
+MAX_BLOCK_MESSAGE_BYTES = 2 * MAX_BLOCK_BYTES  # one block on the wire (msgpack adds a little to its canonical bytes)
 
 # --- miner --------------------------------------------------------------------------------
 MINER_CHUNK_NONCES = 16_384  # nonces a worker hashes between looks for a new job: ~6 ms at 2.8 MH/s,

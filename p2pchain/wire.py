@@ -583,21 +583,89 @@ _DECODERS: dict[str, tuple[type[Message], tuple[tuple[str, Decode, Any], ...]]] 
 }
 
 
+_SMALL, _TX, _BLOCK = limits.MAX_SMALL_MESSAGE_BYTES, limits.MAX_TX_MESSAGE_BYTES, limits.MAX_BLOCK_MESSAGE_BYTES
+_HASH_ITEM = 34  # bytes of one bin32 in an array (bin 8 header, length, 32 bytes)
+# Longest payload of each message type, checked before the payload is unpacked: a PING is tens of
+# bytes, so a 4 MiB one full of ignored fields is refused unread instead of decoded (issue 12).
+MAX_PAYLOAD_BYTES: Mapping[str, int] = {
+    **dict.fromkeys(
+        ("HELLO", "PING", "PONG", "GET_CHAIN", "GET_PEERS", "GET_STATUS", "GET_ACCOUNT", "ACCOUNT", "GET_TX"), _SMALL
+    ),
+    **dict.fromkeys(("GET_BLOCKS", "GET_BLOCK"), _SMALL),
+    **dict.fromkeys(("NEW_TX", "SUBMIT_TX", "TX_INFO", "SUBMIT_RESULT", "ERROR"), _TX),
+    **dict.fromkeys(("INV_TX", "GET_TXS"), limits.MAX_INV_TXIDS * _HASH_ITEM + _SMALL),
+    "PEERS": limits.MAX_PEERS_PER_MESSAGE * (limits.MAX_PEER_ADDR_CHARS + 3) + _SMALL,
+    "GET_BLOCK_TXN": limits.MAX_BLOCK_TXS * 3 + _SMALL,  # u16 indexes: 3 bytes each at most
+    **dict.fromkeys(("NEW_BLOCK", "CMPCT_BLOCK", "BLOCK_TXN"), _BLOCK),
+    **dict.fromkeys(("CHAIN", "BLOCKS", "TXS", "STATUS"), limits.MAX_FRAME_BYTES),
+}
+_UNPACK_LIMITS: dict[str, Any] = {
+    "raw": False,
+    "strict_map_key": True,
+    "max_str_len": limits.MAX_WIRE_STR_BYTES,
+    "max_bin_len": limits.MAX_WIRE_BIN_BYTES,
+    "max_array_len": limits.MAX_WIRE_ARRAY_ITEMS,
+    "max_map_len": limits.MAX_WIRE_MAP_ENTRIES,
+    "max_ext_len": 0,  # no extension types are used
+}
+_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)  # FormatError, ExtraData, bad UTF-8...
+
+
 # --- decoding -------------------------------------------------------------------------------
-def _unpack(payload: bytes) -> Any:
+def _bad_msgpack(e: Exception) -> ProtocolError:
+    return ProtocolError(f"payload is not valid msgpack within limits: {e or type(e).__name__}")
+
+
+def peek_type(payload: bytes) -> str:
+    """The ``"type"`` of a payload without unpacking the rest: the map's other values are skipped
+    (in C, no object built). ProtocolError if the payload is no map or has no type string."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(payload), 1), **_UNPACK_LIMITS)
+    unpacker.feed(payload)
     try:
-        return msgpack.unpackb(
-            payload,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=limits.MAX_WIRE_STR_BYTES,
-            max_bin_len=limits.MAX_WIRE_BIN_BYTES,
-            max_array_len=limits.MAX_WIRE_ARRAY_ITEMS,
-            max_map_len=limits.MAX_WIRE_MAP_ENTRIES,
-            max_ext_len=0,  # no extension types are used
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as e:  # FormatError, ExtraData, bad UTF-8...
-        raise ProtocolError(f"payload is not valid msgpack within limits: {e or type(e).__name__}") from None
+        entries = unpacker.read_map_header()
+    except (ValueError, msgpack.OutOfData):
+        raise ProtocolError("payload must be a msgpack map") from None
+    try:
+        for _ in range(entries):
+            if unpacker.unpack() == "type":
+                kind = unpacker.unpack()
+                if type(kind) is not str:
+                    break
+                return kind
+            unpacker.skip()
+    except msgpack.OutOfData:
+        raise ProtocolError("payload ends inside its msgpack map") from None
+    except _MSGPACK_ERRORS as e:
+        raise _bad_msgpack(e) from None
+    raise ProtocolError("payload has no 'type' string")
+
+
+class _ContainerBudget:
+    """Counts the arrays and maps msgpack builds and stops it past MAX_WIRE_CONTAINERS."""
+
+    def __init__(self) -> None:
+        self.left = limits.MAX_WIRE_CONTAINERS
+
+    def _spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ProtocolError(f"payload holds over {limits.MAX_WIRE_CONTAINERS} arrays and maps")
+
+    def on_list(self, items: list[Any]) -> list[Any]:
+        self._spend()
+        return items
+
+    def on_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        self._spend()
+        return dict(pairs)
+
+
+def _unpack(payload: bytes) -> Any:
+    budget = _ContainerBudget()
+    try:
+        return msgpack.unpackb(payload, list_hook=budget.on_list, object_pairs_hook=budget.on_map, **_UNPACK_LIMITS)
+    except _MSGPACK_ERRORS as e:
+        raise _bad_msgpack(e) from None
 
 
 def decode_message(payload: bytes) -> Message:
@@ -607,15 +675,15 @@ def decode_message(payload: bytes) -> Message:
     # msgpack and the rest Block.from_wire (about 2 us per header or tx); encoding takes 1.3 ms.
     if len(payload) > limits.MAX_FRAME_BYTES:
         raise ProtocolError(f"payload of {len(payload)} bytes is over the {limits.MAX_FRAME_BYTES}-byte limit")
-    doc = _unpack(payload)
-    if type(doc) is not dict:
-        raise ProtocolError(f"payload must be a msgpack map, not {type(doc).__name__}")
-    kind = doc.get("type")
-    if type(kind) is not str:
-        raise ProtocolError("payload has no 'type' string")
+    kind = peek_type(payload)
     entry = _DECODERS.get(kind)
     if entry is None:
         raise ProtocolError(f"unknown message type {kind[:40]!r}")
+    if len(payload) > MAX_PAYLOAD_BYTES[kind]:
+        raise ProtocolError(f"{kind} of {len(payload)} bytes is over its {MAX_PAYLOAD_BYTES[kind]}-byte limit")
+    doc = _unpack(payload)
+    if type(doc) is not dict:
+        raise ProtocolError(f"payload must be a msgpack map, not {type(doc).__name__}")
     cls, spec = entry
     values: dict[str, Any] = {}
     for name, decode, default in spec:

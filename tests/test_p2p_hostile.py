@@ -317,6 +317,12 @@ async def huge_string(ctx: Ctx, peer: RawPeer) -> None:
     peer.send_payload(b"\x81\xa4type\xdb\x7f\xff\xff\xff")
 
 
+@case("a PING padded to 3 MB with ignored fields (a decode bomb: refused by its size, unread)", BAN)
+async def padded_ping(ctx: Ctx, peer: RawPeer) -> None:
+    pad = [[{}] * limits.MAX_WIRE_ARRAY_ITEMS] * 20  # 80,000 empty maps: one byte each on the wire
+    peer.send_payload(payload({"type": "PING", "nonce": 1, **{f"pad{i}": pad for i in range(40)}}))
+
+
 @case("bytes after the msgpack object", BAN)
 async def trailing_bytes(ctx: Ctx, peer: RawPeer) -> None:
     peer.send_payload(wire.Ping(1).payload() + b"\x00")

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from p2pchain import limits, wire
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import Wallet
-from p2pchain.ledger.tx import make_tx
+from p2pchain.ledger.tx import Tx, make_tx
 from p2pchain.params import NetworkParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -376,3 +376,64 @@ def test_protocol_doc_limits_table_has_the_code_values() -> None:
         assert ast.literal_eval(value) == getattr(limits, name), f"regenerate the table: {name} changed"
     for name in ("MAX_FRAME_BYTES", "MAX_LOCATOR_HASHES", "MAX_BLOCKS_PER_CHAIN", "HANDSHAKE_TIMEOUT_S"):
         assert name in dict(rows)
+
+
+# --- per-type payload limits and the container budget (issue 12, finding 7) -----------------------
+def _largest_tx() -> Tx:
+    return Tx("a" * limits.MAX_ADDRESS_CHARS, "b" * limits.MAX_ADDRESS_CHARS, 2**64 - 1, 2**64 - 1, 2**64 - 1,
+              b"k" * 255, b"s" * 255)  # fmt: skip
+
+
+def test_every_message_type_has_a_payload_limit_its_largest_valid_message_fits() -> None:
+    assert set(wire.MAX_PAYLOAD_BYTES) == set(wire.MESSAGE_TYPES)
+    biggest = [
+        wire.Hello(2**32 - 1, H, bytes(16), 65535, 2**32 - 1, H, 2**512 - 1, "x" * limits.USER_AGENT_MAX,
+                   tuple("f" * limits.RELAY_FEATURE_MAX_BYTES for _ in range(limits.RELAY_FEATURES_MAX))),
+        wire.GetChain((H,) * limits.MAX_LOCATOR_HASHES, 2**32 - 1),
+        wire.NewTx(_largest_tx()),
+        wire.SubmitResult(2**32 - 1, H, False, "c" * limits.MAX_WIRE_STR_BYTES, "e" * limits.MAX_WIRE_STR_BYTES),
+        wire.TxInfo(2**32 - 1, H, "confirmed", 2**32 - 1, H, 2**32 - 1, _largest_tx()),
+        wire.Error(2**32 - 1, "e" * limits.MAX_WIRE_STR_BYTES),
+        wire.InvTx((H,) * limits.MAX_INV_TXIDS),
+        wire.Peers(("[" + "f" * (limits.MAX_PEER_ADDR_CHARS - 8) + "]:65535",) * limits.MAX_PEERS_PER_MESSAGE),
+        wire.GetBlockTxn(H, tuple(range(limits.MAX_BLOCK_TXS))),
+    ]  # fmt: skip
+    fat = [replace(_largest_tx(), nonce=n) for n in range(limits.MAX_BLOCK_BYTES // _largest_tx().size)]
+    block = replace(GENESIS, txs=(GENESIS.txs[0], *fat))
+    assert block.size <= limits.MAX_BLOCK_BYTES < block.size + _largest_tx().size
+    biggest += [wire.NewBlock(block), wire.BlockTxn(H, block.txs)]
+    for msg in [*SAMPLES, *biggest]:
+        data = msg.payload()
+        assert len(data) <= wire.MAX_PAYLOAD_BYTES[msg.TYPE], f"a valid {msg.TYPE} is over its limit"
+        assert wire.decode_message(data) == msg
+
+
+def test_a_ping_padded_with_ignored_fields_is_refused_before_it_is_unpacked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4 MB PING full of unknown keys cost ~290 MB and 0.27 s to decode: now its size is
+    checked against the PING's limit first, and nothing of it is unpacked."""
+    pad = [[{}] * limits.MAX_WIRE_ARRAY_ITEMS] * 20
+    data = payload_of(wire.Ping(1), **{f"pad{i}": pad for i in range(40)})
+    assert wire.MAX_PAYLOAD_BYTES["PING"] < len(data) <= limits.MAX_FRAME_BYTES
+
+    def unpack(payload: bytes) -> object:
+        raise AssertionError("the payload was unpacked")
+
+    monkeypatch.setattr(wire, "_unpack", unpack)
+    with pytest.raises(ProtocolError, match=r"PING of .* bytes is over its"):
+        wire.decode_message(data)
+
+
+def test_a_container_bomb_in_a_large_message_is_refused_within_bounded_memory() -> None:
+    """A CHAIN may be 4 MiB, but 4 MiB of empty maps (one byte each) would decode to 4 million
+    dicts: the decoder stops at MAX_WIRE_CONTAINERS, with little memory used."""
+    bomb = [[{}] * limits.MAX_WIRE_ARRAY_ITEMS] * (limits.MAX_FRAME_BYTES // limits.MAX_WIRE_ARRAY_ITEMS - 8)
+    data = payload_of(wire.Chain((), False), ignored=bomb)
+    assert len(data) <= limits.MAX_FRAME_BYTES
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="arrays and maps"):
+            wire.decode_message(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024, f"decoding the bomb peaked at {peak / 2**20:.0f} MiB"
