@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class Chain:
         self.invalid: OrderedDict[bytes, RuleCode] = OrderedDict()
         self.listeners: list[ChainListener] = []
         self.verified: Container[bytes] = ()  # txids with checked signatures (the mempool's cache)
+        self.on_validated: Callable[[float], None] | None = None  # seconds each new block took (metrics)
         self._seq = 0
         self._load()
 
@@ -268,7 +270,21 @@ class Chain:
     # --- processing -------------------------------------------------------------------------
     def process_block(self, block: Block, now_ms: int) -> ProcessResult:
         """Validate and store ``block``; follow the most-work valid branch. Raises RuleError if the
-        block is invalid (it is then remembered as such and never stored)."""
+        block is invalid (it is then remembered as such and never stored). ``on_validated``, if
+        set, gets the seconds it took, unless the block was a duplicate."""
+        if self.on_validated is None:
+            return self._process_block(block, now_ms)
+        start = time.perf_counter()
+        try:
+            result = self._process_block(block, now_ms)
+        except RuleError:
+            self.on_validated(time.perf_counter() - start)
+            raise
+        if result.status is not Status.DUPLICATE:
+            self.on_validated(time.perf_counter() - start)
+        return result
+
+    def _process_block(self, block: Block, now_ms: int) -> ProcessResult:
         block_hash = block.hash
         if block_hash in self.invalid:
             raise RuleError(self.invalid[block_hash], "block was already found invalid")

@@ -374,6 +374,14 @@ async def get_status(request: web.Request) -> web.Response:
     return json_response({**request.app[NODE_KEY].status(), "http_streaming": request.app[STREAMING_KEY]})
 
 
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: the node's metrics for Prometheus (p2pchain/metrics.py; docs/operations.md)."""
+    return web.Response(body=request.app[NODE_KEY].metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 def account_json(node: Node, address: str) -> dict[str, Any]:
     acct = node.chain.get_account(address)
     return {
@@ -440,6 +448,7 @@ def make_app(node: Node, guard: Guard) -> web.Application:
     get, post = app.router.add_get, app.router.add_post
     get("/", index)
     get("/status", get_status)
+    get("/metrics", metrics)
     for path in ("/mine", "/mine_block"):  # GETs that act, as in the tutorials; HEAD must not
         get(path, mine, allow_head=False)
     for path in ("/transactions/new", "/add_transaction"):

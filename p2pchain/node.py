@@ -24,7 +24,7 @@ from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import PERMANENT_REFUSALS, Mempool, RecentSet
-from p2pchain.metrics import Traffic
+from p2pchain.metrics import Gauges, NodeMetrics
 from p2pchain.miner import MinerPool, build_template
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
@@ -87,9 +87,12 @@ class Node:
         self.events = EventHub()  # live events for the explorer's browsers (after the mempool's update)
         self.chain.subscribe(self.events.on_chain_update)
         self.mempool.subscribe(self.events.on_new_tx)
+        self.metrics = NodeMetrics(self.gauges)  # what /metrics shows: the chain and mempool report to it
+        self.chain.subscribe(self.metrics.on_chain_update)
+        self.chain.on_validated = self.metrics.on_validated
+        self.mempool.subscribe(self.metrics.on_new_tx)
         self.node_id = os.urandom(16)
         self.port = config.port
-        self.traffic = Traffic()  # frames and bytes by message type, counted by every peer
         self.connmgr = ConnectionManager(
             node_id=self.node_id,
             network=self.params.network_id,
@@ -100,7 +103,7 @@ class Node:
             on_close=self._on_peer_closed,
             tunables=config.tunables,
             ban_loopback=config.ban_loopback,
-            traffic=self.traffic,
+            traffic=self.metrics.traffic,
         )
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
         self.miner: MinerPool | None = None
@@ -197,6 +200,7 @@ class Node:
         self.changed.pulse()
 
     def _on_peer_closed(self, peer: Peer) -> None:
+        self.metrics.on_peer_closed(peer.close_reason, peer.ban_reason is not None)
         self.sync.on_peer_closed(peer)
         self.changed.pulse()
 
@@ -438,9 +442,24 @@ class Node:
             "clients": sum(1 for p in self.connmgr.ready if not p.listen_addr),
             "mempool": len(self.mempool),
             "bans": [{"host": b.host, "until_ms": b.until_ms, "reason": b.reason} for b in self.connmgr.current_bans()],
-            "traffic": self.traffic.by_type(),
+            "traffic": self.metrics.traffic.by_type(),
             **self.stats,
         }
+
+    def gauges(self) -> Gauges:
+        """The state /metrics shows, read when scraped."""
+        nodes = [p for p in self.connmgr.ready if p.listen_addr]  # as /status's peers: clients are not counted
+        inbound = sum(1 for p in nodes if p.inbound)
+        return Gauges(
+            height=self.chain.height,
+            tip_timestamp_s=self.chain.tip.header.timestamp / 1000,
+            peers_in=inbound,
+            peers_out=len(nodes) - inbound,
+            mempool_transactions=len(self.mempool),
+            mempool_bytes=self.mempool.bytes,
+            bans=len(self.connmgr.current_bans()),
+            hashes_done=self.miner.hashes_done if self.miner is not None else None,
+        )
 
     async def _on_get_status(self, peer: Peer, msg: wire.GetStatus) -> None:
         peer.send(wire.Status(msg.id, self.status()))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 11)
-DEPENDENCIES = ("msgpack", "cryptography", "aiohttp")
+DEPENDENCIES = ("msgpack", "cryptography", "aiohttp", "prometheus_client")
 
 
 def _bootstrap() -> None:

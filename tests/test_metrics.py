@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
+import pytest
 from conftest import NodeFactory
 from harness import NodeProc, run, wait_until
 from node_helpers import TEST_PARAMS, next_block, status
 from p2p_peer import RawPeer, payload
+from prometheus_client.parser import text_string_to_metric_families
 
 from p2pchain import wire
-from p2pchain.metrics import INVALID, Traffic
+from p2pchain.metrics import DISCONNECT_LABELS, INVALID, Gauges, NodeMetrics, Traffic, disconnect_reason
 
 
 def tally(msgs: list[wire.Message]) -> dict[str, tuple[int, int]]:
@@ -136,3 +139,135 @@ def test_status_over_the_protocol_carries_the_traffic_and_each_peers_bytes(nodes
     (row,) = st["peers"]
     assert row["addr"] == "127.0.0.1:1"
     assert row["bytes_received"] > 0 and row["bytes_sent"] > 0
+
+
+# --- /metrics --------------------------------------------------------------------------------
+NAMES = [
+    "p2pchain_height",
+    "p2pchain_tip_timestamp_seconds",
+    "p2pchain_peers",
+    "p2pchain_messages_received",
+    "p2pchain_messages_sent",
+    "p2pchain_bytes_received",
+    "p2pchain_bytes_sent",
+    "p2pchain_blocks_connected",
+    "p2pchain_reorgs",
+    "p2pchain_reorg_depth",
+    "p2pchain_block_validation_seconds",
+    "p2pchain_mempool_transactions",
+    "p2pchain_mempool_bytes",
+    "p2pchain_bans",
+    "p2pchain_peer_disconnects",
+    "p2pchain_hashes_per_second",
+]
+
+
+def scrape(node: NodeProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics parsed by prometheus-client's own parser: {(sample name, labels): value}."""
+    assert node.http_port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    samples = {}
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert set(NAMES) <= families, sorted(set(NAMES) - families)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def test_metrics_follow_blocks_and_transactions_and_agree_with_status(nodes: NodeFactory) -> None:
+    a = nodes("a", args=["--miner-procs", "1", "--no-discover"]).start()
+    b = nodes("b", args=["--no-discover"]).start(["--peer", a.addr])
+    wait_until(lambda: status(a)["peers"] and status(b)["peers"], 20, "a and b to connect")
+    before = scrape(b)
+    assert before[("p2pchain_peers", (("direction", "out"),))] == 1
+    assert scrape(a)[("p2pchain_peers", (("direction", "in"),))] == 1
+
+    for _ in range(3):
+        assert a.http("GET", "/mine")[0] == 200
+    wait_until(lambda: b.height() == 3, 20, "b to have a's 3 blocks")
+    code, doc = a.http("POST", "/transactions/new", {"recipient": "ab" * 20, "amount": 1})
+    assert code == 201, doc
+    wait_until(lambda: status(b)["mempool"] == 1, 20, "the transaction to reach b")
+
+    after = scrape(b)
+    st = status(b)
+    assert after[("p2pchain_height", ())] == st["height"] == 3
+    tip_time = b.http("GET", f"/blocks/{st['tip']}")[1]["timestamp"]
+    assert after[("p2pchain_tip_timestamp_seconds", ())] == pytest.approx(tip_time)
+    assert after[("p2pchain_blocks_connected_total", ())] - before[("p2pchain_blocks_connected_total", ())] == 3
+    assert after[("p2pchain_block_validation_seconds_count", ())] >= 3
+    assert after[("p2pchain_mempool_transactions", ())] == 1
+    assert after[("p2pchain_mempool_bytes", ())] > 0
+    assert after[("p2pchain_mempool_accepted_total", ())] == 1
+    for name in ("p2pchain_messages_received_total", "p2pchain_bytes_received_total"):
+        assert total(after, name) > total(before, name)
+    # the same counts as /status, read just after (only PING/PONG move on an idle link)
+    for kind, row in st["traffic"].items():
+        for direction in ("received", "sent"):
+            for unit in ("messages", "bytes"):
+                scraped = after.get((f"p2pchain_{unit}_{direction}_total", (("type", kind),)), 0)
+                assert scraped <= row[f"{unit}_{direction}"], (kind, direction, unit)
+                assert scraped == row[f"{unit}_{direction}"] or kind in ("PING", "PONG"), (kind, direction, unit)
+    assert after[("p2pchain_reorgs_total", ())] == 0
+    assert after[("p2pchain_hashes_per_second", ())] == 0  # b does not mine
+
+
+def test_hash_rate_shows_while_mining(nodes: NodeFactory) -> None:
+    node = nodes("m", args=["--mine", "--miner-procs", "1"], bits=20).start()
+    scrape(node)
+    rate = wait_until(lambda: scrape(node)[("p2pchain_hashes_per_second", ())], 20, "a hash rate above 0")
+    assert rate > 0
+
+
+def test_reorgs_validation_and_disconnects_are_counted() -> None:
+    m = NodeMetrics(lambda: Gauges(0, 0.0, 0, 0, 0, 0, 0, None))
+    m.on_chain_update([1, 2, 3], [])
+    m.on_chain_update([4, 5], [6, 7])
+    m.on_validated(0.003)
+    m.on_validated(7.0)
+    m.on_peer_closed("shutting down", False)
+    m.on_peer_closed("sent invalid block 00ab: bad-pow", True)
+    m.on_peer_closed("no PONG within 30 s", False)
+    m.on_peer_closed("something new", False)
+    samples = {}
+    for family in text_string_to_metric_families(m.render().decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert samples[("p2pchain_blocks_connected_total", ())] == 5
+    assert samples[("p2pchain_reorgs_total", ())] == 1
+    assert samples[("p2pchain_reorg_depth_bucket", (("le", "1.0"),))] == 0
+    assert samples[("p2pchain_reorg_depth_bucket", (("le", "2.0"),))] == 1
+    assert samples[("p2pchain_reorg_depth_sum", ())] == 2
+    assert samples[("p2pchain_block_validation_seconds_bucket", (("le", "0.005"),))] == 1
+    assert samples[("p2pchain_block_validation_seconds_bucket", (("le", "+Inf"),))] == 2
+    drops = {dict(k[1])["reason"]: v for k, v in samples.items() if k[0] == "p2pchain_peer_disconnects_total"}
+    assert set(drops) == set(DISCONNECT_LABELS)
+    assert (drops["shutdown"], drops["banned"], drops["timeout"], drops["other"], drops["lost"]) == (1, 1, 1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("reason", "label"),
+    [
+        ("connection lost (ConnectionResetError)", "lost"),
+        ("closed", "lost"),
+        ("no HELLO within 10 s", "timeout"),
+        ("sync stalled: no CHAIN within 30 s", "timeout"),
+        ("send queue full (1024 frames): peer is not reading", "slow"),
+        ("evicted: inbound slots full and 10.0.0.1 holds 4 of them", "evicted"),
+        ("on another network 3fa2…", "handshake"),
+        ("already connected to this node", "handshake"),
+        ("protocol error: frame of 99999999 bytes is over the limit", "protocol"),
+        ("sent CHAIN nobody asked for", "misbehaving"),
+        ("internal error (KeyError)", "internal"),
+    ],
+)
+def test_disconnect_reasons_map_to_a_small_fixed_set(reason: str, label: str) -> None:
+    assert disconnect_reason(reason, banned=False) == label
+    assert disconnect_reason(reason, banned=True) == "banned"
