@@ -10,7 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
-from p2pchain import __version__, limits
+from p2pchain import __version__, limits, logs
+from p2pchain import config as config_file
 from p2pchain.connmgr import parse_addr
 from p2pchain.errors import StoreError, WalletError
 from p2pchain.http import start_http
@@ -74,6 +75,13 @@ def node_parser() -> argparse.ArgumentParser:
         epilog="Wallet and query commands: p2pchain wallet|balance|send|status|chain|tx --help",
     )
     p.add_argument("--version", action="version", version=f"p2pchain {__version__}")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read flags from this TOML file, keys named as the long flags (port = 7000, peer = [...]); "
+        "flags given here override it",
+    )
     p.add_argument("--port", type=_port, default=7000, help="TCP port for peers (default 7000; 0 picks a free one)")
     p.add_argument(
         "--host",
@@ -137,6 +145,12 @@ def node_parser() -> argparse.ArgumentParser:
         help="log verbosity (default INFO)",
     )
     p.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="text (default), or json: one JSON object a line (time, level, logger, message, peer, height, reason)",
+    )
+    p.add_argument(
         "--ban-loopback",
         action="store_true",
         help="treat loopback peers like remote ones: ban them for misbehaviour and hold them to the "
@@ -153,17 +167,15 @@ def node_parser() -> argparse.ArgumentParser:
 
 
 def run_node_command(argv: list[str]) -> int:
-    args = node_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
     try:
+        args = config_file.parse_with_config(node_parser(), argv)
         auth = AuthSettings(args.http_auth, read_token_file(args.http_token_file) if args.http_token_file else None)
         if args.http_port is not None:
             auth.check(args.http_host)
-    except AuthConfigError as e:
+    except (config_file.ConfigError, AuthConfigError) as e:
         print(f"p2pchain: {e}", file=sys.stderr)
         return 2
+    logs.setup(args.log_level, args.log_format)
     config = NodeConfig(
         data_dir=args.data_dir or Path(f"node{args.port}"),
         host=args.host,

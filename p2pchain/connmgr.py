@@ -140,7 +140,7 @@ class ConnectionManager:
             self.store.unban(soonest.host)
         self.bans[host] = Ban(host, until, reason)
         self.store.ban(host, until, reason)
-        log.warning("banned %s for %d s: %s", host, limits.BAN_SECONDS, reason)
+        log.warning("banned %s for %d s: %s", host, limits.BAN_SECONDS, reason, extra={"reason": reason, "addr": host})
 
     def current_bans(self) -> list[Ban]:
         return [b for b in self.bans.values() if b.until_ms > self._now_ms()]
@@ -248,7 +248,7 @@ class ConnectionManager:
         elif self.inbound_count() >= limits.MAX_INBOUND and not self._evict_inbound(host):
             refuse = f"inbound limit {limits.MAX_INBOUND} reached"
         if refuse is not None:
-            log.info("refusing inbound connection from %s: %s", host, refuse)
+            log.info("refusing inbound connection from %s: %s", host, refuse, extra={"reason": refuse, "addr": host})
             writer.close()
             return
         # The server owns this task and nobody awaits it: close() must cancel and await it like the

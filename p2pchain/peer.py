@@ -248,9 +248,9 @@ class Peer:
         self.close_reason = reason
         self.closed.set()
         if quiet:
-            log.info("%r disconnected: %s", self, reason)
+            log.info("%r disconnected: %s", self, reason, extra={"reason": reason})
         else:
-            log.warning("dropping %r: %s", self, reason)
+            log.warning("dropping %r: %s", self, reason, extra={"reason": reason})
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
         if quiet:

@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"node", "client"},
     {"explorer"},
     {"http", "http_auth"},
-    {"wallet_cli", "cli"},
+    {"wallet_cli", "cli", "config", "logs"},
     {"__main__"},
 ]
 FORBIDDEN_IN_LEDGER = {"socket", "asyncio", "time", "sqlite3", "os", "pathlib", "random", "datetime"}

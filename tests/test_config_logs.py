@@ -1,0 +1,135 @@
+"""config file and JSON logs: ``--config FILE`` (TOML, keys named as the long flags, flags win)
+and ``--log-format json`` (one JSON object a line).
+
+The file's precedence and every kind of error are checked on the command line's own parser
+(each error is one line naming the key and the file, exit 2, nothing started); then two node
+processes take their peers, log format and discovery from config files, and every line they
+log parses as JSON with the fields a log shipper needs (peer, height, reason).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NodeFactory
+from harness import wait_until
+
+from p2pchain import cli
+from p2pchain.config import ConfigError, parse_with_config
+from p2pchain.http_auth import AuthMode
+
+PEER_A, PEER_B, PEER_C = "10.0.0.2:7000", "10.0.0.3:7000", "10.0.0.4:7000"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def parse(argv: list[str]) -> Any:
+    return parse_with_config(cli.node_parser(), argv)
+
+
+def test_the_file_sets_defaults_and_flags_override_them(tmp_path: Path) -> None:
+    conf = write(
+        tmp_path,
+        f"""
+port = 7001
+peer = ["{PEER_A}", "{PEER_B}"]
+mine = true
+no-discover = true
+http-port = 8001
+http-host = "0.0.0.0"
+http-auth = "always"
+data-dir = "chain-data"
+log-level = "WARNING"
+log-format = "json"
+ping-interval = 2.5
+""",
+    )
+    args = parse(["--config", str(conf)])
+    assert (args.port, args.peer, args.mine, args.no_discover) == (7001, [PEER_A, PEER_B], True, True)
+    assert (args.http_port, args.http_host, args.http_auth) == (8001, "0.0.0.0", AuthMode.ALWAYS)
+    assert (args.data_dir, args.log_level, args.log_format, args.ping_interval) == (
+        Path("chain-data"),
+        "WARNING",
+        "json",
+        2.5,
+    )
+    args = parse(["--port", "7005", "--config", str(conf), "--peer", PEER_C, "--log-format", "text"])
+    assert (args.port, args.peer, args.log_format) == (7005, [PEER_C], "text")  # a flag replaces the whole list
+    assert args.mine and args.http_port == 8001
+    assert parse(["--port", "7002"]).peer == []  # no file, nothing carried over
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("prot = 7000", "unknown key 'prot'"),
+        ("config = 'other.toml'", "unknown key 'config'"),
+        ('port = "seven"', "port = 'seven'"),
+        ("port = 70000", "port = 70000"),
+        ("port = true", "port must be a single number or string, not a boolean"),
+        ('mine = "yes"', "mine must be true or false"),
+        (f'peer = "{PEER_A}"', "peer must be an array"),
+        ('peer = ["nonsense"]', "peer = 'nonsense'"),
+        ('log-level = "LOUD"', "log-level = 'LOUD' is not one of"),
+        ('http-auth = "sometimes"', "http-auth = 'sometimes'"),
+        ("[http]\nport = 1", "unknown key 'http'"),
+        ("port = ", "is not valid TOML"),
+    ],
+)
+def test_a_bad_file_is_one_line_naming_the_key_and_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, says: str
+) -> None:
+    conf = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        parse(["--config", str(conf)])
+    assert says in str(caught.value) and str(conf) in str(caught.value)
+    assert cli.main(["--config", str(conf), "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and str(conf) in err, err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--config", str(tmp_path / "absent.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read config file" in err and "absent.toml" in err
+
+
+def test_nodes_configured_by_file_log_json_lines_with_peer_height_and_reason(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    a, b = nodes("a"), nodes("b")
+    conf_a = tmp_path / "a.toml"
+    conf_a.write_text('log-format = "json"\nno-discover = true\n')
+    conf_b = tmp_path / "b.toml"
+    conf_b.write_text(f'log-format = "json"\nno-discover = true\npeer = ["{a.addr}"]\n')
+    a.start(["--config", str(conf_a)])
+    b.start(["--config", str(conf_b)])
+    wait_until(lambda: a.status()["peers"] and b.status()["peers"], 20, "b to connect to a (its peer from the file)")
+    assert b.stop() == 0
+
+    def lines() -> list[dict[str, Any]]:
+        docs = []
+        for line in a.log_path.read_text().splitlines():
+            doc = json.loads(line)  # every line is one JSON object
+            assert {"time", "level", "logger", "message"} <= doc.keys(), doc
+            assert doc["time"].endswith("Z") and "T" in doc["time"]
+            docs.append(doc)
+        return docs
+
+    def dropped() -> list[dict[str, Any]]:
+        return [d for d in lines() if "reason" in d and d.get("peer", "").endswith(f":{b.port}")]
+
+    gone = wait_until(dropped, 15, "a to log b's disconnection with a reason")
+    assert gone[0]["logger"] == "p2pchain.peer"
+    connected = [d for d in lines() if d["message"].startswith("connected peer")]
+    assert connected and connected[0]["peer"].endswith(f":{b.port}") and connected[0]["height"] == 0
+    started = [d for d in lines() if d["message"].startswith("listening on")]
+    assert started and started[0]["height"] == 0 and started[0]["level"] == "INFO"
