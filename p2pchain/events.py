@@ -10,6 +10,7 @@ or slow browsers cost the node one bounded queue each and never slow it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -53,6 +54,7 @@ class Stream:
         self._max = max_frames
         self._frames: deque[bytes] = deque()
         self._ready = asyncio.Event()
+        self._drained = asyncio.Event()  # set while the reader waits with nothing queued
         self.dropped: str | None = None  # why the hub ended this stream
 
     def put(self, frame: bytes) -> None:
@@ -62,6 +64,7 @@ class Stream:
             self.drop(f"fell {self._max} events behind")
             return
         self._frames.append(frame)
+        self._drained.clear()
         self._ready.set()
 
     def drop(self, reason: str) -> None:
@@ -69,12 +72,14 @@ class Stream:
             self.dropped = reason
             self._frames.clear()
             self._ready.set()
+            self._drained.set()
             self._hub.discard(self)
 
     async def next(self, timeout: float) -> list[bytes] | None:
         """Every frame queued, once there is one; [] after ``timeout`` s without; None once the
         stream is dropped."""
         if not self._frames and self.dropped is None:
+            self._drained.set()  # everything taken before was written by the caller
             try:
                 async with asyncio.timeout(timeout):
                     await self._ready.wait()
@@ -150,6 +155,13 @@ class EventHub:
     def on_new_tx(self, tx: Tx) -> None:
         """A mempool listener: a transaction entered the pool."""
         self.publish("tx", tx_summary(tx))
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every stream has written what was published."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for stream in list(self.streams):
+                    await stream._drained.wait()
 
     def close(self) -> None:
         """End every stream (the node is stopping)."""

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from p2pchain import limits
-from p2pchain.events import TooManyStreams, sse_frame
+from p2pchain.events import EventHub, TooManyStreams, sse_frame
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
@@ -51,6 +51,8 @@ STATIC = {  # the only files served from explorer_static/, with their types
     "favicon.svg": "image/svg+xml",
     "explorer.css": "text/css",
     "explorer.js": "text/javascript",
+    "swarm.css": "text/css",  # the swarm map of scripts/swarm.py --web
+    "swarm.js": "text/javascript",
 }
 
 
@@ -401,18 +403,13 @@ async def mempool_page(request: web.Request) -> web.Response:
     return page(node, "Mempool", f"{info}<h2>Highest fee first</h2>{listing}{note}", live="tip tx")
 
 
-def count_bytes(value: object) -> str:
-    return f"{value:,}" if isinstance(value, int) else '<span class="muted">—</span>'
-
-
 async def peers_page(request: web.Request) -> web.Response:
     node = request.app[NODE]
     peers = [p for p in node.connmgr.ready if p.listen_addr]  # nodes; clients (the CLI's queries) are counted
     rows = (
         f"<tr><td><code>{esc(p.addr)}</code></td><td>{'inbound' if p.inbound else 'outbound'}</td>"
         f"<td>{esc(p.hello.agent if p.hello else '')}</td><td>{p.best_height}</td>"
-        f'<td class="num">{count_bytes(getattr(p, "bytes_sent", None))}</td>'
-        f'<td class="num">{count_bytes(getattr(p, "bytes_received", None))}</td></tr>'
+        f'<td class="num">{p.bytes_sent:,}</td><td class="num">{p.bytes_received:,}</td></tr>'
         for p in peers
     )
     headings = ("address", "direction", "agent", "height", "bytes sent", "bytes received")
@@ -447,12 +444,21 @@ async def search(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /explorer/events: Server-Sent Events. First a ``hello`` with the current tip (a page
     that reconnects refreshes if it shows another), then ``tip``, ``reorg`` and ``tx`` events as
-    they happen, and a comment line after EVENT_KEEPALIVE_S of quiet. A stream that falls
-    EVENT_QUEUE_MAX events behind, or whose socket does not take a write within
-    EVENT_WRITE_TIMEOUT_S, is ended; the browser reconnects after EVENT_RETRY_MS."""
+    they happen."""
     node = request.app[NODE]
+    tip = node.chain.tip
+    hello = sse_frame("hello", {"height": tip.height, "hash": tip.hash.hex(), "mempool": len(node.mempool)})
+    return await serve_events(request, node.events, hello)
+
+
+async def serve_events(request: web.Request, hub: EventHub, first: bytes) -> web.StreamResponse:
+    """Stream ``hub``'s events to one browser: ``first`` (a frame that lets a page catch up),
+    then every event published, and a comment line after EVENT_KEEPALIVE_S of quiet. A stream
+    that falls EVENT_QUEUE_MAX events behind, or whose socket does not take a write within
+    EVENT_WRITE_TIMEOUT_S, is ended; the browser reconnects after EVENT_RETRY_MS. 503 when
+    EVENT_STREAMS_MAX are open."""
     try:
-        stream = node.events.open()
+        stream = hub.open()
     except TooManyStreams as e:
         return web.Response(text=f"{e}\n", status=503, headers={"Retry-After": "5"})
     resp = web.StreamResponse(
@@ -464,10 +470,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     try:
-        tip = node.chain.tip
-        hello = sse_frame("hello", {"height": tip.height, "hash": tip.hash.hex(), "mempool": len(node.mempool)})
         await resp.prepare(request)
-        await resp.write(f"retry: {limits.EVENT_RETRY_MS}\n\n".encode() + hello)
+        await resp.write(f"retry: {limits.EVENT_RETRY_MS}\n\n".encode() + first)
         while True:
             frames = await stream.next(limits.EVENT_KEEPALIVE_S)
             if frames is None:
@@ -483,12 +487,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def static(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+def static_file(name: str) -> web.Response | None:
+    """One of the STATIC files of explorer_static/ (the explorer's and the swarm map's), or None."""
     if name not in STATIC:
-        return not_found(request.app[NODE], f"no file {name}")
+        return None
     data = resources.files("p2pchain").joinpath("explorer_static", name).read_bytes()
     return web.Response(body=data, content_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return static_file(name) or not_found(request.app[NODE], f"no file {name}")
 
 
 async def unknown(request: web.Request) -> web.Response:

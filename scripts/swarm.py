@@ -4,6 +4,7 @@
     python3 scripts/swarm.py --nodes 5 --miners 2
     python3 scripts/swarm.py --nodes 8 --miners 3 --topology line --tx-rate 2 --duration 60 --json
     python3 scripts/swarm.py --nodes 200 --miners 2 --in-process --topology random:8 --duration 60
+    python3 scripts/swarm.py --nodes 5 --miners 2 --web 8080      # and open http://127.0.0.1:8080/
 
 Each node is a ``python -m p2pchain`` process on 127.0.0.1 (``--in-process``: a ``Node`` object in
 this process's event loop, over real loopback sockets). Node I keeps its data in RUN/nodeI and
@@ -16,6 +17,9 @@ Ctrl-C (or the end of --duration) ends the run: the launcher waits up to 10 s fo
 show the same tip, stops every process it started (SIGTERM, then SIGKILL after a deadline) and
 prints a summary; with --json the summary is one JSON object on the last line of stdout. The
 exit status is 0 only if every node was alive at the end and they agreed on one tip.
+
+With --web PORT the launcher also serves a live map of the swarm on 127.0.0.1:PORT
+(scripts/swarm_web.py): the nodes, their links and tips, each block spreading, and this table.
 
 Started from a Python without p2pchain's dependencies, the script creates ./.venv first
 (scripts/bootstrap.py) and runs itself again with that venv's Python.
@@ -83,6 +87,9 @@ from p2pchain.ledger.tx import Tx, make_tx  # noqa: E402
 from p2pchain.node import Node, NodeConfig  # noqa: E402
 from p2pchain.params import NetworkParams  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from swarm_web import NodeInfo, SwarmWeb  # noqa: E402
+
 log = logging.getLogger("swarm")
 
 # Difficulty of the demo: 22 bits is ~4.2 M hashes a block. Measured on a 2-core machine with
@@ -97,6 +104,8 @@ QUERY_TIMEOUT_S = 5.0  # one status/account query; a slower node shows as unreac
 BACKFILL_DEPTH = 64  # ancestors credited to a node when it announces a block (it has them all)
 TX_AMOUNT = 1  # coins per generated transaction
 TX_FEE = 1  # fee per generated transaction
+WEB_FLUSH_S = 2.0  # at the end, the map's browsers get this long to receive the final view
+COLUMNS = ("node", "port", "height", "tip", "peers", "mempool", "mined", "recv", "forks", "state")
 FD_PER_INPROCESS_NODE = 20  # measured: 4,009 open descriptors for 200 nodes of 16 links (SQLite, listener, sockets)
 
 
@@ -442,6 +451,7 @@ class Options:
     seed: int | None = None
     log_level: str = "INFO"
     table: bool | None = None  # None: when stdout is a terminal
+    web: int | None = None  # serve the live map on 127.0.0.1:web
 
 
 class Launcher(ABC):
@@ -676,7 +686,8 @@ class Swarm:
         self.run_dir = (opts.run_dir or Path("run") / f"swarm-{stamp}").resolve()
         self.prop = Propagation()
         launcher_type = InProcessLauncher if opts.in_process else ProcessLauncher
-        self.launcher: Launcher = launcher_type(opts, self.run_dir, self.prop.arrived)
+        self.launcher: Launcher = launcher_type(opts, self.run_dir, self._arrived)
+        self.web = SwarmWeb("127.0.0.1", opts.web) if opts.web else None
         self.table = opts.table if opts.table is not None else self.out.isatty()
         self.started = time.monotonic()
         self.start_height = 0
@@ -694,6 +705,14 @@ class Swarm:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
+    def _arrived(self, node: int, block: Block, t: float) -> None:
+        """The launcher's block sink: propagation timings, and the map's animation."""
+        first = block.hash not in self.prop.arrivals or node not in self.prop.arrivals[block.hash]
+        self.prop.arrived(node, block, t)
+        if self.web is not None and first:
+            start = min(self.prop.arrivals[block.hash].values())
+            self.web.arrival(node, block.hash.hex(), block.height, (t - start) * 1000)
+
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         opts = self.opts
@@ -704,6 +723,9 @@ class Swarm:
             f"starting {opts.nodes} {mode} ({opts.miners} mining), topology {opts.topology}, "
             f"difficulty {opts.difficulty}, seed {self.seed}, run dir {self.run_dir}"
         )
+        if self.web is not None:
+            await self.web.start()
+            self.say(f"swarm map on {self.web.url}")
         await self.launcher.start(dials)
         self.prop.since = time.perf_counter()
         self.started = time.monotonic()
@@ -834,16 +856,19 @@ class Swarm:
             line += f" | DIED: {', '.join(died)}"
         return line
 
-    def render(self, views: list[View]) -> str:
+    @staticmethod
+    def state_of(v: View) -> str:
+        if not v.member.alive():
+            return "DEAD"
+        return "no answer" if v.status is None else "mining" if v.member.mining else "relay"
+
+    def rows(self, views: list[View]) -> list[tuple[str, ...]]:
+        """The live table: a header, then one row a node."""
         known = {m.addr for m in self.members}
-        rows = [("node", "port", "height", "tip", "peers", "mempool", "mined", "recv", "forks", "state")]
+        rows: list[tuple[str, ...]] = [COLUMNS]
         for v in views:
             s = v.status
-            state = "mining" if v.member.mining else "relay"
-            if not v.member.alive():
-                state = "DEAD"
-            elif s is None:
-                state = "no answer"
+            state = self.state_of(v)
             if s is None:
                 rows.append((v.member.name, str(v.member.port), "-", "-", "-", "-", "-", "-", "-", state))
                 continue
@@ -862,6 +887,36 @@ class Swarm:
                     state,
                 )
             )
+        return rows
+
+    def publish(self, views: list[View], final: bool = False) -> None:
+        """The view to the map's browsers (with --web): nodes, links (a swarm node's peers that
+        are swarm nodes), tips and the table."""
+        if self.web is None:
+            return
+        index = {m.addr: m.index for m in self.members}
+        infos = []
+        for v, row in zip(views, self.rows(views)[1:], strict=True):
+            m, s = v.member, v.status
+            http_port = getattr(m, "http_port", None)
+            infos.append(
+                NodeInfo(
+                    index=m.index,
+                    name=m.name,
+                    port=m.port,
+                    explorer=f"http://127.0.0.1:{http_port}/explorer/" if http_port else None,
+                    mining=m.mining,
+                    state=self.state_of(v),
+                    height=int(s["height"]) if s else None,
+                    tip=str(s["tip"]) if s else None,
+                    peers=[index[p["addr"]] for p in s["peers"] if p["addr"] in index] if s else [],
+                    row=list(row),
+                )
+            )
+        self.web.publish_state(self.headline(views), COLUMNS, infos, final)
+
+    def render(self, views: list[View]) -> str:
+        rows = self.rows(views)
         room = max(5, shutil.get_terminal_size((120, 40)).lines - 5)
         hidden = max(0, len(rows) - 1 - room)
         shown = rows[: room + 1]
@@ -878,6 +933,7 @@ class Swarm:
         return "\n".join(lines)
 
     def show(self, views: list[View]) -> None:
+        self.publish(views)
         if self.table:
             self.out.write("\x1b[H\x1b[2J" + self.render(views) + "\n")
             self.out.flush()
@@ -945,8 +1001,14 @@ class Swarm:
             views = await self.wait_agreement()
             if self.table:
                 self.out.write(self.render(views) + "\n")
-            return await self.summarize(views)
+            summary = await self.summarize(views)
+            if self.web is not None:
+                self.publish(views, final=True)  # the view the summary was made from
+                await self.web.hub.flush(WEB_FLUSH_S)
+            return summary
         finally:
+            if self.web is not None:
+                await self.web.stop()
             await self.launcher.stop()
 
 
@@ -957,6 +1019,12 @@ def _topology(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
 
 
 def _positive_float(text: str) -> float:
@@ -1008,6 +1076,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     p.add_argument("--seed", type=int, help="seed for the topology and transactions (default: random, printed)")
+    p.add_argument(
+        "--web",
+        type=_port,
+        metavar="PORT",
+        help="serve a live map of the swarm on http://127.0.0.1:PORT/ (each node links to its explorer)",
+    )
     p.add_argument(
         "--log-level",
         default=None,
