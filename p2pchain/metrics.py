@@ -183,12 +183,13 @@ class NodeMetrics:
     # --- the Prometheus view ------------------------------------------------------------------
     def render(self) -> bytes:
         """The Prometheus text exposition of this node's registry."""
-        from prometheus_client import generate_latest
+        from prometheus_client import ProcessCollector, generate_latest
         from prometheus_client.registry import CollectorRegistry
 
         if self._registry is None:
             self._registry = CollectorRegistry(auto_describe=False)
             self._registry.register(_Collector(self))
+            ProcessCollector(registry=self._registry)  # process_resident_memory_bytes, cpu, fds (Linux)
         return bytes(generate_latest(self._registry))
 
 

@@ -10,6 +10,7 @@ log parses as JSON with the fields a log shipper needs (peer, height, reason).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,15 @@ def test_nodes_configured_by_file_log_json_lines_with_peer_height_and_reason(
     assert connected and connected[0]["peer"].endswith(f":{b.port}") and connected[0]["height"] == 0
     started = [d for d in lines() if d["message"].startswith("listening on")]
     assert started and started[0]["height"] == 0 and started[0]["level"] == "INFO"
+
+
+def test_the_operations_guide_config_example_parses_and_its_keys_are_flags(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    example = doc.split("# /etc/p2pchain/node.toml\n", 1)[1].split("\n\n", 1)[0]
+    conf = write(tmp_path, "\n".join(line.removeprefix("    ") for line in example.splitlines()) + "\n")
+    args = parse(["--config", str(conf)])
+    assert (args.host, args.http_host, args.log_format) == ("0.0.0.0", "0.0.0.0", "json")
+    table = doc.split("## The config file", 1)[1].split("\n## ", 1)[0]
+    keys = re.findall(r"^\| `([a-z-]+)` \|", table, re.MULTILINE)
+    flags = {o[2:] for a in cli.node_parser()._actions for o in a.option_strings if o.startswith("--")}
+    assert len(keys) >= 15 and set(keys) <= flags, set(keys) - flags
