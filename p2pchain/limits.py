@@ -55,6 +55,10 @@ MEMPOOL_MAX_BYTES = 32 * 1024 * 1024  # canonical bytes of pending transactions 
 # order so nonces arrive in sequence: half the send queue, so the push never fills it alone
 MEMPOOL_PUSH_MAX_TXS = 512
 MEMPOOL_PUSH_MAX_BYTES = 256 * 1024  # bytes of those transactions
+# Arriving NEW_TX/SUBMIT_TX signatures, checked in batches on the verifier threads (p2pchain/sigbatch.py):
+TX_VERIFY_BATCH_MAX = 256  # transactions in one batch: ~20 ms of Ed25519 on one core, so a batch ends soon
+TX_VERIFY_PENDING_MAX = 4096  # queued or being checked, all peers; past it a peer's reader waits (TCP pushes back)
+TX_VERIFY_PENDING_PER_PEER = 1024  # of those, from one peer: one flooding connection cannot hold the whole queue
 
 # --- peers --------------------------------------------------------------------------------
 TARGET_OUTBOUND = 8  # outbound connections kept open (Bitcoin: 8 full-relay)

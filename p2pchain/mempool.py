@@ -170,11 +170,26 @@ class Mempool:
         self._check_tx(tx, (tx.txid,))  # shape, amounts and key only: the signature counts as checked
         self._check_state(tx)
         cuts = self._make_room(tx)
-        self._check_tx(tx, self.verified)
-        self.verified.add(tx.txid)
+        if tx.txid not in self.verified:  # (cached: the checks above were all that was left)
+            self._check_tx(tx, self.verified)
+            self.verified.add(tx.txid)
         self._insert(tx, next(self._seq), cuts)
         for listener in self.listeners:
             listener(tx)
+
+    def refused_before_signature(self, tx: Tx) -> bool:
+        """True when add(tx) would refuse ``tx`` now before its signature counts (a duplicate,
+        bad shape, a stale or taken nonce, more than the sender's confirmed balance), whatever
+        transactions still queued ahead of it bring: its signature need not be checked ahead of
+        add(). A nonce gap is not such a refusal: the sender's earlier nonces may be queued."""
+        try:
+            if tx.txid in self._entries:
+                return True
+            self._check_tx(tx, (tx.txid,))
+            self._check_state(tx)
+        except MempoolError as e:
+            return e.code is not MempoolCode.NONCE_GAP
+        return False
 
     def subscribe(self, listener: Callable[[Tx], None]) -> None:
         """Call ``listener(tx)`` for every new transaction admitted (not for ones a reorg returns)."""

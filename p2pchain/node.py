@@ -20,7 +20,6 @@ from p2pchain.connmgr import ConnectionManager
 from p2pchain.errors import MempoolCode, MempoolError, RuleError
 from p2pchain.events import EventHub
 from p2pchain.keys import Wallet
-from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import PERMANENT_REFUSALS, Mempool, RecentSet
@@ -29,6 +28,7 @@ from p2pchain.miner import MinerPool, build_template
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
+from p2pchain.sigbatch import SignatureBatcher, signatures_ok
 from p2pchain.store import DB_FILE
 from p2pchain.sync import HONEST_BLOCK_CODES, SyncManager, now_ms
 
@@ -49,11 +49,6 @@ HONEST_TX_CODES = frozenset(
 )
 VERIFY_THREADS = os.cpu_count() or 1  # signature-checking threads (Ed25519 releases the GIL)
 PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sending to the threads
-
-
-def _signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
-    """Runs in a verifier thread."""
-    return [rules.signature_ok(tx, network_id) for tx in txs]
 
 
 @dataclass
@@ -111,6 +106,15 @@ class Node:
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
         self._mining_stopped: str | None = None  # why the --mine task ended, if it did
         self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
+        # NEW_TX and SUBMIT_TX: signatures checked in batches on the verifier threads, admitted in arrival order
+        self.tx_batcher = SignatureBatcher(
+            self._verifier,
+            self.params.network_id,
+            max_inflight=VERIFY_THREADS,
+            max_batch=limits.TX_VERIFY_BATCH_MAX,
+            max_pending=limits.TX_VERIFY_PENDING_MAX,
+            max_per_owner=limits.TX_VERIFY_PENDING_PER_PEER,
+        )
         self._mine_lock = asyncio.Lock()
         # pulsed after each peer message, handshake and closed connection: what waits on peers' state
         # (/nodes/register, resolve) looks again then, and only then
@@ -166,6 +170,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.connmgr.close()
+        self.tx_batcher.close()
         self._verifier.shutdown(wait=False, cancel_futures=True)
         self.chain.close()  # before the miner: its workers may take a while and need no store
         log.info("stopped at height %d, tip %s", self.chain.height, self.chain.tip.hash.hex()[:16])
@@ -282,7 +287,7 @@ class Node:
         chunk = -(-len(todo) // VERIFY_THREADS)
         parts = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
         results = await asyncio.gather(
-            *(loop.run_in_executor(self._verifier, _signatures_ok, part, network) for part in parts)
+            *(loop.run_in_executor(self._verifier, signatures_ok, part, network) for part in parts)
         )
         for part, oks in zip(parts, results, strict=True):
             for tx, ok in zip(part, oks, strict=True):
@@ -316,11 +321,36 @@ class Node:
             self.broadcast(msg, exclude=peer)
 
     async def _on_new_tx(self, peer: Peer, msg: wire.NewTx) -> None:
-        try:
-            self.submit_tx(msg.tx, source=peer)
-        except MempoolError as e:
-            if e.code not in HONEST_TX_CODES:
-                raise Misbehaving(f"sent invalid transaction {msg.tx.txid.hex()[:16]}: {e}") from None
+        tx = msg.tx
+
+        def admit(verdict: bool | None) -> None:
+            if peer.ban_reason is not None:
+                return  # dropped for misbehaving: what it sent after that is not taken (as before batching)
+            if verdict:
+                self.mempool.verified.add(tx.txid)
+            try:
+                self.submit_tx(tx, source=peer)
+            except MempoolError as e:
+                if e.code not in HONEST_TX_CODES:
+                    self._misbehaved(peer, Misbehaving(f"sent invalid transaction {tx.txid.hex()[:16]}: {e}"))
+
+        await self._queue_tx(peer, tx, admit)
+
+    async def _queue_tx(self, peer: Peer, tx: Tx, admit: Callable[[bool | None], None]) -> None:
+        """Into the signature batcher; a transaction refused before its signature counts (or
+        already checked) skips the threads, and on an idle node is admitted at once."""
+        txid = tx.txid
+        check = not (
+            txid in self.mempool.verified or txid in self.seen_bad_txs or self.mempool.refused_before_signature(tx)
+        )
+        await self.tx_batcher.put(tx, admit, check=check, owner=peer)
+
+    def _misbehaved(self, peer: Peer, e: Misbehaving) -> None:
+        """As a handler's Misbehaving, for a verdict that came after the handler returned: the
+        peer is dropped (and banned), or, gone already, its address banned all the same."""
+        if e.ban and peer.ban_reason is None and peer not in self.connmgr.peers:  # over: nobody reads ban_reason
+            self.connmgr.ban(peer.host, e.reason)
+        peer.misbehaved(e)
 
     def submit_tx(self, tx: Tx, source: Peer | None = None) -> None:
         """Validate ``tx`` into the mempool and gossip it; MempoolError says why not."""
@@ -483,14 +513,19 @@ class Node:
         peer.send(wire.TxInfo(msg.id, msg.txid, "confirmed", entry.height, entry.hash, confirmations, tx))
 
     async def _on_submit_tx(self, peer: Peer, msg: wire.SubmitTx) -> None:
-        try:
-            self.submit_tx(msg.tx, source=peer)
-        except MempoolError as e:
-            cause = e.__cause__
-            code = cause.code.value if isinstance(cause, RuleError) else e.code.value
-            peer.send(wire.SubmitResult(msg.id, msg.tx.txid, False, code, e.description))
-            return
-        peer.send(wire.SubmitResult(msg.id, msg.tx.txid, True, "", ""))
+        def admit(verdict: bool | None) -> None:
+            if verdict:
+                self.mempool.verified.add(msg.tx.txid)
+            try:
+                self.submit_tx(msg.tx, source=peer)
+            except MempoolError as e:
+                cause = e.__cause__
+                code = cause.code.value if isinstance(cause, RuleError) else e.code.value
+                peer.send(wire.SubmitResult(msg.id, msg.tx.txid, False, code, e.description))
+                return
+            peer.send(wire.SubmitResult(msg.id, msg.tx.txid, True, "", ""))
+
+        await self._queue_tx(peer, msg.tx, admit)
 
     async def _on_get_blocks(self, peer: Peer, msg: wire.GetBlocks) -> None:
         blocks = self.chain.blocks_range(msg.start, min(msg.limit, limits.MAX_BLOCKS_PER_CHAIN))

@@ -24,8 +24,8 @@ class Pulse:
                     waiter.set_result(None)
             self._waiters.clear()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Until ``predicate()`` holds (True) or ``timeout`` seconds pass (False)."""
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Until ``predicate()`` holds (True) or ``timeout`` seconds pass (False; None: no limit)."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"params"},
     {"ledger.rules"},
     {"store", "wire"},
+    {"sigbatch"},
     {"chain", "mempool", "miner", "events"},
     {"peer"},
     {"connmgr", "sync"},
