@@ -24,9 +24,9 @@ from p2pchain import wire
 from p2pchain.keys import Wallet
 from p2pchain.ledger.tx import Tx
 from p2pchain.node import VERIFY_THREADS, Node, NodeConfig
-from p2pchain.sync import now_ms
 from p2pchain.peer import Misbehaving
 from p2pchain.sigbatch import SignatureBatcher
+from p2pchain.sync import now_ms
 
 NET = TEST_PARAMS.network_id
 TO = Wallet.generate().address
