@@ -29,6 +29,7 @@ from p2pchain.events import EventHub, TooManyStreams, sse_frame
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
+from p2pchain.node import USER_AGENT
 
 if TYPE_CHECKING:
     from p2pchain.chain import Entry
@@ -143,7 +144,7 @@ def page(node: Node, title: str, content: str, *, status: int = 200, live: str =
 {content}
 </main>
 <aside><h2>Live</h2><ol id="feed"><li class="muted">live updates need JavaScript</li></ol></aside></div>
-<footer>node {esc(node.status()["agent"])} · height {tip.height} · network {esc(node.params.network_id.hex()[:12])}…
+<footer>node {esc(USER_AGENT)} · height {tip.height} · network {esc(node.params.network_id.hex()[:12])}…
 · read-only</footer>
 </body></html>
 """

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
 from ledger_helpers import GENESIS, block_on, branch, feed, mem_chain, pay, wallet
 
 from p2pchain import limits
-from p2pchain.events import EventHub, TooManyStreams
+from p2pchain.events import EventHub, TooManyStreams, sse_frame
+from p2pchain.explorer import serve_events
 from p2pchain.mempool import Mempool
 
 A, B = wallet(1), wallet(2)
@@ -122,3 +126,46 @@ def test_a_long_sync_is_one_tip_event_of_bounded_size() -> None:
 
     asyncio.run(go())
 
+
+
+def test_a_browser_that_stops_reading_is_dropped_and_never_blocks_publishing() -> None:
+    """Over a real socket: one client reads its stream, another stops reading. Publishing 20 MB
+    of events never waits; the stalled stream is dropped once its queue fills behind the full
+    socket, and the reading client gets every event."""
+
+    async def go() -> None:
+        hub = EventHub(max_frames=16)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await serve_events(request, hub, sse_frame("hello", {}))
+
+        app = web.Application()
+        app.router.add_get("/events", handler)
+        async with TestServer(app, host="127.0.0.1") as server:
+            stalled = socket.socket()
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(stalled, ("127.0.0.1", server.port))
+            stalled.send(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+            async with ClientSession() as session, session.get(server.make_url("/events")) as reader:
+                lines = reader.content
+                assert (await lines.readline()).startswith(b"retry: ")
+                for _ in range(100):  # bounded: both streams open within 100 turns of the loop
+                    if len(hub.streams) == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(hub.streams) == 2
+                pad = "x" * 10_000
+                got = 0
+                for i in range(2000):
+                    hub.publish("tx", {"n": i, "pad": pad})  # returns at once: nothing to await
+                    while got <= i:  # the reading client keeps up, event by event
+                        line = await lines.readline()
+                        got += line.startswith(b"data: {\"n\"")
+                    if hub.dropped:
+                        break
+                assert hub.dropped == 1 and len(hub.streams) == 1, "the stalled stream was not dropped"
+                assert got == i + 1
+            stalled.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))

@@ -10,6 +10,7 @@
   const feed = document.getElementById("feed");
   const banner = document.getElementById("banner");
   const FEED_MAX = 12;
+  const TX_REFRESH_MS = 2000; // a flood of transactions refreshes a page at most this often
   let fetching = false;
   let again = false;
 
@@ -59,9 +60,22 @@
     }
   }
 
+  // Transactions may come thousands a second: refresh for them at most every TX_REFRESH_MS, so
+  // that each open page costs the node at most one render in that time (tips refresh at once).
+  let txTimer = null;
+  let txRefreshed = -Infinity;
+  function refreshForTx() {
+    if (txTimer !== null) return;
+    const wait = Math.max(0, txRefreshed + TX_REFRESH_MS - performance.now());
+    txTimer = setTimeout(() => { txTimer = null; txRefreshed = performance.now(); refresh(); }, wait);
+  }
+
   function short(hash) { return String(hash).slice(0, 16) + "…"; }
 
   if (!window.EventSource) return;
+  if (feed.firstElementChild && feed.firstElementChild.classList.contains("muted")) {
+    feed.firstElementChild.textContent = "new blocks, reorganisations and transactions appear here";
+  }
   const source = new EventSource(body.dataset.events);
   source.addEventListener("open", () => setConn("live", "live"));
   source.addEventListener("error", () => setConn("reconnecting…", "down"));
@@ -88,6 +102,6 @@
   source.addEventListener("tx", (e) => {
     const d = JSON.parse(e.data);
     note("tx", "tx " + short(d.txid) + " " + d.amount + " coin(s)");
-    if (wants.has("tx")) refresh();
+    if (wants.has("tx")) refreshForTx();
   });
 })();
