@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
+from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.store import Ban, Store
@@ -130,6 +131,7 @@ class ConnectionManager:
         return True
 
     def ban(self, host: str, reason: str) -> None:
+        reason = clip(reason)
         if is_loopback(host) and not self.ban_loopback:
             log.info("not banning loopback %s (%s): disconnected only", host, reason)
             return
@@ -144,6 +146,13 @@ class ConnectionManager:
 
     def current_bans(self) -> list[Ban]:
         return [b for b in self.bans.values() if b.until_ms > self._now_ms()]
+
+    def listed_bans(self) -> tuple[list[Ban], int]:
+        """The MAX_STATUS_BANS latest bans (reasons clipped, also those stored by an older
+        version) and the count of all current bans: what STATUS shows, bounded in size."""
+        bans = self.current_bans()
+        latest = sorted(bans, key=lambda b: -b.until_ms)[: limits.MAX_STATUS_BANS]
+        return [Ban(b.host, b.until_ms, clip(b.reason)) for b in latest], len(bans)
 
     # --- peers ------------------------------------------------------------------------------
     @property

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import enum
 
+from p2pchain import limits
+
+
+def clip(text: str, max_chars: int = limits.MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``max_chars`` characters (an ellipsis marks the cut): for every string
+    built from what a peer sent (reasons, log lines), so that none grows with the peer's input."""
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
 
 class RuleCode(enum.Enum):
     """Why a block or transaction breaks a consensus rule."""

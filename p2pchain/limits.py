@@ -89,6 +89,10 @@ MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them 
 ADDRBOOK_MAX = 1000  # peer addresses remembered
 BAN_SECONDS = 24 * 60 * 60  # discouragement period (Bitcoin: DEFAULT_MISBEHAVING_BANTIME 24 h)
 MAX_BANS = 10_000  # banned addresses kept; past it the ban that ends soonest goes (many-address attackers)
+# characters of a reason (a ban, a drop, a log line) built from what a peer sent: error texts quote
+# its data (map keys, names), and a 12,000-character ban reason once broke every client's STATUS
+MAX_REASON_CHARS = 256
+MAX_STATUS_BANS = 100  # bans listed in STATUS and /status (the latest first); 'bans_total' counts them all
 SELF_ADDRS_MAX = 64  # addresses remembered as being this node (its own port under several aliases)
 SHUTDOWN_GRACE_S = 1.5  # graceful close before a forced abort on SIGTERM
 

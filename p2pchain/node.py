@@ -446,6 +446,7 @@ class Node:
     # --- queries ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         tip = self.chain.tip
+        bans, bans_total = self.connmgr.listed_bans()
         return {
             "node_id": self.node_id.hex(),
             "agent": USER_AGENT,
@@ -471,7 +472,8 @@ class Node:
             ],
             "clients": sum(1 for p in self.connmgr.ready if not p.listen_addr),
             "mempool": len(self.mempool),
-            "bans": [{"host": b.host, "until_ms": b.until_ms, "reason": b.reason} for b in self.connmgr.current_bans()],
+            "bans": [{"host": b.host, "until_ms": b.until_ms, "reason": b.reason} for b in bans],
+            "bans_total": bans_total,
             "traffic": self.metrics.traffic.by_type(),
             **self.stats,
         }

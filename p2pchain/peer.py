@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from p2pchain import limits, wire
-from p2pchain.errors import ProtocolError
+from p2pchain.errors import ProtocolError, clip
 from p2pchain.metrics import INVALID, Traffic
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ class Misbehaving(Exception):
     """The peer broke the protocol or sent consensus-invalid data: drop it, maybe ban it."""
 
     def __init__(self, reason: str, *, ban: bool = True) -> None:
+        reason = clip(reason)
         super().__init__(reason)
         self.reason = reason
         self.ban = ban
@@ -96,7 +97,13 @@ class Peer:
 
     # --- sending ----------------------------------------------------------------------------
     def send(self, msg: wire.Message) -> None:
-        self.send_frame(msg.encode(), msg.TYPE)
+        try:
+            frame = msg.encode()
+        except ProtocolError as e:  # our own message breaks the limits: a bug of this node, not the peer's fault
+            log.error("%r: could not encode our %s: %s", self, msg.TYPE, e)
+            self.close(f"internal error: could not encode our {msg.TYPE}")
+            return
+        self.send_frame(frame, msg.TYPE)
 
     def send_frame(self, frame: bytes, kind: str) -> None:
         """Queue a frame of message type ``kind`` (for the traffic counts); a peer whose queue
@@ -245,6 +252,7 @@ class Peer:
         """Drop the connection now (the reader sees EOF); ``quiet`` for normal endings."""
         if self.closed.is_set():
             return
+        reason = clip(reason)
         self.close_reason = reason
         self.closed.set()
         if quiet:

@@ -253,7 +253,7 @@ def _plain(v: Any, where: str, depth: int) -> None:
         for k, x in v.items():
             if type(k) is not str:
                 raise ProtocolError(f"{where} keys must be strings")
-            _plain(x, f"{where}.{k}", depth - 1)
+            _plain(x, f"{where}.{k[:32]}", depth - 1)  # the key is the peer's: not quoted whole
     else:
         raise ProtocolError(f"{where} has a value of type {type(v).__name__}")
 
