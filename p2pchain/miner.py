@@ -1,9 +1,9 @@
 """Block templates and proof-of-work search, in-process or in a pool of worker processes.
 
-The header puts the nonce last, so SHA-256 of the first 84 bytes (``Header.prefix``) is taken
-once and its midstate copied for every nonce. A hash meets the target when its 32 bytes compare
-below the target's 32 bytes (bytes compare as big-endian integers; measured ~15% faster than
-``int.from_bytes`` per nonce).
+The header puts the nonce last, so SHA-256 of the first 84 bytes (``Header.prefix``) and the
+nonce's six high bytes is taken once per 65,536 nonces and its midstate copied for every nonce.
+A hash meets the target when its 32 bytes compare below the target's 32 bytes (bytes compare as
+big-endian integers; measured ~15% faster than ``int.from_bytes`` per nonce).
 
 ``MinerPool`` keeps N worker processes for the node's lifetime. A job is the header prefix and
 a slice of the nonce space per worker; a shared generation counter, read by every worker each
@@ -18,6 +18,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -31,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from p2pchain import limits
-from p2pchain.ledger.block import NONCE, Block, Header, merkle_root, target
+from p2pchain.ledger.block import Block, Header, merkle_root, target
 from p2pchain.ledger.tx import Tx, make_coinbase
 from p2pchain.params import BLOCK_VERSION, NetworkParams
 
@@ -46,20 +47,44 @@ def target_bytes(bits: int) -> bytes | None:
     return None if bits <= 0 else target(bits).to_bytes(32, "big")
 
 
+LOW_NONCE_SPAN = 2**16  # nonces that share one base hash: the two low bytes vary, the six high are absorbed
+
+
+@functools.cache
+def low_endings() -> tuple[bytes, ...]:
+    """The 65,536 two-byte low nonce endings, big-endian (built on first use: 2.6 MB)."""
+    return tuple(i.to_bytes(2, "big") for i in range(LOW_NONCE_SPAN))
+
+
 def search(prefix: bytes, bits: int, start: int, count: int) -> int | None:
     """The first nonce in ``[start, start + count)`` whose header hash has ``bits`` leading zero
-    bits, or None. Single core; the loop is the one the bench compares with bare hashlib."""
+    bits, or None. Single core."""
     stop = min(start + count, NONCE_SPACE)
     tgt = target_bytes(bits)
     if tgt is None:
         return start if start < stop else None
-    copy = hashlib.sha256(prefix).copy
-    pack = NONCE.pack
-    for n in range(start, stop):
-        h = copy()
-        h.update(pack(n))
-        if h.digest() < tgt:
-            return n
+    return search_below(prefix, tgt, start, stop)
+
+
+def search_below(prefix: bytes, tgt: bytes, start: int, stop: int) -> int | None:
+    """The first nonce in ``[start, stop)`` whose header hash is below ``tgt`` (32 big-endian
+    bytes: bytes compare as big-endian integers), or None. The fastest pure-Python loop we know:
+    the 84-byte prefix and the nonce's six high bytes go into a base hash once per 65,536 nonces,
+    so each try is copy + update(two bytes from a table) + digest. The bench times this function
+    (through the workers' chunks) against the same loop written bare."""
+    endings = low_endings()
+    sha256 = hashlib.sha256
+    n = start
+    while n < stop:
+        high, low = divmod(n, LOW_NONCE_SPAN)
+        end = min(LOW_NONCE_SPAN, low + stop - n)
+        copy = sha256(prefix + high.to_bytes(6, "big")).copy
+        for ending in endings[low:end]:
+            h = copy()
+            h.update(ending)
+            if h.digest() < tgt:
+                return high * LOW_NONCE_SPAN + int.from_bytes(ending, "big")
+        n += end - low
     return None
 
 

@@ -219,3 +219,25 @@ def test_workers_exit_when_the_parent_is_sigtermed(state: str) -> None:
         for pid in pids:
             if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("start", [0, 65_536 - 700, 3 * 65_536 + 12_345, 2**64 - 2_000])
+def test_search_finds_the_first_nonce_that_hashing_each_whole_header_finds(start: int) -> None:
+    """The table loop (base hash per 65,536 nonces, two-byte endings) agrees with the plain
+    definition: the first nonce in the range whose 92-byte header hashes below the target, also
+    across a 65,536-nonce boundary and at the top of the nonce space."""
+    header = replace(GENESIS, timestamp=GENESIS.timestamp + start % 997)
+    count = 1_500
+
+    def plain() -> int | None:
+        for n in range(start, min(start + count, 2**64)):
+            if replace(header, nonce=n).meets_target():
+                return n
+        return None
+
+    want = plain()
+    assert want is not None, "8 bits: a solution every ~256 nonces"
+    assert search(header.prefix, header.bits, start, count) == want
+    assert search(header.prefix, header.bits, want + 1, 0) is None  # an empty range
+    after = search(header.prefix, header.bits, want + 1, count)
+    assert after is None or (after > want and replace(header, nonce=after).meets_target())

@@ -21,7 +21,7 @@ from p2pchain import limits
 from p2pchain.chain import Chain
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
-from p2pchain.ledger.block import NONCE, Block, Header
+from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.tx import Tx
 from p2pchain.miner import MinerPool, build_template, mine_block, search, target_bytes
 from p2pchain.params import NetworkParams
@@ -31,24 +31,27 @@ SIGNING_SHARE = 0.4  # of --seconds spent signing the distinct transactions tx_v
 CHAIN_PARAMS = NetworkParams(bits=1, reward=1_000_000)  # blocks cost ~2 hashes; the payer stays funded
 CHAIN_SAMPLES = 20  # blocks timed at each height; the median is reported
 CHAIN_BLOCK_TXS = 100  # signed transactions in each timed block (issue 3: a 100-transaction block)
+HASH_SLICES = 10  # the ceiling and the miner's loop are timed in this many alternating slices
 CHAIN_FILL_TXS = 9  # signed transactions in each filler block: 10 with the coinbase (issue 3's RSS figure)
 
 
 def hash_ceiling(prefix: bytes, bits: int, seconds: float) -> float:
-    """Bare hashlib: the midstate loop of miner.search, inline, with no chunks or bookkeeping."""
+    """The fastest pure-Python nonce loop known, bare (written here, independent of the miner):
+    a table of the 65,536 two-byte low nonce endings; the prefix and the six high nonce bytes go
+    into a base hash once per 65,536 tries; each try is copy + update(2 bytes) + digest."""
     tgt = target_bytes(bits)
     assert tgt is not None
-    copy = hashlib.sha256(prefix).copy
-    pack = NONCE.pack
+    endings = [i.to_bytes(2, "big") for i in range(2**16)]
     done = 0
     start = time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        for n in range(done, done + limits.MINER_CHUNK_NONCES):
+        copy = hashlib.sha256(prefix + (done >> 16).to_bytes(6, "big")).copy
+        for ending in endings:
             h = copy()
-            h.update(pack(n))
+            h.update(ending)
             if h.digest() < tgt:
                 raise AssertionError("the bench header has no solution")
-        done += limits.MINER_CHUNK_NONCES
+        done += 2**16
     return done / elapsed
 
 
@@ -216,9 +219,14 @@ def chain_figures() -> Figures:
 def bench_ledger(args: argparse.Namespace) -> Figures:
     s: float = args.seconds
     prefix, bits = BENCH_HEADER.prefix, BENCH_HEADER.bits
+    ceiling: list[float] = []
+    search_rate: list[float] = []
+    for _ in range(HASH_SLICES):  # in turns, so that a shared machine's load hits both alike
+        ceiling.append(hash_ceiling(prefix, bits, s / HASH_SLICES))
+        search_rate.append(hash_rate_search(prefix, bits, s / HASH_SLICES))
     figures: Figures = {
-        "hash_ceiling_per_core": hash_ceiling(prefix, bits, s),
-        "hash_rate_per_core": hash_rate_search(prefix, bits, s),
+        "hash_ceiling_per_core": statistics.mean(ceiling),
+        "hash_rate_per_core": statistics.mean(search_rate),
     }
     figures["hash_rate_vs_ceiling"] = figures["hash_rate_per_core"] / figures["hash_ceiling_per_core"]
     figures.update(pool_figures(s))
@@ -230,9 +238,9 @@ def bench_ledger(args: argparse.Namespace) -> Figures:
 
 
 LEDGER_NOTES = {
-    "hash_ceiling_per_core": "hashes/s, bare hashlib midstate loop",
-    "hash_rate_per_core": "hashes/s, miner.search on one core",
-    "hash_rate_vs_ceiling": "target >= 0.8",
+    "hash_ceiling_per_core": "hashes/s, the fastest pure-Python loop, bare (64 Ki-nonce base hash, 2-byte table)",
+    "hash_rate_per_core": "hashes/s, miner.search in the workers' chunks, one core",
+    "hash_rate_vs_ceiling": "target >= 0.95",
     "hash_rate_all_cores": "hashes/s, MinerPool on every core",
     "miner_procs": "worker processes",
     "miner_pool_start_ms": "ms from MinerPool() to its first solved job",
