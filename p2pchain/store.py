@@ -137,7 +137,8 @@ class Store:
                 if tables:
                     self._build_addrindex()
                 self.set_meta("addrindex", b"1")
-        except _DAMAGE as e:  # UnicodeDecodeError: a table name in sqlite_master that is not UTF-8
+        except (*_DAMAGE, MemoryError) as e:  # UnicodeDecodeError: a table name that is not UTF-8;
+            # MemoryError: SQLite's SQLITE_NOMEM for a header whose sizes make no sense (fuzz/store.py)
             self._close_quietly()
             raise StoreError(f"store {self.path} cannot be opened ({e}): move it aside and resync") from None
         except StoreError:

@@ -40,6 +40,7 @@ from p2pchain.store import Ban, Store
 
 A, B, C = wallet(1), wallet(2), wallet(3)
 HELPERS = Path(__file__).with_name("ledger_helpers.py")
+ROOT = Path(__file__).resolve().parent.parent
 KILL_ROUNDS = 10
 
 
@@ -170,6 +171,16 @@ def test_damaged_file_is_refused_never_reset(tmp_path: Path, damage) -> None:  #
         Chain.open(path, PARAMS)
     assert str(path) in str(err.value)
     assert path.read_bytes() == before
+
+
+def test_a_header_that_makes_sqlite_run_out_of_memory_is_a_store_error(tmp_path: Path) -> None:
+    """A damaged file found by fuzz/store.py: SQLite answers PRAGMA journal_mode with SQLITE_NOMEM
+    (Python's MemoryError), which escaped Chain.open."""
+    path = tmp_path / "chain.sqlite"
+    path.write_bytes((ROOT / "fuzz/corpus/store/12f6eedadc4b1ad15c5d9df8d768b925543116ab").read_bytes())
+    with pytest.raises(StoreError, match="cannot be opened") as err:
+        Chain.open(path, PARAMS)
+    assert str(path) in str(err.value)
 
 
 def test_a_block_row_that_holds_another_block_or_is_gone_is_a_store_error(tmp_path: Path) -> None:
