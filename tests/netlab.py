@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -239,12 +240,18 @@ class Lab:
         self.others.append(subprocess.Popen([*cmd, str(RELAY_DELAY_S)], stdout=log_file, stderr=subprocess.STDOUT))
         log_file.close()
 
-    def start_node(self, i: int, peers: list[str], reward_to: str) -> None:
-        log_path = self.workdir / f"n{i}.log"
+    def start_node(
+        self, i: int, peers: list[str], reward_to: str, *, name: str = "", port: int = NODE_PORT, shared: bool = True
+    ) -> None:
+        """A node on host h{i} (named n{i} unless ``name``); ``shared``: its shim serves other
+        hosts (--http-host 0.0.0.0 with the lab's token), else it keeps the default --http-host."""
+        name = name or f"n{i}"
+        log_path = self.workdir / f"{name}.log"
         cmd = ["ip", "netns", "exec", f"h{i}", sys.executable, "-m", "p2pchain"]
-        cmd += ["--host", "0.0.0.0", "--port", str(NODE_PORT), "--http-port", str(HTTP_PORT)]
-        cmd += ["--http-host", "0.0.0.0", "--http-token-file", str(self.token_file())]  # the driver is another host
-        cmd += ["--data-dir", str(self.workdir / f"n{i}"), "--difficulty", str(BITS), "--miner-procs", "1"]
+        cmd += ["--host", "0.0.0.0", "--port", str(port), "--http-port", str(port + HTTP_PORT - NODE_PORT)]
+        if shared:  # the driver is another host
+            cmd += ["--http-host", "0.0.0.0", "--http-token-file", str(self.token_file())]
+        cmd += ["--data-dir", str(self.workdir / name), "--difficulty", str(BITS), "--miner-procs", "1"]
         cmd += ["--ping-interval", str(PING_S), "--reward-to", reward_to, "--log-level", "DEBUG"]
         for peer in peers:
             cmd += ["--peer", peer]
@@ -253,7 +260,7 @@ class Lab:
             cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
         log_file.close()
-        self.nodes[i] = NodeHandle(i, proc, log_path)
+        self.nodes[i if name == f"n{i}" else HOSTS + len(self.nodes)] = NodeHandle(i, proc, log_path)
 
     def token_file(self) -> Path:
         """The HTTP token every node takes (--http-token-file), written once."""
@@ -344,7 +351,11 @@ def run_async(coro: Awaitable[Any], timeout: float = 20.0) -> Any:
 
 
 async def _with_client(i: int, fn: Callable[[Client], Awaitable[Any]]) -> Any:
-    async with await Client.connect(mgmt_ip(i), NODE_PORT, timeout=5.0) as client:
+    return await _p2p(mgmt_ip(i), NODE_PORT, fn)
+
+
+async def _p2p(host: str, port: int, fn: Callable[[Client], Awaitable[Any]]) -> Any:
+    async with await Client.connect(host, port, timeout=5.0) as client:
         return await fn(client)
 
 
@@ -362,14 +373,42 @@ def query_all(fn: Callable[[Client], Awaitable[Any]]) -> list[Any]:
 
 
 def mine(i: int) -> dict[str, Any]:
-    """GET /mine on node i: it mines one block with its mempool and gossips it."""
-    req = urllib.request.Request(
-        f"http://{mgmt_ip(i)}:{HTTP_PORT}/mine", headers={"Authorization": f"Bearer {HTTP_TOKEN}"}
-    )
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        block: dict[str, Any] = json.loads(resp.read())
+    """GET /mine on node i (with the lab's token): it mines one block with its mempool and gossips it."""
+    code, block = http(mgmt_ip(i), HTTP_PORT, "GET", "/mine", token=HTTP_TOKEN)
+    if code != 200:
+        raise AssertionError(f"GET /mine on n{i} answered {code}: {block}")
     log.info("n%d mined block %s at height %d", i, block["hash"][:16], block["height"])
-    return block
+    return dict(block)
+
+
+def http(host: str, port: int, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    """(status, JSON or text) of one request to a shim; ConnectionError if nothing listens there."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # a /mine may take a while on a loaded machine
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ConnectionError):
+            raise e.reason from None
+        raise
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of an unlabelled sample in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 async def _status(client: Client) -> dict[str, Any]:
@@ -593,11 +632,96 @@ class Scenario:
         record["blocks_mined_after"] = len(self.mine_until_confirmed(txids, [3, 1, 2, 4]))
         record["txs_confirmed_everywhere"] = all(confirmed(txids))
 
+    def shim(self, record: dict[str, Any]) -> None:
+        """The HTTP shim seen from another host (the driver). h2's node serves it on 0.0.0.0 with
+        the lab's token: without the token, /mine and /transactions/new get 401 and change
+        nothing (chain, wallet, mempool); /status and /metrics answer; with the token both work.
+        A second node on h2 started with --host 0.0.0.0 and the default --http-host: its P2P
+        port answers the driver, its shim does not (it answers on h2's own loopback only)."""
+        host, port = mgmt_ip(2), HTTP_PORT
+        wallet_addr = http(host, port, "GET", "/wallet")[1]["address"]
+        funding = make_tx(self.miner, wallet_addr, 5, 0, self.miner_nonce, self.params.network_id)
+        self.miner_nonce += 1
+        assert submit(2, funding), "the funding of n2's own wallet was refused"
+        self.mine_until_confirmed([funding.txid], [2])
+        self.converge("after funding n2's wallet")
+
+        def state() -> dict[str, Any]:
+            status, st = http(host, port, "GET", "/status")
+            assert status == 200, st
+            wallet = http(host, port, "GET", "/wallet")[1]
+            return {"height": st["height"], "mempool": st["mempool"], "balance": wallet["balance"]}
+
+        before = state()
+        record["wallet_before"] = before
+        no_token = {
+            "mine": http(host, port, "GET", "/mine"),
+            "new_tx": http(host, port, "POST", "/transactions/new", {"recipient": self.sink.address, "amount": 1}),
+            "mine_wrong_token": http(host, port, "GET", "/mine", token="not-the-lab-token-0000"),
+            "register": http(host, port, "POST", "/nodes/register", {"nodes": [f"{data_ip(3)}:{NODE_PORT}"]}),
+        }
+        record["no_token"] = {
+            k: [code, doc.get("code") if isinstance(doc, dict) else doc] for k, (code, doc) in no_token.items()
+        }
+        after = state()
+        record["unchanged_without_token"] = after == before
+        record["tips_unchanged"] = len(set(tips())) == 1 and after["height"] == before["height"]
+        code, text = http(host, port, "GET", "/metrics")
+        record["metrics_open"] = code == 200 and metric(text, "p2pchain_height") == after["height"]
+        code, doc = http(
+            host, port, "POST", "/transactions/new", {"recipient": self.sink.address, "amount": 1}, HTTP_TOKEN
+        )
+        record["with_token"] = {"new_tx": [code, doc.get("txid") is not None]}
+        code, mined = http(host, port, "GET", "/mine", token=HTTP_TOKEN)
+        record["with_token"]["mine"] = [code, len(mined.get("transactions", [])) if isinstance(mined, dict) else 0]
+        final = state()
+        record["with_token"]["height_up"] = final["height"] == before["height"] + 1
+        record["with_token"]["balance_down"] = final["balance"] == before["balance"] - 1
+
+        lab = self.lab
+        lab.start_node(
+            2, [f"{data_ip(1)}:{NODE_PORT}"], self.miner.address, name="n2-local", port=NODE_PORT + 1, shared=False
+        )
+        local_http = HTTP_PORT + 1
+
+        def p2p_up() -> bool:
+            with contextlib.suppress(OSError, TimeoutError):
+                return bool(run_async(_p2p(host, NODE_PORT + 1, _status)))
+            return False
+
+        wait_until(p2p_up, "the second node on h2 to answer on its P2P port from the driver")
+        record["default_host_p2p_reachable"] = True
+        probe = (
+            "import urllib.request, sys; "
+            f"r = urllib.request.urlopen('http://127.0.0.1:{local_http}/status', timeout=10); sys.exit(r.status != 200)"
+        )
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    ["ip", "netns", "exec", "h2", sys.executable, "-c", probe], capture_output=True
+                ).returncode
+                == 0
+            ),
+            "the second node's shim to answer on h2's loopback",
+        )
+        record["default_host_local_ok"] = True
+        try:
+            http(host, local_http, "GET", "/status")
+            record["default_host_unreachable"] = False
+        except ConnectionRefusedError:
+            record["default_host_unreachable"] = True
+        try:
+            http(data_ip(2), local_http, "GET", "/mine")
+            record["default_host_unreachable_data"] = False
+        except ConnectionRefusedError:
+            record["default_host_unreachable_data"] = True
+
     def run(self) -> None:
         self.phase("boot", self.boot)
         self.phase("clean", self.clean)
         self.phase("lossy", self.lossy)
         self.phase("partition", self.partition)
+        self.phase("shim", self.shim)
 
 
 def run_lab(workdir: Path) -> dict[str, Any]:

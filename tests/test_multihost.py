@@ -150,3 +150,22 @@ def test_a_cut_link_is_noticed_and_the_healed_partition_converges_without_loss(l
     assert part["converged_on_majority"] == [True] * netlab.HOSTS
     assert part["minority_blocks_dropped"] == [True] * netlab.HOSTS
     assert part["txs_confirmed_everywhere"]  # h3's transaction survived its branch's reorg
+
+
+def test_the_shim_from_another_host_needs_the_token_and_is_not_there_by_default(lab: dict[str, Any]) -> None:
+    shim = _phase(lab, "shim")
+    # --host 0.0.0.0 with the default --http-host: the node is reachable, its shim is not
+    assert shim["default_host_p2p_reachable"] and shim["default_host_local_ok"]
+    assert shim["default_host_unreachable"] and shim["default_host_unreachable_data"]
+    # --http-host 0.0.0.0 --http-token-file F, from another host without the token
+    assert shim["no_token"] == {
+        "mine": [401, "auth-required"],
+        "new_tx": [401, "auth-required"],
+        "mine_wrong_token": [401, "auth-required"],
+        "register": [401, "auth-required"],
+    }
+    assert shim["unchanged_without_token"] and shim["tips_unchanged"]  # chain, wallet, mempool
+    assert shim["wallet_before"]["balance"] == 5
+    assert shim["metrics_open"]  # /status and /metrics answer without it
+    # with the token both work: the wallet paid 1 coin, in the block /mine made
+    assert shim["with_token"] == {"new_tx": [201, True], "mine": [200, 2], "height_up": True, "balance_down": True}
