@@ -1,4 +1,4 @@
-"""Live events for browsers: new tips, reorganisations and new mempool transactions.
+"""Live events for browsers: new tips, reorganisations and new mempool transactions (batched).
 
 The chain and the mempool tell the hub what happened (their subscriptions, wired by node.py);
 the hub encodes each event once as a Server-Sent-Events frame and puts it on every open
@@ -105,6 +105,9 @@ class EventHub:
         self.streams: set[Stream] = set()
         self.published = 0  # events published since start
         self.dropped = 0  # streams dropped for falling behind
+        self._txs: deque[dict[str, Any]] = deque(maxlen=limits.EVENT_TX_BATCH_MAX)  # newest of the batch
+        self._tx_count = 0  # transactions in the batch
+        self._tx_timer: asyncio.TimerHandle | None = None
 
     def open(self) -> Stream:
         if len(self.streams) >= self.max_streams:
@@ -153,8 +156,26 @@ class EventHub:
             )
 
     def on_new_tx(self, tx: Tx) -> None:
-        """A mempool listener: a transaction entered the pool."""
-        self.publish("tx", tx_summary(tx))
+        """A mempool listener: a transaction entered the pool. Batched: one ``txs`` event
+        (``count`` and the newest EVENT_TX_BATCH_MAX) EVENT_TX_BATCH_S after the first."""
+        if not self.streams:
+            return  # nobody is watching: nothing to send or keep
+        self._txs.append(tx_summary(tx))
+        self._tx_count += 1
+        if self._tx_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a script): no batching either
+                self._flush_txs()
+                return
+            self._tx_timer = loop.call_later(limits.EVENT_TX_BATCH_S, self._flush_txs)
+
+    def _flush_txs(self) -> None:
+        self._tx_timer = None
+        if self._tx_count:
+            self.publish("txs", {"count": self._tx_count, "txs": list(self._txs)})
+        self._txs.clear()
+        self._tx_count = 0
 
     async def flush(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until every stream has written what was published."""
@@ -165,5 +186,8 @@ class EventHub:
 
     def close(self) -> None:
         """End every stream (the node is stopping)."""
+        if self._tx_timer is not None:
+            self._tx_timer.cancel()
+            self._tx_timer = None
         for stream in list(self.streams):
             stream.close()

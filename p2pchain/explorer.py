@@ -444,8 +444,8 @@ async def search(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /explorer/events: Server-Sent Events. First a ``hello`` with the current tip (a page
-    that reconnects refreshes if it shows another), then ``tip``, ``reorg`` and ``tx`` events as
-    they happen."""
+    that reconnects refreshes if it shows another), then ``tip``, ``reorg`` and ``txs`` events as
+    they happen (``txs``: new mempool transactions, batched)."""
     node = request.app[NODE]
     tip = node.chain.tip
     hello = sse_frame("hello", {"height": tip.height, "hash": tip.hash.hex(), "mempool": len(node.mempool)})

@@ -148,5 +148,10 @@ EVENT_WRITE_TIMEOUT_S = 10.0  # a stream whose socket takes longer to accept a w
 EVENT_KEEPALIVE_S = 15.0  # a comment line after this long without events: finds closed tabs
 EVENT_RETRY_MS = 1000  # the browser's reconnect delay after a dropped stream (SSE "retry:")
 EVENT_TIP_BLOCKS = 20  # newest connected blocks described in one tip event (a sync connects 500)
+# new mempool transactions are sent in one "txs" event per EVENT_TX_BATCH_S (with the newest
+# EVENT_TX_BATCH_MAX of them and the count): a flood of thousands a second costs ten events a
+# second, not thousands times the open streams
+EVENT_TX_BATCH_S = 0.1
+EVENT_TX_BATCH_MAX = 20
 EXPLORER_BLOCKS = 20  # blocks on the explorer's home page
 EXPLORER_PAGE_TXS = 25  # transactions per page of an address's history, and per block page

@@ -25,7 +25,7 @@ import time
 
 from benchlib.common import Subcommand, machine_info, print_table  # scripts/benchlib/ (beside this file)
 
-SUBCOMMANDS = ("ledger", "net", "swarm", "fuzz", "hostile", "soak")  # each is the module benchlib.NAME
+SUBCOMMANDS = ("ledger", "net", "swarm", "fuzz", "hostile", "soak", "explorer")  # each is the module benchlib.NAME
 
 
 def load(name: str) -> Subcommand:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
@@ -15,14 +16,14 @@ from aiohttp.test_utils import TestServer
 from ledger_helpers import GENESIS, block_on, branch, feed, mem_chain, pay, wallet
 
 from p2pchain import limits
-from p2pchain.events import EventHub, TooManyStreams, sse_frame
+from p2pchain.events import EventHub, Stream, TooManyStreams, sse_frame
 from p2pchain.explorer import serve_events
 from p2pchain.mempool import Mempool
 
 A, B = wallet(1), wallet(2)
 
 
-def decode(frames: list[bytes]) -> list[tuple[str, dict[str, object]]]:
+def decode(frames: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
     """(event name, data) of each SSE frame."""
     out = []
     for frame in frames:
@@ -80,6 +81,17 @@ def test_a_quiet_stream_wakes_for_keepalive_and_for_an_event() -> None:
     asyncio.run(go())
 
 
+async def events_until(stream: Stream, n: int) -> list[tuple[str, dict[str, Any]]]:
+    """The next ``n`` events of ``stream`` (bounded: 5 s)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    async with asyncio.timeout(5):
+        while len(events) < n:
+            frames = await stream.next(5.0)
+            assert frames is not None, "stream dropped"
+            events += decode(frames)
+    return events
+
+
 def test_chain_and_mempool_subscriptions_give_tip_reorg_and_tx_events() -> None:
     # G - a1 - a2            main, then b1 - b2 - b3 from G: a reorg of 2 blocks
     async def go() -> None:
@@ -96,18 +108,34 @@ def test_chain_and_mempool_subscriptions_give_tip_reorg_and_tx_events() -> None:
         pool.add(tx)
         b = branch(GENESIS, 3, salt=5)
         feed(chain, b)
-        got = await stream.next(1.0)
-        assert got is not None
-        events = decode(got)
-        assert [name for name, _ in events] == ["tip", "tip", "tx", "reorg", "tip"]
+        events = await events_until(stream, 5)
+        assert [name for name, _ in events] == ["tip", "tip", "reorg", "tip", "txs"]  # txs: batched
         assert events[1][1]["hash"] == a2.hash.hex() and events[1][1]["height"] == 2
-        want = {"txid": tx.txid.hex(), "sender": A.address, "recipient": B.address, "amount": 5, "fee": 1}
-        assert events[2][1] == want
-        reorg = events[3][1]
+        reorg = events[2][1]
         assert reorg["fork_height"] == 0
-        assert [x["hash"] for x in reorg["disconnected"]] == [a2.hash.hex(), a1.hash.hex()]  # type: ignore[index]
-        assert [x["hash"] for x in reorg["connected"]] == [x.hash.hex() for x in b]  # type: ignore[index]
-        assert events[4][1]["hash"] == b[-1].hash.hex() and events[4][1]["connected"] == 3
+        assert [x["hash"] for x in reorg["disconnected"]] == [a2.hash.hex(), a1.hash.hex()]
+        assert [x["hash"] for x in reorg["connected"]] == [x.hash.hex() for x in b]
+        assert events[3][1]["hash"] == b[-1].hash.hex() and events[3][1]["connected"] == 3
+        want = {"txid": tx.txid.hex(), "sender": A.address, "recipient": B.address, "amount": 5, "fee": 1}
+        assert events[4][1] == {"count": 1, "txs": [want]}
+
+    asyncio.run(go())
+
+
+def test_a_flood_of_transactions_is_a_few_bounded_events() -> None:
+    async def go() -> None:
+        hub = EventHub()
+        stream = hub.open()
+        payments = [pay(A, B, 1, nonce=i) for i in range(500)]
+        for tx in payments:
+            hub.on_new_tx(tx)
+        ((name, data),) = await events_until(stream, 1)
+        assert name == "txs" and data["count"] == 500
+        assert [t["txid"] for t in data["txs"]] == [t.txid.hex() for t in payments[-limits.EVENT_TX_BATCH_MAX :]]
+        hub.close()
+        quiet = EventHub()
+        quiet.on_new_tx(payments[0])  # no stream open: nothing is kept or scheduled
+        assert quiet.published == 0 and quiet._tx_timer is None
 
     asyncio.run(go())
 

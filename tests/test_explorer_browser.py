@@ -148,7 +148,7 @@ def test_swarm_map_shows_every_node_link_and_tip(browser: Any, tmp_path: Path) -
     launcher's JSON summary reports."""
     port = free_port()
     run_dir = tmp_path / "run"
-    args = ["--nodes", "5", "--miners", "2", "--difficulty", "16", "--duration", "10", "--web", str(port)]
+    args = ["--nodes", "5", "--miners", "2", "--difficulty", "16", "--duration", "6", "--web", str(port)]
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "swarm.py"), *args, "--json", "--run-dir", str(run_dir)],
         stdout=subprocess.PIPE,

@@ -1,5 +1,5 @@
 // p2pchain explorer: live updates over Server-Sent Events. The page works without this script;
-// with it, every tip, reorganisation or (on pages that list them) transaction the node reports
+// with it, every tip, reorganisation or (on pages that list them) new transactions the node reports
 // refreshes the page's live part from the server, without a reload. Text from the node is only
 // ever set with textContent, never parsed as HTML, except the server's own escaped page.
 "use strict";
@@ -99,9 +99,11 @@
     note("reorg", text);
     refresh();
   });
-  source.addEventListener("tx", (e) => {
+  source.addEventListener("txs", (e) => {
     const d = JSON.parse(e.data);
-    note("tx", "tx " + short(d.txid) + " " + d.amount + " coin(s)");
+    const last = d.txs[d.txs.length - 1];
+    const more = d.count > 1 ? " and " + (d.count - 1) + " more" : "";
+    note("tx", "tx " + short(last.txid) + " " + last.amount + " coin(s)" + more);
     if (wants.has("tx")) refreshForTx();
   });
 })();
