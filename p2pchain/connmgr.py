@@ -1,5 +1,5 @@
 """Connections: listen, dial with backoff, keep the outbound target, refuse what is over the
-limits, never connect to ourselves or twice to one node, and remember bans."""
+limits, never connect to ourselves or twice to one dialled address, and remember bans."""
 
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ class ConnectionManager:
         self.ban_loopback = ban_loopback
         self.traffic = traffic if traffic is not None else Traffic()  # every peer counts its frames here
         self.peers: set[Peer] = set()  # every open connection, handshaken or not
-        self.by_node: dict[bytes, Peer] = {}  # handshaken peers by node id
+        # handshaken peers (an ordered set). Not keyed by node id: HELLO's node_id is unauthenticated, so
+        # it only detects a connection to ourselves; two peers may claim one id (issue 12, finding 5)
+        self.handshaken: dict[Peer, None] = {}
         self.persistent: dict[str, asyncio.Task[None]] = {}  # --peer / register: redialled forever
         self.addrbook: OrderedDict[str, None] = OrderedDict()  # learnt addresses, oldest first
         self.self_addrs: OrderedDict[str, None] = OrderedDict()  # addresses that turned out to be this node
@@ -157,7 +159,7 @@ class ConnectionManager:
     # --- peers ------------------------------------------------------------------------------
     @property
     def ready(self) -> list[Peer]:
-        return [p for p in self.by_node.values() if not p.closed.is_set()]
+        return [p for p in self.handshaken if not p.closed.is_set()]
 
     def outbound_count(self) -> int:
         return sum(1 for p in self.peers if not p.inbound) + len(self.dialing)
@@ -195,17 +197,13 @@ class ConnectionManager:
                     self.self_addrs.popitem(last=False)
                 self.addrbook.pop(dialed, None)
             raise Misbehaving("connected to ourselves", ban=False)
-        other = self.by_node.get(hello.node_id)
-        if other is not None and not other.closed.is_set():
-            # Keep the connection dialled by the node with the smaller id; both ends agree.
-            def canonical(p: Peer) -> bool:
-                return p.inbound == (hello.node_id < self.node_id)
-
-            if canonical(peer) and not canonical(other):
-                other.close("duplicate connection to the same node", quiet=True)
-            else:
-                raise Misbehaving("already connected to this node", ban=False)
-        self.by_node[hello.node_id] = peer
+        # Duplicates are outbound connections to one dialled address; an inbound connection never
+        # replaces (nor is refused for) another, whatever node id it claims.
+        if peer.dialed is not None and any(
+            p is not peer and p.dialed == peer.dialed and not p.closed.is_set() for p in self.handshaken
+        ):
+            raise Misbehaving(f"already connected to this address ({peer.dialed})", ban=False)
+        self.handshaken[peer] = None
         self.node_on_hello(peer)
 
     async def _serve(self, peer: Peer) -> None:
@@ -214,8 +212,7 @@ class ConnectionManager:
             await peer.run(self.make_hello(), self._check_hello, self.handle)
         finally:
             self.peers.discard(peer)
-            if peer.hello is not None and self.by_node.get(peer.hello.node_id) is peer:
-                del self.by_node[peer.hello.node_id]
+            self.handshaken.pop(peer, None)
             if peer.ban_reason is not None:
                 self.ban(peer.host, peer.ban_reason)
             self.on_close(peer)

@@ -252,7 +252,7 @@ class NodeTarget:
         self.peers_made += 1
         tip = self.node.chain.tip
         peer.hello = wire.Hello(1, self.node.params.network_id, node_id, 7000, tip.height, tip.hash, 0, "fuzz")
-        self.node.connmgr.by_node[node_id] = peer  # so that relays reach it and are checked too
+        self.node.connmgr.handshaken[peer] = None  # so that relays reach it and are checked too
         return peer
 
     def handshake(self, hello: wire.Hello) -> None:
@@ -263,10 +263,10 @@ class NodeTarget:
         self.reconnect()
         stub = self.peer
         assert stub.hello is not None
-        self.node.connmgr.by_node.pop(stub.hello.node_id, None)
+        self.node.connmgr.handshaken.pop(stub, None)
         stub.hello = hello
         stub.best_height = hello.height  # as Peer.run does
-        self.node.connmgr._check_hello(stub)  # registers the peer under hello.node_id
+        self.node.connmgr._check_hello(stub)  # registers the peer as handshaken
         self.used = True
 
     def reconnect(self) -> None:
@@ -278,7 +278,7 @@ class NodeTarget:
         self.used = False
         old.close("fuzz input ended the connection", quiet=True)
         assert old.hello is not None
-        self.node.connmgr.by_node.pop(old.hello.node_id, None)
+        self.node.connmgr.handshaken.pop(old, None)
         self.node._on_peer_closed(old)
         self.peer = self._connect()
 
