@@ -51,6 +51,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = 
     )
 
 
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 15.0, poll: float = 0.02) -> None:
+    """``wait_until`` inside an event loop (in-process nodes): poll without blocking the loop."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(poll)  # poll interval, not synchronisation
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
 class NodeProc:
     """One node process. ``args`` are extra command-line flags."""
 

@@ -14,9 +14,9 @@ would have kept the attacker's connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
+from harness import until
 from node_helpers import TEST_PARAMS, branch
 from p2p_peer import RawPeer
 
@@ -32,15 +32,6 @@ def make_node(tmp_path: Path, name: str, node_id: bytes) -> Node:
     return node
 
 
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.02)  # poll interval, not synchronisation
-    except TimeoutError:
-        raise AssertionError(f"timed out after {DEADLINE_S:g} s waiting for {what}") from None
-
-
 def test_an_inbound_peer_claiming_an_outbound_peers_id_does_not_replace_it(tmp_path: Path) -> None:
     async def scenario() -> None:
         victim = make_node(tmp_path, "victim", b"\xff" * 16)
@@ -50,7 +41,7 @@ def test_an_inbound_peer_claiming_an_outbound_peers_id_does_not_replace_it(tmp_p
         attacker = await RawPeer.connect(victim.port, "127.0.9.5")
         try:
             victim.connmgr.connect(f"127.0.0.1:{honest.port}")
-            await wait_for(lambda: any(not p.inbound for p in victim.connmgr.ready), "the victim's outbound link")
+            await until(lambda: any(not p.inbound for p in victim.connmgr.ready), "the victim's outbound link")
             (link,) = [p for p in victim.connmgr.ready if not p.inbound]
             await attacker.handshake(node_id=honest.node_id, port=honest.port)
             await attacker.sync_with_ping()  # the victim has handled the attacker's HELLO
@@ -58,7 +49,7 @@ def test_an_inbound_peer_claiming_an_outbound_peers_id_does_not_replace_it(tmp_p
             block = branch(TEST_PARAMS.genesis.header, 1)[0]
             honest.chain.process_block(block, now_ms())
             honest.broadcast(wire.NewBlock(block))
-            await wait_for(lambda: victim.chain.tip.hash == block.hash, "the honest node's block to reach the victim")
+            await until(lambda: victim.chain.tip.hash == block.hash, "the honest node's block to reach the victim")
         finally:
             await attacker.close()
             await honest.stop()

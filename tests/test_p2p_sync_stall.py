@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness import until
 from node_helpers import TEST_PARAMS, branch
 from p2p_peer import RawPeer
 
@@ -49,15 +50,6 @@ def make_node(tmp_path: Path, name: str, blocks: list[Block]) -> Node:
     return Node(NodeConfig(data_dir=data_dir, port=0, params=TEST_PARAMS, discover=False))
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)  # poll interval, not synchronisation
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
-
-
 Answer = Callable[[Node], "wire.Chain | None"]
 
 
@@ -81,9 +73,9 @@ async def attack(tmp_path: Path, answer: Answer, mine_on_honest: bool = False) -
     server = asyncio.create_task(serve())
     try:
         await attacker.handshake(port=1, height=10**6, work=2**200)
-        await wait_for(lambda: victim.sync_peer is not None, "the victim to ask the attacker for its chain")
+        await until(lambda: victim.sync_peer is not None, "the victim to ask the attacker for its chain")
         honest.connmgr.connect(f"127.0.0.1:{victim.port}")
-        await wait_for(lambda: len(victim.connmgr.ready) == 2, "the honest node to connect")
+        await until(lambda: len(victim.connmgr.ready) == 2, "the honest node to connect")
         honest_in.set()
         target = CHAIN[10 + BEHIND - 1]
         if mine_on_honest:  # the honest node finds blocks; each reaches the victim as an orphan
@@ -92,9 +84,11 @@ async def attack(tmp_path: Path, answer: Answer, mine_on_honest: bool = False) -
                 honest.broadcast(wire.NewBlock(block))
                 target = block
                 with contextlib.suppress(AssertionError):
-                    await wait_for(lambda h=block.height: victim.chain.height >= h, "", 0.5)
+                    await until(lambda h=block.height: victim.chain.height >= h, "", timeout=0.5)
                     break
-        await wait_for(lambda: victim.chain.height >= target.height, f"the victim to sync to height {target.height}")
+        await until(
+            lambda: victim.chain.height >= target.height, f"the victim to sync to height {target.height}", DEADLINE_S
+        )
         assert victim.chain.is_main(target.hash)
         return victim, attacker
     finally:
