@@ -196,8 +196,20 @@ class OracleFailure(AssertionError):
 
 
 # --- the node under test --------------------------------------------------------------------
+class _StubTransport:
+    """What Peer needs of a writer's transport (it aborts a connection it drops for misbehaving)."""
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
+
 class _StubWriter:
     """What Peer needs of an asyncio.StreamWriter; the node's frames stay in the peer's queue."""
+
+    transport = _StubTransport()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return (PEER_HOST, 40000) if name == "peername" else default
