@@ -25,7 +25,8 @@ import time
 
 from benchlib.common import Subcommand, machine_info, print_table  # scripts/benchlib/ (beside this file)
 
-SUBCOMMANDS = ("ledger", "net", "swarm", "fuzz", "hostile", "soak", "explorer")  # each is the module benchlib.NAME
+# each is the module benchlib.NAME
+SUBCOMMANDS = ("ledger", "net", "swarm", "fuzz", "hostile", "soak", "explorer", "edges")
 
 
 def load(name: str) -> Subcommand:

@@ -141,6 +141,13 @@ def test_token_file_replaces_the_cookie(nodes: NodeFactory, tmp_path: Path) -> N
     assert status == 200
 
 
+def test_none_on_a_loopback_shim_needs_no_token_and_writes_no_cookie(nodes: NodeFactory) -> None:
+    node = nodes("n", args=[*ARGS, "--http-auth", "none"]).start()
+    assert not (node.data_dir / COOKIE_FILE).exists()
+    status, doc, _ = request(node, "GET", "/mine", auth=bearer("anything-at-all-0123"))  # a token is not even read
+    assert (status, doc["message"]) == (200, "New Block Forged")
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
