@@ -8,9 +8,10 @@
     mine = true
 
 Each value goes through the same check as the flag's (a port is a port, ``log-level`` one of its
-choices); a flag that takes no value (``mine``) is a boolean; a repeatable flag (``peer``) is an
-array. A flag on the command line overrides the file's key (a repeatable one replaces the file's
-whole list). Anything wrong is one line naming the key and the file. Relative paths are taken
+choices) and must be a TOML number where the flag takes a number and a string where it takes text;
+a flag that takes no value (``mine``) is a boolean; a repeatable flag (``peer``) is an array. A
+flag on the command line overrides the file's key (a repeatable one replaces the file's whole
+list). Anything wrong is one line naming the key and the file. Relative paths are taken
 from the working directory, as on the command line.
 """
 
@@ -49,6 +50,9 @@ def _one_value(action: argparse.Action, key: str, value: Any, where: str) -> Any
             converted = convert(text)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
             raise ConfigError(f"{where}: {key} = {value!r}: {e}") from None
+    if isinstance(converted, int | float) != isinstance(value, int | float):  # port = "7000", host = 7
+        want = "a number" if isinstance(converted, int | float) else "a string"
+        raise ConfigError(f"{where}: {key} must be {want}, not {_toml_type(value)} {value!r}")
     if action.choices is not None and converted not in action.choices:
         choices = ", ".join(str(c) for c in action.choices)
         raise ConfigError(f"{where}: {key} = {value!r} is not one of {choices}")
@@ -62,7 +66,7 @@ def _toml_type(value: Any) -> str:
         return "an array"
     if isinstance(value, dict):
         return "a table"
-    return type(value).__name__
+    return {int: "an integer", float: "a float", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def load(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], dict[str, list[Any]]]:
