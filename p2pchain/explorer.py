@@ -86,6 +86,11 @@ def age(ms: int) -> str:
     return f"{s} s"
 
 
+def age_html(ms: int) -> str:
+    """``age`` in a span the script keeps counting (explorer.js ticks every element with data-ms)."""
+    return f'<span class="age" data-ms="{int(ms)}">{esc(age(ms))}</span>'
+
+
 def si(value: float, unit: str) -> str:
     for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= size:
@@ -180,7 +185,7 @@ def block_rows(blocks: Iterable[Block]) -> Iterable[str]:
         yield (
             f'<tr data-key="{esc(h)}"><td>{link(f"/block/{b.height}", b.height)}</td>'
             f'<td>{link(f"/block/{h}", short(h, 24), "mono")}</td>'
-            f"<td>{esc(utc(b.header.timestamp))}</td><td>{esc(age(b.header.timestamp))} ago</td>"
+            f"<td>{esc(utc(b.header.timestamp))}</td><td>{age_html(b.header.timestamp)} ago</td>"
             f"<td>{len(b.txs)}</td><td>{b.size:,} B</td></tr>"
         )
 
@@ -230,13 +235,15 @@ async def home(request: web.Request) -> web.Response:
     tip = chain.tip
     rate = status.get("hash_rate")
     rate = rate if isinstance(rate, int | float) else hash_rate(node)
-    difficulty = status.get("difficulty_bits", status.get("difficulty"))
+    difficulty = status.get("difficulty")
+    target = status.get("target")
     stats = fields(
         [
             ("height", f'<span id="height">{tip.height}</span>'),
             ("tip", link(f"/block/{tip.hash.hex()}", tip.hash.hex(), "mono")),
-            ("tip age", f"{esc(age(tip.header.timestamp))} (mined {esc(utc(tip.header.timestamp))})"),
-            ("difficulty", f"{esc(difficulty)} bits"),
+            ("tip age", f"{age_html(tip.header.timestamp)} (mined {esc(utc(tip.header.timestamp))})"),
+            ("difficulty", f"{esc(difficulty)} bits (leading zero bits a hash needs, on average)"),
+            *([("target", f'<code class="mono">{esc(target)}</code>')] if isinstance(target, str) else []),
             ("est. network hash rate", esc(si(rate, "H/s")) if rate is not None else '<span class="muted">—</span>'),
             ("peers", link("/peers", len(status["peers"]))),
             ("mempool", link("/mempool", f"{len(node.mempool)} transaction(s)")),
@@ -256,6 +263,11 @@ def hash32(text: str) -> bytes | None:
         return bytes.fromhex(text)
     except ValueError:
         return None
+
+
+def target_row(target: object) -> list[tuple[str, str]]:
+    """The header's full target, where the ledger has one (a compact target, not a bit count)."""
+    return [("target", f'<code class="mono">{int(target):064x}</code>')] if isinstance(target, int) else []
 
 
 def find_block(node: Node, ref: str) -> Block | None:
@@ -300,11 +312,12 @@ async def block_page(request: web.Request) -> web.Response:
             ("hash", f'<code class="mono">{esc(block.hash.hex())}</code>'),
             ("height", str(h.height)),
             ("status", state),
-            ("time", f"{esc(utc(h.timestamp))} ({esc(age(h.timestamp))} ago)"),
+            ("time", f"{esc(utc(h.timestamp))} ({age_html(h.timestamp)} ago)"),
             ("parent", parent),
             ("child", child_html),
             ("merkle root", f'<code class="mono">{esc(h.merkle_root.hex())}</code>'),
-            ("difficulty (bits)", str(h.bits)),
+            ("bits (difficulty)", str(h.bits)),
+            *target_row(getattr(h, "target", None)),
             ("nonce", str(h.nonce)),
             ("version", str(h.version)),
             ("work (chain)", esc(f"{entry.work:,}")),

@@ -70,6 +70,18 @@
     txTimer = setTimeout(() => { txTimer = null; txRefreshed = performance.now(); refresh(); }, wait);
   }
 
+  // Ages ("12 s") keep counting between refreshes: a tip that stops moving shows it at a glance.
+  function ageText(ms) {
+    const s = Math.max(0, Math.floor((Date.now() - ms) / 1000));
+    for (const [unit, size] of [["d", 86400], ["h", 3600], ["min", 60]]) {
+      if (s >= size) return Math.floor(s / size) + " " + unit;
+    }
+    return s + " s";
+  }
+  setInterval(() => {
+    for (const el of document.querySelectorAll(".age[data-ms]")) el.textContent = ageText(Number(el.dataset.ms));
+  }, 1000);
+
   function short(hash) { return String(hash).slice(0, 16) + "…"; }
 
   if (!window.EventSource) return;
