@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
+from p2pchain.addrman import netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
 from p2pchain.peer import Misbehaving, Peer, Tunables
@@ -220,24 +221,28 @@ class ConnectionManager:
     def inbound_count(self) -> int:
         return sum(1 for p in self.peers if p.inbound and not p.closed.is_set())
 
-    def _evict_inbound(self, host: str) -> bool:
-        """Free an inbound slot for a newcomer from ``host``, in the spirit of Bitcoin Core's
-        eviction: peers that gave us a block or transaction we took are protected; of the rest,
-        the address holding the most slots loses its newest connection, if that is not the
-        newcomer's address and it holds more than one slot and more than the newcomer's address
-        would. Else nothing is evicted and the newcomer is refused."""
-        by_host: dict[str, list[Peer]] = {}
-        for p in self.peers:
-            if p.inbound and not p.closed.is_set() and not p.useful:
-                by_host.setdefault(p.host, []).append(p)
-        if not by_host:
+    def _evict_inbound(self) -> bool:
+        """Free an inbound slot for a newcomer, in the spirit of Bitcoin Core's eviction. Peers
+        that gave us a block or transaction we took are protected. Of the rest, a client (no
+        listening port in its HELLO, or no HELLO yet) goes first, the one silent longest; else
+        the youngest connection of the network group (/16, /32 for IPv6) holding the most slots.
+        So neither a few addresses nor many addresses of one group nor idle clients from as many
+        groups can lock newcomers out; False only when every inbound peer is protected."""
+        candidates = [p for p in self.peers if p.inbound and not p.closed.is_set() and not p.useful]
+        if not candidates:
             return False
-        crowded = max(by_host.values(), key=len)
-        newcomer_would_hold = sum(1 for p in self.peers if p.inbound and p.host == host and not p.closed.is_set()) + 1
-        if crowded[0].host == host or len(crowded) < 2 or len(crowded) <= newcomer_would_hold:
-            return False
-        victim = max(crowded, key=lambda p: p.connected_at)
-        victim.close(f"evicted: inbound slots full and {victim.host} holds {len(crowded)} of them")
+        clients = [p for p in candidates if p.listen_addr is None]
+        if clients:
+            victim = min(clients, key=lambda p: p.last_recv)
+            why = f"the client silent longest ({time.monotonic() - victim.last_recv:.0f} s)"
+        else:
+            groups: dict[str, list[Peer]] = {}
+            for p in candidates:
+                groups.setdefault(netgroup(p.host), []).append(p)
+            crowded = max(groups.values(), key=lambda g: (len(g), max(p.connected_at for p in g)))
+            victim = max(crowded, key=lambda p: p.connected_at)
+            why = f"the youngest of network group {netgroup(victim.host)}, which holds {len(crowded)} slots"
+        victim.close(f"evicted: inbound slots full, {why}")
         return True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -251,7 +256,7 @@ class ConnectionManager:
             1 for p in self.peers if p.inbound and p.host == host and not p.closed.is_set()
         ) >= limits.MAX_INBOUND_PER_IP:
             refuse = f"{limits.MAX_INBOUND_PER_IP} connections from this address already"
-        elif self.inbound_count() >= limits.MAX_INBOUND and not self._evict_inbound(host):
+        elif self.inbound_count() >= limits.MAX_INBOUND and not self._evict_inbound():
             refuse = f"inbound limit {limits.MAX_INBOUND} reached"
         if refuse is not None:
             log.info("refusing inbound connection from %s: %s", host, refuse, extra={"reason": refuse, "addr": host})

@@ -75,7 +75,7 @@ class Peer:
         self.connected_at = time.monotonic()
         self._ping_nonce: int | None = None
         self._ping_sent = 0.0
-        self._last_recv = time.monotonic()
+        self.last_recv = time.monotonic()
         self._tokens = float(tunables.msg_burst)
         self._refill = time.monotonic()
         self._turn_start = self._refill  # when this peer's handler last let the others run
@@ -141,7 +141,7 @@ class Peer:
     # --- receiving --------------------------------------------------------------------------
     async def read_message(self) -> wire.Message:
         payload = await wire.read_frame(self.reader)
-        self._last_recv = time.monotonic()
+        self.last_recv = time.monotonic()
         n = len(payload) + limits.FRAME_HEADER_BYTES
         self.bytes_received += n
         try:
@@ -178,7 +178,7 @@ class Peer:
                 if now - self._ping_sent > t.pong_timeout:
                     self.close(f"no PONG within {t.pong_timeout:g} s")
                     return
-            elif now - self._last_recv > t.ping_interval:
+            elif now - self.last_recv > t.ping_interval:
                 self._ping_nonce = random.getrandbits(64)
                 self._ping_sent = now
                 self.send(wire.Ping(self._ping_nonce))

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"store", "wire"},
     {"sigbatch"},
     {"chain", "mempool", "miner", "events"},
-    {"peer"},
+    {"peer", "addrman"},
     {"connmgr", "sync"},
     {"relay"},
     {"node", "client"},
