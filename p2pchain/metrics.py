@@ -77,7 +77,7 @@ DISCONNECT_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("on another network", "protocol version", "connected to ourselves", "already connected", "duplicate"),
     ),
     ("protocol", ("protocol error",)),
-    ("misbehaving", ("sent ", "CHAIN ")),
+    ("misbehaving", ("sent ", "CHAIN ", "compact block", "asked for", "claimed more work")),
     ("internal", ("internal error",)),
 )
 DISCONNECT_LABELS = ("banned", *(name for name, _ in DISCONNECT_REASONS), "other")

@@ -265,6 +265,8 @@ def test_reorgs_validation_and_disconnects_are_counted() -> None:
         ("already connected to this node", "handshake"),
         ("protocol error: frame of 99999999 bytes is over the limit", "protocol"),
         ("sent CHAIN nobody asked for", "misbehaving"),
+        ("compact block 00ab: its transactions do not make the block", "misbehaving"),
+        ("claimed more work 3 times and delivered none", "misbehaving"),
         ("internal error (KeyError)", "internal"),
     ],
 )
