@@ -65,3 +65,4 @@ def setup(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])  # no-op where logging is set up already (tests)
+    logging.captureWarnings(True)  # Python's warnings as log records too: every line stays one format
