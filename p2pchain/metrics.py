@@ -2,8 +2,9 @@
 process, so nothing here is global).
 
 The counters that move on every frame are plain ints in dicts, with no lock (one event loop owns
-the node): a frame costs about 3 % of decoding the smallest message, a PING (``bench.py edges``;
-0.15 us against 1.5 us on an idle core). The Prometheus view of them (``/metrics``, through
+the node): a frame costs at most a tenth of decoding the smallest message, a PING (0.15 us
+against 1.5 us on a quiet core; 3 % under load with today's decoder: ``bench.py edges``, and
+docs/benchmarks.md). The Prometheus view of them (``/metrics``, through
 prometheus-client) is built only when scraped, and prometheus-client imported at the first scrape.
 """
 
