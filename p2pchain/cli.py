@@ -17,7 +17,7 @@ from p2pchain.errors import StoreError, WalletError
 from p2pchain.http import start_http
 from p2pchain.http_auth import AuthConfigError, AuthMode, AuthSettings, read_token_file
 from p2pchain.keys import is_address
-from p2pchain.node import NodeConfig, run_node
+from p2pchain.node import RELAY_MODES, NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, NetworkParams
 from p2pchain.peer import Tunables
 from p2pchain.wallet_cli import COMMANDS, run_command
@@ -157,6 +157,13 @@ def node_parser() -> argparse.ArgumentParser:
         "per-address connection limit (by default they are only disconnected; for tests)",
     )
     p.add_argument(
+        "--relay",
+        choices=RELAY_MODES,
+        default=RELAY_MODES[0],
+        help="compact (default): announce transactions by id and send blocks compact to peers that "
+        "speak it (protocol version 2); flood: speak version 1, every transaction and block in full",
+    )
+    p.add_argument(
         "--ping-interval",
         type=_seconds,
         default=limits.PING_INTERVAL_S,
@@ -189,6 +196,7 @@ def run_node_command(argv: list[str]) -> int:
         reward_to=args.reward_to,
         ban_loopback=args.ban_loopback,
         discover=not args.no_discover,
+        relay=args.relay,
         tunables=Tunables(ping_interval=args.ping_interval, pong_timeout=args.ping_interval),
     )
 

@@ -123,6 +123,10 @@ class Mempool:
         entry = self._entries.get(txid)
         return entry.tx if entry else None
 
+    def __iter__(self) -> Iterator[Tx]:
+        """Every pooled transaction, in no particular order (compact-block reconstruction)."""
+        return (e.tx for e in self._entries.values())
+
     def txs(self) -> list[Tx]:
         """Every pooled transaction, highest fee first, then by arrival."""
         return [e.tx for e in sorted(self._entries.values(), key=lambda e: (-e.tx.fee, e.seq))]

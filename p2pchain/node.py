@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +30,7 @@ from p2pchain.miner import MinerPool, build_template
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
+from p2pchain.relay import FEATURE_CMPCT, FEATURE_INV_TX, FEATURES, Relay
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
 from p2pchain.store import DB_FILE
 from p2pchain.sync import HONEST_BLOCK_CODES, SyncManager, now_ms
@@ -47,6 +50,11 @@ HONEST_TX_CODES = frozenset(
         MempoolCode.FULL,
     }
 )
+# refusals of a transaction that a block may still carry: kept in the relay's extra pool
+EXTRA_POOL_CODES = frozenset(
+    {MempoolCode.NONCE_GAP, MempoolCode.NONCE_CONFLICT, MempoolCode.INSUFFICIENT_FUNDS, MempoolCode.FULL}
+)
+RELAY_MODES = ("compact", "flood")  # --relay: flood speaks protocol version 1 (every object in full)
 VERIFY_THREADS = os.cpu_count() or 1  # signature-checking threads (Ed25519 releases the GIL)
 PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sending to the threads
 
@@ -65,6 +73,7 @@ class NodeConfig:
     reward_to: str | None = None  # default: the node's own wallet
     discover: bool = True  # dial addresses learnt from PEERS; False: only --peer (Bitcoin's -connect)
     ban_loopback: bool = False  # loopback peers are banned and held to MAX_INBOUND_PER_IP too (tests)
+    relay: str = RELAY_MODES[0]  # "flood": HELLO version 1 without relay features (today's gossip)
     tunables: Tunables = field(default_factory=Tunables)
 
 
@@ -101,6 +110,9 @@ class Node:
             traffic=self.metrics.traffic,
         )
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
+        self.relay: Relay[Peer] = Relay(FEATURES if config.relay == "compact" else ())
+        self._relay_timer: asyncio.TimerHandle | None = None  # the next relay request deadline
+        self._flush_pending = False  # announcements queued, an INV_TX flush scheduled
         self.miner: MinerPool | None = None
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
@@ -124,7 +136,7 @@ class Node:
             self.chain,
             lambda: self.connmgr.ready,
             self._preverify,
-            lambda msg, exclude: self.broadcast(msg, exclude=exclude),
+            self._sync_broadcast,
             self.stats,
         )
         self._handlers: dict[type[Any], Callable[[Peer, Any], Awaitable[None]]] = {
@@ -136,6 +148,12 @@ class Node:
             wire.NewBlock: self._on_new_block,
             wire.GetPeers: self._on_get_peers,
             wire.Peers: self._on_peers,
+            wire.InvTx: self._on_inv_tx,
+            wire.GetTxs: self._on_get_txs,
+            wire.Txs: self._on_txs,
+            wire.CmpctBlock: self._on_cmpct_block,
+            wire.GetBlockTxn: self._on_get_block_txn,
+            wire.BlockTxn: self._on_block_txn,
             wire.GetStatus: self._on_get_status,
             wire.GetAccount: self._on_get_account,
             wire.GetTx: self._on_get_tx,
@@ -166,6 +184,8 @@ class Node:
 
     async def stop(self) -> None:
         self.events.close()
+        if self._relay_timer is not None:
+            self._relay_timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -179,8 +199,9 @@ class Node:
 
     def hello(self) -> wire.Hello:
         tip = self.chain.tip
+        features = tuple(f for f in FEATURES if f in self.relay.features)
         return wire.Hello(
-            limits.PROTOCOL_VERSION,
+            limits.PROTOCOL_VERSION if features else 1,  # --relay flood: exactly a version 1 HELLO
             self.params.network_id,
             self.node_id,
             self.port,
@@ -188,6 +209,7 @@ class Node:
             tip.hash,
             tip.work,
             USER_AGENT,
+            features,
         )
 
     # --- peers ------------------------------------------------------------------------------
@@ -196,18 +218,33 @@ class Node:
         log.info("connected %r: %s, height %d", peer, peer.hello.agent, peer.hello.height)
         if peer.listen_addr:
             self.connmgr.add_addresses([peer.listen_addr])
+        self.relay.add_peer(peer, peer.hello.version, peer.hello.relay)
         peer.send(wire.GetPeers())
         if peer.hello.work > self.chain.tip.work:
             self.sync.start(peer)
         if peer.listen_addr:  # a node (not a client): it may have missed what we pooled while apart
-            for tx in self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES):
-                peer.send(wire.NewTx(tx))
+            pushed = self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES)
+            if self.relay.speaks(peer, FEATURE_INV_TX):
+                self.relay.announce_to(peer, [tx.txid for tx in pushed])
+                self._schedule_flush()
+            else:
+                for tx in pushed:
+                    peer.send(wire.NewTx(tx))
         self.changed.pulse()
 
     def _on_peer_closed(self, peer: Peer) -> None:
         self.metrics.on_peer_closed(peer.close_reason, peer.ban_reason is not None)
+        self._send_tx_requests(self.relay.remove_peer(peer, self._now()))
+        self._arm_relay_timer(soon=True)  # the compact blocks it was completing move on
         self.sync.on_peer_closed(peer)
         self.changed.pulse()
+
+    def _sync_broadcast(self, msg: wire.Message, exclude: Peer | None) -> None:
+        """What the sync manager sends on: a new tip after a sync goes out as any block does."""
+        if isinstance(msg, wire.NewBlock):
+            self.relay_block(msg.block, exclude)
+        else:
+            self.broadcast(msg, exclude=exclude)
 
     def broadcast(self, msg: wire.Message, *, exclude: Peer | None = None) -> None:
         frame = msg.encode()
@@ -295,7 +332,12 @@ class Node:
                     cache.add(tx.txid)
 
     async def _on_new_block(self, peer: Peer, msg: wire.NewBlock) -> None:
-        block = msg.block
+        self.relay.block_known(peer, msg.block.hash)
+        await self._accept_block(peer, msg.block)
+
+    async def _accept_block(self, peer: Peer, block: Block) -> None:
+        """A block a peer sent whole (NEW_BLOCK) or compact and rebuilt: validate, relay if it
+        extends our best chain, sync if its parent is unknown."""
         peer.best_height = max(peer.best_height, block.height)
         await self._preverify((block,))
         try:
@@ -318,10 +360,28 @@ class Node:
             self.sync.start(peer, takeover=True)
         elif result.status is Status.CONNECTED:
             peer.useful = True
-            self.broadcast(msg, exclude=peer)
+            self.relay_block(block, exclude=peer)
+
+    def relay_block(self, block: Block, exclude: Peer | None = None) -> None:
+        """Send a new best block on: compact to peers that speak it, whole to the others."""
+        compact, full = self.relay.block_targets(block, self.connmgr.ready, exclude)
+        if compact:
+            msg: wire.Message = self.relay.compact(block)
+            frame = msg.encode()
+            for peer in compact:
+                peer.send_frame(frame, msg.TYPE)
+        if full:
+            frame = wire.NewBlock(block).encode()
+            for peer in full:
+                peer.send_frame(frame, wire.NewBlock.TYPE)
 
     async def _on_new_tx(self, peer: Peer, msg: wire.NewTx) -> None:
-        tx = msg.tx
+        await self._take_tx(peer, msg.tx)
+
+    async def _take_tx(self, peer: Peer, tx: Tx) -> None:
+        """A transaction a peer sent whole (NEW_TX, or TXS when asked): through the signature
+        batcher into the mempool, and relayed on if it is taken."""
+        self.relay.mark_known(peer, tx.txid)
 
         def admit(verdict: bool | None) -> None:
             if peer.ban_reason is not None:
@@ -360,15 +420,132 @@ class Node:
         try:
             self.mempool.add(tx)
         except MempoolError as e:
+            self.relay.have_tx(txid)
             if e.code in PERMANENT_REFUSALS:
                 self.seen_bad_txs.add(txid)
+            if e.code in EXTRA_POOL_CODES:
+                self.relay.extra.add(tx)  # a block may carry it; a nonce gap may close
             raise
-        self.broadcast(wire.NewTx(tx), exclude=source)
+        self._relay_tx(tx, source)
         if source is not None:
             source.useful = True
+        successor = self.relay.extra.pop_successor(tx)  # its next nonce, refused for the gap
+        while successor is not None:
+            try:
+                self.mempool.add(successor)
+            except MempoolError:
+                break
+            self._relay_tx(successor, None)
+            successor = self.relay.extra.pop_successor(successor)
+
+    def _relay_tx(self, tx: Tx, source: Peer | None) -> None:
+        """Announce a pooled transaction to inv-tx peers, send it whole to the others."""
+        self.relay.have_tx(tx.txid)
+        self.relay.announce(tx.txid, exclude=source)
+        self._schedule_flush()
+        frame: bytes | None = None
+        for peer in self.connmgr.ready:
+            if peer is not source and not self.relay.speaks(peer, FEATURE_INV_TX):
+                frame = frame or wire.NewTx(tx).encode()
+                peer.send_frame(frame, wire.NewTx.TYPE)
+
+    # --- relay (version 2): relay.py decides, these handlers send ---------------------------
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _schedule_flush(self) -> None:
+        """Send queued announcements once this loop iteration's handlers are done: what
+        arrives together is announced in one INV_TX."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_announcements)
+
+    def _flush_announcements(self) -> None:
+        self._flush_pending = False
+        for peer, batches in self.relay.take_announcements().items():
+            for txids in batches:
+                peer.send(wire.InvTx(txids))
+
+    def _send_tx_requests(self, requests: dict[Peer, list[bytes]]) -> None:
+        for peer, txids in requests.items():
+            for i in range(0, len(txids), limits.MAX_INV_TXIDS):
+                batch = txids[i : i + limits.MAX_INV_TXIDS]
+                self.relay.requested(peer, batch)
+                peer.send(wire.GetTxs(tuple(batch)))
+        if requests:
+            self._arm_relay_timer()
+
+    def _arm_relay_timer(self, *, soon: bool = False) -> None:
+        """Wake at the earliest request deadline (or now) to move expired requests on."""
+        deadline = self._now() if soon else self.relay.next_deadline()
+        if deadline is None:
+            return
+        if self._relay_timer is not None:
+            if self._relay_timer.when() <= deadline:
+                return
+            self._relay_timer.cancel()
+        self._relay_timer = asyncio.get_running_loop().call_at(deadline, self._relay_expire)
+
+    def _relay_expire(self) -> None:
+        self._relay_timer = None
+        requests, block_requests = self.relay.expire(self._now())
+        self._send_tx_requests(requests)
+        for peer, request in block_requests:
+            peer.send(request)
+        self._arm_relay_timer()
+
+    async def _on_inv_tx(self, peer: Peer, msg: wire.InvTx) -> None:
+        def have(txid: bytes) -> bool:
+            return txid in self.mempool or txid in self.seen_bad_txs
+
+        self._send_tx_requests(self.relay.on_inv(peer, msg.txids, have, self._now()))
+
+    async def _on_get_txs(self, peer: Peer, msg: wire.GetTxs) -> None:
+        if not self.relay.speaks(peer, FEATURE_INV_TX):
+            raise Misbehaving("sent GET_TXS without the inv-tx feature")
+        found = [tx for tx in map(self.mempool.get, msg.txids) if tx is not None]
+        for tx in found:
+            self.relay.mark_known(peer, tx.txid)
+        peer.send(wire.Txs(tuple(found)))
+
+    async def _on_txs(self, peer: Peer, msg: wire.Txs) -> None:
+        requests = self.relay.on_txs(peer, msg.txs, self._now())
+        self._send_tx_requests(requests)
+        for tx in msg.txs:
+            await self._take_tx(peer, tx)
+
+    async def _on_cmpct_block(self, peer: Peer, msg: wire.CmpctBlock) -> None:
+        block_hash = msg.header.hash
+        peer.best_height = max(peer.best_height, msg.header.height)
+        if self.chain.has_block(block_hash) or block_hash in self.chain.orphans:
+            self.relay.block_known(peer, block_hash)
+            return
+        candidates = lambda: itertools.chain(self.mempool, self.relay.extra)  # noqa: E731
+        result = self.relay.on_cmpct(peer, msg, candidates, self._now())
+        if isinstance(result, Block):
+            await self._accept_block(peer, result)
+        elif result is not None:
+            peer.send(result)
+            self._arm_relay_timer()
+
+    async def _on_get_block_txn(self, peer: Peer, msg: wire.GetBlockTxn) -> None:
+        if not self.relay.speaks(peer, FEATURE_CMPCT):
+            raise Misbehaving("sent GET_BLOCK_TXN without the cmpct-block feature")
+        block = self.relay.recent_block(msg.hash) or self.chain.get_block(msg.hash)
+        peer.send(self.relay.block_txn(block, msg))
+
+    async def _on_block_txn(self, peer: Peer, msg: wire.BlockTxn) -> None:
+        result = self.relay.on_block_txn(peer, msg, self._now())
+        if isinstance(result, Block):
+            await self._accept_block(peer, result)
+        elif result is not None:
+            asked, request = result
+            asked.send(request)
+            self._arm_relay_timer()
 
     def _on_chain_update(self, connected: list[Block], disconnected: list[Block]) -> None:
         self.mempool.update(connected, disconnected)
+        self.relay.connected(connected)
         if disconnected:
             self.stats["forks_resolved"] += 1
         if self.miner is not None:
@@ -403,7 +580,7 @@ class Node:
                 block.height,
                 len(block.txs) - 1,
             )
-            self.broadcast(wire.NewBlock(block))
+            self.relay_block(block)
             for waiter in self._mined:
                 if not waiter.done():
                     waiter.set_result(block)
@@ -475,6 +652,7 @@ class Node:
             "bans": [{"host": b.host, "until_ms": b.until_ms, "reason": b.reason} for b in bans],
             "bans_total": bans_total,
             "traffic": self.metrics.traffic.by_type(),
+            "relay": {"mode": self.config.relay, **dataclasses.asdict(self.relay.stats)},
             **self.stats,
         }
 

@@ -246,6 +246,8 @@ class Relay(Generic[P]):
         self.stats = RelayStats()
         self._peers: dict[P, _Peer] = {}
         self._wants: dict[bytes, _Want[P]] = {}
+        # wanted while every announcer's requests are full (an ordered set): asked when one answers
+        self._waiting: dict[bytes, None] = {}
         self._pending: OrderedDict[bytes, _PendingBlock[P]] = OrderedDict()
         self._recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self._rng = rng or random.Random()
@@ -359,13 +361,17 @@ class Relay(Generic[P]):
             want.deadline = now + limits.RELAY_TX_REQUEST_TIMEOUT_S
             out.setdefault(peer, []).append(txid)
             want.announcers.extendleft(reversed(skipped))
+            self._waiting.pop(txid, None)
             return
         want.announcers.extend(skipped)
         want.asked = None
-        if not skipped:
+        if skipped:
+            self._waiting[txid] = None
+        else:
             self._drop_want(txid)
 
     def _drop_want(self, txid: bytes) -> None:
+        self._waiting.pop(txid, None)
         want = self._wants.pop(txid, None)
         if want is None:
             return
@@ -402,6 +408,8 @@ class Relay(Generic[P]):
             elif want is not None and want.asked == peer:
                 self.stats.txs_not_found += 1
                 self._assign(txid, want, now, out)
+        for txid in list(self._waiting):  # room in flight again
+            self._assign(txid, self._wants[txid], now, out)
         return out
 
     def have_tx(self, txid: bytes) -> None:

@@ -320,3 +320,12 @@ def test_blocks_go_compact_or_full_by_feature_and_never_twice() -> None:
     assert relay.block_targets(block, ["a", "b", "old", "client"], exclude=None) == (["a"], ["old", "client"])
     assert relay.block_targets(block, ["a", "b", "old"], exclude=None) == ([], [])
     assert relay.recent_block(block.hash) == block
+
+
+def test_what_waited_for_room_in_flight_is_asked_when_the_peer_answers() -> None:
+    relay = relay_with("a")
+    ids = [i.to_bytes(32, "big") for i in range(limits.RELAY_MAX_PEER_IN_FLIGHT + 3)]
+    first = relay.on_inv("a", ids[: limits.MAX_INV_TXIDS], never, T0)["a"]
+    relay.requested("a", first)
+    assert relay.on_inv("a", ids[limits.MAX_INV_TXIDS :], never, T0) == {}  # a's requests are full
+    assert relay.on_txs("a", (), T0) == {"a": ids[limits.MAX_INV_TXIDS :]}  # answered: room again

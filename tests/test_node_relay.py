@@ -1,0 +1,80 @@
+"""node relay: version 1 and version 2 nodes in one network agree, and each pair speaks what
+both understand.
+
+A line of 4 node processes, A - B - C - D, where C runs `--relay flood` (it speaks protocol
+version 1: HELLO without relay features, every transaction and block in full) and the others
+compact relay. A mines; 20 payments are submitted at D. They travel D -> C and C -> B as
+NEW_TX (C is version 1), B -> A by announcement (INV_TX, GET_TXS, TXS); blocks travel A -> B
+as CMPCT_BLOCK (B rebuilds them from its mempool), B -> C and C -> D as NEW_BLOCK. Every node
+ends on the same tip with every payment confirmed, and the traffic counts in /status show that
+no version 2 message ever crossed a link to or from C.
+"""
+
+from __future__ import annotations
+
+from conftest import NodeFactory
+from harness import NodeProc, run, wait_until
+from node_helpers import FUNDED, MINER_ARGS, TEST_PARAMS, branch, pay, status, write_store
+from test_node_gossip import LINE
+
+from p2pchain import wire
+from p2pchain.keys import Wallet
+
+V2_TYPES = {t.TYPE for t in (wire.InvTx, wire.GetTxs, wire.Txs, wire.CmpctBlock, wire.GetBlockTxn, wire.BlockTxn)}
+PAYMENTS = 20
+
+
+def traffic_types(node: NodeProc) -> tuple[set[str], set[str]]:
+    """(types received, types sent) from the node's /status traffic counts."""
+    traffic = status(node)["traffic"]
+    received = {kind for kind, c in traffic.items() if c["messages_received"]}
+    return received, {kind for kind, c in traffic.items() if c["messages_sent"]}
+
+
+def test_a_line_of_version_1_and_version_2_nodes_agrees(nodes: NodeFactory) -> None:
+    start = branch(TEST_PARAMS.genesis.header, PAYMENTS)  # FUNDED gets a coin a block
+    line = [nodes(name) for name in ("a", "b", "c", "d")]
+    for node in line:
+        write_store(node, start)
+    a, b, c, d = line
+    d.start(LINE)
+    c.start([*LINE, "--relay", "flood", "--peer", d.addr])
+    b.start([*LINE, "--peer", c.addr])
+    wait_until(lambda: len(status(b)["peers"]) == 1 and len(status(d)["peers"]) == 1, 20, "b-c and c-d links")
+    recipient = Wallet.generate().address
+    txs = [pay(FUNDED, recipient, 1, nonce=n) for n in range(PAYMENTS)]
+
+    async def submit() -> None:
+        async with d.client() as client:
+            for tx in txs:
+                result = await client.submit_tx(tx)
+                assert result.accepted, result.error
+
+    run(submit())
+    wait_until(lambda: status(b)["mempool"] == PAYMENTS, 20, "the payments to reach b through c")
+    a.start([*LINE, *MINER_ARGS, "--peer", b.addr])  # pushed its pool by announcement on connect
+    wait_until(lambda: status(a)["mempool"] == PAYMENTS or status(a)["height"] > PAYMENTS, 20, "a to fetch them")
+
+    def settled() -> bool:
+        tips = {n.tip() for n in line}
+        return len(tips) == 1 and all(status(n)["mempool"] == 0 for n in line) and a.height() > PAYMENTS + 1
+
+    wait_until(settled, 60, "every node on one tip with every payment mined")
+
+    async def balance() -> int:
+        async with d.client() as client:
+            return int((await client.account(recipient)).balance)
+
+    assert run(balance()) == PAYMENTS
+    for node in (a, b, d):
+        assert status(node)["relay"]["mode"] == "compact"
+    assert status(c)["relay"]["mode"] == "flood"
+    c_in, c_out = traffic_types(c)
+    assert not (c_in | c_out) & V2_TYPES, "a version 2 message crossed a link of the version 1 node"
+    b_in, b_out = traffic_types(b)
+    assert {"CMPCT_BLOCK", "GET_TXS"} <= b_in and {"INV_TX", "TXS"} <= b_out, (b_in, b_out)
+    a_in, a_out = traffic_types(a)
+    assert {"INV_TX", "TXS"} <= a_in and {"GET_TXS", "CMPCT_BLOCK"} <= a_out, (a_in, a_out)
+    assert not {"NEW_TX", "NEW_BLOCK"} & (a_in | a_out), "a and b exchanged nothing in full"
+    relay_b = status(b)["relay"]
+    assert relay_b["cmpct_received"] >= 1 and relay_b["cmpct_rebuilt"] >= 1, relay_b
