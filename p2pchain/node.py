@@ -545,7 +545,7 @@ class Node:
 
     def _on_chain_update(self, connected: list[Block], disconnected: list[Block]) -> None:
         self.mempool.update(connected, disconnected)
-        self.relay.connected(connected)
+        self.relay.connected(connected, disconnected)
         if disconnected:
             self.stats["forks_resolved"] += 1
         if self.miner is not None:

@@ -589,8 +589,11 @@ class Relay(Generic[P]):
         """The block arrived whole (any path): stop rebuilding it."""
         self._pending.pop(block_hash, None)
 
-    def connected(self, blocks: Iterable[Block]) -> None:
-        """Blocks joined the best chain: their transactions are no longer wanted."""
+    def connected(self, blocks: Iterable[Block], disconnected: Iterable[Block] = ()) -> None:
+        """Blocks joined the best chain: their transactions are no longer wanted. After a
+        reorg nothing counts as confirmed (an abandoned block's transaction may be wanted again)."""
+        if any(True for _ in disconnected):
+            self.confirmed.clear()
         for block in blocks:
             self.block_done(block.hash)
             for tx in block.txs[1:]:

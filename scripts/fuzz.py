@@ -263,8 +263,11 @@ class NodeTarget:
         node_id = self.peers_made.to_bytes(16, "big")
         self.peers_made += 1
         tip = self.node.chain.tip
-        peer.hello = wire.Hello(1, self.node.params.network_id, node_id, 7000, tip.height, tip.hash, 0, "fuzz")
+        peer.hello = wire.Hello(
+            2, self.node.params.network_id, node_id, 7000, tip.height, tip.hash, 0, "fuzz", relay.FEATURES
+        )
         self.node.connmgr.handshaken[peer] = None  # so that relays reach it and are checked too
+        self.node.relay.add_peer(peer, 2, relay.FEATURES)  # so that INV_TX, CMPCT_BLOCK... reach the relay
         return peer
 
     def handshake(self, hello: wire.Hello) -> None:
@@ -279,6 +282,7 @@ class NodeTarget:
         stub.hello = hello
         stub.best_height = hello.height  # as Peer.run does
         self.node.connmgr._check_hello(stub)  # registers the peer as handshaken
+        self.node.relay.add_peer(stub, hello.version, hello.relay)
         self.used = True
 
     def reconnect(self) -> None:

@@ -57,8 +57,9 @@ def hello(
     height: int = 0,
     work: int = 0,
     agent: str = "",
+    relay: tuple[str, ...] = (),
 ) -> wire.Hello:
-    """A HELLO as a client sends it (not listening, no work) unless told otherwise."""
+    """A HELLO as a client sends it (not listening, no work, no relay features) unless told otherwise."""
     return wire.Hello(
         version,
         network,
@@ -68,6 +69,7 @@ def hello(
         network,
         work,
         agent or f"p2p-test-peer/{__version__}",
+        relay,
     )
 
 

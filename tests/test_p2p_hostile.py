@@ -35,7 +35,7 @@ import pytest
 from harness import TEST_BITS, NodeProc, run, wait_until
 from p2p_peer import RawPeer, connect_client, doc_of, frame, hello, next_gossip, payload, refused
 
-from p2pchain import limits, wire
+from p2pchain import limits, relay, wire
 from p2pchain.client import Client
 from p2pchain.errors import RuleCode
 from p2pchain.keys import Wallet
@@ -596,6 +596,149 @@ async def flood_new_tx(ctx: Ctx, peer: RawPeer) -> None:
         if n % 500 == 0:
             await peer.drain()
     await peer.drain()
+
+
+# --- relay (version 2): announcements, requests, compact blocks ----------------------------------
+async def relay_handshake(peer: RawPeer) -> None:
+    await peer.handshake(relay=relay.FEATURES)
+
+
+async def asked_txs(peer: RawPeer, inv: Sequence[bytes]) -> wire.GetTxs:
+    """Announce ``inv`` and return the node's GET_TXS for it."""
+    peer.send(wire.InvTx(tuple(inv)))
+    request: wire.GetTxs = await peer.expect(lambda m: isinstance(m, wire.GetTxs) and inv[0] in m.txids)
+    return request
+
+
+@case("INV_TX from a peer that did not offer inv-tx", BAN)
+async def inv_without_feature(ctx: Ctx, peer: RawPeer) -> None:
+    peer.send(wire.InvTx((bytes(32),)))
+
+
+@case("TXS nobody asked for (unsolicited transactions)", BAN, hello=False)
+async def unasked_txs(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    peer.send(wire.Txs((await ctx.funder_tx(),)))
+
+
+@case("TXS holding a transaction that was not asked for", BAN, hello=False)
+async def txs_not_asked(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    announced, other = Wallet.generate(), await ctx.funder_tx()
+    await asked_txs(peer, [make_tx(announced, RECIPIENT, 1, 0, 0, NET).txid])
+    peer.send(wire.Txs((other,)))
+
+
+@case("TXS without the transactions asked for (not found: the next announcer is asked)", IGNORE, hello=False)
+async def txs_not_found(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    await asked_txs(peer, [os.urandom(32)])
+    peer.send(wire.Txs(()))
+
+
+FLOOD_TXIDS = limits.RELAY_MAX_PEER_ANNOUNCED + 2 * limits.MAX_INV_TXIDS
+
+
+@case(f"an announcement flood of {FLOOD_TXIDS} txids never delivered (the excess is ignored)", IGNORE, hello=False)
+async def inv_flood(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    for _ in range(0, FLOOD_TXIDS, limits.MAX_INV_TXIDS):
+        peer.send(wire.InvTx(tuple(os.urandom(32) for _i in range(limits.MAX_INV_TXIDS))))
+    peer.send(wire.Ping(7))  # its PONG follows every GET_TXS the announcements caused
+    asked = 0
+
+    def count(msg: wire.Message) -> bool:
+        nonlocal asked
+        asked += len(msg.txids) if isinstance(msg, wire.GetTxs) else 0
+        return isinstance(msg, wire.Pong) and msg.nonce == 7
+
+    await peer.expect(count)
+    assert asked == limits.RELAY_MAX_PEER_IN_FLIGHT, f"{asked} txids asked of one silent peer"
+
+
+async def compact_of(ctx: Ctx, peer: RawPeer, block: Block) -> wire.CmpctBlock:
+    await relay_handshake(peer)
+    return relay.compact_block(block, 1)
+
+
+@case("CMPCT_BLOCK from a peer that did not offer cmpct-block", BAN)
+async def cmpct_without_feature(ctx: Ctx, peer: RawPeer) -> None:
+    peer.send(relay.compact_block(await ctx.block(), 1))
+
+
+@case("compact block without proof of work", BAN, hello=False)
+async def cmpct_bad_pow(ctx: Ctx, peer: RawPeer) -> None:
+    block = ctx.reject(without_pow(await ctx.block()))
+    peer.send(await compact_of(ctx, peer, block))
+
+
+@case("compact block without its coinbase prefilled", BAN, hello=False)
+async def cmpct_no_coinbase(ctx: Ctx, peer: RawPeer) -> None:
+    block = ctx.reject(await ctx.block())
+    peer.send(replace(await compact_of(ctx, peer, block), prefilled=()))
+
+
+@case("compact block that rebuilds to an invalid block", BAN, hello=False, code=RuleCode.COINBASE_OVERPAYS)
+async def cmpct_invalid(ctx: Ctx, peer: RawPeer) -> None:
+    blocks = await ctx.blocks()
+    cb = make_coinbase(RECIPIENT, PARAMS.reward + 1, blocks[-1].height + 1)
+    block = ctx.reject(assemble(blocks[-1].header, mtp_of(blocks), coinbase=cb))
+    peer.send(await compact_of(ctx, peer, block))
+
+
+async def asked_block_txn(ctx: Ctx, peer: RawPeer) -> Block:
+    """A valid block on the tip holding a transaction the node lacks, sent compact: the node
+    asks for that transaction. The block is never completed, so it must not be stored."""
+    block = ctx.reject(await ctx.block([await ctx.funder_tx()]))
+    peer.send(await compact_of(ctx, peer, block))
+    request: wire.GetBlockTxn = await peer.expect(wire.GetBlockTxn)
+    assert request.hash == block.hash and request.indexes == (1,)
+    return block
+
+
+@case("BLOCK_TXN whose transactions do not make the block, twice", BAN, hello=False)
+async def block_txn_lie(ctx: Ctx, peer: RawPeer) -> None:
+    block = await asked_block_txn(ctx, peer)
+    wrong = (make_tx(Wallet.generate(), RECIPIENT, 1, 0, 0, NET),)
+    peer.send(wire.BlockTxn(block.hash, wrong))  # could be a short-id collision: all is asked again
+    full: wire.GetBlockTxn = await peer.expect(wire.GetBlockTxn)
+    assert full.indexes == (1,)
+    peer.send(wire.BlockTxn(block.hash, wrong))  # its own full answer does not match: a lie
+
+
+@case("BLOCK_TXN with fewer transactions than asked", BAN, hello=False)
+async def block_txn_short(ctx: Ctx, peer: RawPeer) -> None:
+    block = await asked_block_txn(ctx, peer)
+    peer.send(wire.BlockTxn(block.hash, (block.txs[0], block.txs[0])))
+
+
+@case("BLOCK_TXN nobody asked for", BAN, hello=False)
+async def block_txn_unasked(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    blocks = await ctx.blocks()
+    peer.send(wire.BlockTxn(blocks[-1].hash, blocks[-1].txs))
+
+
+@case("BLOCK_TXN empty (the sender no longer has the block)", IGNORE, hello=False)
+async def block_txn_gone(ctx: Ctx, peer: RawPeer) -> None:
+    block = await asked_block_txn(ctx, peer)
+    peer.send(wire.BlockTxn(block.hash, ()))
+
+
+@case("GET_BLOCK_TXN for an index beyond the block", BAN, hello=False)
+async def get_block_txn_beyond(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    tip = (await ctx.blocks())[-1]
+    peer.send(wire.GetBlockTxn(tip.hash, (len(tip.txs),)))
+
+
+@case("GET_BLOCK_TXN and GET_TXS for what the node does not have (answered empty)", IGNORE, hello=False)
+async def get_unknown(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    peer.send(wire.GetBlockTxn(os.urandom(32), (1,)))
+    assert (await peer.expect(wire.BlockTxn)).txs == ()
+    peer.send(wire.GetTxs((os.urandom(32),)))
+    assert (await peer.expect(wire.Txs)).txs == ()
 
 
 MANY_CONNECTIONS = 200
