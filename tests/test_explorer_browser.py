@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ledger_helpers import wallet
 
 ROOT = Path(__file__).resolve().parent.parent
 
-LIVE_S = 15.0  # deadline for a page to show what a node did, without a reload
+LIVE_S = 30.0  # deadline for a page to show what a node did, without a reload
 BOB = wallet(2).address
 
 
@@ -157,10 +158,10 @@ def test_swarm_map_shows_every_node_link_and_tip(browser: Any, tmp_path: Path) -
         cwd=ROOT,
     )
     try:
-        wait_until(lambda: (run_dir / "swarm.json").exists(), 60, "the swarm to start")
-        browser.get(f"http://127.0.0.1:{port}/")
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/state", timeout=5).read(), 60, "the map")
+        browser.get(f"http://127.0.0.1:{port}/")  # before the nodes are up: nothing of the run is missed
         count = "return document.querySelectorAll('#nodes g.node').length;"
-        wait_for(browser, lambda d: d.execute_script(count) == 5, LIVE_S, "5 nodes on the map")
+        wait_for(browser, lambda d: d.execute_script(count) == 5, 60, "5 nodes on the map")
         wait_for(browser, lambda d: d.execute_script("return document.body.dataset.final;"), 90, "the run's end")
         out, err = proc.communicate(timeout=60)
     finally:
