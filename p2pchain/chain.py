@@ -60,6 +60,7 @@ class Status(enum.Enum):
     SIDE = "side"  # valid so far, stored on a branch with less work
     ORPHAN = "orphan"  # parent unknown: waiting in the orphan pool
     DUPLICATE = "duplicate"  # already known
+    IGNORED = "ignored"  # not asked for and no more work than the tip: not stored (Core's AcceptBlock)
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,14 @@ class Chain:
         self.index: dict[bytes, Entry] = {}
         self.main: list[bytes] = []  # best chain: main[h] is the hash at height h
         self.accounts: dict[str, Account] = {}
-        self.orphans: OrderedDict[bytes, Block] = OrderedDict()
+        self.orphans: OrderedDict[bytes, tuple[Block, bool]] = OrderedDict()  # hash -> (block, requested)
         self._orphan_bytes = 0  # canonical bytes held in the orphan pool
         self.invalid: OrderedDict[bytes, RuleCode] = OrderedDict()
         self.listeners: list[ChainListener] = []
         self.verified: Container[bytes] = ()  # txids with checked signatures (the mempool's cache)
         self.on_validated: Callable[[float], None] | None = None  # seconds each new block took (metrics)
+        self.side: dict[bytes, int] = {}  # stored blocks off the best chain: hash -> canonical bytes
+        self._side_bytes = 0
         self._seq = 0
         self._load()
 
@@ -114,6 +117,9 @@ class Chain:
         self.main = self.store.load_main()
         self.accounts = self.store.load_accounts()
         self._check_loaded()
+        for block_hash, size in self.store.side_block_sizes():
+            self._add_side(block_hash, size)
+        self._prune_side()
         log.info(
             "opened %s: height %d, tip %s, %d blocks in the tree",
             self.store.path,
@@ -268,15 +274,18 @@ class Chain:
         self.listeners.append(listener)
 
     # --- processing -------------------------------------------------------------------------
-    def process_block(self, block: Block, now_ms: int) -> ProcessResult:
+    def process_block(self, block: Block, now_ms: int, *, requested: bool = True) -> ProcessResult:
         """Validate and store ``block``; follow the most-work valid branch. Raises RuleError if the
-        block is invalid (it is then remembered as such and never stored). ``on_validated``, if
-        set, gets the seconds it took, unless the block was a duplicate."""
+        block is invalid (it is then never stored, and remembered if every block with its hash is
+        invalid). A block that was not ``requested`` (gossip, not a sync answer) is stored only if
+        its branch would have more work than the tip, as Bitcoin Core's AcceptBlock: otherwise it
+        is IGNORED, its body not even checked, so side blocks nobody asked for cost no disk.
+        ``on_validated``, if set, gets the seconds it took, unless the block was a duplicate."""
         if self.on_validated is None:
-            return self._process_block(block, now_ms)
+            return self._process_block(block, now_ms, requested)
         start = time.perf_counter()
         try:
-            result = self._process_block(block, now_ms)
+            result = self._process_block(block, now_ms, requested)
         except RuleError:
             self.on_validated(time.perf_counter() - start)
             raise
@@ -284,7 +293,7 @@ class Chain:
             self.on_validated(time.perf_counter() - start)
         return result
 
-    def _process_block(self, block: Block, now_ms: int) -> ProcessResult:
+    def _process_block(self, block: Block, now_ms: int, requested: bool) -> ProcessResult:
         block_hash = block.hash
         if block_hash in self.invalid:
             raise RuleError(self.invalid[block_hash], "block was already found invalid")
@@ -296,26 +305,44 @@ class Chain:
             if e.code in REMEMBERED_HEADER_FAILURES:
                 self._remember_invalid(block_hash, e.code)
             raise
-        rules.check_body(block, self.params, verified=self.verified)  # never remembered: see above
         parent = self.index.get(block.prev_hash)
+        if not requested and parent is not None and not self._more_work(parent, block.header):
+            return ProcessResult(Status.IGNORED)
+        rules.check_body(block, self.params, verified=self.verified)  # never remembered: see above
         if parent is None:
             if block.prev_hash in self.invalid:
                 self._remember_invalid(block_hash, RuleCode.INVALID_ANCESTOR)
                 raise RuleError(RuleCode.INVALID_ANCESTOR, "block builds on an invalid block")
-            self._add_orphan(block)
+            self._add_orphan(block, requested)
             return ProcessResult(Status.ORPHAN)
         connected: list[Block] = []
         disconnected: list[Block] = []
-        status = self._accept(block, parent, now_ms, connected, disconnected)
+        status = self._accept(block, parent, now_ms, connected, disconnected, requested)
         self._connect_orphans(block_hash, now_ms, connected, disconnected)
+        self._prune_side()
         if connected or disconnected:
             connected, disconnected = self._net_change(connected, disconnected)
             for listener in self.listeners:
                 listener(connected, disconnected)
         return ProcessResult(status, connected, disconnected)
 
+    def would_ignore(self, header: Header) -> bool:
+        """Whether ``process_block(requested=False)`` would ignore a block with this header
+        unchecked (its parent is known and its branch would not have more work than the tip)."""
+        parent = self.index.get(header.prev_hash)
+        return header.hash in self.index or (parent is not None and not self._more_work(parent, header))
+
+    def _more_work(self, parent: Entry, header: Header) -> bool:
+        return parent.work + work(header.bits) > self.tip.work
+
     def _accept(
-        self, block: Block, parent: Entry, now_ms: int, connected: list[Block], disconnected: list[Block]
+        self,
+        block: Block,
+        parent: Entry,
+        now_ms: int,
+        connected: list[Block],
+        disconnected: list[Block],
+        requested: bool,
     ) -> Status:
         try:
             rules.check_header_context(block.header, parent.header, self.median_time_past(parent), now_ms)
@@ -325,9 +352,12 @@ class Chain:
             raise
         entry = Entry(block.header, parent.work + work(block.header.bits), self._next_seq())
         if entry.work <= self.tip.work:
+            if not requested:
+                return Status.IGNORED
             with self.store.transaction():
                 self.store.put_block(block, entry.work, entry.seq)
             self.index[block.hash] = entry
+            self._add_side(block.hash, block.size)
             return Status.SIDE
         self._activate(entry, block, connected, disconnected)
         return Status.CONNECTED if self.main[-1] == block.hash else Status.SIDE
@@ -340,15 +370,16 @@ class Chain:
             parent = self.index.get(stack.pop())
             if parent is None:
                 continue
-            children = [b for b in self.orphans.values() if b.prev_hash == parent.hash]
-            for child in children:
+            children = [(b, asked) for b, asked in self.orphans.values() if b.prev_hash == parent.hash]
+            for child, asked in children:
                 del self.orphans[child.hash]
                 self._orphan_bytes -= child.size
                 if parent.hash not in self.index:  # a sibling's failed reorg found the parent invalid
                     self._remember_invalid(child.hash, RuleCode.INVALID_ANCESTOR)
                     continue
                 try:
-                    self._accept(child, parent, now_ms, connected, disconnected)
+                    if self._accept(child, parent, now_ms, connected, disconnected, asked) is Status.IGNORED:
+                        continue
                 except RuleError as e:
                     log.info("orphan %s rejected once its parent arrived: %s", child.hash.hex()[:16], e)
                     continue
@@ -363,12 +394,57 @@ class Chain:
         gone = {b.hash: b for b in disconnected if b.hash not in added}  # were best before this call
         return sorted(now.values(), key=lambda b: b.height), sorted(gone.values(), key=lambda b: -b.height)
 
-    def _add_orphan(self, block: Block) -> None:
+    def _add_orphan(self, block: Block, requested: bool) -> None:
         """Keep ``block`` until its parent comes; the oldest go first past the count or byte bound."""
-        self.orphans[block.hash] = block
+        self.orphans[block.hash] = (block, requested)
         self._orphan_bytes += block.size
         while len(self.orphans) > limits.ORPHAN_POOL_MAX or self._orphan_bytes > limits.ORPHAN_POOL_MAX_BYTES:
-            self._orphan_bytes -= self.orphans.popitem(last=False)[1].size
+            self._orphan_bytes -= self.orphans.popitem(last=False)[1][0].size
+
+    # --- side blocks ------------------------------------------------------------------------
+    def _add_side(self, block_hash: bytes, size: int) -> None:
+        self.side[block_hash] = size
+        self._side_bytes += size
+
+    def _drop_side(self, block_hash: bytes) -> None:
+        size = self.side.pop(block_hash, None)
+        if size is not None:
+            self._side_bytes -= size
+
+    def _prune_side(self) -> None:
+        """Bound the stored blocks off the best chain. A side branch whose highest block is more
+        than SIDE_KEEP_DEPTH below the tip goes (it would need that much more work to matter, and
+        a sync fetches it again if it ever does); past SIDE_BLOCKS_MAX blocks or
+        SIDE_BLOCKS_MAX_BYTES bytes, the lowest branches go first. A block always goes with its
+        descendants, so every stored block still reaches the best chain."""
+        if not self.side:
+            return
+        floor = self.height - limits.SIDE_KEEP_DEPTH
+        over = len(self.side) > limits.SIDE_BLOCKS_MAX or self._side_bytes > limits.SIDE_BLOCKS_MAX_BYTES
+        height = {h: self.index[h].height for h in self.side}
+        if not over and min(height.values()) >= floor:
+            return
+        top = dict(height)  # the highest side block at or above each one
+        for h in sorted(self.side, key=height.__getitem__, reverse=True):
+            parent = self.index[h].header.prev_hash
+            if parent in top:
+                top[parent] = max(top[parent], top[h])
+        # (top, -height) order puts every block after its descendants: any prefix is a closed set
+        order = sorted(self.side, key=lambda h: (top[h], -height[h]))
+        count, size = len(self.side), self._side_bytes
+        doomed: list[bytes] = []
+        for h in order:
+            if top[h] >= floor and count <= limits.SIDE_BLOCKS_MAX and size <= limits.SIDE_BLOCKS_MAX_BYTES:
+                break
+            doomed.append(h)
+            count -= 1
+            size -= self.side[h]
+        with self.store.transaction():
+            self.store.delete_blocks(doomed)
+        for h in doomed:
+            self._drop_side(h)
+            del self.index[h]
+        log.info("pruned %d side block(s); %d kept (%d bytes)", len(doomed), len(self.side), self._side_bytes)
 
     def _remember_invalid(self, block_hash: bytes, code: RuleCode) -> None:
         self.invalid[block_hash] = code
@@ -446,6 +522,10 @@ class Chain:
                 self.accounts[address] = acct
         del self.main[fork_height + 1 :]
         self.main.extend(new.hash for new, _ in applied)
+        for new, _ in applied:
+            self._drop_side(new.hash)
+        for gone in old:
+            self._add_side(gone.hash, gone.size)
         disconnected.extend(old)
         connected.extend(new for new, _ in applied)
         if old:
@@ -471,4 +551,5 @@ class Chain:
                 self._remember_invalid(h, RuleCode.INVALID_ANCESTOR)
         for h in doomed:
             self.index.pop(h, None)
+            self._drop_side(h)
         return doomed

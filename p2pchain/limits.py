@@ -48,6 +48,14 @@ MAX_ADDRESS_CHARS = 64  # an address field on the wire; real addresses are 40 he
 ORPHAN_POOL_MAX = 256  # blocks waiting for their parent (Bitcoin: MAX_ORPHAN_TRANSACTIONS=100)
 ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256 full blocks would be 256 MiB
 
+# --- side blocks (stored off the best chain) -------------------------------------------------
+# Blocks stored off the best chain (side branches). A branch with no more work than the tip is
+# stored only when a sync asked for it (gossip of one is ignored, as Bitcoin Core's AcceptBlock);
+# these bound what a sync peer or old forks can leave on disk and in the block index.
+SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip is pruned
+SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it (or the bytes below) the lowest branches go first
+SIDE_BLOCKS_MAX_BYTES = 64 * 1024 * 1024  # stored bytes of those blocks (64 full blocks)
+
 # --- mempool ------------------------------------------------------------------------------
 MEMPOOL_MAX_TXS = 50_000  # pending transactions
 MEMPOOL_MAX_BYTES = 32 * 1024 * 1024  # canonical bytes of pending transactions (Bitcoin: 300 MB)

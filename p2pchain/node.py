@@ -339,15 +339,17 @@ class Node:
         """A block a peer sent whole (NEW_BLOCK) or compact and rebuilt: validate, relay if it
         extends our best chain, sync if its parent is unknown."""
         peer.best_height = max(peer.best_height, block.height)
+        if self.chain.would_ignore(block.header):  # no more work than our tip, nobody asked: not stored
+            return
         await self._preverify((block,))
         try:
-            result = self.chain.process_block(block, now_ms())
+            result = self.chain.process_block(block, now_ms(), requested=False)
         except RuleError as e:
             if e.code in HONEST_BLOCK_CODES:
                 log.info("%r sent block %s from the future: ignored", peer, block.hash.hex()[:16])
                 return
             raise Misbehaving(f"sent invalid block {block.hash.hex()[:16]}: {e}") from None
-        if result.status is Status.DUPLICATE:
+        if result.status in (Status.DUPLICATE, Status.IGNORED):
             return
         self.stats["blocks_received"] += 1
         if result.status is Status.ORPHAN:

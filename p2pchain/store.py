@@ -203,8 +203,16 @@ class Store:
 
     @_guarded
     def delete_blocks(self, hashes: list[bytes]) -> None:
-        """Forget blocks found invalid (never on the best chain)."""
+        """Forget blocks found invalid or pruned (never on the best chain)."""
         self.db.executemany("DELETE FROM blocks WHERE hash=?", ((h,) for h in hashes))
+
+    @_guarded
+    def side_block_sizes(self) -> list[tuple[bytes, int]]:
+        """(hash, stored body bytes) of every block off the best chain."""
+        rows = self.db.execute(
+            "SELECT b.hash, length(b.body) FROM blocks b LEFT JOIN main m ON m.hash = b.hash WHERE m.hash IS NULL"
+        )
+        return [(bytes(h), int(n)) for h, n in rows]
 
     @_guarded
     def get_block(self, block_hash: bytes) -> Block | None:

@@ -317,6 +317,123 @@ def test_orphans_of_a_block_found_invalid_by_their_sibling_are_refused() -> None
     assert_balances_replay(chain)
 
 
+def reaches_the_best_chain(chain: Chain) -> bool:
+    """Every block in the index has its ancestors there, down to the best chain."""
+    for entry in chain.index.values():
+        e = entry
+        while not chain.is_main(e.hash):
+            parent = chain.entry(e.header.prev_hash)
+            if parent is None:
+                return False
+            e = parent
+    return True
+
+
+def assert_side_is_index_off_main(chain: Chain) -> None:
+    assert set(chain.side) == set(chain.index) - set(chain.main)
+    assert set(chain.store.load_main()) | set(chain.side) == {e.header.hash for e in chain.store.load_index()}
+
+
+def test_a_side_block_nobody_asked_for_is_not_stored() -> None:
+    # G - a1 - a2          main
+    #   \
+    #    b1 - b2 - b3      gossiped (not asked for): b1 has less work than a2, so it is ignored
+    #                      unchecked (it pays from nobody's coins) and unstored; b2, b3 have no
+    #                      known parent: orphans. A sync then delivers b1 (asked for: stored); b2
+    #                      connects from the pool but only ties a2: dropped; the sync delivers b2
+    #                      (stored), b3 connects with more work, so the branch's state is checked:
+    #                      b1 overspends and the branch is forgotten (issue 11, finding 2)
+    chain = mem_chain()
+    a1, a2 = branch(GENESIS, 2)
+    b1 = block_on(GENESIS, [pay(POOR, A, 1)], miner=C.address, salt=1)
+    b2, b3 = branch(b1, 2, miner=C.address, salt=1)
+    feed(chain, [a1, a2])
+    assert chain.would_ignore(b1.header) and not chain.would_ignore(b2.header)
+    assert chain.process_block(b1, NOW_MS, requested=False) == ProcessResult(Status.IGNORED)
+    assert not chain.has_block(b1.hash) and b1.hash not in chain.invalid and not chain.side
+    for orphan in (b2, b3):
+        assert chain.process_block(orphan, NOW_MS, requested=False).status is Status.ORPHAN
+    assert chain.process_block(b1, NOW_MS).status is Status.SIDE  # asked for: checked, stored
+    assert chain.side == {b1.hash: b1.size} and list(chain.orphans) == [b3.hash]
+    assert chain.process_block(a2, NOW_MS, requested=False).status is Status.DUPLICATE
+    assert chain.process_block(b2, NOW_MS).status is Status.SIDE
+    assert chain.main == [GENESIS.hash, a1.hash, a2.hash] and not chain.side and not chain.orphans
+    assert chain.invalid[b1.hash] is RuleCode.TX_INSUFFICIENT_FUNDS
+    assert chain.invalid[b3.hash] is RuleCode.INVALID_ANCESTOR
+
+    # a valid branch the same way: c3 waits as an orphan and connects once c1, c2 are asked for
+    c1, c2, c3 = branch(GENESIS, 3, miner=C.address, salt=2)
+    assert chain.process_block(c1, NOW_MS, requested=False).status is Status.IGNORED
+    assert chain.process_block(c3, NOW_MS, requested=False).status is Status.ORPHAN
+    feed(chain, [c1])
+    result = chain.process_block(c2, NOW_MS)
+    assert result.status is Status.SIDE and result.connected == [c1, c2, c3]
+    assert chain.tip.hash == c3.hash and set(chain.side) == {a1.hash, a2.hash}
+    assert_side_is_index_off_main(chain)
+
+
+def test_an_orphan_gossiped_with_no_more_work_is_dropped_when_its_parent_comes() -> None:
+    # G - a1 - a2     main
+    #       #    b1 - b2      b2 gossiped first (an orphan); b1 asked for: b2 only ties a2, not stored
+    chain = mem_chain()
+    a1, a2 = branch(GENESIS, 2)
+    b1, b2 = branch(GENESIS, 2, salt=1)
+    feed(chain, [a1, a2])
+    assert chain.process_block(b2, NOW_MS, requested=False).status is Status.ORPHAN
+    assert chain.process_block(b1, NOW_MS).status is Status.SIDE
+    assert not chain.orphans and not chain.has_block(b2.hash) and set(chain.side) == {b1.hash}
+
+
+def test_side_branches_are_pruned_below_a_depth(monkeypatch: pytest.MonkeyPatch) -> None:
+    # G - a1 - a2 - a3 - a4 - a5 - a6 - a7     main
+    #   \     \              \
+    #    x1    y2 - y3        z5               side branches, asked for. SIDE_KEEP_DEPTH 3: a
+    #                                          branch goes once its top is more than 3 below
+    #                                          the tip: x1 at a5, y2-y3 (whole) at a7; z5 stays
+    monkeypatch.setattr(limits, "SIDE_KEEP_DEPTH", 3)
+    chain = mem_chain()
+    a = branch(GENESIS, 7)
+    x1 = block_on(GENESIS, salt=1)
+    y2, y3 = branch(a[0], 2, salt=2)
+    z5 = block_on(a[3], salt=3)
+    feed(chain, [*a[:4], x1, y2, y3])
+    assert set(chain.side) == {x1.hash, y2.hash, y3.hash}
+    feed(chain, [a[4]])
+    assert set(chain.side) == {y2.hash, y3.hash} and chain.get_block(x1.hash) is None
+    feed(chain, [a[5], z5])
+    assert set(chain.side) == {y2.hash, y3.hash, z5.hash}
+    feed(chain, [a[6]])
+    assert set(chain.side) == {z5.hash}
+    assert chain.store.get_block(y2.hash) is None and chain.entry(y3.hash) is None
+    assert reaches_the_best_chain(chain)
+    assert_side_is_index_off_main(chain)
+
+
+def test_side_blocks_are_capped_lowest_branches_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # G - a1 - a2 - a3 - a4     main
+    #   \    \        #    x1   y2   z3 - z4      asked-for side blocks, 4 of them; at most 3 kept, then 1: the
+    #                           branch with the lowest top goes first, a block after its children
+    chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
+    a = branch(GENESIS, 4)
+    x1 = block_on(GENESIS, salt=1)
+    y2 = block_on(a[0], salt=2)
+    z3 = block_on(a[1], salt=3)
+    z4 = block_on(z3, salt=3)
+    monkeypatch.setattr(limits, "SIDE_BLOCKS_MAX", 3)
+    feed(chain, [*a, x1, y2, z3, z4])
+    assert set(chain.side) == {y2.hash, z3.hash, z4.hash}
+    assert chain.store.get_block(x1.hash) is None
+    chain.close()
+    monkeypatch.setattr(limits, "SIDE_BLOCKS_MAX", 1)  # a restart with a lower bound prunes
+    chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
+    try:
+        assert set(chain.side) == {z3.hash}  # y2's branch is lower; z4 goes before its parent z3
+        assert reaches_the_best_chain(chain)
+        assert_side_is_index_off_main(chain)
+    finally:
+        chain.close()
+
+
 def test_subscribers_are_called_after_commit(tmp_path: Path) -> None:
     path = tmp_path / "chain.sqlite"
     chain = Chain.open(path, PARAMS)
@@ -434,3 +551,4 @@ def test_tip_is_always_the_most_work_valid_branch(data: st.DataObject) -> None:
         assert chain.accounts == replay(main_blocks(chain))
         assert chain.store.load_main() == chain.main
         assert chain.store.load_accounts() == chain.accounts
+        assert set(chain.side) == set(chain.index) - set(chain.main)

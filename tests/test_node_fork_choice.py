@@ -58,14 +58,22 @@ def invalid_branch(kind: str, length: int) -> list[Block]:
 
 
 async def push_as_new_blocks(client: Client, blocks: list[Block]) -> None:
+    """Gossip every block. Those with no more work than the node's tip are not asked for, so the
+    node ignores them unchecked (issue 11); the first with more work is an orphan to it, and it
+    asks the sender for the branch: answered as an attacker would."""
     for block in blocks:
         client.send(wire.NewBlock(block))
     await client.writer.drain()
+    await serve_chain(client, blocks)
 
 
 async def push_as_chain(client: Client, blocks: list[Block]) -> None:
     """Announce the tip (an orphan to the node), then answer the GET_CHAIN it sends back."""
     await client.send_and_drain(wire.NewBlock(blocks[-1]))
+    await serve_chain(client, blocks)
+
+
+async def serve_chain(client: Client, blocks: list[Block]) -> None:
     while not isinstance(msg := await client.gossip.get(), wire.GetChain):
         pass
     assert msg.locator[-1] == TEST_PARAMS.network_id

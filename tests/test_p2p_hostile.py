@@ -515,10 +515,45 @@ async def block_replay(ctx: Ctx, peer: RawPeer) -> None:
     await send_block(ctx, peer, await ctx.block([ctx.net.confirmed_tx]))
 
 
-@case("block that lost a race (a sibling of the tip)", IGNORE)
+@case("block that lost a race (a sibling of the tip: no more work, not stored)", IGNORE)
 async def block_lost_race(ctx: Ctx, peer: RawPeer) -> None:
     blocks = await ctx.blocks()
-    peer.send(wire.NewBlock(assemble(blocks[-2].header, mtp_of(blocks[:-1]))))
+    peer.send(wire.NewBlock(ctx.reject(assemble(blocks[-2].header, mtp_of(blocks[:-1])))))
+
+
+SIDE_FLOOD_BLOCKS = 24  # side blocks of the flood below
+SIDE_FLOOD_TXS = 250  # signed payments from an empty address in each (~50 KB a block)
+
+
+def store_bytes(node: NodeProc) -> int:
+    return sum(f.stat().st_size for f in node.data_dir.glob("chain.sqlite*"))
+
+
+@case("a flood of side blocks nobody asked for (none stored, the store does not grow)", IGNORE)
+async def side_block_flood(ctx: Ctx, peer: RawPeer) -> None:
+    """Issue 11, finding 2: siblings of the tip and of its parent, each with proof of work and a
+    body of signed payments from an empty address (a side branch's state is never checked), sent
+    as NEW_BLOCK. They bring no more work than the tip, so the node stores none of them."""
+    blocks = await ctx.blocks()
+
+    def build() -> list[Block]:  # in a thread: the test's clients keep answering the node's PINGs
+        empty = Wallet.generate()
+        txs = [make_tx(empty, RECIPIENT, 1, 0, n, NET) for n in range(SIDE_FLOOD_TXS)]
+        flood = []
+        for i in range(SIDE_FLOOD_BLOCKS):
+            depth = 2 + i % 2  # a sibling of the tip, then of its parent
+            parent, mtp = blocks[-depth].header, mtp_of(blocks[: len(blocks) - depth + 1])
+            flood.append(assemble(parent, mtp, txs, pay_to=Wallet.generate().address))
+        return flood
+
+    flood = await asyncio.to_thread(build)
+    before = await asyncio.to_thread(store_bytes, ctx.net.node)
+    for block in flood:
+        peer.send(wire.NewBlock(ctx.reject(block)))
+    sent = sum(block.size for block in flood)
+    await peer.sync_with_ping()  # all of them handled
+    grown = await asyncio.to_thread(store_bytes, ctx.net.node) - before
+    assert grown < sent // 10, f"the store grew {grown} bytes for {sent} bytes of side blocks"
 
 
 @case("block the node already has", IGNORE)
