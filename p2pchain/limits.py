@@ -55,6 +55,9 @@ ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256
 SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip is pruned
 SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it (or the bytes below) the lowest branches go first
 SIDE_BLOCKS_MAX_BYTES = 64 * 1024 * 1024  # stored bytes of those blocks (64 full blocks)
+# transactions (blocks) one store batch may hold before it commits: a sync batch (<= 500 blocks)
+# commits once, but batches that keep overlapping (two peers' CHAINs) cannot defer it for ever
+STORE_BATCH_MAX_TXNS = 1000
 
 # --- mempool ------------------------------------------------------------------------------
 MEMPOOL_MAX_TXS = 50_000  # pending transactions

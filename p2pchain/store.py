@@ -21,6 +21,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import msgpack
 
+from p2pchain import limits
 from p2pchain.errors import ProtocolError, StoreError
 from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.rules import Account
@@ -119,6 +120,7 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._batch_depth = 0  # open ``batch`` contexts
+        self._batched = 0  # transactions done in the open batch since its last commit
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -155,7 +157,8 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All or nothing. Inside ``batch`` it is a savepoint, committed when the batch ends."""
+        """All or nothing. Inside ``batch`` it is a savepoint, committed when the batch ends or
+        after STORE_BATCH_MAX_TXNS of them, whichever comes first."""
         nested = self._batch_depth > 0
         self.db.execute("SAVEPOINT tx" if nested else "BEGIN IMMEDIATE")
         try:
@@ -166,15 +169,24 @@ class Store:
                 self.db.execute("RELEASE tx")
             raise
         self.db.execute("RELEASE tx" if nested else "COMMIT")
+        if nested:
+            self._batched += 1
+            if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # overlapping batches never defer it longer
+                self.db.execute("COMMIT")
+                self.db.execute("BEGIN IMMEDIATE")
+                self._batched = 0
 
     @contextmanager
     def batch(self) -> Iterator[None]:
         """One commit for every transaction inside (a sync batch of blocks: one WAL write instead of
         one per block, half the cost of a sync). Each inner transaction stays all or nothing; what
         they did is committed when the outermost batch ends, by an exception too, since the caller's
-        memory already holds it. A kill -9 before then leaves the store as it was before the batch."""
+        memory already holds it, and every STORE_BATCH_MAX_TXNS inner transactions (batches of two
+        peers that keep overlapping would otherwise defer it without end). A kill -9 leaves the
+        store as it was at the last commit: the tip of a whole inner transaction."""
         if self._batch_depth == 0:
             self.db.execute("BEGIN IMMEDIATE")
+            self._batched = 0
         self._batch_depth += 1
         try:
             yield

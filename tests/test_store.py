@@ -32,6 +32,7 @@ from ledger_helpers import (
     wallet,
 )
 
+from p2pchain import limits
 from p2pchain.chain import Chain, Status
 from p2pchain.errors import StoreError
 from p2pchain.ledger.block import Block
@@ -265,6 +266,35 @@ def _check_store(path: Path) -> int:
         for entry in chain.index.values():  # the stored tree is whole
             assert entry.height == 0 or entry.header.prev_hash in chain.index
         return chain.height
+    finally:
+        chain.close()
+
+
+def test_overlapping_batches_do_not_defer_the_commit_for_ever(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11, finding 4: two peers' sync batches that keep overlapping shared one SQLite
+    transaction, so nothing was committed while the overlap lasted (a kill -9 lost all of it and
+    the WAL could not be checkpointed). A batch now commits every STORE_BATCH_MAX_TXNS blocks."""
+    monkeypatch.setattr(limits, "STORE_BATCH_MAX_TXNS", 4)
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 10)
+
+    def committed_height() -> int:
+        other = Store(path)
+        try:
+            return len(other.load_main()) - 1
+        finally:
+            other.close()
+
+    try:
+        with chain.store.batch():  # one peer's batch ...
+            feed(chain, blocks[:3])
+            with chain.store.batch():  # ... and another's, started before the first ends
+                feed(chain, blocks[3:6])
+                assert committed_height() == 4  # four blocks: a commit inside the overlap
+                feed(chain, blocks[6:])
+            assert committed_height() == 8
+        assert committed_height() == 10  # the rest when the outermost batch ends
     finally:
         chain.close()
 
