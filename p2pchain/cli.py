@@ -14,13 +14,11 @@ from p2pchain import __version__, limits, logs
 from p2pchain import config as config_file
 from p2pchain.connmgr import parse_addr
 from p2pchain.errors import StoreError, WalletError
-from p2pchain.http import start_http
 from p2pchain.http_auth import AuthConfigError, AuthMode, AuthSettings, read_token_file
 from p2pchain.keys import is_address
 from p2pchain.node import RELAY_MODES, NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, NetworkParams
 from p2pchain.peer import Tunables
-from p2pchain.wallet_cli import COMMANDS, run_command
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +203,12 @@ def run_node_command(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_node(config, stop, start_http=functools.partial(start_http, auth=auth))
+        start_http = None
+        if config.http_port is not None:
+            from p2pchain.http import start_http as http_starter  # aiohttp is loaded only with --http-port
+
+            start_http = functools.partial(http_starter, auth=auth)
+        await run_node(config, stop, start_http=start_http)
 
     try:
         asyncio.run(serve())
@@ -220,6 +223,9 @@ def run_node_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:  # p2pchain wallet|balance|send|status|chain|tx ...
-        return run_command(argv)
+    if argv and not argv[0].startswith("-"):  # a node's arguments are all options: the wallet's code only here
+        from p2pchain.wallet_cli import COMMANDS, run_command
+
+        if argv[0] in COMMANDS:  # p2pchain wallet|balance|send|status|chain|tx ...
+            return run_command(argv)
     return run_node_command(argv)

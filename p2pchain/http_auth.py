@@ -29,12 +29,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from p2pchain import limits
 from p2pchain.connmgr import is_loopback
+
+if TYPE_CHECKING:  # aiohttp itself is loaded by http.py, only when the node serves HTTP
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 

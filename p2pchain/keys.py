@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from p2pchain.errors import WalletError
@@ -59,13 +58,11 @@ class Wallet:
 
     @property
     def seed(self) -> bytes:
-        return self.private.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        return self.private.private_bytes_raw()
 
     @property
     def pubkey(self) -> bytes:
-        return self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return self.private.public_key().public_bytes_raw()
 
     @property
     def address(self) -> str:

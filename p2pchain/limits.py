@@ -143,6 +143,12 @@ MAX_BLOCK_MESSAGE_BYTES = 2 * MAX_BLOCK_BYTES  # one block on the wire (msgpack 
 MINER_CHUNK_NONCES = 16_384  # nonces a worker hashes between looks for a new job: ~6 ms at 2.8 MH/s,
 # so a new tip stops every worker well within 100 ms even on a core 10x slower
 MINER_STOP_TIMEOUT_S = 2.0  # seconds close() waits for a worker to exit before terminating it
+# A block of at most this many expected hashes (2**bits) is mined in the node's own process: well under
+# a millisecond on one core, less than waking worker processes (the 8-bit GET /mine of the tutorials)
+MINER_INPROCESS_MAX_WORK = 2**10
+MINER_INPROCESS_CHUNK_NONCES = 1024  # nonces hashed in-process between turns of the event loop (~0.4 ms)
+MINER_INPROCESS_BUDGET_FACTOR = 64  # in-process search gives up after this many times the expected work
+MINER_IDLE_EXIT_S = 60.0  # worker processes with no job this long exit; the next block starts them again
 
 # --- command line (p2pchain wallet|balance|send|status|chain|tx) -----------------------------
 CLI_CONNECT_TIMEOUT_S = 10.0  # seconds to reach and handshake a node before saying it is down

@@ -21,20 +21,22 @@ import contextlib
 import functools
 import hashlib
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection, wait
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2pchain import limits
 from p2pchain.ledger.block import Block, Header, merkle_root, target
 from p2pchain.ledger.tx import Tx, make_coinbase
 from p2pchain.params import BLOCK_VERSION, NetworkParams
+
+if TYPE_CHECKING:  # multiprocessing itself is imported when a pool starts: a node that never mines skips it
+    import multiprocessing.process
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,8 @@ class MinerPool:
 
     def __init__(self, procs: int | None = None) -> None:
         self.procs = procs or os.cpu_count() or 1
+        import multiprocessing
+
         ctx = multiprocessing.get_context("spawn")  # no forked event loop or threads in workers
         self._generation = ctx.RawValue("Q", 0)  # shared: the job workers should be on
         self._counters = ctx.RawArray("Q", self.procs)  # shared: nonces hashed, per worker
@@ -280,6 +284,8 @@ class MinerPool:
     # --- results --------------------------------------------------------------------------------
     def _collect(self) -> None:
         """The collector thread: read results from the workers until close()."""
+        from multiprocessing.connection import Connection, wait
+
         live: dict[Any, int] = {conn: i for i, conn in enumerate(self._conns)}
         while True:
             for ready in wait([*live, self._wake_r]):

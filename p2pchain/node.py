@@ -26,7 +26,8 @@ from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import PERMANENT_REFUSALS, Mempool, RecentSet
 from p2pchain.metrics import Gauges, NodeMetrics
-from p2pchain.miner import MinerPool, build_template
+from p2pchain.miner import build_template
+from p2pchain.mining import Mining
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
@@ -113,7 +114,7 @@ class Node:
         self.relay: Relay[Peer] = Relay(FEATURES if config.relay == "compact" else ())
         self._relay_timer: asyncio.TimerHandle | None = None  # the next relay request deadline
         self._flush_pending = False  # announcements queued, an INV_TX flush scheduled
-        self.miner: MinerPool | None = None
+        self.mining = Mining(config.miner_procs)  # in-process for tiny blocks, else worker processes
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
         self._mining_stopped: str | None = None  # why the --mine task ended, if it did
@@ -194,8 +195,7 @@ class Node:
         self._verifier.shutdown(wait=False, cancel_futures=True)
         self.chain.close()  # before the miner: its workers may take a while and need no store
         log.info("stopped at height %d, tip %s", self.chain.height, self.chain.tip.hash.hex()[:16])
-        if self.miner is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.miner.close)
+        await self.mining.close()
 
     def hello(self) -> wire.Hello:
         tip = self.chain.tip
@@ -550,15 +550,9 @@ class Node:
         self.relay.connected(connected, disconnected)
         if disconnected:
             self.stats["forks_resolved"] += 1
-        if self.miner is not None:
-            self.miner.cancel()
+        self.mining.cancel()
 
     # --- mining -----------------------------------------------------------------------------
-    def _pool(self) -> MinerPool:
-        if self.miner is None:
-            self.miner = MinerPool(self.config.miner_procs)
-        return self.miner
-
     async def mine_block(self) -> Block | None:
         """Search one block on the current tip; None if a new tip arrived first."""
         async with self._mine_lock:
@@ -567,8 +561,7 @@ class Node:
             template = build_template(
                 self.params, tip.header, self.chain.median_time_past(tip), txs, self.reward_to, now_ms()
             )
-            pool = self._pool()
-            header = await pool.solve(template.header)
+            header = await self.mining.solve(template.header)
             if header is None or self.chain.tip.hash != tip.hash:
                 return None
             block = Block(header, template.txs)
@@ -670,7 +663,7 @@ class Node:
             mempool_transactions=len(self.mempool),
             mempool_bytes=self.mempool.bytes,
             bans=len(self.connmgr.current_bans()),
-            hashes_done=self.miner.hashes_done if self.miner is not None else None,
+            hashes_done=self.mining.hashes_done,
         )
 
     async def _on_get_status(self, peer: Peer, msg: wire.GetStatus) -> None:

@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"store", "wire"},
     {"sigbatch"},
     {"chain", "mempool", "miner", "events"},
+    {"mining"},
     {"peer", "addrman"},
     {"connmgr", "sync"},
     {"relay"},
