@@ -54,7 +54,7 @@ from p2pchain import limits, relay, wire
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block
-from p2pchain.ledger.tx import make_tx
+from p2pchain.ledger.tx import Tx, make_tx
 from p2pchain.miner import build_template, mine_block
 from p2pchain.node import Node, NodeConfig
 from p2pchain.params import NetworkParams
@@ -155,9 +155,27 @@ def seed_messages(params: NetworkParams = FUZZ_PARAMS) -> list[wire.Message]:
         wire.GetBlock(7, chain[1].hash),
         wire.Blocks(7, (chain[1],), 1),
         wire.Error(8, "unknown block"),
+        *consensus_shapes(chain, params),
     ]
     assert {m.TYPE for m in msgs} == set(wire.MESSAGE_TYPES), "a message type has no seed"
     return msgs
+
+
+def consensus_shapes(chain: list[Block], params: NetworkParams) -> list[wire.Message]:
+    """The shapes of issue 11's attacks: a 64-byte transaction (two txids' worth of bytes, the
+    CVE-2017-12842 shape), a twin of a new block (its header over that transaction), a twin with
+    its last transaction repeated (CVE-2012-2459) and a side block with less work than the tip."""
+    sixty_four = Tx("x", "y", 1, 0, 0, bytes(32), bytes(2))
+    assert sixty_four.size == 64
+    twin = Block(chain[3].header, (sixty_four,))
+    repeated = Block(chain[2].header, (*chain[2].txs, chain[2].txs[-1]))
+    genesis = chain[0].header
+    side = mine_block(
+        build_template(
+            params, genesis, genesis.timestamp, [], Wallet.from_seed(PAYEE_SEED).address, genesis.timestamp + 7
+        )
+    )
+    return [wire.NewTx(sixty_four), wire.NewBlock(twin), wire.NewBlock(repeated), wire.NewBlock(side)]
 
 
 # --- framing oracle -------------------------------------------------------------------------
