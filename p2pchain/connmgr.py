@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
-from p2pchain.addrman import netgroup
+from p2pchain.addrman import AddrMan, host_of, netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
 from p2pchain.peer import Misbehaving, Peer, Tunables
@@ -84,7 +84,7 @@ class ConnectionManager:
         # it only detects a connection to ourselves; two peers may claim one id (issue 12, finding 5)
         self.handshaken: dict[Peer, None] = {}
         self.persistent: dict[str, asyncio.Task[None]] = {}  # --peer / register: redialled forever
-        self.addrbook: OrderedDict[str, None] = OrderedDict()  # learnt addresses, oldest first
+        self.addrman = AddrMan()  # learnt addresses, bucketed by source and network group
         self.self_addrs: OrderedDict[str, None] = OrderedDict()  # addresses that turned out to be this node
         self.dialing: set[str] = set()
         self.server: asyncio.Server | None = None
@@ -165,19 +165,17 @@ class ConnectionManager:
     def outbound_count(self) -> int:
         return sum(1 for p in self.peers if not p.inbound) + len(self.dialing)
 
-    def add_addresses(self, addrs: list[str]) -> None:
-        """Remember addresses to dial later. Only IP literals: a peer must not make us resolve
-        names it chose (Bitcoin's addr messages carry IPs too)."""
-        for addr in addrs:
-            if addr in self.self_addrs or addr in self.addrbook or not is_ip_addr(addr):
-                continue
-            self.addrbook[addr] = None
-            while len(self.addrbook) > limits.ADDRBOOK_MAX:
-                self.addrbook.popitem(last=False)
+    def add_addresses(self, addrs: list[str], source_host: str) -> None:
+        """Remember addresses heard from ``source_host`` to dial later (AddrMan: what one source
+        can add is bounded). Only IP literals: a peer must not make us resolve names it chose
+        (Bitcoin's addr messages carry IPs too)."""
+        self.addrman.add((a for a in addrs if a not in self.self_addrs and is_ip_addr(a)), source_host)
 
     def known_addresses(self) -> list[str]:
+        """What GET_PEERS answers: our peers' listening addresses, then a random sample of the book."""
         live = [p.listen_addr for p in self.ready if p.listen_addr]
-        return list(dict.fromkeys([*live, *self.addrbook]))[: limits.MAX_PEERS_PER_MESSAGE]
+        book = self.addrman.sample(limits.MAX_PEERS_PER_MESSAGE)
+        return list(dict.fromkeys([*live, *book]))[: limits.MAX_PEERS_PER_MESSAGE]
 
     def _check_hello(self, peer: Peer) -> None:
         hello = peer.hello
@@ -196,7 +194,7 @@ class ConnectionManager:
                 self.self_addrs[dialed] = None
                 while len(self.self_addrs) > limits.SELF_ADDRS_MAX:
                     self.self_addrs.popitem(last=False)
-                self.addrbook.pop(dialed, None)
+                self.addrman.remove(dialed)
             raise Misbehaving("connected to ourselves", ban=False)
         # Duplicates are outbound connections to one dialled address; an inbound connection never
         # replaces (nor is refused for) another, whatever node id it claims.
@@ -205,6 +203,8 @@ class ConnectionManager:
         ):
             raise Misbehaving(f"already connected to this address ({peer.dialed})", ban=False)
         self.handshaken[peer] = None
+        if peer.dialed is not None and is_ip_addr(peer.dialed):
+            self.addrman.good(peer.dialed)
         self.node_on_hello(peer)
 
     async def _serve(self, peer: Peer) -> None:
@@ -286,10 +286,11 @@ class ConnectionManager:
                 reader, writer = await asyncio.open_connection(host, port, limit=2**16)
         except (OSError, TimeoutError) as e:
             log.debug("could not connect to %s: %s", addr, e)
+            self.addrman.failed(addr)
             return False
         except ValueError as e:  # a gossiped host no resolver takes: "a..b", a NUL, a 64-char label
             log.info("forgetting address %r: %s", addr, e)
-            self.addrbook.pop(addr, None)
+            self.addrman.remove(addr)
             return False
         finally:
             self.dialing.discard(addr)
@@ -318,13 +319,16 @@ class ConnectionManager:
             delay = min(delay * 2, limits.RECONNECT_MAX_S)
 
     async def _fill_outbound(self) -> None:
-        """Dial learnt addresses while below the outbound target."""
+        """Dial learnt addresses while below the outbound target, each in a network group no
+        outbound connection uses yet when the book has one (a swarm on one host has one group)."""
         while True:
             await asyncio.sleep(1.0)
             if self.outbound_count() >= limits.TARGET_OUTBOUND:
                 continue
-            busy = {p.listen_addr for p in self.peers} | {p.dialed for p in self.peers}
+            busy = {a for p in self.peers for a in (p.listen_addr, p.dialed) if a}
             busy |= self.dialing | set(self.persistent)
-            candidates = [a for a in self.addrbook if a not in busy]
-            if candidates:
-                self._spawn(self.dial(random.choice(candidates)))
+            outbound = [a for a in [*(p.dialed for p in self.peers if not p.inbound), *self.dialing] if a]
+            groups = {netgroup(host_of(a)) for a in outbound}
+            candidate = self.addrman.select(busy, groups) or self.addrman.select(busy)
+            if candidate is not None:
+                self._spawn(self.dial(candidate))

@@ -97,7 +97,16 @@ PEER_MSG_BURST = 4000  # token bucket depth
 PEER_TURN_S = 0.002  # a peer's already-buffered messages are handled this long, then the others get a turn
 SEEN_CACHE_MAX = 50_000  # recently seen block/tx ids remembered for gossip de-duplication
 MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them again cheaply
-ADDRBOOK_MAX = 1000  # peer addresses remembered
+# the address book (p2pchain/addrman.py, after Bitcoin Core's addrman: 1024 new and 256 tried buckets of 64)
+ADDRMAN_NEW_BUCKETS = 128  # buckets of addresses heard of
+ADDRMAN_TRIED_BUCKETS = 32  # buckets of addresses we completed a handshake with
+ADDRMAN_BUCKET_SIZE = 16  # entries per bucket: at most 2,048 new and 512 tried addresses
+ADDRMAN_SOURCE_BUCKETS = 8  # new buckets one source's network group can reach: it holds at most 128 entries
+ADDRMAN_GROUP_TRIED_BUCKETS = 4  # tried buckets one network group can reach (Core: 8)
+ADDRMAN_MAX_FAILURES = 3  # dials in a row that fail before an address is forgotten
+ADDR_RATE_PER_S = 0.1  # addresses a peer may send unasked, per second (token bucket; Bitcoin: same)
+# addresses accepted in PEERS beyond that: the answer to our GET_PEERS (we send one per connection)
+ADDR_BURST = MAX_PEERS_PER_MESSAGE
 BAN_SECONDS = 24 * 60 * 60  # discouragement period (Bitcoin: DEFAULT_MISBEHAVING_BANTIME 24 h)
 MAX_BANS = 10_000  # banned addresses kept; past it the ban that ends soonest goes (many-address attackers)
 # characters of a reason (a ban, a drop, a log line) built from what a peer sent: error texts quote

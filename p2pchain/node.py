@@ -217,7 +217,7 @@ class Node:
         assert peer.hello is not None
         log.info("connected %r: %s, height %d", peer, peer.hello.agent, peer.hello.height)
         if peer.listen_addr:
-            self.connmgr.add_addresses([peer.listen_addr])
+            self.connmgr.add_addresses([peer.listen_addr], peer.host)
         self.relay.add_peer(peer, peer.hello.version, peer.hello.relay)
         peer.send(wire.GetPeers())
         if peer.hello.work > self.chain.tip.work:
@@ -271,7 +271,10 @@ class Node:
         peer.send(wire.Peers(tuple(a for a in self.connmgr.known_addresses() if a != peer.listen_addr)))
 
     async def _on_peers(self, peer: Peer, msg: wire.Peers) -> None:
-        self.connmgr.add_addresses(list(msg.peers))
+        allowed = peer.take_addr_tokens(len(msg.peers))  # unasked floods are rate-limited, not punished
+        if allowed < len(msg.peers):
+            log.info("%r sent %d addresses: %d taken (rate limit)", peer, len(msg.peers), allowed)
+        self.connmgr.add_addresses(list(msg.peers[:allowed]), peer.host)
 
     # --- sync (p2pchain/sync.py) -----------------------------------------------------------
     @property

@@ -73,6 +73,8 @@ class Peer:
         self.dialed: str | None = None  # the address we dialled (outbound only)
         self.useful = False  # it gave us a block or transaction we took: protected from eviction
         self.connected_at = time.monotonic()
+        self._addr_tokens = float(limits.ADDR_BURST)  # addresses it may still send (PEERS), refilled slowly
+        self._addr_refill = self.connected_at
         self._ping_nonce: int | None = None
         self._ping_sent = 0.0
         self.last_recv = time.monotonic()
@@ -182,6 +184,17 @@ class Peer:
                 self._ping_nonce = random.getrandbits(64)
                 self._ping_sent = now
                 self.send(wire.Ping(self._ping_nonce))
+
+    def take_addr_tokens(self, wanted: int) -> int:
+        """How many of ``wanted`` addresses in a PEERS to take: the first ADDR_BURST (the answer
+        to our GET_PEERS), then ADDR_RATE_PER_S (Bitcoin Core's addr rate limit)."""
+        now = time.monotonic()
+        refill = (now - self._addr_refill) * limits.ADDR_RATE_PER_S
+        self._addr_tokens = min(limits.ADDR_BURST, self._addr_tokens + refill)
+        self._addr_refill = now
+        taken = min(wanted, int(self._addr_tokens))
+        self._addr_tokens -= taken
+        return taken
 
     def got_pong(self, nonce: int) -> None:
         if nonce == self._ping_nonce:

@@ -261,8 +261,8 @@ def test_a_gossiped_address_no_resolver_takes_is_forgotten_not_raised(tmp_path: 
         target = fuzz.NodeTarget(tmp_path / "node")  # its loop resolves offline and never connects
         try:
             connmgr = target.node.connmgr
-            connmgr.add_addresses([addr])
-            return await connmgr.dial(addr), list(connmgr.addrbook)
+            connmgr.add_addresses([addr], "127.0.0.1")
+            return await connmgr.dial(addr), connmgr.addrman.addresses()
         finally:
             target.close()
 

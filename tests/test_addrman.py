@@ -1,0 +1,128 @@
+"""addrman: one PEERS message cannot replace the address book or steer outbound connections
+(issue 12, finding 3).
+
+The book was first-in-first-out and the outbound filler picked from it uniformly: one unsolicited
+PEERS of 1,000 addresses evicted every honest entry, and the victim handed the attacker's
+addresses to whoever asked. Now (p2pchain/addrman.py, after Bitcoin Core's addrman) addresses sit
+in buckets chosen by their source's and their own network group: a source holds at most
+ADDRMAN_SOURCE_BUCKETS x ADDRMAN_BUCKET_SIZE entries and evicts nothing outside its buckets;
+outbound picks a bucket uniformly and prefers network groups not yet used.
+
+Unit tests on AddrMan, and one in-process node that learns honest addresses from seven peers,
+then takes a 1,000-address flood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from node_helpers import TEST_PARAMS
+from p2p_peer import RawPeer
+
+from p2pchain import limits, wire
+from p2pchain.addrman import AddrMan, host_of, netgroup
+from p2pchain.node import Node, NodeConfig
+
+SOURCE_CAP = limits.ADDRMAN_SOURCE_BUCKETS * limits.ADDRMAN_BUCKET_SIZE
+HONEST_SOURCES = [f"127.{10 + i}.0.1" for i in range(7)]  # seven honest peers, seven network groups
+ATTACKER = "127.9.0.1"
+
+
+def honest_addrs(i: int) -> list[str]:
+    """20 addresses a honest peer knows: nodes in groups of their own."""
+    return [f"{30 + i}.{j}.0.1:7000" for j in range(20)]
+
+
+FLOOD = [f"{100 + n // 250}.{n % 250}.7.7:7000" for n in range(1000)]  # 1,000 addresses in 1,000 groups
+
+
+def mixed_book(seed: int) -> AddrMan:
+    book = AddrMan(secret=seed.to_bytes(8, "big"), rng=random.Random(seed))
+    for i, source in enumerate(HONEST_SOURCES):
+        book.add(honest_addrs(i), source)
+    book.add(FLOOD, ATTACKER)
+    return book
+
+
+def outbound_of(book: AddrMan, n: int = limits.TARGET_OUTBOUND) -> list[str]:
+    """What the outbound filler would dial, one after another."""
+    chosen: list[str] = []
+    for _ in range(n):
+        groups = {netgroup(host_of(a)) for a in chosen}
+        pick = book.select(set(chosen), groups) or book.select(set(chosen))
+        assert pick is not None
+        chosen.append(pick)
+    return chosen
+
+
+def test_one_source_holds_a_bounded_share_and_evicts_no_honest_entry() -> None:
+    book = mixed_book(1)
+    honest = {a for i in range(len(HONEST_SOURCES)) for a in honest_addrs(i)}
+    flood = set(FLOOD) & set(book.addresses())
+    assert 0 < len(flood) <= SOURCE_CAP
+    missing = honest - set(book.addresses())
+    assert len(missing) <= len(honest) // 10, f"{len(missing)} honest addresses lost (bucket collisions only)"
+    assert book.add([f"200.{n}.1.1:1" for n in range(1000)], ATTACKER) <= SOURCE_CAP - len(flood)
+
+
+def test_outbound_after_an_address_flood_is_mostly_honest() -> None:
+    """Issue 12's bench target, as a unit: at least 6 of 8 outbound picks honest from a mixed
+    book, on average over many keys (each key places the buckets differently)."""
+    counts = []
+    for seed in range(40):
+        picks = outbound_of(mixed_book(seed))
+        counts.append(sum(1 for a in picks if a not in FLOOD))
+    assert sum(counts) / len(counts) >= 6.5, counts
+    assert min(counts) >= 4, counts
+
+
+def test_outbound_is_diverse_by_network_group() -> None:
+    book = AddrMan(rng=random.Random(3))
+    book.add([f"10.1.{n}.1:7000" for n in range(50)], "10.1.0.9")  # one group, many addresses
+    book.add([f"10.{g}.0.1:7000" for g in range(2, 9)], "10.2.0.9")
+    picks = outbound_of(book)
+    assert len({netgroup(host_of(a)) for a in picks}) == 8
+
+
+def test_a_failing_address_is_forgotten_and_a_good_one_moves_to_tried() -> None:
+    book = AddrMan(rng=random.Random(4))
+    book.add(["10.0.0.1:1", "10.1.0.1:1"], "10.9.0.1")
+    for _ in range(limits.ADDRMAN_MAX_FAILURES):
+        book.failed("10.0.0.1:1")
+    book.good("10.1.0.1:1")
+    assert book.addresses() == ["10.1.0.1:1"]
+    info = book.info("10.1.0.1:1")
+    assert info is not None and info.tried
+
+
+def test_a_node_keeps_honest_addresses_and_does_not_relay_a_flood(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        peers: list[RawPeer] = []
+        try:
+            for i, source in enumerate([*HONEST_SOURCES, ATTACKER]):
+                peer = await RawPeer.connect(node.port, source)
+                peers.append(peer)
+                await peer.handshake()
+                peer.send(wire.Peers(tuple(FLOOD if source == ATTACKER else honest_addrs(i))))
+                await peer.sync_with_ping()
+            flood = peers[-1]
+            flood.send(wire.Peers(tuple(f"201.{n % 250}.{n // 250}.1:1" for n in range(1000))))  # unasked, again
+            await flood.sync_with_ping()
+            asker = await RawPeer.connect(node.port, "127.50.0.1")
+            peers.append(asker)
+            await asker.handshake()
+            asker.send(wire.GetPeers())
+            answer: wire.Peers = await asker.expect(wire.Peers)
+            return list(answer.peers)
+        finally:
+            await asyncio.gather(*(p.close() for p in peers))
+            await node.stop()
+
+    shared = asyncio.run(scenario())
+    honest = {a for i in range(len(HONEST_SOURCES)) for a in honest_addrs(i)}
+    assert len(honest & set(shared)) >= len(honest) * 9 // 10, "the flood pushed honest addresses out"
+    assert len(set(shared) - honest) <= SOURCE_CAP, "the node hands out more of the flood than one source may hold"
