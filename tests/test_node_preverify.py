@@ -7,7 +7,6 @@ In-process: a Node on a temp data dir, no sockets; blocks built with tests/node_
 from __future__ import annotations
 
 import asyncio
-import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -76,14 +75,18 @@ def test_a_known_block_costs_no_signature_check(tmp_path: Path, monkeypatch: pyt
     more = [pay(FUNDED, to, 1, nonce=i) for i in range(PREVERIFY_MIN_TXS + 8, 2 * (PREVERIFY_MIN_TXS + 8))]
     bad = next_block(block.header, more, overpay=1)  # its coinbase pays one coin too many
     checked: list[int] = []
-    real = node_module._signatures_ok
+    real = node_module.signatures_ok
 
     def counting(txs: list[Tx], network_id: bytes) -> list[bool]:
         checked.append(len(txs))
         return real(txs, network_id)
 
-    monkeypatch.setattr(node_module, "_signatures_ok", counting)
-    peer: Any = types.SimpleNamespace(best_height=0, useful=False)
+    monkeypatch.setattr(node_module, "signatures_ok", counting)
+    class StubPeer:  # what the NEW_BLOCK handler reads and writes of its sender (hashable, as a Peer)
+        best_height = 0
+        useful = False
+
+    peer: Any = StubPeer()
 
     async def scenario() -> None:
         node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
