@@ -27,6 +27,9 @@ SHORT_ID_BYTES = 6  # a compact block's short transaction id (Bitcoin: BIP152, 6
 RELAY_MAX_PEER_ANNOUNCED = 5000
 # txids asked of one peer and not yet answered; more wait for its answers (Bitcoin: 100; one full TXS here)
 RELAY_MAX_PEER_IN_FLIGHT = 1000
+# transactions pooled within this long are announced together, one INV_TX per peer: fewer, fuller
+# frames (Bitcoin trickles INV every 2 s outbound, 5 s inbound; here the latency a hop adds stays small)
+RELAY_INV_INTERVAL_S = 0.1
 RELAY_TX_REQUEST_TIMEOUT_S = 2.0  # a GET_TXS unanswered this long: ask the next announcer (Bitcoin: 60 s)
 RELAY_BLOCK_TXN_TIMEOUT_S = 2.0  # a GET_BLOCK_TXN unanswered this long: ask the next sender of the block
 RELAY_KNOWN_TXIDS_MAX = 4096  # txids remembered per peer as known to it (announced either way, or sent)

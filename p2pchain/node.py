@@ -113,7 +113,7 @@ class Node:
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
         self.relay: Relay[Peer] = Relay(FEATURES if config.relay == "compact" else ())
         self._relay_timer: asyncio.TimerHandle | None = None  # the next relay request deadline
-        self._flush_pending = False  # announcements queued, an INV_TX flush scheduled
+        self._flush_timer: asyncio.TimerHandle | None = None  # announcements queued: when they go out
         self.mining = Mining(config.miner_procs)  # in-process for tiny blocks, else worker processes
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
@@ -185,8 +185,9 @@ class Node:
 
     async def stop(self) -> None:
         self.events.close()
-        if self._relay_timer is not None:
-            self._relay_timer.cancel()
+        for timer in (self._relay_timer, self._flush_timer):
+            if timer is not None:
+                timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -459,14 +460,14 @@ class Node:
         return asyncio.get_running_loop().time()
 
     def _schedule_flush(self) -> None:
-        """Send queued announcements once this loop iteration's handlers are done: what
-        arrives together is announced in one INV_TX."""
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_announcements)
+        """Send queued announcements RELAY_INV_INTERVAL_S after the first: what is pooled
+        meanwhile goes out in one INV_TX per peer."""
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(limits.RELAY_INV_INTERVAL_S, self._flush_announcements)
 
     def _flush_announcements(self) -> None:
-        self._flush_pending = False
+        self._flush_timer = None
         for peer, batches in self.relay.take_announcements().items():
             for txids in batches:
                 peer.send(wire.InvTx(txids))

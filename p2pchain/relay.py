@@ -193,7 +193,7 @@ class _Peer:
     features: frozenset[str]
     known_txs: RecentSet = field(default_factory=lambda: RecentSet(limits.RELAY_KNOWN_TXIDS_MAX))
     known_blocks: RecentSet = field(default_factory=lambda: RecentSet(limits.RELAY_KNOWN_BLOCKS_MAX))
-    to_announce: list[bytes] = field(default_factory=list)
+    to_announce: dict[bytes, None] = field(default_factory=dict)  # (an ordered set) for the next INV_TX
     announced: set[bytes] = field(default_factory=set)  # txids it announced that we still want
     requests: deque[frozenset[bytes]] = field(default_factory=deque)  # GET_TXS not yet answered, oldest first
     in_flight: int = 0  # txids in ``requests``
@@ -293,7 +293,7 @@ class Relay(Generic[P]):
         for state in self._peers.values():
             if FEATURE_INV_TX in state.features and txid not in state.known_txs:
                 state.known_txs.add(txid)
-                state.to_announce.append(txid)
+                state.to_announce[txid] = None
 
     def announce_to(self, peer: P, txids: Iterable[bytes]) -> None:
         state = self._peers.get(peer)
@@ -302,7 +302,7 @@ class Relay(Generic[P]):
         for txid in txids:
             if txid not in state.known_txs:
                 state.known_txs.add(txid)
-                state.to_announce.append(txid)
+                state.to_announce[txid] = None
 
     def take_announcements(self) -> dict[P, list[tuple[bytes, ...]]]:
         """Peer -> INV_TX batches (at most MAX_INV_TXIDS txids each) queued since the last call."""
@@ -310,7 +310,7 @@ class Relay(Generic[P]):
         step = limits.MAX_INV_TXIDS
         for peer, state in self._peers.items():
             if state.to_announce:
-                queued, state.to_announce = state.to_announce, []
+                queued, state.to_announce = list(state.to_announce), {}
                 out[peer] = [tuple(queued[i : i + step]) for i in range(0, len(queued), step)]
                 self.stats.txs_announced += len(queued)
         return out
@@ -332,6 +332,7 @@ class Relay(Generic[P]):
         out: Requests[P] = {}
         for txid in txids:
             state.known_txs.add(txid)
+            state.to_announce.pop(txid, None)  # it announced first: ours would cross it on the wire
             if txid in state.announced or have(txid) or txid in self.extra or txid in self.confirmed:
                 continue
             if len(state.announced) >= limits.RELAY_MAX_PEER_ANNOUNCED:

@@ -329,3 +329,11 @@ def test_what_waited_for_room_in_flight_is_asked_when_the_peer_answers() -> None
     relay.requested("a", first)
     assert relay.on_inv("a", ids[limits.MAX_INV_TXIDS :], never, T0) == {}  # a's requests are full
     assert relay.on_txs("a", (), T0) == {"a": ids[limits.MAX_INV_TXIDS :]}  # answered: room again
+
+
+def test_an_announcement_not_yet_sent_is_dropped_when_the_peer_announces_first() -> None:
+    relay = relay_with("a", "b")
+    txid = payments(1)[0].txid
+    relay.announce(txid)  # queued for a and b, the INV_TX not yet sent
+    relay.on_inv("a", [txid], lambda t: True, T0)  # a announces it meanwhile: it has it
+    assert relay.take_announcements() == {"b": [(txid,)]}
