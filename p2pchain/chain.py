@@ -220,12 +220,12 @@ class Chain:
         reorg keeps in step with the best chain in the same transaction)."""
         history: list[tuple[Entry, Tx]] = []
         blocks: dict[int, Block | None] = {}
-        for height, pos, txid in self.store.address_history(address, offset, limit):
+        for height, pos in self.store.address_history(address, offset, limit):
             if height not in blocks:
                 blocks[height] = self.block_at(height)
             block = blocks[height]
-            if block is None or pos >= len(block.txs) or block.txs[pos].txid != txid:
-                raise StoreError(f"store {self.store.path}: address index names a missing transaction {txid.hex()}")
+            if block is None or pos >= len(block.txs):
+                raise StoreError(f"store {self.store.path}: address index names a missing transaction: resync")
             history.append((self.index[block.hash], block.txs[pos]))
         return history
 

@@ -71,15 +71,21 @@ def test_address_index_follows_reorgs(tmp_path: Path) -> None:
         assert history(chain, who.address) == history_by_replay(chain, who.address)
     chain.close()
 
-    # A store made before the index existed gets it built when opened.
-    store = Store(tmp_path / "chain.sqlite")
-    store.db.execute("DELETE FROM addrindex")
-    store.db.execute("DELETE FROM meta WHERE key='addrindex'")
-    store.close()
-    chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
-    for who in (A, B, C):
-        assert history(chain, who.address) == history_by_replay(chain, who.address)
-    chain.close()
+    # A store made before this index (none, or the first layout) gets it built when opened.
+    for old_layout in (None, b"1"):
+        store = Store(tmp_path / "chain.sqlite")
+        store.db.execute("DELETE FROM addrtx")
+        store.db.execute("DELETE FROM meta WHERE key='addrindex'")
+        if old_layout is not None:
+            store.db.execute("CREATE TABLE addrindex(address TEXT, height INTEGER, pos INTEGER, txid BLOB)")
+            store.set_meta("addrindex", old_layout)
+        store.close()
+        chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
+        for who in (A, B, C):
+            assert history(chain, who.address) == history_by_replay(chain, who.address)
+        tables = {n for (n,) in chain.store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "addrindex" not in tables
+        chain.close()
 
 
 def get(node: NodeProc, path: str, accept: str = "text/html") -> tuple[int, dict[str, str], str]:
