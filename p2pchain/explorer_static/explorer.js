@@ -88,34 +88,51 @@
   if (feed.firstElementChild && feed.firstElementChild.classList.contains("muted")) {
     feed.firstElementChild.textContent = "new blocks, reorganisations and transactions appear here";
   }
-  const source = new EventSource(body.dataset.events);
-  source.addEventListener("open", () => setConn("live", "live"));
-  source.addEventListener("error", () => setConn("reconnecting…", "down"));
-  source.addEventListener("hello", (e) => {
-    const d = JSON.parse(e.data);
-    setConn("live", "live");
-    if (d.hash !== body.dataset.tip) refresh();  // reconnected after missing events: catch up
+  // One stream per visible tab: a hidden tab closes its stream (browsers allow about six
+  // connections to one host) and opens a new one when shown again, catching up on its hello.
+  let source = null;
+  let hellos = 0;
+  function connect() {
+    source = new EventSource(body.dataset.events);
+    source.addEventListener("open", () => setConn("live", "live"));
+    source.addEventListener("error", () => setConn("reconnecting…", "down"));
+    source.addEventListener("hello", (e) => {
+      const d = JSON.parse(e.data);
+      setConn("live", "live");
+      // A reconnection may have missed events: catch up (the first hello only if the tip moved).
+      if (hellos++ > 0 || d.hash !== body.dataset.tip) refresh();
+    });
+    source.addEventListener("tip", (e) => {
+      const d = JSON.parse(e.data);
+      note("tip", "block " + d.height + " " + short(d.hash) + " (" + d.txs + " tx)");
+      if (wants.has("tip")) refresh();
+    });
+    source.addEventListener("reorg", (e) => {
+      const d = JSON.parse(e.data);
+      const gone = d.disconnected.length;
+      const text = "Reorganisation: " + gone + " block(s) above height " + d.fork_height +
+        " replaced by " + d.connected.length + " from another branch";
+      banner.textContent = text;
+      banner.hidden = false;
+      note("reorg", text);
+      refresh();
+    });
+    source.addEventListener("txs", (e) => {
+      const d = JSON.parse(e.data);
+      const last = d.txs[d.txs.length - 1];
+      const more = d.count > 1 ? " and " + (d.count - 1) + " more" : "";
+      note("tx", "tx " + short(last.txid) + " " + last.amount + " coin(s)" + more);
+      if (wants.has("tx")) refreshForTx();
+    });
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden && source) {
+      source.close();
+      source = null;
+      setConn("paused (tab hidden)", "");
+    } else if (!document.hidden && !source) {
+      connect();
+    }
   });
-  source.addEventListener("tip", (e) => {
-    const d = JSON.parse(e.data);
-    note("tip", "block " + d.height + " " + short(d.hash) + " (" + d.txs + " tx)");
-    if (wants.has("tip")) refresh();
-  });
-  source.addEventListener("reorg", (e) => {
-    const d = JSON.parse(e.data);
-    const gone = d.disconnected.length;
-    const text = "Reorganisation: " + gone + " block(s) above height " + d.fork_height +
-      " replaced by " + d.connected.length + " from another branch";
-    banner.textContent = text;
-    banner.hidden = false;
-    note("reorg", text);
-    refresh();
-  });
-  source.addEventListener("txs", (e) => {
-    const d = JSON.parse(e.data);
-    const last = d.txs[d.txs.length - 1];
-    const more = d.count > 1 ? " and " + (d.count - 1) + " more" : "";
-    note("tx", "tx " + short(last.txid) + " " + last.amount + " coin(s)" + more);
-    if (wants.has("tx")) refreshForTx();
-  });
+  connect();
 })();
