@@ -39,21 +39,41 @@ ChainListener = Callable[[list[Block], list[Block]], None]  # (connected, discon
 REMEMBERED_HEADER_FAILURES = frozenset({RuleCode.BAD_VERSION, RuleCode.BAD_DIFFICULTY})
 
 
-@dataclass(frozen=True)
 class Entry:
-    """A block in the tree: its header and the work of the branch that ends with it."""
+    """A block in the tree: its header and the work of the branch that ends with it. Kept
+    compact, since the node holds one per block (100,000 blocks: ~45 MB): the header's 92 bytes,
+    its hash, and the fields read on every new block (height, parent, timestamp) as plain
+    attributes; the Header object is rebuilt from the bytes when asked for. Not changed after
+    it is made."""
 
-    header: Header
-    work: int  # cumulative: sum of work(bits) from genesis to this block
-    seq: int  # arrival order; among equal work the first seen stays best
+    __slots__ = ("hash", "height", "prev_hash", "raw", "seq", "timestamp", "work")
+
+    def __init__(self, header: Header, work: int, seq: int, parent_hash: bytes | None = None) -> None:
+        self.hash = header.hash
+        self.raw = header.raw
+        self.height = header.height
+        # the parent's own hash object when the caller has it: one bytes object per hash, not two
+        self.prev_hash = parent_hash if parent_hash == header.prev_hash else header.prev_hash
+        self.timestamp = header.timestamp
+        self.work = work  # cumulative: sum of work(bits) from genesis to this block
+        self.seq = seq  # arrival order; among equal work the first seen stays best
 
     @property
-    def hash(self) -> bytes:
-        return self.header.hash
+    def header(self) -> Header:
+        header = Header.from_raw(self.raw)
+        header.__dict__["hash"] = self.hash
+        return header
 
-    @property
-    def height(self) -> int:
-        return self.header.height
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return (self.hash, self.work, self.seq) == (other.hash, other.work, other.seq)
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.hash.hex()[:16]}, height={self.height}, work={self.work}, seq={self.seq})"
 
 
 class Status(enum.Enum):
@@ -113,10 +133,14 @@ class Chain:
                 f"not this one ({self.params.network_id.hex()[:12]}…, difficulty {self.params.bits}): "
                 "use another --data-dir or the same --difficulty"
             )
-        for stored in self.store.load_index():
-            self.index[stored.header.hash] = Entry(stored.header, stored.work, stored.seq)
-            self._seq = max(self._seq, stored.seq + 1)
-        self.main = self.store.load_main()
+        index = self.index
+        for raw, work_done, seq in self.store.load_index():  # in arrival order: a parent before its children
+            header = Header.from_raw(raw)
+            parent = index.get(header.prev_hash)
+            entry = Entry(header, work_done, seq, parent.hash if parent is not None else None)
+            index[entry.hash] = entry
+            self._seq = max(self._seq, seq + 1)
+        self.main = [index[h].hash if h in index else h for h in self.store.load_main()]  # the index's bytes objects
         self.accounts = self.store.load_accounts()
         self._check_loaded()
         for block_hash, size in self.store.side_block_sizes():
@@ -138,7 +162,7 @@ class Chain:
             entry = self.index.get(block_hash)
             if entry is None or entry.height != height:
                 raise StoreError(f"{where}: best chain row {height} names a missing block: move it aside and resync")
-            if height and entry.header.prev_hash != self.main[height - 1]:
+            if height and entry.prev_hash != self.main[height - 1]:
                 raise StoreError(f"{where}: best chain breaks at height {height}: move it aside and resync")
         tip_meta = self.store.get_meta("tip")
         if tip_meta != self.main[-1]:
@@ -236,8 +260,8 @@ class Chain:
         stamps: list[int] = []
         e: Entry | None = entry
         while e is not None and len(stamps) < limits.MEDIAN_TIME_SPAN:
-            stamps.append(e.header.timestamp)
-            e = self.index.get(e.header.prev_hash)
+            stamps.append(e.timestamp)
+            e = self.index.get(e.prev_hash)
         return rules.median_time_past(stamps)
 
     def locator(self, start: bytes | None = None) -> list[bytes]:
@@ -247,7 +271,7 @@ class Chain:
         e = self.index.get(start) if start is not None else None
         while e is not None and not self.is_main(e.hash) and len(hashes) < 10:  # a side branch
             hashes.append(e.hash)
-            e = self.index.get(e.header.prev_hash)
+            e = self.index.get(e.prev_hash)
         height = self.height if e is None else e.height
         step = 1
         while height > 0 and len(hashes) < limits.MAX_LOCATOR_HASHES - 1:
@@ -352,7 +376,7 @@ class Chain:
             if e.code is not RuleCode.TIME_TOO_NEW:  # it may become valid later
                 self._remember_invalid(block.hash, e.code)
             raise
-        entry = Entry(block.header, parent.work + work(block.header.bits), self._next_seq())
+        entry = Entry(block.header, parent.work + work(block.header.bits), self._next_seq(), parent.hash)
         if entry.work <= self.tip.work:
             if not requested:
                 return Status.IGNORED
@@ -391,6 +415,8 @@ class Chain:
         """The net change of one call, which may switch branches more than once (orphans that
         complete two sibling branches): blocks on the best chain now that were not before, in
         height order, and blocks that were on it before and are not now, tip first."""
+        if not disconnected:  # the usual case: blocks added on top of the tip, already in order
+            return connected, disconnected
         added = {b.hash for b in connected}
         now = {b.hash: b for b in connected if self.is_main(b.hash)}
         gone = {b.hash: b for b in disconnected if b.hash not in added}  # were best before this call
@@ -434,7 +460,7 @@ class Chain:
             return
         top = dict(height)  # the highest side block at or above each one
         for h in sorted(self.side, key=height.__getitem__, reverse=True):
-            parent = self.index[h].header.prev_hash
+            parent = self.index[h].prev_hash
             if parent in top:
                 top[parent] = max(top[parent], top[h])
         # (top, -height) order puts every block after its descendants: any prefix is a closed set
@@ -471,7 +497,7 @@ class Chain:
         e = self.index.get(block.prev_hash)
         while e is not None and not self.is_main(e.hash):
             branch.append(self._stored(e.hash))
-            e = self.index.get(e.header.prev_hash)
+            e = self.index.get(e.prev_hash)
         if e is None:
             raise StoreError(f"store {self.store.path}: a branch does not reach the best chain: move it aside")
         branch.reverse()
@@ -514,11 +540,12 @@ class Chain:
             raise failure
 
         with self.store.transaction():
-            self.store.put_block(block, entry.work, entry.seq)
+            self.store.put_block(block, entry.work, entry.seq, applied[-1][1])  # ``block`` ends the branch
             for height, gone in zip(range(len(self.main) - 1, fork_height, -1), old, strict=True):
                 self.store.unset_main(height, gone)
             for height, (new, undo) in enumerate(applied, start=fork_height + 1):
-                self.store.set_undo(new.hash, undo)
+                if new is not block:  # stored before as a side block: its undo data is new
+                    self.store.set_undo(new.hash, undo)
                 self.store.set_main(height, new)
             self.store.write_accounts(overlay.items())
             self.store.set_meta("tip", applied[-1][0].hash)
@@ -556,7 +583,7 @@ class Chain:
         wanted = {bad.hash}
         for h in sorted(self.side, key=lambda h: self.index[h].height):
             e = self.index[h]
-            if e.header.prev_hash in wanted:
+            if e.prev_hash in wanted:
                 wanted.add(h)
                 doomed.append(h)
                 self._remember_invalid(h, RuleCode.INVALID_ANCESTOR)

@@ -24,7 +24,7 @@ import msgpack
 from p2pchain import limits
 from p2pchain.errors import ProtocolError, StoreError
 from p2pchain.keys import is_address
-from p2pchain.ledger.block import Block, Header
+from p2pchain.ledger.block import HEADER_BYTES, Block
 from p2pchain.ledger.rules import Account
 
 log = logging.getLogger(__name__)
@@ -64,18 +64,13 @@ def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate
         try:
             return method(self, *args, **kwargs)
         except _DAMAGE as e:
-            raise StoreError(f"store {self.path} is damaged ({type(e).__name__}: {e}): move it aside and resync") from e
+            raise _damaged(self.path, e) from e
 
     return guarded
 
 
-@dataclass(frozen=True)
-class StoredEntry:
-    """One row of the block index as loaded at start."""
-
-    header: Header
-    work: int
-    seq: int
+def _damaged(path: str, e: BaseException) -> StoreError:
+    return StoreError(f"store {path} is damaged ({type(e).__name__}: {e}): move it aside and resync")
 
 
 @dataclass(frozen=True)
@@ -93,16 +88,12 @@ def unpack_block(data: bytes) -> Block:
     return Block.from_wire(msgpack.unpackb(data, raw=False))
 
 
+def _pack_undo(undo: dict[str, Account]) -> bytes:
+    return msgpack.packb({a: [acc.balance, acc.nonce] for a, acc in undo.items()})  # type: ignore[no-any-return]
+
+
 def _work_bytes(work: int) -> bytes:
     return work.to_bytes((work.bit_length() + 7) // 8 or 1, "big")
-
-
-def _header_from_raw(raw: bytes) -> Header:
-    from p2pchain.ledger.block import HEADER_PREFIX, NONCE
-
-    version, height, prev, merkle, ts, bits = HEADER_PREFIX.unpack_from(raw)
-    (nonce,) = NONCE.unpack_from(raw, HEADER_PREFIX.size)
-    return Header(version, height, prev, merkle, ts, bits, nonce)
 
 
 ADDRINDEX_VERSION = b"2"  # meta "addrindex": the address index's layout; another one is rebuilt
@@ -214,10 +205,20 @@ class Store:
 
     # --- blocks -----------------------------------------------------------------------------
     @_guarded
-    def put_block(self, block: Block, work: int, seq: int) -> None:
+    def put_block(self, block: Block, work: int, seq: int, undo: dict[str, Account] | None = None) -> None:
+        """Store ``block`` (with its undo data when it joins the best chain now: one row write)."""
         self.db.execute(
-            "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body) VALUES (?,?,?,?,?,?,?)",
-            (block.hash, block.prev_hash, block.height, _work_bytes(work), seq, block.header.raw, pack_block(block)),
+            "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body, undo) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                block.hash,
+                block.prev_hash,
+                block.height,
+                _work_bytes(work),
+                seq,
+                block.header.raw,
+                pack_block(block),
+                None if undo is None else _pack_undo(undo),
+            ),
         )
 
     @_guarded
@@ -250,10 +251,16 @@ class Store:
             raise StoreError(f"store {self.path}: the row of block {block_hash.hex()} holds another block")
         return block
 
-    @_guarded
-    def load_index(self) -> list[StoredEntry]:
-        rows = self.db.execute("SELECT header, work, seq FROM blocks ORDER BY seq").fetchall()
-        return [StoredEntry(_header_from_raw(bytes(h)), int.from_bytes(w, "big"), s) for h, w, s in rows]
+    def load_index(self) -> Iterator[tuple[bytes, int, int]]:
+        """(header bytes, cumulative work, arrival order) of every stored block, in arrival order:
+        one row at a time, so that opening a long chain never holds all its rows at once."""
+        try:
+            for h, w, seq in self.db.execute("SELECT header, work, seq FROM blocks ORDER BY seq"):
+                if len(h) != HEADER_BYTES:
+                    raise ValueError(f"a stored header of {len(h)} bytes")
+                yield bytes(h), int.from_bytes(w, "big"), seq
+        except _DAMAGE as e:
+            raise _damaged(self.path, e) from e
 
     @_guarded
     def get_undo(self, block_hash: bytes) -> dict[str, Account]:
@@ -264,8 +271,7 @@ class Store:
 
     @_guarded
     def set_undo(self, block_hash: bytes, undo: dict[str, Account]) -> None:
-        data = msgpack.packb({a: [acc.balance, acc.nonce] for a, acc in undo.items()})
-        self.db.execute("UPDATE blocks SET undo=? WHERE hash=?", (data, block_hash))
+        self.db.execute("UPDATE blocks SET undo=? WHERE hash=?", (_pack_undo(undo), block_hash))
 
     # --- best chain -------------------------------------------------------------------------
     @_guarded
@@ -333,8 +339,10 @@ class Store:
                 deletes.append((address,))
             else:
                 upserts.append((address, acct.balance, acct.nonce))
-        self.db.executemany("INSERT OR REPLACE INTO accounts(address, balance, nonce) VALUES (?,?,?)", upserts)
-        self.db.executemany("DELETE FROM accounts WHERE address=?", deletes)
+        if upserts:
+            self.db.executemany("INSERT OR REPLACE INTO accounts(address, balance, nonce) VALUES (?,?,?)", upserts)
+        if deletes:
+            self.db.executemany("DELETE FROM accounts WHERE address=?", deletes)
 
     # --- bans -------------------------------------------------------------------------------
     @_guarded

@@ -26,7 +26,20 @@ import time
 from benchlib.common import Subcommand, machine_info, print_table  # scripts/benchlib/ (beside this file)
 
 # each is the module benchlib.NAME
-SUBCOMMANDS = ("ledger", "net", "swarm", "fuzz", "hostile", "soak", "explorer", "edges", "light", "consensus", "relay")
+SUBCOMMANDS = (
+    "ledger",
+    "net",
+    "swarm",
+    "fuzz",
+    "hostile",
+    "soak",
+    "explorer",
+    "edges",
+    "light",
+    "consensus",
+    "relay",
+    "bigchain",
+)
 
 
 def load(name: str) -> Subcommand:

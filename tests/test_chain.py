@@ -24,7 +24,7 @@ from ledger_helpers import GENESIS, NOW_MS, PARAMS, block_on, branch, feed, main
 from p2pchain import limits
 from p2pchain.chain import Chain, ProcessResult, Status
 from p2pchain.errors import RuleCode, RuleError
-from p2pchain.ledger.block import Block
+from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.rules import EMPTY_ACCOUNT
 from p2pchain.mempool import Mempool
 from p2pchain.params import GENESIS_TIMESTAMP_MS, NetworkParams
@@ -350,7 +350,8 @@ def reaches_the_best_chain(chain: Chain) -> bool:
 
 def assert_side_is_index_off_main(chain: Chain) -> None:
     assert set(chain.side) == set(chain.index) - set(chain.main)
-    assert set(chain.store.load_main()) | set(chain.side) == {e.header.hash for e in chain.store.load_index()}
+    stored = {Header.from_raw(raw).hash for raw, _, _ in chain.store.load_index()}
+    assert set(chain.store.load_main()) | set(chain.side) == stored
 
 
 def test_a_side_block_nobody_asked_for_is_not_stored() -> None:

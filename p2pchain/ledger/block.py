@@ -87,6 +87,15 @@ class Header:
     def hash(self) -> bytes:
         return hashlib.sha256(self.raw).digest()
 
+    @classmethod
+    def from_raw(cls, raw: bytes) -> Header:
+        """The header whose canonical 92 bytes are ``raw`` (trusted: a store's or our own)."""
+        version, height, prev, merkle, ts, bits = HEADER_PREFIX.unpack_from(raw)
+        (nonce,) = NONCE.unpack_from(raw, HEADER_PREFIX.size)
+        header = cls(version, height, prev, merkle, ts, bits, nonce)
+        header.__dict__["raw"] = raw  # the cached_property's slot: no need to pack it again
+        return header
+
     def meets_target(self) -> bool:
         return int.from_bytes(self.hash, "big") < target(self.bits)
 

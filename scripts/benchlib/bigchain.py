@@ -1,0 +1,166 @@
+"""bigchain: a chain of 100,000 blocks: sync it from one peer process, open it from disk, and
+accept a block at its tip (against the same at height 100)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from benchlib.common import Figures, Subcommand, timed_ms
+from benchlib.ledger import CHAIN_BLOCK_TXS, CHAIN_SAMPLES, sign
+from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs
+from p2pchain import limits
+from p2pchain.chain import Chain
+from p2pchain.keys import Wallet
+from p2pchain.ledger.block import Block
+from p2pchain.ledger.tx import Tx
+from p2pchain.miner import build_template, mine_block
+from p2pchain.node import Node, NodeConfig
+from p2pchain.params import NetworkParams
+from p2pchain.store import DB_FILE
+
+BIG_BLOCKS = 100_000  # blocks of the long chain
+BIG_PARAMS = NetworkParams(bits=1)  # ~2 hashes a block: building 100,000 of them takes seconds
+SMALL_HEIGHT = 100  # block_accept_ms_at_100: the same measurement on a short chain,
+SMALL_PARAMS = NetworkParams(bits=1, reward=1000)  # whose 100 blocks fund the timed payments as well
+
+
+def big_chain(n: int, reward_to: str, params: NetworkParams = BIG_PARAMS) -> list[Block]:
+    """``n`` coinbase-only blocks on the genesis of ``params``, each paying ``reward_to``."""
+    blocks: list[Block] = []
+    parent = params.genesis.header
+    for _ in range(n):
+        stamp = parent.timestamp + NET_SPACING_MS
+        blocks.append(mine_block(build_template(params, parent, parent.timestamp, [], reward_to, stamp)))
+        parent = blocks[-1].header
+    return blocks
+
+
+def write_store(data_dir: Path, blocks: list[Block], params: NetworkParams = BIG_PARAMS) -> float:
+    """The store of a node holding ``blocks``, written in this process by Chain.process_block in
+    CHAIN-sized batches (one commit each): no network, no mining. Returns the seconds."""
+    data_dir.mkdir(parents=True)
+    chain = Chain.open(data_dir / DB_FILE, params)
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(blocks), limits.MAX_BLOCKS_PER_CHAIN):
+            with chain.store.batch():
+                for block in blocks[i : i + limits.MAX_BLOCKS_PER_CHAIN]:
+                    chain.process_block(block, block.header.timestamp)
+        return time.perf_counter() - start
+    finally:
+        chain.close()
+
+
+def opened(path: Path, height: int) -> tuple[float, float]:
+    """(MiB resident, seconds to open) of a fresh interpreter that opened the store at ``path``."""
+    code = (
+        "import os, sys, time; from p2pchain.chain import Chain; from p2pchain.params import NetworkParams; "
+        "t = time.perf_counter(); c = Chain.open(sys.argv[1], NetworkParams(bits=1)); t = time.perf_counter() - t; "
+        "assert c.height == int(sys.argv[2]), c.height; "
+        "print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20, t)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(height)], capture_output=True, text=True, check=True, timeout=300
+    )
+    rss, seconds = out.stdout.split()
+    return float(rss), float(seconds)
+
+
+def accept_ms(path: Path, payer: Wallet, params: NetworkParams) -> float:
+    """Median Chain.process_block time of CHAIN_SAMPLES blocks of CHAIN_BLOCK_TXS signed payments
+    (signatures not checked before) at the tip of the store at ``path``."""
+    chain = Chain.open(path, params)
+    network = params.network_id
+    try:
+        nonce = chain.get_account(payer.address).nonce
+        times = []
+        for _ in range(CHAIN_SAMPLES):
+            unsigned = [
+                Tx(payer.address, "cd" * 20, 1, 0, nonce + k, payer.pubkey, b"") for k in range(CHAIN_BLOCK_TXS)
+            ]
+            txs = [sign(payer.private, tx, network) for tx in unsigned]
+            nonce += CHAIN_BLOCK_TXS
+            tip = chain.tip
+            stamp = tip.header.timestamp + NET_SPACING_MS
+            mtp = chain.median_time_past(tip)
+            block = mine_block(build_template(params, tip.header, mtp, txs, payer.address, stamp))
+            times.append(timed_ms(partial(chain.process_block, block, stamp)))
+            assert chain.tip.hash == block.hash
+        return statistics.median(times)
+    finally:
+        chain.close()
+
+
+async def sync_s(root: Path, source_dir: Path, height: int) -> float:
+    """A fresh node in this process syncs ``height`` blocks from a node process on ``source_dir``."""
+    procs = NodeProcs(root / "source", 1)
+    procs.data_dir(0).parent.mkdir(parents=True, exist_ok=True)
+    source_dir.rename(procs.data_dir(0))
+    try:
+        await procs.start(0, [], ("--difficulty", str(BIG_PARAMS.bits)))
+        config = NodeConfig(
+            data_dir=root / "fresh", port=0, peers=[f"127.0.0.1:{procs.ports[0]}"], params=BIG_PARAMS, discover=False
+        )
+        node = Node(config)
+        caught_up = asyncio.Event()
+        node.chain.subscribe(lambda connected, gone: caught_up.set() if node.chain.height >= height else None)
+        try:
+            start = time.perf_counter()
+            await node.start()
+            async with asyncio.timeout(NET_TIMEOUT_S * 5):
+                await caught_up.wait()
+            return time.perf_counter() - start
+        finally:
+            await node.stop()
+    finally:
+        await procs.close()
+
+
+def bench_bigchain(args: argparse.Namespace) -> Figures:
+    n: int = args.blocks
+    payer = Wallet.generate()  # every block pays it: the timed blocks' payments spend that
+    start = time.perf_counter()
+    blocks = big_chain(n, payer.address)
+    figures: Figures = {"bigchain_build_s": time.perf_counter() - start}
+    with tempfile.TemporaryDirectory(prefix="p2pchain-bench-bigchain-") as tmp:
+        root = Path(tmp)
+        figures[f"sync_{n}_inprocess_s"] = write_store(root / "big", blocks)
+        write_store(root / "small", big_chain(SMALL_HEIGHT, payer.address, SMALL_PARAMS), SMALL_PARAMS)
+        rss, open_s = opened(root / "big" / DB_FILE, n)
+        figures[f"rss_mb_{n}_blocks"] = rss
+        figures[f"open_{n}_s"] = open_s
+        figures[f"sync_{n}_s"] = asyncio.run(sync_s(root, root / "big", n))
+        synced = root / "fresh" / DB_FILE
+        figures[f"block_accept_ms_at_{n}"] = accept_ms(synced, payer, BIG_PARAMS)
+        figures[f"block_accept_ms_at_{SMALL_HEIGHT}"] = accept_ms(root / "small" / DB_FILE, payer, SMALL_PARAMS)
+    figures["block_accept_ratio"] = figures[f"block_accept_ms_at_{n}"] / figures[f"block_accept_ms_at_{SMALL_HEIGHT}"]
+    return figures
+
+
+def bigchain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blocks", type=int, default=BIG_BLOCKS, help=f"length of the long chain (default {BIG_BLOCKS:,})")
+
+
+BIGCHAIN_NOTES = {
+    "bigchain_build_s": "s to build the blocks in this process (coinbase-only, 1 bit of work)",
+    f"sync_{BIG_BLOCKS}_inprocess_s": "s, Chain.process_block of them into a store, no network (the floor)",
+    f"rss_mb_{BIG_BLOCKS}_blocks": "MiB resident, a fresh process that opened that store; target <= 120",
+    f"open_{BIG_BLOCKS}_s": "s that opening took",
+    f"sync_{BIG_BLOCKS}_s": "s, a fresh node syncs them from one node process; target <= 10",
+    f"block_accept_ms_at_{BIG_BLOCKS}": f"ms, Chain.process_block of a {CHAIN_BLOCK_TXS}-tx block at the tip, median "
+    f"of {CHAIN_SAMPLES}",
+    f"block_accept_ms_at_{SMALL_HEIGHT}": "ms, the same at height 100",
+    "block_accept_ratio": "the first / the second; target <= 1.2",
+}
+
+COMMAND = Subcommand(
+    bench_bigchain, "a chain of 100,000 blocks: sync, open, accept at the tip", BIGCHAIN_NOTES, bigchain_arguments
+)
