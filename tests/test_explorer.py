@@ -161,6 +161,13 @@ def test_pages_over_http(nodes: Any) -> None:
     code, _, page = get(node, "/explorer/" + urllib.request.quote("<b>x</b>"))
     assert code == 404 and "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
 
+    code, pending = node.http("POST", "/transactions/new", {"recipient": B.address, "amount": 1})
+    assert code == 201
+    code, _, page = get(node, f"/explorer/tx/{pending['txid']}")
+    assert code == 200 and "in the mempool" in page
+    code, _, page = get(node, "/explorer/mempool")
+    assert code == 200 and pending["txid"] in page
+
     for path in ("/explorer/mempool", "/explorer/peers", "/explorer/static/explorer.js"):
         assert get(node, path)[0] == 200, path
     assert get(node, "/explorer/static/../../http.py")[0] == 404

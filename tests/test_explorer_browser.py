@@ -69,9 +69,18 @@ def test_page_on_b_shows_a_block_mined_on_a_and_a_reorg_live(nodes: Any, browser
     feed = text(browser, "feed")
     assert "block 3" in feed and "Reorganisation" in feed
 
-    # B's page of its own abandoned block says so, and its parent link leads to genesis.
+    # B's page of its own abandoned block says so.
     browser.get(f"http://127.0.0.1:{b.http_port}/explorer/block/{b_block['hash']}")
     assert "on a side branch" in text(browser, "live")
+    # B's peers page lists A: the address B dialled, outbound, A's height, bytes both ways.
+    browser.get(f"http://127.0.0.1:{b.http_port}/explorer/peers")
+    rows = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table.peers tbody tr'),"
+        " tr => Array.from(tr.querySelectorAll('td'), td => td.innerText));"
+    )
+    row = next((r for r in rows if r[0] == a.addr), None)
+    assert row is not None and row[1] == "outbound" and row[3] == "3", rows
+    assert all(int(n.replace(",", "")) > 0 for n in row[4:6]), rows
 
 
 def search(browser: Any, query: str) -> None:
@@ -185,5 +194,7 @@ def test_swarm_map_shows_every_node_link_and_tip(browser: Any, tmp_path: Path) -
     for n in nodes:
         assert (n["tip"], n["fill"]) == (summary["tip"], tip_colour(summary["tip"])), n
         assert n["href"] == f"http://127.0.0.1:{manifest[n['index']]['http_port']}/explorer/"
+    blocks_listed = browser.execute_script("return document.querySelectorAll('#blocks li').length;")
+    assert blocks_listed > 0  # block arrivals reached the map as they happened
     ring = {tuple(sorted((i, j))) for i, entry in enumerate(manifest) for j in entry["dials"]}
     assert len(ring) == 5 and ring <= {tuple(sorted(link)) for link in links}, links
