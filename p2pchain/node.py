@@ -21,7 +21,7 @@ from p2pchain.chain import Chain, Status
 from p2pchain.connmgr import ConnectionManager
 from p2pchain.errors import MempoolCode, MempoolError, RuleError
 from p2pchain.events import EventHub
-from p2pchain.keys import Wallet
+from p2pchain.keys import Wallet, is_address
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import PERMANENT_REFUSALS, Mempool, RecentSet
@@ -629,6 +629,7 @@ class Node:
             "address": self.wallet.address,
             "network": self.params.network_id.hex(),
             "difficulty": self.params.bits,
+            "reward": self.params.reward,
             "height": tip.height,
             "length": tip.height + 1,
             "tip": tip.hash.hex(),
@@ -674,6 +675,9 @@ class Node:
         peer.send(wire.Status(msg.id, self.status()))
 
     async def _on_get_account(self, peer: Peer, msg: wire.GetAccount) -> None:
+        if not is_address(msg.address):  # no account can have it: say so rather than answer zeros
+            peer.send(wire.Error(msg.id, f"not an address (40 lowercase hex digits): {msg.address[:64]!r}"))
+            return
         acct = self.chain.get_account(msg.address)
         peer.send(wire.Account(msg.id, msg.address, acct.balance, acct.nonce, self.mempool.next_nonce(msg.address)))
 

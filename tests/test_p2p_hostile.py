@@ -776,6 +776,13 @@ async def get_unknown(ctx: Ctx, peer: RawPeer) -> None:
     assert (await peer.expect(wire.Txs)).txs == ()
 
 
+@case("GET_ACCOUNT of something that is not an address (answered ERROR)", IGNORE)
+async def account_not_an_address(ctx: Ctx, peer: RawPeer) -> None:
+    peer.send(wire.GetAccount(9, "ABCDEF" + "0" * 34))  # uppercase hex is not an address
+    reply = await peer.expect(lambda m: isinstance(m, wire.Error | wire.Account) and m.id == 9)
+    assert isinstance(reply, wire.Error) and "not an address" in reply.message, reply
+
+
 MANY_CONNECTIONS = 200
 
 
