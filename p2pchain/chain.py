@@ -446,11 +446,13 @@ class Chain:
             self._side_bytes -= size
 
     def _prune_side(self) -> None:
-        """Bound the stored blocks off the best chain. A side branch whose highest block is more
-        than SIDE_KEEP_DEPTH below the tip goes (it would need that much more work to matter, and
-        a sync fetches it again if it ever does); past SIDE_BLOCKS_MAX blocks or
-        SIDE_BLOCKS_MAX_BYTES bytes, the lowest branches go first. A block always goes with its
-        descendants, so every stored block still reaches the best chain."""
+        """Bound the stored blocks off the best chain. A side branch goes when its highest block
+        is more than SIDE_KEEP_DEPTH below the tip and nothing was added to it while the last
+        SIDE_KEEP_DEPTH blocks arrived: it would need that much more work to matter (a sync
+        fetches it again if it ever does), and it is not a branch a sync is still fetching. Past
+        SIDE_BLOCKS_MAX blocks or SIDE_BLOCKS_MAX_BYTES bytes, the branches extended longest ago
+        go first. A block always goes with its descendants, so every stored block still reaches
+        the best chain."""
         if not self.side:
             return
         floor = self.height - limits.SIDE_KEEP_DEPTH
@@ -459,20 +461,26 @@ class Chain:
         if not over and min(height.values()) >= floor:
             return
         top = dict(height)  # the highest side block at or above each one
+        newest = {h: self.index[h].seq for h in self.side}  # the latest arrival at or above it
         for h in sorted(self.side, key=height.__getitem__, reverse=True):
             parent = self.index[h].prev_hash
             if parent in top:
                 top[parent] = max(top[parent], top[h])
-        # (top, -height) order puts every block after its descendants: any prefix is a closed set
-        order = sorted(self.side, key=lambda h: (top[h], -height[h]))
-        count, size = len(self.side), self._side_bytes
-        doomed: list[bytes] = []
-        for h in order:
-            if top[h] >= floor and count <= limits.SIDE_BLOCKS_MAX and size <= limits.SIDE_BLOCKS_MAX_BYTES:
+                newest[parent] = max(newest[parent], newest[h])
+        stale = self._seq - limits.SIDE_KEEP_DEPTH
+        doomed = [h for h in self.side if top[h] < floor and newest[h] < stale]  # closed under descendants
+        count = len(self.side) - len(doomed)
+        size = self._side_bytes - sum(self.side[h] for h in doomed)
+        gone = set(doomed)
+        # (newest, -height) puts every block after its descendants: any prefix is a closed set
+        for h in sorted((h for h in self.side if h not in gone), key=lambda h: (newest[h], -height[h])):
+            if count <= limits.SIDE_BLOCKS_MAX and size <= limits.SIDE_BLOCKS_MAX_BYTES:
                 break
             doomed.append(h)
             count -= 1
             size -= self.side[h]
+        if not doomed:
+            return
         with self.store.transaction():
             self.store.delete_blocks(doomed)
         for h in doomed:

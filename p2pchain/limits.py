@@ -51,16 +51,15 @@ MAX_ADDRESS_CHARS = 64  # an address field on the wire; real addresses are 40 he
 ORPHAN_POOL_MAX = 256  # blocks waiting for their parent (Bitcoin: MAX_ORPHAN_TRANSACTIONS=100)
 ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256 full blocks would be 256 MiB
 
-# --- side blocks (stored off the best chain) -------------------------------------------------
-# Blocks stored off the best chain (side branches). A branch with no more work than the tip is
-# stored only when a sync asked for it (gossip of one is ignored, as Bitcoin Core's AcceptBlock);
-# these bound what a sync peer or old forks can leave on disk and in the block index.
-SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip is pruned
-SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it (or the bytes below) the lowest branches go first
-SIDE_BLOCKS_MAX_BYTES = 64 * 1024 * 1024  # stored bytes of those blocks (64 full blocks)
-# transactions (blocks) one store batch may hold before it commits: a sync batch (<= 500 blocks)
-# commits once, but batches that keep overlapping (two peers' CHAINs) cannot defer it for ever
-STORE_BATCH_MAX_TXNS = 1000
+# --- stored blocks: side branches and batches ------------------------------------------------
+STORE_BATCH_MAX_TXNS = 1000  # blocks a store batch holds before it commits (a sync batch of 500: once);
+# batches of two peers that keep overlapping cannot defer the commit for ever
+SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip,
+# and to which none of the last this-many arriving blocks was added (a sync still fetching it is
+# spared), is pruned. A side block nobody asked for is not stored at all (Core's AcceptBlock)
+SIDE_BLOCKS_MAX_BYTES = 128 * 1024 * 1024  # stored bytes of side blocks (128 full blocks); a deeper
+# competing branch of full blocks cannot be fetched whole (Bitcoin Core fetches headers first)
+SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it or the bytes above, the branches extended longest ago go
 
 # --- mempool ------------------------------------------------------------------------------
 MEMPOOL_MAX_TXS = 50_000  # pending transactions

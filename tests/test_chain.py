@@ -408,31 +408,48 @@ def test_side_branches_are_pruned_below_a_depth(monkeypatch: pytest.MonkeyPatch)
     # G - a1 - a2 - a3 - a4 - a5 - a6 - a7     main
     #   \     \              \
     #    x1    y2 - y3        z5               side branches, asked for. SIDE_KEEP_DEPTH 3: a
-    #                                          branch goes once its top is more than 3 below
-    #                                          the tip: x1 at a5, y2-y3 (whole) at a7; z5 stays
+    #                                          branch goes once its top is more than 3 below the
+    #                                          tip and none of the last 3 blocks to arrive joined
+    #                                          it: x1 at a6, y2-y3 (whole) at a7; z5 stays
     monkeypatch.setattr(limits, "SIDE_KEEP_DEPTH", 3)
     chain = mem_chain()
     a = branch(GENESIS, 7)
     x1 = block_on(GENESIS, salt=1)
     y2, y3 = branch(a[0], 2, salt=2)
     z5 = block_on(a[3], salt=3)
-    feed(chain, [*a[:4], x1, y2, y3])
-    assert set(chain.side) == {x1.hash, y2.hash, y3.hash}
-    feed(chain, [a[4]])
+    feed(chain, [*a[:4], x1, y2, y3, a[4]])
+    assert set(chain.side) == {x1.hash, y2.hash, y3.hash}  # x1 is 4 below, but arrived 3 blocks ago
+    feed(chain, [a[5]])
     assert set(chain.side) == {y2.hash, y3.hash} and chain.get_block(x1.hash) is None
-    feed(chain, [a[5], z5])
-    assert set(chain.side) == {y2.hash, y3.hash, z5.hash}
-    feed(chain, [a[6]])
+    feed(chain, [z5, a[6]])
     assert set(chain.side) == {z5.hash}
     assert chain.store.get_block(y2.hash) is None and chain.entry(y3.hash) is None
     assert reaches_the_best_chain(chain)
     assert_side_is_index_off_main(chain)
 
 
-def test_side_blocks_are_capped_lowest_branches_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_deep_branch_a_sync_is_fetching_is_not_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # G - a1 - ... - a8          main
+    #   \
+    #    b1 - ... - b9           asked for one by one (a sync): b1 is far more than 3 below the
+    #                            tip, but the branch keeps growing, so it stays until b9 wins
+    monkeypatch.setattr(limits, "SIDE_KEEP_DEPTH", 3)
+    chain = mem_chain()
+    a = branch(GENESIS, 8)
+    b = branch(GENESIS, 9, salt=1)
+    feed(chain, a)
+    for block in b[:-1]:
+        assert chain.process_block(block, NOW_MS).status is Status.SIDE
+    result = chain.process_block(b[-1], NOW_MS)
+    assert result.connected == b and chain.tip.hash == b[-1].hash
+    assert set(chain.side) <= {x.hash for x in a}
+    assert_side_is_index_off_main(chain)
+
+
+def test_side_blocks_are_capped_oldest_branches_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # G - a1 - a2 - a3 - a4     main
     #   \    \        #    x1   y2   z3 - z4      asked-for side blocks, 4 of them; at most 3 kept, then 1: the
-    #                           branch with the lowest top goes first, a block after its children
+    #                           branch extended longest ago goes first, a block after its children
     chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
     a = branch(GENESIS, 4)
     x1 = block_on(GENESIS, salt=1)
@@ -447,7 +464,7 @@ def test_side_blocks_are_capped_lowest_branches_first(monkeypatch: pytest.Monkey
     monkeypatch.setattr(limits, "SIDE_BLOCKS_MAX", 1)  # a restart with a lower bound prunes
     chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
     try:
-        assert set(chain.side) == {z3.hash}  # y2's branch is lower; z4 goes before its parent z3
+        assert set(chain.side) == {z3.hash}  # y2 came before z3-z4; z4 goes before its parent z3
         assert reaches_the_best_chain(chain)
         assert_side_is_index_off_main(chain)
     finally:
