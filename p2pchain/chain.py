@@ -240,8 +240,8 @@ class Chain:
 
     def address_history(self, address: str, offset: int, limit: int) -> list[tuple[Entry, Tx]]:
         """Best-chain transactions from or to ``address``, newest first, skipping ``offset``: each
-        with the entry of the block that confirms it (the store's address index, which every
-        reorg keeps in step with the best chain in the same transaction)."""
+        with the entry of the block that confirms it (the store's address index, up to
+        ``addresses_indexed``: call ``index_addresses`` first to bring it to the tip)."""
         history: list[tuple[Entry, Tx]] = []
         blocks: dict[int, Block | None] = {}
         for height, pos in self.store.address_history(address, offset, limit):
@@ -255,6 +255,27 @@ class Chain:
 
     def address_tx_count(self, address: str) -> int:
         return self.store.address_tx_count(address)
+
+    @property
+    def addresses_indexed(self) -> int:
+        """The height up to which the address index is complete (-1: nothing yet)."""
+        return self.store.addrindex_height()
+
+    def index_addresses(self, max_blocks: int = limits.ADDRINDEX_BATCH_BLOCKS) -> bool:
+        """Add up to ``max_blocks`` best-chain blocks to the address index, in one store
+        transaction; True if more remain. The index is filled behind the tip, off the block's
+        own commit (p2pchain/explorer.py runs this when the chain moves); a reorg takes the
+        abandoned blocks out of it in the reorg's own transaction (Store.unset_main)."""
+        start = self.store.addrindex_height() + 1
+        end = min(start + max_blocks, len(self.main))
+        if start >= end:
+            return False
+        blocks = self.store.get_blocks(self.main[start:end])
+        if len(blocks) != end - start:
+            raise StoreError(f"store {self.store.path}: best-chain blocks {start}..{end - 1} are missing: resync")
+        with self.store.transaction():
+            self.store.index_addresses(zip(range(start, end), blocks, strict=True))
+        return end < len(self.main)
 
     def median_time_past(self, entry: Entry) -> int:
         stamps: list[int] = []

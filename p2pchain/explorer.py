@@ -16,7 +16,7 @@ import asyncio
 import html
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from p2pchain import limits
+from p2pchain.errors import StoreError
 from p2pchain.events import EventHub, TooManyStreams, sse_frame
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import Block
@@ -380,8 +381,15 @@ async def address_page(request: web.Request) -> web.Response:
     page_no = page_number(request)
     if page_no is None:
         return bad_request(node, "?page= must be a whole number")
+    chain.index_addresses()  # the last block or batch, if the background indexer has not yet
     acct = chain.get_account(address)
     count = chain.address_tx_count(address)
+    behind = ""
+    if chain.addresses_indexed < chain.height:
+        behind = (
+            f'<p class="warn">the address index is being built (at height {chain.addresses_indexed} of '
+            f"{chain.height}): older transactions show once it is done</p>"
+        )
     info = fields(
         [
             ("address", f'<code class="mono">{esc(address)}</code>'),
@@ -403,7 +411,8 @@ async def address_page(request: web.Request) -> web.Response:
     confirmed = table(("txid", "", "from", "to", "amount", "fee", "block"), rows, "no confirmed transactions", "txs")
     more = count > (page_no + 1) * per
     nav = pager(f"/address/{address}", page_no, more) if more or page_no else ""
-    return page(node, "Address", f"{info}{pending}<h2>Transactions, newest first</h2>{confirmed}{nav}", live="tip tx")
+    history_html = f"<h2>Transactions, newest first</h2>{behind}{confirmed}{nav}"
+    return page(node, "Address", f"{info}{pending}{history_html}", live="tip tx")
 
 
 async def mempool_page(request: web.Request) -> web.Response:
@@ -526,10 +535,35 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
     return resp
 
 
+async def address_indexer(app: web.Application) -> AsyncIterator[None]:
+    """While the explorer is served: fill the address index behind the tip, a batch of
+    ADDRINDEX_BATCH_BLOCKS per store transaction, waking when the chain moves (a chain
+    listener sets an event; nothing polls)."""
+    chain = app[NODE].chain
+    moved = asyncio.Event()
+    chain.subscribe(lambda connected, disconnected: moved.set())
+
+    async def run() -> None:
+        try:
+            while True:
+                while chain.index_addresses():
+                    await asyncio.sleep(0)  # the node serves peers and requests between batches
+                await moved.wait()
+                moved.clear()
+        except StoreError:  # the address page still catches up one batch a request
+            log.exception("address indexer stopped")
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def make_explorer(node: Node) -> web.Application:
     """The explorer as an aiohttp sub-application, for ``app.add_subapp(PREFIX, ...)``."""
     app = web.Application(middlewares=[security_headers])
     app[NODE] = node
+    app.cleanup_ctx.append(address_indexer)
     get = app.router.add_get
     get("/", home)
     get("/block/{ref}", block_page)

@@ -182,4 +182,6 @@ EVENT_TIP_BLOCKS = 20  # newest connected blocks described in one tip event (a s
 EVENT_TX_BATCH_S = 0.1
 EVENT_TX_BATCH_MAX = 20
 EXPLORER_BLOCKS = 20  # blocks on the explorer's home page
+ADDRINDEX_BATCH_BLOCKS = 100  # blocks added to the address index per store transaction (then the
+# event loop serves others): the index is filled behind the tip, never in a block's own commit
 EXPLORER_PAGE_TXS = 25  # transactions per page of an address's history, and per block page

@@ -96,7 +96,7 @@ def _work_bytes(work: int) -> bytes:
     return work.to_bytes((work.bit_length() + 7) // 8 or 1, "big")
 
 
-ADDRINDEX_VERSION = b"2"  # meta "addrindex": the address index's layout; another one is rebuilt
+ADDRINDEX_VERSION = b"3"  # meta "addrindex": the address index's layout; another one is rebuilt
 ADD_ADDRESS = "INSERT OR IGNORE INTO addrtx(address, height, pos) VALUES (?,?,?)"
 
 
@@ -284,26 +284,39 @@ class Store:
         self.db.executemany(
             "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)", ((tx.txid, block.hash) for tx in block.txs)
         )
-        self.db.executemany(ADD_ADDRESS, _addresses(height, block))
 
     @_guarded
     def unset_main(self, height: int, block: Block) -> None:
         self.db.execute("DELETE FROM main WHERE height=?", (height,))
         self.db.executemany("DELETE FROM txindex WHERE txid=?", ((tx.txid,) for tx in block.txs))
-        self.db.executemany("DELETE FROM addrtx WHERE address=? AND height=? AND pos=?", _addresses(height, block))
+        if height <= self.addrindex_height():  # the address index covered it: take it out, and step back
+            self.db.executemany(
+                "DELETE FROM addrtx WHERE address=? AND height=? AND pos=?", _addresses(height, block)
+            )
+            self.set_meta("addrindex_height", (height - 1).to_bytes(8, "big", signed=True))
+
+    # --- the address index (filled behind the tip by the explorer: Chain.index_addresses) ----
+    @_guarded
+    def addrindex_height(self) -> int:
+        """The best-chain height up to which the address index is complete (-1: none)."""
+        value = self.get_meta("addrindex_height")
+        return -1 if value is None else int.from_bytes(value, "big", signed=True)
+
+    @_guarded
+    def index_addresses(self, blocks: Iterable[tuple[int, Block]]) -> None:
+        """Add best-chain blocks (height, block), each the one after the last indexed, to the
+        address index. Call inside a transaction."""
+        height = self.addrindex_height()
+        for height, block in blocks:
+            self.db.executemany(ADD_ADDRESS, _addresses(height, block))
+        self.set_meta("addrindex_height", height.to_bytes(8, "big", signed=True))
 
     def _build_addrindex(self) -> None:
-        """Index the best chain of a store made before this address index (once)."""
+        """Start this address index afresh in a store made before it (it is filled behind the tip)."""
         with self.transaction():
             self.db.execute("DROP TABLE IF EXISTS addrindex")  # the first layout (hex text and txids)
             self.db.execute("DELETE FROM addrtx")
-            main = self.db.execute("SELECT height, hash FROM main ORDER BY height").fetchall()
-            if main:
-                log.info("store %s: building the address index of %d blocks", self.path, len(main))
-            for height, block_hash in main:
-                block = self.get_block(bytes(block_hash))
-                if block is not None:
-                    self.db.executemany(ADD_ADDRESS, _addresses(height, block))
+            self.db.execute("DELETE FROM meta WHERE key='addrindex_height'")
             self.set_meta("addrindex", ADDRINDEX_VERSION)
 
     @_guarded

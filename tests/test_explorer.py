@@ -40,6 +40,19 @@ def history(chain: Chain, address: str, per_page: int = 2) -> list[tuple[int, by
             return out
 
 
+def index_all(chain: Chain) -> None:
+    """What the explorer's indexer does when the chain moves (in batches of 2 here)."""
+    for _ in range(100):
+        if not chain.index_addresses(2):
+            break
+    assert chain.addresses_indexed == chain.height
+
+
+def assert_histories(chain: Chain) -> None:
+    for who in (A, B, C):
+        assert history(chain, who.address) == history_by_replay(chain, who.address), who.address
+
+
 def test_address_index_follows_reorgs(tmp_path: Path) -> None:
     # G - a1 - a2 - a3        a1 pays A; a2: A -> B 5; a3 (mined by B): A -> C 1, B -> A 2
     #  \
@@ -52,39 +65,51 @@ def test_address_index_follows_reorgs(tmp_path: Path) -> None:
     b2 = block_on(b1, [pay(A, C, 2)], salt=9)
     b3, b4 = branch(b2, 2, salt=9)
     feed(chain, [a1, a2, a3])
-    for who in (A, B, C):
-        assert history(chain, who.address) == history_by_replay(chain, who.address)
+    assert chain.addresses_indexed == -1  # filled behind the tip, not in the blocks' commits
+    index_all(chain)
+    assert_histories(chain)
     assert [h for h, _ in history(chain, B.address)] == [3, 3, 2]  # newest first: coinbase and B -> A, then A -> B
     assert chain.address_tx_count(B.address) == 3
 
-    feed(chain, [b1, b2, b3, b4])
-    assert chain.tip.hash == b4.hash
-    for who in (A, B, C):
-        assert history(chain, who.address) == history_by_replay(chain, who.address)
+    feed(chain, [b1, b2, b3, b4])  # the reorg takes a1..a3 out of the index in its own transaction
+    assert chain.tip.hash == b4.hash and chain.addresses_indexed == 0
     assert history(chain, B.address) == [] and chain.address_tx_count(B.address) == 0
+    assert not chain.index_addresses(5)  # b1..b4 in one batch: nothing more to do
+    assert_histories(chain)
     assert [h for h, _ in history(chain, C.address)] == [2]
 
-    a4, a5 = branch(a3, 2)
-    feed(chain, [a4, a5])
-    assert chain.tip.hash == a5.hash
-    for who in (A, B, C):
-        assert history(chain, who.address) == history_by_replay(chain, who.address)
+    c1, c2, c3, c4, c5 = branch(a3, 5)
+    feed(chain, [c1, c2])  # back to the a branch (a1..a3, c1, c2): a reorg, then indexed up to c1
+    assert chain.tip.hash == c2.hash and chain.addresses_indexed == 0
+    assert chain.index_addresses(4) and chain.addresses_indexed == 4
+    feed(chain, [c3, c4])  # c3, c4 on top: the index is behind (at c1, height 4) and stays so
+    assert chain.addresses_indexed == 4
+    index_all(chain)
+    assert_histories(chain)
+
+    # A reorg while the index is behind takes out only what it covered.
+    feed(chain, [c5])  # height 8, not indexed (the index is at c4, height 7)
+    d = branch(b4, 5, salt=3)  # b4 + 5 = height 9: more work than c5, the fork at genesis
+    feed(chain, d)
+    assert chain.tip.hash == d[-1].hash and chain.addresses_indexed == 0
+    index_all(chain)
+    assert_histories(chain)
     chain.close()
 
-    # A store made before this index (none, or the first layout) gets it built when opened.
-    for old_layout in (None, b"1"):
+    # A store made before this index (the first layouts) starts it afresh when opened.
+    for old_layout in (None, b"1", b"2"):
         store = Store(tmp_path / "chain.sqlite")
-        store.db.execute("DELETE FROM addrtx")
         store.db.execute("DELETE FROM meta WHERE key='addrindex'")
         if old_layout is not None:
-            store.db.execute("CREATE TABLE addrindex(address TEXT, height INTEGER, pos INTEGER, txid BLOB)")
+            store.db.execute("CREATE TABLE IF NOT EXISTS addrindex(address TEXT, height INT, pos INT, txid BLOB)")
             store.set_meta("addrindex", old_layout)
         store.close()
         chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
-        for who in (A, B, C):
-            assert history(chain, who.address) == history_by_replay(chain, who.address)
+        assert chain.addresses_indexed == -1
         tables = {n for (n,) in chain.store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "addrindex" not in tables
+        index_all(chain)
+        assert_histories(chain)
         chain.close()
 
 
