@@ -192,6 +192,21 @@ def test_guard_token_forms_and_modes(tmp_path: Path) -> None:
     assert not (tmp_path / COOKIE_FILE).exists()  # a fixed token or none: no cookie
 
 
+def test_a_header_that_is_not_ascii_or_utf8_is_a_wrong_token_not_a_500(tmp_path: Path) -> None:
+    """Found by fuzz/http_bodies.py: a Bearer token with bytes that are not UTF-8 (aiohttp hands
+    them over as lone surrogates) made allows() raise UnicodeEncodeError, and a Basic value that
+    is not ASCII made b64decode raise ValueError: both answered 500 instead of 401."""
+    from p2pchain.http_auth import AuthSettings
+
+    token = "t" * 20
+    guard = Guard(AuthSettings(AuthMode.ALWAYS, token), tmp_path)
+    surrogates = b"Bearer \xff\xfe".decode("utf-8", "surrogateescape")
+    assert not guard.allows(guard.presented(surrogates))
+    assert not guard.allows(guard.presented("Basic \xff\xe9"))
+    assert guard.presented("Basic \xff\xe9") is None
+    assert guard.allows(guard.presented(bearer(token)))  # the right token still passes
+
+
 def test_failure_limiter_window_and_bound() -> None:
     lim = FailureLimiter(max_failures=3, window_s=10.0, tracked_max=2)
     for _ in range(3):
