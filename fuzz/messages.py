@@ -54,10 +54,14 @@ def build() -> Target:
 
     fuzzer = loop.run_until_complete(make())
 
+    async def one(data: bytes) -> None:
+        await fuzzer.run_input(data, [])
+        fuzzer.target.reconnect()  # the next input is a new connection's stream (in the loop: the
+        # node's handlers of a closed peer may need it)
+
     def run(data: bytes) -> str:
         fuzzer.last = "none"
-        loop.run_until_complete(fuzzer.run_input(data, []))
-        fuzzer.target.reconnect()  # the next input is a new connection's stream
+        loop.run_until_complete(one(data))
         return str(fuzzer.last)
 
     def seeds() -> list[bytes]:

@@ -144,6 +144,8 @@ class Chain:
         self.accounts = self.store.load_accounts()
         self._check_loaded()
         for block_hash, size in self.store.side_block_sizes():
+            if block_hash not in self.index:  # its row's hash is not its header's: a damaged file
+                raise StoreError(f"store {self.store.path}: block row {block_hash.hex()} is damaged: move it aside")
             self._add_side(block_hash, size)
         self._prune_side()
         log.info(

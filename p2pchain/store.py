@@ -227,6 +227,7 @@ class Store:
         self.db.executemany("DELETE FROM blocks WHERE hash=?", ((h,) for h in hashes))
 
     @_guarded
+    @_guarded
     def side_block_sizes(self) -> list[tuple[bytes, int]]:
         """(hash, stored body bytes) of every block off the best chain."""
         rows = self.db.execute(

@@ -147,6 +147,15 @@ def _edited_store(sql: str) -> Callable[[Path], None]:
     return damage
 
 
+def _side_row_renamed(path: Path) -> None:
+    """A store with a side block whose row's hash column no longer matches its header."""
+    chain = Chain.open(path, PARAMS)
+    feed(chain, [*branch(GENESIS, 3), block_on(GENESIS, miner=C.address, salt=1)])
+    assert chain.store.side_block_sizes()
+    chain.close()
+    _execute(path, "UPDATE blocks SET hash = randomblob(32) WHERE hash NOT IN (SELECT hash FROM main)")
+
+
 DAMAGES = {
     "random": _random_bytes,
     "text": _text,
@@ -160,6 +169,7 @@ DAMAGES = {
     "header-wrong-type": _edited_store("UPDATE blocks SET header = 'text' WHERE height = 1"),
     "header-cut-short": _edited_store("UPDATE blocks SET header = X'0102' WHERE height = 1"),
     "work-wrong-type": _edited_store("UPDATE blocks SET work = 7 WHERE height = 1"),
+    "side-row-hash": _side_row_renamed,  # was a KeyError in Chain._load (fuzz/store.py)
 }
 
 
