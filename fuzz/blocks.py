@@ -108,7 +108,7 @@ def build() -> Target:
         if flags & FIX_MERKLE:
             header = dataclasses.replace(block.header, merkle_root=block.computed_merkle_root())
             block = dataclasses.replace(block, header=header)
-        if flags & GRIND and block.header.bits == params.bits:
+        if flags & GRIND and block.header.bits == params.start_bits:
             block = mine_block(block)
         try:
             rules.check_block(block, params)
@@ -120,7 +120,8 @@ def build() -> Target:
         parent, state = seed_chain[i], states[i]
         try:
             mtp = rules.median_time_past([b.header.timestamp for b in seed_chain[: i + 1]])
-            rules.check_header_context(block.header, parent.header, mtp, now_ms)
+            anchor = seed_chain[1].header.timestamp if i >= 1 else 0  # block 1's: the retarget anchor
+            rules.check_header_context(block.header, parent.header, mtp, now_ms, params, anchor)
             changes = rules.connect_block(block, lookup(state), params)
         except RuleError as e:
             return "block:" + outcome(e)

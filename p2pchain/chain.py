@@ -16,11 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from p2pchain import limits
 from p2pchain.errors import RuleCode, RuleError, StoreError
 from p2pchain.ledger import rules
-from p2pchain.ledger.block import Block, Header, work
+from p2pchain.ledger.block import Block, Header
+from p2pchain.ledger.pow import bits_to_target, difficulty_bits, work
 from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import Tx
 from p2pchain.params import NetworkParams
@@ -46,17 +48,20 @@ class Entry:
     attributes; the Header object is rebuilt from the bytes when asked for. Not changed after
     it is made."""
 
-    __slots__ = ("hash", "height", "prev_hash", "raw", "seq", "timestamp", "work")
+    __slots__ = ("anchor_ms", "hash", "height", "prev_hash", "raw", "seq", "timestamp", "work")
 
-    def __init__(self, header: Header, work: int, seq: int, parent_hash: bytes | None = None) -> None:
+    def __init__(
+        self, header: Header, work: int, seq: int, parent_hash: bytes | None = None, anchor_ms: int = 0
+    ) -> None:
         self.hash = header.hash
         self.raw = header.raw
         self.height = header.height
         # the parent's own hash object when the caller has it: one bytes object per hash, not two
         self.prev_hash = parent_hash if parent_hash == header.prev_hash else header.prev_hash
         self.timestamp = header.timestamp
-        self.work = work  # cumulative: sum of work(bits) from genesis to this block
+        self.work = work  # cumulative: sum of work(target) from genesis to this block
         self.seq = seq  # arrival order; among equal work the first seen stays best
+        self.anchor_ms = anchor_ms  # timestamp of this branch's retarget anchor (block 1); 0 for genesis
 
     @property
     def header(self) -> Header:
@@ -127,17 +132,18 @@ class Chain:
             self._init_genesis()
             return
         if network != self.params.network_id:
-            bits = int.from_bytes(self.store.get_meta("bits") or b"\0", "big")
+            theirs = (self.store.get_meta("params") or b"?").decode(errors="replace")
             raise StoreError(
-                f"data dir store {self.store.path} belongs to network {network.hex()[:12]}… (difficulty {bits}), "
-                f"not this one ({self.params.network_id.hex()[:12]}…, difficulty {self.params.bits}): "
-                "use another --data-dir or the same --difficulty"
+                f"data dir store {self.store.path} belongs to network {network.hex()[:12]}… ({theirs}), "
+                f"not this one ({self.params.network_id.hex()[:12]}…, {self.params.summary()}): "
+                "use another --data-dir or the same --difficulty and --block-time"
             )
         index = self.index
         for raw, work_done, seq in self.store.load_index():  # in arrival order: a parent before its children
             header = Header.from_raw(raw)
             parent = index.get(header.prev_hash)
-            entry = Entry(header, work_done, seq, parent.hash if parent is not None else None)
+            anchor = rules.anchor_time(header, parent.anchor_ms if parent is not None else 0)
+            entry = Entry(header, work_done, seq, parent.hash if parent is not None else None, anchor)
             index[entry.hash] = entry
             self._seq = max(self._seq, seq + 1)
         self.main = [index[h].hash if h in index else h for h in self.store.load_main()]  # the index's bytes objects
@@ -174,10 +180,10 @@ class Chain:
         genesis = self.params.genesis
         changes: dict[str, Account] = {}
         rules.credit(genesis.txs[0].recipient, genesis.txs[0].amount, self.get_account, changes)
-        entry = Entry(genesis.header, work(genesis.header.bits), self._next_seq())
+        entry = Entry(genesis.header, work(genesis.header.target), self._next_seq())
         with self.store.transaction():
             self.store.set_meta("network", self.params.network_id)
-            self.store.set_meta("bits", bytes([self.params.bits]))
+            self.store.set_meta("params", self.params.summary().encode())
             self.store.put_block(genesis, entry.work, entry.seq)
             self.store.set_undo(genesis.hash, {a: EMPTY_ACCOUNT for a in changes})
             self.store.set_main(0, genesis)
@@ -278,6 +284,33 @@ class Chain:
         with self.store.transaction():
             self.store.index_addresses(zip(range(start, end), blocks, strict=True))
         return end < len(self.main)
+
+    def next_bits(self, parent: Entry) -> int:
+        """The ``bits`` a block on ``parent`` must carry (its template's target)."""
+        return rules.required_bits(self.params, parent.header, parent.anchor_ms)
+
+    def hash_rate(self, window: int = limits.HASH_RATE_WINDOW_BLOCKS) -> float:
+        """Estimated network hash rate, hashes/s: the work of the last ``window`` best-chain
+        blocks over the time their timestamps span (Bitcoin's getnetworkhashps); 0 if unknown."""
+        tip = self.tip
+        if tip.height < 2:
+            return 0.0
+        first = self.index[self.main[max(tip.height - window, 1)]]  # not genesis: its time is a constant
+        span_ms = tip.timestamp - first.timestamp
+        return (tip.work - first.work) * 1000 / span_ms if span_ms > 0 else 0.0
+
+    def difficulty_status(self) -> dict[str, Any]:
+        """The difficulty part of a node's status: the next block's target (hex), its difficulty
+        in leading zero bits (a float), the estimated hash rate, and the network's block time
+        (ms, 0 for a fixed difficulty) and half-life."""
+        target = bits_to_target(self.next_bits(self.tip))
+        return {
+            "difficulty": round(difficulty_bits(target), 4),
+            "target": f"{target:064x}",
+            "hash_rate": round(self.hash_rate(), 1),
+            "block_time_ms": self.params.block_time_ms,
+            "half_life_ms": self.params.half_life_ms,
+        }
 
     def median_time_past(self, entry: Entry) -> int:
         stamps: list[int] = []
@@ -382,7 +415,7 @@ class Chain:
         return header.hash in self.index or (parent is not None and not self._more_work(parent, header))
 
     def _more_work(self, parent: Entry, header: Header) -> bool:
-        return parent.work + work(header.bits) > self.tip.work
+        return parent.work + work(header.target) > self.tip.work
 
     def _accept(
         self,
@@ -394,12 +427,20 @@ class Chain:
         requested: bool,
     ) -> Status:
         try:
-            rules.check_header_context(block.header, parent.header, self.median_time_past(parent), now_ms)
+            rules.check_header_context(
+                block.header, parent.header, self.median_time_past(parent), now_ms, self.params, parent.anchor_ms
+            )
         except RuleError as e:
             if e.code is not RuleCode.TIME_TOO_NEW:  # it may become valid later
                 self._remember_invalid(block.hash, e.code)
             raise
-        entry = Entry(block.header, parent.work + work(block.header.bits), self._next_seq(), parent.hash)
+        entry = Entry(
+            block.header,
+            parent.work + work(block.header.target),
+            self._next_seq(),
+            parent.hash,
+            rules.anchor_time(block.header, parent.anchor_ms),
+        )
         if entry.work <= self.tip.work:
             if not requested:
                 return Status.IGNORED

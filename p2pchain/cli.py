@@ -17,7 +17,7 @@ from p2pchain.errors import StoreError, WalletError
 from p2pchain.http_auth import AuthConfigError, AuthMode, AuthSettings, read_token_file
 from p2pchain.keys import is_address
 from p2pchain.node import RELAY_MODES, NodeConfig, run_node
-from p2pchain.params import DEFAULT_BITS, NetworkParams
+from p2pchain.params import DEFAULT_BITS, DEFAULT_HALF_LIFE_BLOCKS, NetworkParams
 from p2pchain.peer import Tunables
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,17 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def _millis(text: str) -> int:
+    """Seconds (a decimal number) as whole milliseconds, 0.01 s .. 49 days (a u32 of ms)."""
+    try:
+        value = round(float(text) * 1000)
+    except (ValueError, OverflowError):
+        value = -1
+    if not 10 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0.01 .. 4294967)")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -134,7 +145,22 @@ def node_parser() -> argparse.ArgumentParser:
         "--difficulty",
         type=_bits,
         default=DEFAULT_BITS,
-        help=f"leading zero bits per block hash (default {DEFAULT_BITS}); part of the network id",
+        help=f"leading zero bits per block hash, the target 2**(256-BITS) (default {DEFAULT_BITS}); "
+        "with --block-time the start difficulty; part of the network id",
+    )
+    p.add_argument(
+        "--block-time",
+        type=_millis,
+        metavar="SECONDS",
+        help="retarget every block (ASERT) so that blocks come this many seconds apart; "
+        "without it the difficulty is fixed; part of the network id",
+    )
+    p.add_argument(
+        "--half-life",
+        type=_millis,
+        metavar="SECONDS",
+        help=f"with --block-time: seconds ahead of (behind) schedule that double (halve) the target "
+        f"(default {DEFAULT_HALF_LIFE_BLOCKS} block times); part of the network id",
     )
     p.add_argument(
         "--log-level",
@@ -180,13 +206,18 @@ def run_node_command(argv: list[str]) -> int:
     except (config_file.ConfigError, AuthConfigError) as e:
         print(f"p2pchain: {e}", file=sys.stderr)
         return 2
+    if args.half_life is not None and args.block_time is None:
+        print("p2pchain: --half-life needs --block-time (without it the difficulty is fixed)", file=sys.stderr)
+        return 2
     logs.setup(args.log_level, args.log_format)
     config = NodeConfig(
         data_dir=args.data_dir or Path(f"node{args.port}"),
         host=args.host,
         port=args.port,
         peers=args.peer,
-        params=NetworkParams(bits=args.difficulty),
+        params=NetworkParams(
+            bits=args.difficulty, block_time_ms=args.block_time or 0, half_life_ms=args.half_life or 0
+        ),
         mine=args.mine,
         miner_procs=args.miner_procs,
         http_port=args.http_port,

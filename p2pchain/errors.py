@@ -27,7 +27,8 @@ class RuleCode(enum.Enum):
     TX_SELF_COINBASE = "tx-coinbase-sender"  # a non-coinbase position holds sender "0"
     # block
     BAD_POW = "bad-pow"
-    BAD_DIFFICULTY = "bad-difficulty"
+    BAD_BITS = "bad-bits"  # bits is no canonical target, or one easier than the network's easiest
+    BAD_DIFFICULTY = "bad-difficulty"  # bits is not the target the network requires of this block
     BAD_VERSION = "bad-version"
     UNKNOWN_PARENT = "unknown-parent"
     BAD_PREV_HASH = "bad-prev-hash"

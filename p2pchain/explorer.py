@@ -29,6 +29,7 @@ from p2pchain.errors import StoreError
 from p2pchain.events import EventHub, TooManyStreams, sse_frame
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import Block
+from p2pchain.ledger.pow import difficulty_bits
 from p2pchain.ledger.tx import Tx
 from p2pchain.node import USER_AGENT
 
@@ -317,8 +318,8 @@ async def block_page(request: web.Request) -> web.Response:
             ("parent", parent),
             ("child", child_html),
             ("merkle root", f'<code class="mono">{esc(h.merkle_root.hex())}</code>'),
-            ("bits (difficulty)", str(h.bits)),
-            *target_row(getattr(h, "target", None)),
+            ("difficulty", f"{difficulty_bits(h.target):.2f} bits (bits {h.bits:08x})"),
+            *target_row(h.target),
             ("nonce", str(h.nonce)),
             ("version", str(h.version)),
             ("work (chain)", esc(f"{entry.work:,}")),

@@ -29,6 +29,7 @@ from p2pchain.explorer import make_explorer, wants_html
 from p2pchain.http_auth import AuthSettings, Guard, check
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import Block
+from p2pchain.ledger.pow import difficulty_bits
 from p2pchain.ledger.tx import Tx, make_tx
 
 if TYPE_CHECKING:
@@ -124,7 +125,8 @@ def block_json(block: Block) -> dict[str, Any]:
         "hash": block.hash.hex(),
         "height": h.height,
         "merkle_root": h.merkle_root.hex(),
-        "difficulty": h.bits,
+        "difficulty": round(difficulty_bits(h.target), 4),
+        "bits": h.bits,
     }
 
 

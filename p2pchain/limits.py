@@ -45,6 +45,11 @@ RELAY_RECENT_BLOCKS = 8  # blocks we announced kept decoded, to answer GET_BLOCK
 MAX_BLOCK_BYTES = 1024 * 1024  # canonical bytes of a block (Bitcoin: 1 MB before segwit)
 MAX_BLOCK_TXS = 4000  # transactions in one block, coinbase included
 MAX_FUTURE_BLOCK_MS = 2 * 60 * 60 * 1000  # a block may be 2 h ahead of local time (Bitcoin: same)
+# with retargeting the limit is this many thousandths of the half-life (and at most the 2 h above):
+# 2**0.137 = 1.0996, so a timestamp at the limit raises the next target by at most 10 %, even with
+# the ASERT approximation's 0.013 % error (docs/ledger.md, "Timestamps")
+FUTURE_HALF_LIFE_PER_MILLE = 137
+HASH_RATE_WINDOW_BLOCKS = 120  # /status estimates the network hash rate over this many blocks (Bitcoin: same)
 MEDIAN_TIME_SPAN = 11  # blocks in the median-time-past window (Bitcoin: same)
 MAX_MONEY = 2**62  # no amount, fee or balance may exceed this (keeps SQLite INTEGER safe)
 MAX_ADDRESS_CHARS = 64  # an address field on the wire; real addresses are 40 hex chars

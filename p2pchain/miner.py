@@ -30,7 +30,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from p2pchain import limits
-from p2pchain.ledger.block import Block, Header, merkle_root, target
+from p2pchain.ledger import rules
+from p2pchain.ledger.block import Block, Header, merkle_root
+from p2pchain.ledger.pow import bits_to_target
 from p2pchain.ledger.tx import Tx, make_coinbase
 from p2pchain.params import BLOCK_VERSION, NetworkParams
 
@@ -44,9 +46,10 @@ NONCE_SPACE = 2**64  # u64 nonces
 
 
 # --- the search ------------------------------------------------------------------------------
-def target_bytes(bits: int) -> bytes | None:
-    """The target as 32 big-endian bytes; None when every hash meets it (bits <= 0)."""
-    return None if bits <= 0 else target(bits).to_bytes(32, "big")
+def target_bytes(bits: int) -> bytes:
+    """The target that ``bits`` encodes as 32 big-endian bytes: a hash meets it when its digest
+    compares below (bytes compare as big-endian integers)."""
+    return bits_to_target(bits).to_bytes(32, "big")
 
 
 LOW_NONCE_SPAN = 2**16  # nonces that share one base hash: the two low bytes vary, the six high are absorbed
@@ -59,13 +62,10 @@ def low_endings() -> tuple[bytes, ...]:
 
 
 def search(prefix: bytes, bits: int, start: int, count: int) -> int | None:
-    """The first nonce in ``[start, start + count)`` whose header hash has ``bits`` leading zero
-    bits, or None. Single core."""
+    """The first nonce in ``[start, start + count)`` whose header hash is below the target that
+    ``bits`` encodes, or None. Single core."""
     stop = min(start + count, NONCE_SPACE)
-    tgt = target_bytes(bits)
-    if tgt is None:
-        return start if start < stop else None
-    return search_below(prefix, tgt, start, stop)
+    return search_below(prefix, target_bytes(bits), start, stop)
 
 
 def search_below(prefix: bytes, tgt: bytes, start: int, stop: int) -> int | None:
@@ -96,15 +96,27 @@ def mine_block(block: Block) -> Block:
     h = block.header
     nonce = search(h.prefix, h.bits, 0, NONCE_SPACE)
     if nonce is None:
-        raise ValueError(f"no nonce meets {h.bits} bits for this header: change its timestamp")
+        raise ValueError(f"no nonce meets bits {h.bits:#010x} for this header: change its timestamp")
     return replace(block, header=replace(h, nonce=nonce))
 
 
 def build_template(
-    params: NetworkParams, parent: Header, mtp: int, txs: Sequence[Tx], reward_to: str, now_ms: int
+    params: NetworkParams,
+    parent: Header,
+    mtp: int,
+    txs: Sequence[Tx],
+    reward_to: str,
+    now_ms: int,
+    anchor_ms: int | None = None,
 ) -> Block:
     """An unsolved block (nonce 0) on ``parent``: the coinbase pays ``reward_to`` the reward plus
-    the fees of ``txs``; the timestamp is now, or just after the median time past ``mtp``."""
+    the fees of ``txs``; the timestamp is now, or just after the median time past ``mtp``; the
+    target is the one the network requires next (``anchor_ms``, the timestamp of block 1 on the
+    parent's branch, is needed when the network retargets and the parent is past genesis)."""
+    if anchor_ms is None:
+        if params.retargets and parent.height > 0:
+            raise ValueError("a retargeting network's template needs the anchor's timestamp")
+        anchor_ms = 0
     height = parent.height + 1
     coinbase = make_coinbase(reward_to, params.reward + sum(tx.fee for tx in txs), height)
     body = (coinbase, *txs)
@@ -114,7 +126,7 @@ def build_template(
         parent.hash,
         merkle_root([tx.txid for tx in body]),
         max(now_ms, mtp + 1),
-        params.bits,
+        rules.required_bits(params, parent, anchor_ms),
         0,
     )
     return Block(header, body)
@@ -307,7 +319,9 @@ class MinerPool:
             if nonce is None:
                 job.exhausted += 1
                 if job.exhausted == self.procs:
-                    log.warning("no nonce meets %d bits for header at height %d", job.header.bits, job.header.height)
+                    log.warning(
+                        "no nonce meets bits %#010x for header at height %d", job.header.bits, job.header.height
+                    )
                     self._stop_locked()
                 return
             solved = replace(job.header, nonce=nonce)

@@ -13,7 +13,8 @@ import asyncio
 from dataclasses import replace
 
 from p2pchain import limits
-from p2pchain.ledger.block import Header, work
+from p2pchain.ledger.block import Header
+from p2pchain.ledger.pow import work
 from p2pchain.miner import MinerPool, search
 
 
@@ -45,7 +46,7 @@ class Mining:
     async def solve(self, header: Header) -> Header | None:
         """``header`` with a nonce that meets its target, or None if ``cancel`` came first."""
         self.used = True
-        if work(header.bits) <= self.inprocess_max_work:
+        if work(header.target) <= self.inprocess_max_work:
             finished, solved = await self._solve_here(header)
             if finished:
                 return solved
@@ -56,7 +57,7 @@ class Mining:
         the pool takes over)."""
         generation = self._generation
         chunk = limits.MINER_INPROCESS_CHUNK_NONCES
-        budget = limits.MINER_INPROCESS_BUDGET_FACTOR * work(header.bits)
+        budget = limits.MINER_INPROCESS_BUDGET_FACTOR * work(header.target)
         prefix, bits = header.prefix, header.bits
         for start in range(0, budget, chunk):
             found = search(prefix, bits, start, chunk)

@@ -563,7 +563,13 @@ class Node:
             tip = self.chain.tip
             txs = self.mempool.select(limits.MAX_BLOCK_TXS - 1, limits.MAX_BLOCK_BYTES - 4096)
             template = build_template(
-                self.params, tip.header, self.chain.median_time_past(tip), txs, self.reward_to, now_ms()
+                self.params,
+                tip.header,
+                self.chain.median_time_past(tip),
+                txs,
+                self.reward_to,
+                now_ms(),
+                tip.anchor_ms,
             )
             header = await self.mining.solve(template.header)
             if header is None or self.chain.tip.hash != tip.hash:
@@ -628,8 +634,9 @@ class Node:
             "agent": USER_AGENT,
             "address": self.wallet.address,
             "network": self.params.network_id.hex(),
-            "difficulty": self.params.bits,
+            "start_difficulty": self.params.bits,
             "reward": self.params.reward,
+            **self.chain.difficulty_status(),
             "height": tip.height,
             "length": tip.height + 1,
             "tip": tip.hash.hex(),

@@ -445,6 +445,23 @@ async def follow_tx(client: Client, txid: bytes, wanted: int, out: Out) -> tuple
         await _next_gossip_or(client, limits.CLI_POLL_S)
 
 
+def _network_text(st: dict[str, Any]) -> str:
+    block_ms = st.get("block_time_ms")
+    if isinstance(block_ms, int) and block_ms > 0:
+        return f"block time {block_ms / 1000:g} s (half-life {st.get('half_life_ms', 0) / 1000:g} s), retargeting"
+    return "fixed difficulty"
+
+
+def _rate_text(rate: object) -> str:
+    """Hashes per second for people: 1234567 -> '1.23 MH/s'."""
+    if not isinstance(rate, (int, float)) or rate <= 0:
+        return "unknown (no blocks yet)"
+    for scale, unit in ((1e12, "TH/s"), (1e9, "GH/s"), (1e6, "MH/s"), (1e3, "kH/s")):
+        if rate >= scale:
+            return f"{rate / scale:.3g} {unit}"
+    return f"{rate:.3g} H/s"
+
+
 def status_text(st: dict[str, Any], node: str) -> str:
     peers = st.get("peers", [])
     peer_text = ", ".join(
@@ -453,7 +470,9 @@ def status_text(st: dict[str, Any], node: str) -> str:
     return "\n".join(
         [
             f"node      {node} ({st.get('agent')})",
-            f"network   {str(st.get('network'))[:16]}… difficulty {st.get('difficulty')}",
+            f"network   {str(st.get('network'))[:16]}… {_network_text(st)}",
+            f"target    {st.get('target')} (difficulty {st.get('difficulty')} bits)",
+            f"hashrate  {_rate_text(st.get('hash_rate'))}",
             f"height    {st.get('height')}",
             f"tip       {st.get('tip')}",
             f"peers     {len(peers)}" + (f": {peer_text}" if peers else ""),

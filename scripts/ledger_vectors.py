@@ -1,18 +1,22 @@
 """Print the ledger test vectors of docs/ledger.md: the default network's genesis header, one
 signed transaction from a fixed seed, and merkle roots over their txids. Deterministic (Ed25519
-signatures are), so the output is the same on every machine; tests/test_rules.py checks that the doc holds it verbatim.
+signatures are), so the output is the same on every machine; tests/test_rules.py checks that the
+doc holds it verbatim. With ``--asert``, the ASERT vector table (tests/test_retarget.py checks it
+the same way).
 
-    python scripts/ledger_vectors.py
+    python scripts/ledger_vectors.py [--asert]
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import HEADER_PREFIX, LEAF_PREFIX, NODE_PREFIX, NONCE, Header, merkle_root
+from p2pchain.ledger.pow import asert_target, target_to_bits, work
 from p2pchain.ledger.tx import Tx, make_tx
-from p2pchain.params import NetworkParams
+from p2pchain.params import MAX_TARGET, NetworkParams
 
 SENDER_SEED = hashlib.sha256(b"p2pchain ledger test vector: sender").digest()
 RECIPIENT_SEED = hashlib.sha256(b"p2pchain ledger test vector: recipient").digest()
@@ -69,7 +73,10 @@ def lines() -> list[str]:
     sender, recipient = Wallet.from_seed(SENDER_SEED), Wallet.from_seed(RECIPIENT_SEED)
     tx = make_tx(sender, recipient.address, AMOUNT, FEE, NONCE_VALUE, params.network_id)
     out = [
-        f"bits: {params.bits}",
+        f"difficulty: {params.bits}",
+        f"start target: {params.start_target:064x}",
+        f"start bits: {params.start_bits:08x}",
+        f"work per block: {work(params.start_target)}",
         f"reward: {params.reward}",
         f"genesis header: {genesis.header.raw.hex()}",
         *(f"  {name:<12} {part.hex()}" for name, part in header_fields(genesis.header)),
@@ -93,8 +100,42 @@ def lines() -> list[str]:
     return out
 
 
+# the retarget vectors' network: start difficulty 20, a block every 2 s, the default half-life
+ASERT_PARAMS = NetworkParams(bits=20, block_time_ms=2000)
+ASERT_CASES = [  # (height delta, time delta ms): the parent's height - 1, its timestamp - block 1's
+    (0, 0),  # block 2, its parent is the anchor
+    (1, 2000),  # on schedule
+    (10, 20000),
+    (10, 10000),  # ahead of the schedule: harder
+    (10, 40000),  # behind: easier
+    (100, 200000),
+    (100, 104000),  # one half-life ahead (96 s): about half the target
+    (100, 296000),  # one half-life behind: about double
+    (100, 200000 + 13152),  # the future limit (13.152 s) past the schedule: at most 10 % easier
+    (0, -50_000),  # a parent stamped before the anchor (the median allows it)
+    (30000, 0),  # far ahead: down to the hardest target, 1
+    (0, 100_000_000),  # far behind: up to the easiest, MAX_TARGET
+]
+
+
+def asert_table() -> list[str]:
+    """The ASERT vector table of docs/ledger.md: (height delta, time delta) -> bits and target."""
+    p = ASERT_PARAMS
+    out = [
+        "| height delta | time delta (ms) | bits | target |",
+        "|---:|---:|---|---|",
+    ]
+    for height_delta, time_delta in ASERT_CASES:
+        target = asert_target(p.start_target, p.block_time_ms, time_delta, height_delta, p.half_life_ms, MAX_TARGET)
+        out.append(f"| {height_delta} | {time_delta} | `{target_to_bits(target):08x}` | `{target:064x}` |")
+    return out
+
+
 def main() -> None:
-    print("\n".join(lines()))
+    if sys.argv[1:] == ["--asert"]:
+        print("\n".join(asert_table()))
+    else:
+        print("\n".join(lines()))
 
 
 if __name__ == "__main__":

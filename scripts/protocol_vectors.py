@@ -19,7 +19,8 @@ from dataclasses import replace
 
 from p2pchain import limits, relay, wire
 from p2pchain.keys import Wallet
-from p2pchain.ledger.block import Block, Header, merkle_root, work
+from p2pchain.ledger.block import Block, Header, merkle_root
+from p2pchain.ledger.pow import work
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.params import BLOCK_VERSION, NetworkParams
 
@@ -45,7 +46,7 @@ def messages() -> dict[str, wire.Message]:
         port=7000,
         height=0,
         best=genesis.hash,
-        work=work(genesis.header.bits),
+        work=work(genesis.header.target),
         agent="p2pchain/vectors",
         relay=relay.FEATURES,
     )
@@ -73,7 +74,7 @@ def relay_block(params: NetworkParams, tx: Tx) -> Block:
     coinbase = make_coinbase(tx.recipient, params.reward + tx.fee, 1)
     txs = (coinbase, tx)
     header = Header(
-        BLOCK_VERSION, 1, genesis.hash, merkle_root([t.txid for t in txs]), BLOCK_TIMESTAMP_MS, params.bits, 0
+        BLOCK_VERSION, 1, genesis.hash, merkle_root([t.txid for t in txs]), BLOCK_TIMESTAMP_MS, params.start_bits, 0
     )
     return Block(header, txs)
 

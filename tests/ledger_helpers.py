@@ -20,7 +20,8 @@ from typing import Any
 from p2pchain.chain import Chain
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
-from p2pchain.ledger.block import NONCE, Block, Header, merkle_root, target
+from p2pchain.ledger.block import NONCE, Block, Header, merkle_root
+from p2pchain.ledger.pow import work
 from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.params import BLOCK_VERSION, GENESIS_TIMESTAMP_MS, NetworkParams
@@ -29,7 +30,7 @@ PARAMS = NetworkParams(bits=8, reward=50)  # ~256 hashes a block: well under a m
 GENESIS = PARAMS.genesis
 SPACING_MS = 1000  # a test block's timestamp is its parent's plus this (plus a salt)
 NOW_MS = GENESIS_TIMESTAMP_MS + 10**9  # the tests' local clock: ~11.6 days after genesis
-WORK = 1 << PARAMS.bits  # work of one block at PARAMS; a branch of n blocks over genesis has (n + 1) * WORK
+WORK = work(PARAMS.start_target)  # work of one block at PARAMS; a branch of n blocks over genesis has (n + 1) * WORK
 
 
 def wallet(n: int) -> Wallet:
@@ -43,7 +44,7 @@ MINER = wallet(0)  # default coinbase recipient
 # --- proof of work --------------------------------------------------------------------------
 def _search(header: Header, want_valid: bool) -> Header:
     mid = hashlib.sha256(header.prefix)  # the 84 bytes before the nonce are hashed once
-    bound = target(header.bits)
+    bound = header.target
     for nonce in range(2**64):
         h = mid.copy()
         h.update(NONCE.pack(nonce))
@@ -82,7 +83,7 @@ def assemble(
         prev_hash=ph.hash,
         merkle_root=merkle_root([tx.txid for tx in txs]),
         timestamp=ph.timestamp + SPACING_MS + salt,
-        bits=params.bits,
+        bits=params.start_bits,
         nonce=0,
     )
     header = replace(header, **fields)
@@ -165,9 +166,12 @@ def revalidate(blocks: Sequence[Block], params: NetworkParams, now_ms: int = NOW
     state: dict[str, Account] = {}
     rules.credit(params.genesis.txs[0].recipient, params.genesis.txs[0].amount, lambda a: EMPTY_ACCOUNT, state)
     stamps = [params.genesis.header.timestamp]
+    anchor = 0
     for parent, block in pairwise(blocks):
         rules.check_block(block, params)
-        rules.check_header_context(block.header, parent.header, rules.median_time_past(stamps), now_ms)
+        mtp = rules.median_time_past(stamps)
+        rules.check_header_context(block.header, parent.header, mtp, now_ms, params, anchor)
+        anchor = rules.anchor_time(block.header, anchor)
         state.update(rules.connect_block(block, lambda a: state.get(a, EMPTY_ACCOUNT), params))
         stamps.append(block.header.timestamp)
     return {a: acct for a, acct in state.items() if acct != EMPTY_ACCOUNT}

@@ -54,7 +54,7 @@ def next_block(
         parent.hash,
         merkle_root([tx.txid for tx in body]),
         parent.timestamp + SPACING_MS + salt,
-        TEST_PARAMS.bits,
+        TEST_PARAMS.start_bits,
         0,
     )
     return mine_block(Block(header, body))

@@ -202,7 +202,9 @@ def revalidate(blocks: list[Block], params: NetworkParams) -> dict[str, rules.Ac
         assert block.height == i, f"block at position {i} says height {block.height}"
         rules.check_block(block, params)
         mtp = rules.median_time_past([b.header.timestamp for b in blocks[max(0, i - 11) : i]])
-        rules.check_header_context(block.header, parent.header, mtp, now)
+        rules.check_header_context(
+            block.header, parent.header, mtp, now, params, blocks[1].header.timestamp if i > 1 else 0
+        )
         accounts.update(rules.connect_block(block, get, params))
     return accounts
 

@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"limits", "errors", "metrics", "__init__"},
     {"pulse"},
     {"keys"},
+    {"ledger.pow"},
     {"ledger.tx", "ledger.block", "ledger.__init__"},
     {"params"},
     {"ledger.rules"},

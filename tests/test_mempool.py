@@ -50,7 +50,7 @@ class Ledger:
         height = len(self.blocks) + 1
         coinbase = make_coinbase(miner, PARAMS.reward + sum(t.fee for t in txs), height)
         body = (coinbase, *txs)
-        header = Header(1, height, ZERO_HASH, merkle_root([t.txid for t in body]), height, PARAMS.bits, 0)
+        header = Header(1, height, ZERO_HASH, merkle_root([t.txid for t in body]), height, PARAMS.start_bits, 0)
         block = Block(header, body)
         changes = rules.connect_block(block, self.get, PARAMS)  # raises if the block is not valid
         self.states.append({**self.states[-1], **changes})

@@ -20,6 +20,7 @@ from p2pchain.errors import RuleCode, RuleError
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import Header, merkle_root
+from p2pchain.ledger.pow import difficulty_target, target_to_bits
 from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import make_tx
 from p2pchain.miner import MinerPool, build_template, mine_block, search
@@ -44,7 +45,9 @@ def pool() -> Iterator[MinerPool]:
         yield p
 
 
-def unsolved(bits: int, timestamp: int = 1) -> Header:
+def unsolved(difficulty: int, timestamp: int = 1) -> Header:
+    """A header at ``difficulty`` leading zero bits (the target 2**(256 - difficulty))."""
+    bits = target_to_bits(difficulty_target(difficulty))
     return Header(1, 7, b"\x11" * 32, b"\x22" * 32, timestamp, bits, 0)
 
 
@@ -79,11 +82,11 @@ def test_template_is_a_valid_block_whose_coinbase_takes_reward_and_fees() -> Non
     block = mine_block(build_template(PARAMS, GENESIS, GENESIS.timestamp, txs, miner.address, now))
 
     h = block.header
-    assert (h.height, h.prev_hash, h.bits, h.timestamp) == (1, GENESIS.hash, PARAMS.bits, now)
+    assert (h.height, h.prev_hash, h.bits, h.timestamp) == (1, GENESIS.hash, PARAMS.start_bits, now)
     assert h.merkle_root == merkle_root([tx.txid for tx in block.txs])
     assert block.txs[1:] == tuple(txs)
     rules.check_block(block, PARAMS)
-    rules.check_header_context(h, GENESIS, GENESIS.timestamp, now)
+    rules.check_header_context(h, GENESIS, GENESIS.timestamp, now, PARAMS, 0)
 
     def get(address: str) -> Account:
         return Account(100, 0) if address == payer.address else EMPTY_ACCOUNT
@@ -97,7 +100,7 @@ def test_template_timestamp_moves_past_the_median_time_past() -> None:
     mtp = GENESIS.timestamp + 10_000
     block = build_template(PARAMS, GENESIS, mtp, (), "ab" * 20, now_ms=mtp - 5_000)  # a slow clock
     assert block.header.timestamp == mtp + 1
-    rules.check_header_context(block.header, GENESIS, mtp, mtp - 5_000)
+    rules.check_header_context(block.header, GENESIS, mtp, mtp - 5_000, PARAMS, 0)
 
 
 def test_unsolved_template_is_refused_for_its_work() -> None:
@@ -195,7 +198,7 @@ if sys.argv[1] == "mining":
     while pool.hashes_done == 0:
         time.sleep(0.01)
 else:
-    pool.solve_blocking(Header(1, 1, bytes(32), bytes(32), 0, 1, 0))  # workers are up, then idle
+    pool.solve_blocking(Header(1, 1, bytes(32), bytes(32), 0, 0xE8800000, 0))  # target 2**255: workers up, then idle
 print(*pool.pids, flush=True)
 threading.Event().wait()
 """

@@ -7,13 +7,16 @@ import asyncio
 from dataclasses import replace
 
 from p2pchain.ledger.block import Header
+from p2pchain.ledger.pow import difficulty_target, target_to_bits
 from p2pchain.mining import Mining
 from p2pchain.params import NetworkParams
 
 GENESIS = NetworkParams(bits=8).genesis.header
 
 
-def header(bits: int, salt: int = 0) -> Header:
+def header(difficulty: int, salt: int = 0) -> Header:
+    """A header at ``difficulty`` leading zero bits (the target 2**(256 - difficulty))."""
+    bits = target_to_bits(difficulty_target(difficulty))
     return replace(GENESIS, bits=bits, timestamp=GENESIS.timestamp + 1000 + salt)
 
 

@@ -41,6 +41,7 @@ from p2pchain.errors import RuleCode
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block, Header, merkle_root
+from p2pchain.ledger.pow import target_to_bits
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.miner import mine_block
 from p2pchain.params import BLOCK_VERSION, NetworkParams
@@ -70,7 +71,7 @@ def assemble(
     prev: bytes | None = None,
     merkle: bytes | None = None,
     timestamp: int | None = None,
-    bits: int = PARAMS.bits,
+    bits: int = PARAMS.start_bits,
     solve: bool = True,
 ) -> Block:
     """A block on ``parent``, valid unless told otherwise: the coinbase pays ``pay_to`` the reward
@@ -419,7 +420,7 @@ async def block_bad_pow(ctx: Ctx, peer: RawPeer) -> None:
 
 @case("block with the wrong difficulty", BAN, code=RuleCode.BAD_DIFFICULTY)
 async def block_wrong_bits(ctx: Ctx, peer: RawPeer) -> None:
-    await send_block(ctx, peer, await ctx.block(bits=PARAMS.bits - 1))
+    await send_block(ctx, peer, await ctx.block(bits=target_to_bits(PARAMS.start_target * 2)))
 
 
 @case("block whose parent is unknown (kept as an orphan)", IGNORE, hello=False)

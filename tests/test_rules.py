@@ -39,16 +39,8 @@ from p2pchain.chain import Chain, Status
 from p2pchain.errors import ProtocolError, RuleCode, RuleError
 from p2pchain.keys import Wallet, address_of, verify
 from p2pchain.ledger import rules
-from p2pchain.ledger.block import (
-    EMPTY_MERKLE_ROOT,
-    LEAF_PREFIX,
-    NODE_PREFIX,
-    ZERO_HASH,
-    Block,
-    merkle_root,
-    target,
-    work,
-)
+from p2pchain.ledger.block import EMPTY_MERKLE_ROOT, LEAF_PREFIX, NODE_PREFIX, ZERO_HASH, Block, merkle_root
+from p2pchain.ledger.pow import bits_to_target, target_to_bits, work
 from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.params import GENESIS_TIMESTAMP_MS, NetworkParams
@@ -146,8 +138,19 @@ CASES = [
     Case("timestamp just after the median", lambda b: block_on(b.tip, timestamp=MTP_OF_TIP + 1), None),
     # --- header ----------------------------------------------------------------------------------
     Case("bad proof of work", lambda b: block_on(b.tip, pow_ok=False), RuleCode.BAD_POW, remembered=False),
-    Case("easier difficulty", lambda b: block_on(b.tip, bits=PARAMS.bits - 1), RuleCode.BAD_DIFFICULTY),
-    Case("harder difficulty", lambda b: block_on(b.tip, bits=PARAMS.bits + 1), RuleCode.BAD_DIFFICULTY),
+    Case(
+        "easier target",
+        lambda b: block_on(b.tip, bits=target_to_bits(PARAMS.start_target * 2)),
+        RuleCode.BAD_DIFFICULTY,
+    ),
+    Case(
+        "harder target",
+        lambda b: block_on(b.tip, bits=target_to_bits(PARAMS.start_target - 1)),
+        RuleCode.BAD_DIFFICULTY,
+    ),
+    # no work behind them: not remembered (junk must not fill memory)
+    Case("bits not canonical", lambda b: block_on(b.tip, bits=0x01000001, pow_ok=False), RuleCode.BAD_BITS, False),
+    Case("target above 2**255", lambda b: block_on(b.tip, bits=0xE8800001), RuleCode.BAD_BITS, False),
     Case("version 2", lambda b: block_on(b.tip, version=2), RuleCode.BAD_VERSION),
     Case("version 0", lambda b: block_on(b.tip, version=0), RuleCode.BAD_VERSION),
     Case("height skips one", lambda b: block_on(b.tip, height=b.tip.height + 2), RuleCode.BAD_HEIGHT),
@@ -412,9 +415,9 @@ def test_wrong_prev_hash() -> None:
     child = block_on(GENESIS)
     other = block_on(GENESIS, salt=1)
     with pytest.raises(RuleError) as err:
-        rules.check_header_context(child.header, other.header, GENESIS.header.timestamp, NOW_MS)
+        rules.check_header_context(child.header, other.header, GENESIS.header.timestamp, NOW_MS, PARAMS, 0)
     assert err.value.code is RuleCode.BAD_PREV_HASH
-    rules.check_header_context(child.header, GENESIS.header, GENESIS.header.timestamp, NOW_MS)
+    rules.check_header_context(child.header, GENESIS.header, GENESIS.header.timestamp, NOW_MS, PARAMS, 0)
 
 
 def test_timestamp_must_pass_the_median_of_the_last_11_not_the_parent() -> None:
@@ -517,11 +520,36 @@ def test_merkle_tree_is_rfc6962() -> None:
 
 
 def test_proof_of_work_target_and_work() -> None:
-    assert target(8) == 2**248 and work(8) == 256
-    assert work(PARAMS.bits) == WORK
+    assert PARAMS.start_target == 2**248 and PARAMS.start_bits == 0xE1800000 and WORK == 2**256 // (2**248 + 1)
+    assert work(2**248) == 255  # 2**256 // (target + 1): one less than 2**8 for a power of two
     mined = block_on(GENESIS).header
-    assert mined.hash[0] == 0 and int.from_bytes(mined.hash, "big") < target(8)
+    assert mined.hash[0] == 0 and int.from_bytes(mined.hash, "big") < 2**248 == mined.target
     assert mined.meets_target()
+
+
+@pytest.mark.parametrize(
+    "target, bits",
+    [
+        (1, 0x00000001),
+        (0xFFFFFF, 0x00FFFFFF),  # every target below 2**24 is exact, exponent 0
+        (2**24, 0x01800000),
+        (2**24 + 1, 0x01800000),  # 25 significant bits: the last is truncated
+        (0x123456789A, 0x0D91A2B3),  # 37 significant bits: exponent 13
+        (2**240, 0xD9800000),  # --difficulty 16
+        (2**255, 0xE8800000),  # the easiest target, --difficulty 1
+        ((2**24 - 1) << 232, 0xE8FFFFFF),  # the largest encodable target
+    ],
+)
+def test_compact_target_encoding(target: int, bits: int) -> None:
+    assert target_to_bits(target) == bits
+    decoded = bits_to_target(bits)
+    assert decoded <= target and (target - decoded) * 2**23 <= decoded  # truncation: at most 2**-23 below
+    assert target_to_bits(decoded) == bits  # canonical: one encoding per encodable target
+
+
+@pytest.mark.parametrize("bits", [0, 0x00000000, 0x01000001, 0x017FFFFF, 0xE9800000, 0xFF800000, 2**32, -1])
+def test_non_canonical_bits_decode_to_no_target(bits: int) -> None:
+    assert bits_to_target(bits) == 0  # zero mantissa, unnormalised, exponent past 232, not a u32
 
 
 # --- docs/ledger.md test vectors ------------------------------------------------------------------
@@ -537,7 +565,9 @@ def doc_vectors() -> dict[str, str]:
 def test_doc_vectors_match_the_code() -> None:
     v = doc_vectors()
     params = NetworkParams()
-    assert (int(v["bits"]), int(v["reward"])) == (params.bits, params.reward)
+    assert (int(v["difficulty"]), int(v["reward"])) == (params.bits, params.reward)
+    assert int(v["start target"], 16) == params.start_target == bits_to_target(int(v["start bits"], 16))
+    assert int(v["work per block"]) == work(params.start_target)
     header = bytes.fromhex(v["genesis header"])
     assert header == params.genesis.header.raw and len(header) == 92
     assert bytes.fromhex(v["genesis hash"]) == hashlib.sha256(header).digest() == params.network_id

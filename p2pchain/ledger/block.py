@@ -5,8 +5,8 @@ and reuses the SHA-256 midstate for every nonce:
     u32 version | u32 height | 32 prev_hash | 32 merkle_root | u64 timestamp (Unix ms)
     | u32 bits | u64 nonce
 block hash = SHA-256(header bytes); merkle_root is RFC 6962's tree over the txids (below).
-Proof of work: the hash, read as a 256-bit big-endian
-integer, is below 2**(256 - bits); that is, it starts with ``bits`` zero bits.
+Proof of work: the hash, read as a 256-bit big-endian integer, is below the target that ``bits``
+encodes (``ledger.pow``: a compact 256-bit target).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from p2pchain import limits
 from p2pchain.errors import ProtocolError
+from p2pchain.ledger.pow import bits_to_target
 from p2pchain.ledger.tx import Tx
 
 HEADER_PREFIX = struct.Struct(">II32s32sQI")  # everything before the nonce: 84 bytes
@@ -27,16 +28,6 @@ HEADER_BYTES = HEADER_PREFIX.size + NONCE.size  # 92
 ZERO_HASH = bytes(32)
 WireHeader = list[Any]  # [version, height, prev_hash, merkle_root, timestamp, bits, nonce]
 WireBlock = list[Any]  # [header, [tx, ...]]
-
-
-def target(bits: int) -> int:
-    """The exclusive upper bound on a block hash at ``bits`` leading zero bits."""
-    return 1 << (256 - bits)
-
-
-def work(bits: int) -> int:
-    """Expected hashes to find a block at ``bits``: the block's contribution to chain work."""
-    return 1 << bits
 
 
 LEAF_PREFIX = b"\x00"  # a merkle leaf is H(0x00 | txid)
@@ -70,7 +61,7 @@ class Header:
     prev_hash: bytes  # 32 bytes; zero in genesis
     merkle_root: bytes  # 32 bytes over the txids
     timestamp: int  # Unix time in milliseconds
-    bits: int  # required leading zero bits of the hash (the network's difficulty)
+    bits: int  # the target, compact (ledger.pow): the hash must be below it
     nonce: int  # u64 varied by the miner
 
     @cached_property
@@ -96,8 +87,13 @@ class Header:
         header.__dict__["raw"] = raw  # the cached_property's slot: no need to pack it again
         return header
 
+    @cached_property
+    def target(self) -> int:
+        """The target ``bits`` encodes; 0 (met by no hash) when ``bits`` is not canonical."""
+        return bits_to_target(self.bits)
+
     def meets_target(self) -> bool:
-        return int.from_bytes(self.hash, "big") < target(self.bits)
+        return int.from_bytes(self.hash, "big") < self.target
 
     def to_wire(self) -> WireHeader:
         return [self.version, self.height, self.prev_hash, self.merkle_root, self.timestamp, self.bits, self.nonce]
@@ -111,7 +107,7 @@ class Header:
             ("version", version, 2**32),
             ("height", height, 2**32),
             ("timestamp", ts, 2**64),
-            ("bits", bits, 257),
+            ("bits", bits, 2**32),
             ("nonce", nonce, 2**64),
         ):
             if type(value) is not int or not 0 <= value < top:

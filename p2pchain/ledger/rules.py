@@ -1,9 +1,10 @@
 """Consensus rules as pure functions: each raises RuleError with its own code, or returns.
 
 Three stages, cheapest first, as a node meets a block:
-1. ``check_block`` (no context): ``check_header`` (version, difficulty, proof of work), then
+1. ``check_block`` (no context): ``check_header`` (version, target encoding, proof of work), then
    ``check_body`` (size, count, merkle root, coinbase shape, every transaction's signature and key).
-2. ``check_header_context`` (the parent and the median time past; "now" is an argument).
+2. ``check_header_context`` (the parent, the median time past and the retarget anchor's
+   timestamp; "now" is an argument): links, the required target, timestamps.
 3. ``connect_block`` (the account state at the parent): nonces, balances, coinbase amount.
 """
 
@@ -16,8 +17,9 @@ from p2pchain import limits
 from p2pchain.errors import RuleCode, RuleError
 from p2pchain.keys import PUBKEY_BYTES, SIGNATURE_BYTES, address_of, is_address, verify
 from p2pchain.ledger.block import Block, Header
+from p2pchain.ledger.pow import asert_target, target_to_bits
 from p2pchain.ledger.tx import Tx
-from p2pchain.params import BLOCK_VERSION, NetworkParams
+from p2pchain.params import BLOCK_VERSION, MAX_TARGET, NetworkParams
 
 
 class Account(NamedTuple):
@@ -65,13 +67,15 @@ def check_block(block: Block, params: NetworkParams, *, verified: Container[byte
 
 def check_header(h: Header, params: NetworkParams) -> None:
     """The header's own fields. Every block with this hash fails them alike, so a failure here
-    (but ``bad-pow``: junk costs nothing to make) may be held against the hash."""
+    (but ``bad-bits`` and ``bad-pow``: junk costs nothing to make) may be held against the hash."""
     if h.version != BLOCK_VERSION:
         raise RuleError(RuleCode.BAD_VERSION, f"block version {h.version}, expected {BLOCK_VERSION}")
-    if h.bits != params.bits:
-        raise RuleError(RuleCode.BAD_DIFFICULTY, f"block claims {h.bits} bits, network needs {params.bits}")
+    if not 0 < h.target <= MAX_TARGET:
+        raise RuleError(RuleCode.BAD_BITS, f"bits {h.bits:#010x} is not a canonical target of at most 2**255")
+    if not params.retargets and h.bits != params.start_bits:
+        raise RuleError(RuleCode.BAD_DIFFICULTY, f"bits {h.bits:#010x}, the network's are {params.start_bits:#010x}")
     if not h.meets_target():
-        raise RuleError(RuleCode.BAD_POW, f"hash {h.hash.hex()} does not start with {h.bits} zero bits")
+        raise RuleError(RuleCode.BAD_POW, f"hash {h.hash.hex()} is not below the target of bits {h.bits:#010x}")
 
 
 def check_body(block: Block, params: NetworkParams, *, verified: Container[bytes] = ()) -> None:
@@ -106,16 +110,47 @@ def median_time_past(timestamps: Sequence[int]) -> int:
     return window[len(window) // 2]
 
 
-def check_header_context(header: Header, parent: Header, mtp: int, now_ms: int) -> None:
-    """``mtp`` is the median time past of the parent and its ancestors; ``now_ms`` local time."""
+def anchor_time(header: Header, parent_anchor_ms: int) -> int:
+    """The retarget anchor's timestamp on the branch that ends with ``header``: block 1's (the
+    first block mined starts the schedule); 0 for genesis, which has none."""
+    return header.timestamp if header.height == 1 else parent_anchor_ms
+
+
+def required_bits(params: NetworkParams, parent: Header, anchor_ms: int) -> int:
+    """The ``bits`` a block on ``parent`` must carry. Fixed difficulty, and block 1: the start
+    target. Retargeting: ASERT from the anchor (block 1, at the start target), by the parent's
+    timestamp and height: anchor_ms is block 1's timestamp on the parent's branch."""
+    if not params.retargets or parent.height == 0:
+        return params.start_bits
+    target = asert_target(
+        params.start_target,
+        params.block_time_ms,
+        parent.timestamp - anchor_ms,
+        parent.height - 1,
+        params.half_life_ms,
+        MAX_TARGET,
+    )
+    return target_to_bits(target)
+
+
+def check_header_context(
+    header: Header, parent: Header, mtp: int, now_ms: int, params: NetworkParams, anchor_ms: int
+) -> None:
+    """``mtp`` is the median time past of the parent and its ancestors; ``anchor_ms`` the
+    retarget anchor's timestamp on the parent's branch (``anchor_time``); ``now_ms`` local time."""
     if header.prev_hash != parent.hash:
         raise RuleError(RuleCode.BAD_PREV_HASH, "previous hash is not the parent's hash")
     if header.height != parent.height + 1:
         raise RuleError(RuleCode.BAD_HEIGHT, f"height {header.height}, parent is at {parent.height}")
+    want = required_bits(params, parent, anchor_ms)
+    if header.bits != want:
+        raise RuleError(RuleCode.BAD_DIFFICULTY, f"bits {header.bits:#010x}, the retarget rule requires {want:#010x}")
     if header.timestamp <= mtp:
         raise RuleError(RuleCode.TIME_TOO_OLD, f"timestamp {header.timestamp} not after median {mtp}")
-    if header.timestamp > now_ms + limits.MAX_FUTURE_BLOCK_MS:
-        raise RuleError(RuleCode.TIME_TOO_NEW, f"timestamp {header.timestamp} is over 2 h ahead of {now_ms}")
+    if header.timestamp > now_ms + params.max_future_ms:
+        raise RuleError(
+            RuleCode.TIME_TOO_NEW, f"timestamp {header.timestamp} is over {params.max_future_ms} ms ahead of {now_ms}"
+        )
 
 
 # --- stage 3: the state ---------------------------------------------------------------------

@@ -26,7 +26,8 @@ from p2pchain.ledger.tx import Tx
 from p2pchain.miner import MinerPool, build_template, mine_block, search, target_bytes
 from p2pchain.params import NetworkParams
 
-BENCH_HEADER = Header(1, 1, b"\x5a" * 32, b"\xa5" * 32, 1_700_000_000_000, 256, 0)  # 256 bits: never solved
+EASIEST_BITS = 0xE8800000  # the target 2**255: half of all hashes meet it
+BENCH_HEADER = Header(1, 1, b"\x5a" * 32, b"\xa5" * 32, 1_700_000_000_000, 1, 0)  # target 1: never met
 SIGNING_SHARE = 0.4  # of --seconds spent signing the distinct transactions tx_verify_per_s checks
 CHAIN_PARAMS = NetworkParams(bits=1, reward=1_000_000)  # blocks cost ~2 hashes; the payer stays funded
 CHAIN_SAMPLES = 20  # blocks timed at each height; the median is reported
@@ -40,7 +41,6 @@ def hash_ceiling(prefix: bytes, bits: int, seconds: float) -> float:
     a table of the 65,536 two-byte low nonce endings; the prefix and the six high nonce bytes go
     into a base hash once per 65,536 tries; each try is copy + update(2 bytes) + digest."""
     tgt = target_bytes(bits)
-    assert tgt is not None
     endings = [i.to_bytes(2, "big") for i in range(2**16)]
     done = 0
     start = time.perf_counter()
@@ -72,7 +72,7 @@ def pool_figures(seconds: float) -> Figures:
     it takes to drop a job and solve the next one (what a new tip costs)."""
     start = time.perf_counter()
     with MinerPool() as pool:
-        assert pool.solve_blocking(Header(1, 1, bytes(32), bytes(32), 0, 1, 0), timeout=60) is not None
+        assert pool.solve_blocking(Header(1, 1, bytes(32), bytes(32), 0, EASIEST_BITS, 0), timeout=60) is not None
         start_ms = (time.perf_counter() - start) * 1000
         job = pool.submit(BENCH_HEADER)
         time.sleep(0.2)  # every worker is on the job
@@ -81,7 +81,7 @@ def pool_figures(seconds: float) -> Figures:
         all_cores = (pool.hashes_done - h0) / (time.perf_counter() - t0)
         switches: list[float] = []
         for ts in range(5):
-            easy = Header(1, 1, bytes(32), bytes(32), ts, 1, 0)  # solved by the first worker to look
+            easy = Header(1, 1, bytes(32), bytes(32), ts, EASIEST_BITS, 0)  # solved by the first worker to look
             switches.append(timed_ms(partial(pool.solve_blocking, easy, timeout=10)))
             pool.submit(BENCH_HEADER)
             time.sleep(0.02)
