@@ -88,6 +88,10 @@ PONG_TIMEOUT_S = 20.0  # a PING unanswered this long drops the peer (Bitcoin: 20
 SEND_QUEUE_MAX = 1024  # frames queued to one peer; a peer that stays behind is dropped
 SEND_QUEUE_MAX_BYTES = 8 * 1024 * 1024  # bytes of those frames: two full CHAIN batches and gossip
 # (Bitcoin: -maxsendbuffer 1 MB); without it 1024 queued CHAIN answers could hold 3 GiB
+# bytes of blocks (GET_CHAIN, GET_BLOCKS, GET_BLOCK answers) served to one peer: a burst, then a rate;
+# beyond it the peer waits (is not read), never refused. A 100,000-block sync of small blocks fits the burst
+SERVE_BURST_BYTES = 32 * 1024 * 1024
+SERVE_BYTES_PER_S = 4 * 1024 * 1024
 SEND_DRAIN_TIMEOUT_S = 10.0  # a write that cannot drain this long drops the peer
 CLOSE_FLUSH_S = 1.0  # a closing peer's last frames get this long to be sent; then they are dropped
 DIAL_TIMEOUT_S = 5.0  # seconds to open an outbound TCP connection

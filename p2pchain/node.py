@@ -32,6 +32,7 @@ from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
 from p2pchain.relay import FEATURE_CMPCT, FEATURE_INV_TX, FEATURES, Relay
+from p2pchain.serve import BlockServer
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
 from p2pchain.store import DB_FILE
 from p2pchain.sync import HONEST_BLOCK_CODES, SyncManager, now_ms
@@ -133,6 +134,7 @@ class Node:
         # (/nodes/register, resolve) looks again then, and only then
         self.changed = Pulse()
         self.stats = {"blocks_received": 0, "forks_resolved": 0, "blocks_mined": 0, "sync_requests": 0}
+        self.blocks_server = BlockServer(self.chain)  # GET_CHAIN/GET_BLOCKS/GET_BLOCK, read off the loop
         self.sync = SyncManager(
             self.chain,
             lambda: self.connmgr.ready,
@@ -194,6 +196,7 @@ class Node:
         await self.connmgr.close()
         self.tx_batcher.close()
         self._verifier.shutdown(wait=False, cancel_futures=True)
+        self.blocks_server.close()
         self.chain.close()  # before the miner: its workers may take a while and need no store
         log.info("stopped at height %d, tip %s", self.chain.height, self.chain.tip.hash.hex()[:16])
         await self.mining.close()
@@ -305,8 +308,13 @@ class Node:
 
     async def _on_get_chain(self, peer: Peer, msg: wire.GetChain) -> None:
         count = min(msg.max, limits.MAX_BLOCKS_PER_CHAIN)
-        blocks, more = self.chain.blocks_after(list(msg.locator), count, limits.CHAIN_BATCH_BYTES)
-        peer.send(wire.Chain(tuple(blocks), more))
+        start = self.chain.fork_point(list(msg.locator)) + 1
+        hashes, height = self.chain.main[start : start + count], self.chain.height
+
+        def answer(blocks: Sequence[Block]) -> wire.Chain:
+            return wire.Chain(tuple(blocks), start + len(blocks) <= height)
+
+        await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Chain.TYPE)
 
     # --- gossip -----------------------------------------------------------------------------
     async def _preverify(self, blocks: Sequence[Block]) -> None:
@@ -718,12 +726,22 @@ class Node:
         await self._queue_tx(peer, msg.tx, admit)
 
     async def _on_get_blocks(self, peer: Peer, msg: wire.GetBlocks) -> None:
-        blocks = self.chain.blocks_range(msg.start, min(msg.limit, limits.MAX_BLOCKS_PER_CHAIN))
-        peer.send(wire.Blocks(msg.id, tuple(blocks), self.chain.height))
+        hashes = self.chain.main[msg.start : msg.start + min(msg.limit, limits.MAX_BLOCKS_PER_CHAIN)]
+        height = self.chain.height
+
+        def answer(blocks: Sequence[Block]) -> wire.Blocks:
+            return wire.Blocks(msg.id, tuple(blocks), height)
+
+        await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Blocks.TYPE)
 
     async def _on_get_block(self, peer: Peer, msg: wire.GetBlock) -> None:
-        block = self.chain.get_block(msg.hash)
-        peer.send(wire.Blocks(msg.id, (block,) if block is not None else (), self.chain.height))
+        hashes = [msg.hash] if self.chain.entry(msg.hash) is not None else []
+        height = self.chain.height
+
+        def answer(blocks: Sequence[Block]) -> wire.Blocks:
+            return wire.Blocks(msg.id, tuple(blocks), height)
+
+        await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Blocks.TYPE)
 
 
 HttpStarter = Callable[["Node", str, int], Awaitable[Any]]  # returns an object with async cleanup()

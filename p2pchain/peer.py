@@ -73,6 +73,11 @@ class Peer:
         self.dialed: str | None = None  # the address we dialled (outbound only)
         self.useful = False  # it gave us a block or transaction we took: protected from eviction
         self.connected_at = time.monotonic()
+        self._unflushed = 0  # frames queued or written but not yet drained
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+        self._serve_tokens = float(limits.SERVE_BURST_BYTES)  # bytes of blocks it may still be served now
+        self._serve_refill = self.connected_at
         self._addr_tokens = float(limits.ADDR_BURST)  # addresses it may still send (PEERS), refilled slowly
         self._addr_refill = self.connected_at
         self._ping_nonce: int | None = None
@@ -121,6 +126,25 @@ class Peer:
             self.close(f"send queue full ({limits.SEND_QUEUE_MAX} frames): peer is not reading")
             return
         self.queued_bytes += len(frame)
+        self._unflushed += 1
+        self._flushed.clear()
+
+    async def flushed(self) -> None:
+        """Until every frame queued so far has been written and drained, or the peer closed."""
+        await self._flushed.wait()
+
+    async def serve_budget(self) -> None:
+        """Wait (not reading this peer meanwhile) until its budget of bytes served is positive:
+        SERVE_BURST_BYTES, refilled at SERVE_BYTES_PER_S."""
+        now = time.monotonic()
+        refill = (now - self._serve_refill) * limits.SERVE_BYTES_PER_S
+        self._serve_tokens = min(limits.SERVE_BURST_BYTES, self._serve_tokens + refill)
+        self._serve_refill = now
+        if self._serve_tokens < 0:
+            await asyncio.sleep(-self._serve_tokens / limits.SERVE_BYTES_PER_S)
+
+    def spend_serve_budget(self, n: int) -> None:
+        self._serve_tokens -= n
 
     async def _writer(self) -> None:
         while not self.closed.is_set():
@@ -139,6 +163,9 @@ class Peer:
             except TimeoutError:
                 self.close(f"could not send for {self.tunables.drain_timeout:.0f} s: peer is not reading")
                 return
+            self._unflushed -= 1
+            if self._unflushed == 0:
+                self._flushed.set()
 
     # --- receiving --------------------------------------------------------------------------
     async def read_message(self) -> wire.Message:
@@ -268,6 +295,7 @@ class Peer:
         reason = clip(reason)
         self.close_reason = reason
         self.closed.set()
+        self._flushed.set()  # nothing more will leave: wake whoever waits for it
         if quiet:
             log.info("%r disconnected: %s", self, reason, extra={"reason": reason})
         else:

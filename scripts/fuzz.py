@@ -224,6 +224,14 @@ class _StubTransport:
         pass
 
 
+class _StubPeer(Peer):
+    """A Peer without a writer task: its frames stay in its queue for drain_replies, so nothing
+    ever "leaves" and a handler must not wait for that (BlockServer waits for its answer to)."""
+
+    async def flushed(self) -> None:
+        return
+
+
 class _StubWriter:
     """What Peer needs of an asyncio.StreamWriter; the node's frames stay in the peer's queue."""
 
@@ -272,7 +280,7 @@ class NodeTarget:
         self.used = False  # the node has handled a message from self.peer
 
     def _connect(self) -> Peer:
-        peer = Peer(
+        peer = _StubPeer(
             asyncio.StreamReader(),
             cast(asyncio.StreamWriter, _StubWriter()),
             inbound=True,

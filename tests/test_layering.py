@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"chain", "mempool", "miner", "events"},
     {"mining"},
     {"peer", "addrman"},
-    {"connmgr", "sync"},
+    {"connmgr", "sync", "serve"},
     {"relay"},
     {"node", "client"},
     {"explorer"},

@@ -1,0 +1,76 @@
+"""p2p_serving: serving blocks does not hold the event loop (issue 12, finding 2).
+
+A 70-byte GET_CHAIN or GET_BLOCKS bought ~70 KB of blocks read and encoded on the event loop;
+eight flooding connections took honest propagation through the node from 1.8 ms to 314 ms. Now
+the blocks are read and the answer encoded in a thread of its own (p2pchain/serve.py), one answer
+per peer is outstanding at a time, and a per-peer byte budget meters what is served.
+
+In-process: a node with a stored chain; the block decoder is made to stall (as a slow disk would)
+on the first block a GET_BLOCKS reads. While it stalls, another peer's PING must be answered:
+before, the read ran on the loop and nothing else was served until it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import until
+from node_helpers import TEST_PARAMS, branch
+from p2p_peer import RawPeer
+
+from p2pchain import limits, serve, store, wire
+from p2pchain.chain import Chain
+from p2pchain.node import Node, NodeConfig
+
+STALL_S = 8.0  # the stalled read gives up after this long (only if the test never releases it)
+
+
+def test_a_slow_block_read_does_not_stop_other_peers_being_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = branch(TEST_PARAMS.genesis.header, 50)
+    data_dir = tmp_path / "n"
+    data_dir.mkdir()
+    chain = Chain.open(data_dir / store.DB_FILE, TEST_PARAMS)
+    for block in blocks:
+        chain.process_block(block, block.header.timestamp)
+    chain.close()
+    entered, release = threading.Event(), threading.Event()
+    outcome: dict[str, bool] = {}
+    real = store.unpack_block
+
+    def stalling(data: bytes) -> Any:
+        if not entered.is_set():
+            entered.set()
+            outcome["released"] = release.wait(STALL_S)
+        return real(data)
+
+    monkeypatch.setattr(store, "unpack_block", stalling)
+    monkeypatch.setattr(serve, "unpack_block", stalling, raising=False)
+
+    async def scenario() -> wire.Blocks:
+        node = Node(NodeConfig(data_dir=data_dir, port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        asker, other = await RawPeer.connect(node.port), await RawPeer.connect(node.port)
+        try:
+            await asker.handshake()
+            await other.handshake()
+            asker.send(wire.GetBlocks(1, 1, limits.MAX_BLOCKS_PER_CHAIN))
+            await until(entered.is_set, "the GET_BLOCKS read to start", STALL_S)
+            await other.sync_with_ping(STALL_S / 2)  # served while the read stalls
+            release.set()
+            reply: wire.Blocks = await asker.expect(wire.Blocks)
+            return reply
+        finally:
+            release.set()
+            await asker.close()
+            await other.close()
+            await node.stop()
+
+    reply = asyncio.run(scenario())
+    assert outcome == {"released": True}, "the stalled read held the event loop: nothing else was served"
+    assert [b.hash for b in reply.blocks] == [b.hash for b in blocks]
