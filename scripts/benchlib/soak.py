@@ -71,6 +71,7 @@ BALANCE_REFRESH_S = 10.0  # how often the launcher re-reads which wallets have c
 PAYMENT = (1, 0)  # amount, fee: a block mints 1 coin (DEFAULT_REWARD), so payments cost 1
 RSS_SAMPLE_S = 120.0  # "minute 2"
 RSS_GROWTH_MAX = 1.10
+TRACE_EVERY_S = 60.0  # how often the memory trace notes the height and the survivors' RSS
 AGREE_TIMEOUT_S = 120.0  # heal, redial (backoff up to limits.RECONNECT_MAX_S), sync, agree
 START_TIMEOUT_S = 60.0
 # ERROR lines a node may log in this run without a fault: none are known. (A SIGKILLed node
@@ -392,6 +393,7 @@ class Soak:
         self.partitions = 0
         self.rss_sample: dict[int, float] = {}
         self.rss_end: dict[int, float] = {}
+        self.rss_trace: list[tuple[int, int, float]] = []  # (second, best height, survivors' mean RSS MB)
         self.started = 0.0
         self.events: list[str] = []
         self.tasks: set[asyncio.Future[None]] = set()
@@ -482,6 +484,7 @@ class Soak:
         for t in self.schedule.partitions():
             events += [(t, "partition"), (t + self.schedule.partition_for, "heal")]
         events.append((self.schedule.rss_at(), "rss"))
+        events += [(t, "trace") for t in _steps(TRACE_EVERY_S, TRACE_EVERY_S, self.schedule.seconds)]
         events.append((self.schedule.seconds, "end"))
         for t, what in sorted(events):
             await self.at(t)
@@ -499,6 +502,8 @@ class Soak:
             elif what == "heal":
                 self.net.heal()
                 self.note("healed")
+            elif what == "trace":
+                self.spawn(self.trace(t))
             elif what == "rss":
                 self.rss_sample = self.rss()
                 self.note(f"RSS sample (MB): {self.rss_sample}")
@@ -516,6 +521,16 @@ class Soak:
         started = time.monotonic()
         await node.wait_up()
         self.note(f"node{node.index} up again after {time.monotonic() - started:.1f} s")
+
+    async def trace(self, t: float) -> None:
+        """One line of the memory trace: the best height, and the survivors' mean RSS."""
+        try:
+            height = (await self.nodes[ENTRY[0]].ask(lambda c: c.status()))["height"]
+        except (NodeUnavailable, QueryError, OSError, TimeoutError):
+            return
+        rss = self.rss()
+        if rss:
+            self.rss_trace.append((round(t), int(height), round(sum(rss.values()) / len(rss), 2)))
 
     def rss(self) -> dict[int, float]:
         return {i: mb for i in SURVIVORS if (mb := self.nodes[i].rss_mb()) is not None}
@@ -621,6 +636,7 @@ class Soak:
             "soak_payments_skipped": self.ledger.skipped,
             "soak_height": height,
             "soak_rss_sample_mb": self.rss_sample,
+            "soak_rss_trace": self.rss_trace,
             "soak_rss_end_mb": self.rss_end,
             "soak_error_lines": len(unexpected),
             "soak_error_lines_expected": errors - len(unexpected),
@@ -690,6 +706,7 @@ SOAK_NOTES = {
     "soak_payments_skipped": "payment slots with no funded sender or an entry node not answering",
     "soak_height": "best height at the end",
     "soak_error_lines": "ERROR lines in the node logs not in EXPECTED_ERRORS: must be 0",
+    "soak_rss_trace": "each minute: (second, best height, survivors' mean RSS in MB): growth with height or time",
     "soak_ok": "every check above held",
 }
 
