@@ -182,7 +182,7 @@ EVENT_STREAMS_MAX = 64  # open Server-Sent-Event streams (browser tabs); one mor
 EVENT_QUEUE_MAX = 256  # events waiting for one stream; past this the stream is dropped (the page
 # reconnects and catches up), so a slow or stalled browser never holds the node's memory
 EVENT_WRITE_TIMEOUT_S = 10.0  # a stream whose socket takes longer to accept a write is dropped
-EVENT_KEEPALIVE_S = 15.0  # a comment line after this long without events: finds closed tabs
+EVENT_KEEPALIVE_S = 5.0  # a comment line after this long without events: a closed tab frees its slot by then
 EVENT_RETRY_MS = 1000  # the browser's reconnect delay after a dropped stream (SSE "retry:")
 EVENT_TIP_BLOCKS = 20  # newest connected blocks described in one tip event (a sync connects 500)
 # new mempool transactions are sent in one "txs" event per EVENT_TX_BATCH_S (with the newest

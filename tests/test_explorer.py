@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from harness import NodeProc
+from harness import NodeProc, wait_until
 from ledger_helpers import GENESIS, PARAMS, block_on, branch, feed, main_blocks, pay, wallet
 
+from p2pchain import limits
 from p2pchain.chain import Chain
 from p2pchain.store import Store
 
@@ -225,3 +227,33 @@ def test_event_stream_sends_hello_then_a_new_tip(nodes: Any) -> None:
     finally:
         conn.close()
 
+
+
+def open_stream(port: int) -> socket.socket:
+    """A raw client of /explorer/events that reads its first answer and then nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"GET /explorer/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+    answer = b""
+    while b"event: hello" not in answer:
+        chunk = sock.recv(4096)
+        answer += chunk
+        if not chunk or (b"\r\n\r\n" in answer and not answer.startswith(b"HTTP/1.1 200")):
+            sock.close()
+            raise AssertionError(f"no stream: {answer[:200]!r}")
+    return sock
+
+
+def test_every_stream_slot_taken_the_node_still_serves_and_slots_come_back(nodes: Any) -> None:
+    """EVENT_STREAMS_MAX clients hold event streams and read nothing: one more is refused with
+    503 and Retry-After, the node still mines and answers, and once those clients leave a new
+    stream opens (a closed client is found by the next keepalive)."""
+    node = nodes("a").start()
+    held = [open_stream(node.http_port) for _ in range(limits.EVENT_STREAMS_MAX)]
+    try:
+        code, headers, body = get(node, "/explorer/events", accept="text/event-stream")
+        assert code == 503 and headers.get("Retry-After") == "5" and "event streams are open" in body
+        assert node.http("GET", "/mine")[0] == 200 and get(node, "/explorer/")[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: open_stream(node.http_port).close() is None, 3 * limits.EVENT_KEEPALIVE_S + 15, "a free slot")

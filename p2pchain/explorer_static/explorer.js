@@ -10,6 +10,7 @@
   const feed = document.getElementById("feed");
   const banner = document.getElementById("banner");
   const FEED_MAX = 12;
+  const RETRY_CLOSED_MS = 5000; // after a refused stream (the node's Retry-After)
   const TX_REFRESH_MS = 2000; // a flood of transactions refreshes a page at most this often
   let fetching = false;
   let again = false;
@@ -95,7 +96,16 @@
   function connect() {
     source = new EventSource(body.dataset.events);
     source.addEventListener("open", () => setConn("live", "live"));
-    source.addEventListener("error", () => setConn("reconnecting…", "down"));
+    source.addEventListener("error", () => {
+      if (source && source.readyState === EventSource.CLOSED) {
+        // An answer that is not a stream (503: every slot taken) ends EventSource for good: retry.
+        source = null;
+        setConn("node busy: retrying", "down");
+        setTimeout(() => { if (!document.hidden && !source) connect(); }, RETRY_CLOSED_MS);
+      } else {
+        setConn("reconnecting…", "down");
+      }
+    });
     source.addEventListener("hello", (e) => {
       const d = JSON.parse(e.data);
       setConn("live", "live");
