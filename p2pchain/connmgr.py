@@ -163,7 +163,13 @@ class ConnectionManager:
         return [p for p in self.handshaken if not p.closed.is_set()]
 
     def outbound_count(self) -> int:
-        return sum(1 for p in self.peers if not p.inbound) + len(self.dialing)
+        """Outbound connections toward the discovery target: the persistent ones (--peer,
+        /nodes/register) are on top of it, as Bitcoin's -addnode, so that addresses registered
+        by anyone (or tarpits that accept and never speak) cannot take its slots."""
+        persistent = self.persistent
+        return sum(1 for p in self.peers if not p.inbound and p.dialed not in persistent) + sum(
+            1 for a in self.dialing if a not in persistent
+        )
 
     def add_addresses(self, addrs: list[str], source_host: str) -> None:
         """Remember addresses heard from ``source_host`` to dial later (AddrMan: what one source
@@ -299,13 +305,28 @@ class ConnectionManager:
         await self._serve(peer)
         return peer.hello is not None
 
-    def connect(self, addr: str) -> None:
-        """Keep a connection to ``addr`` (from --peer or /nodes/register), redialling with backoff."""
+    def connect(self, addr: str, *, registered: bool = False) -> bool:
+        """Keep a connection to ``addr`` (from --peer, or /nodes/register when ``registered``),
+        redialling with backoff. A registered address is forgotten if its first
+        REGISTER_MAX_FAILURES dials never complete a handshake, and at most MAX_PERSISTENT_PEERS
+        addresses are kept: False (not added) beyond that."""
         parse_addr(addr)
-        if addr not in self.persistent:
-            self.persistent[addr] = asyncio.ensure_future(self._keep(addr))
+        if addr in self.persistent:
+            return True
+        if len(self.persistent) >= limits.MAX_PERSISTENT_PEERS:
+            return False
+        self.persistent[addr] = asyncio.ensure_future(self._keep(addr, registered))
+        return True
 
-    async def _keep(self, addr: str) -> None:
+    async def _keep(self, addr: str, registered: bool = False) -> None:
+        failures = 0 if registered else None  # until its first handshake, for a registered address
+        try:
+            await self._redial(addr, failures)
+        finally:
+            if self.persistent.get(addr) is asyncio.current_task():
+                del self.persistent[addr]
+
+    async def _redial(self, addr: str, failures: int | None) -> None:
         delay = limits.RECONNECT_BASE_S
         while addr not in self.self_addrs:
             live = next((p for p in self.peers if addr in (p.listen_addr, p.dialed) and not p.closed.is_set()), None)
@@ -315,6 +336,12 @@ class ConnectionManager:
                 continue
             if await self.dial(addr):
                 delay = limits.RECONNECT_BASE_S
+                failures = None  # it is a node: kept for good
+            elif failures is not None:
+                failures += 1
+                if failures >= limits.REGISTER_MAX_FAILURES:
+                    log.info("forgetting registered %s: no handshake in %d tries", addr, failures)
+                    return
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, limits.RECONNECT_MAX_S)
 

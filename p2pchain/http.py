@@ -321,8 +321,10 @@ async def register_nodes(request: web.Request) -> web.Response:
         raise ApiError(400, f"{NODES_ERROR}: at most {limits.HTTP_REGISTER_MAX} at a time", "bad-nodes")
     addrs = list(dict.fromkeys(peer_address(e) for e in entries))
     cm = node.connmgr
-    for addr in addrs:
-        cm.connect(addr)
+    refused = [addr for addr in addrs if not cm.connect(addr, registered=True)]
+    if refused:
+        why = f"{len(refused)} node(s) not added: the node keeps at most {limits.MAX_PERSISTENT_PEERS}"
+        raise ApiError(409, why, "too-many-nodes")
 
     def pending() -> list[str]:
         live = {a for p in cm.ready for a in (p.dialed, p.listen_addr) if a}

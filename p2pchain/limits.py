@@ -100,6 +100,8 @@ SYNC_STALL_S = 30.0  # a GET_CHAIN unanswered this long drops the sync peer (Bit
 # nothing this long (seconds): one silent or slow sync peer cannot hold the only sync slot
 SYNC_TAKEOVER_S = 2.0
 SYNC_FRUITLESS_MAX = 3  # sync rounds that bring nothing while the peer claims more: then it is dropped (no ban)
+MAX_PERSISTENT_PEERS = 64  # addresses kept connected (--peer and /nodes/register); beyond, register refuses
+REGISTER_MAX_FAILURES = 3  # dials of a registered address that never handshook before it is forgotten
 RECONNECT_BASE_S = 0.5  # first reconnect delay; doubled each failure, with jitter
 RECONNECT_MAX_S = 30.0  # reconnect delay ceiling
 PEER_MSG_RATE = 10_000.0  # messages/s a peer may send on average (token bucket); above the ~9,000
