@@ -246,6 +246,7 @@ async def home(request: web.Request) -> web.Response:
             ("tip age", f"{age_html(tip.header.timestamp)} (mined {esc(utc(tip.header.timestamp))})"),
             ("difficulty", f"{esc(difficulty)} bits (leading zero bits a hash needs, on average)"),
             *([("target", f'<code class="mono">{esc(target)}</code>')] if isinstance(target, str) else []),
+            *block_time_row(status.get("block_time_ms"), status.get("half_life_ms")),
             ("est. network hash rate", esc(si(rate, "H/s")) if rate is not None else '<span class="muted">—</span>'),
             ("peers", link("/peers", len(status["peers"]))),
             ("mempool", link("/mempool", f"{len(node.mempool)} transaction(s)")),
@@ -265,6 +266,14 @@ def hash32(text: str) -> bytes | None:
         return bytes.fromhex(text)
     except ValueError:
         return None
+
+
+def block_time_row(block_time_ms: object, half_life_ms: object) -> list[tuple[str, str]]:
+    """The network's target spacing, where it retargets (--block-time); nothing at a fixed difficulty."""
+    if not isinstance(block_time_ms, int) or block_time_ms <= 0:
+        return []
+    half = f", half-life {half_life_ms / 1000:g} s" if isinstance(half_life_ms, int) and half_life_ms > 0 else ""
+    return [("block time", f"{block_time_ms / 1000:g} s target (retargeted every block{esc(half)})")]
 
 
 def target_row(target: object) -> list[tuple[str, str]]:
