@@ -395,7 +395,7 @@ class Node:
     async def _take_tx(self, peer: Peer, tx: Tx) -> None:
         """A transaction a peer sent whole (NEW_TX, or TXS when asked): through the signature
         batcher into the mempool, and relayed on if it is taken."""
-        self.relay.mark_known(peer, tx.txid)
+        self.relay.delivered_by(peer, tx.txid)
 
         def admit(verdict: bool | None) -> None:
             if peer.ban_reason is not None:

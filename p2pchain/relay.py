@@ -243,6 +243,9 @@ class Relay(Generic[P]):
         self.features = frozenset(features)  # what we offer in HELLO
         self.extra = ExtraPool()
         self.confirmed = RecentSet(limits.SEEN_CACHE_MAX)  # txids of recently connected blocks
+        # txids delivered whole (NEW_TX, TXS): being checked (the signature batcher), pooled or refused;
+        # an announcement of one is not a reason to fetch it again
+        self.delivered = RecentSet(limits.SEEN_CACHE_MAX)
         self.stats = RelayStats()
         self._peers: dict[P, _Peer] = {}
         self._wants: dict[bytes, _Want[P]] = {}
@@ -321,6 +324,12 @@ class Relay(Generic[P]):
         if state is not None:
             state.known_txs.add(txid)
 
+    def delivered_by(self, peer: P, txid: bytes) -> None:
+        """``peer`` sent us ``txid`` whole: it knows it, and we need not fetch it again."""
+        self.mark_known(peer, txid)
+        self.delivered.add(txid)
+        self._drop_want(txid)
+
     # --- requesting -------------------------------------------------------------------------
     def on_inv(self, peer: P, txids: Iterable[bytes], have: Callable[[bytes], bool], now: float) -> Requests[P]:
         """``peer`` announced ``txids``: the GET_TXS to send now (to it, or nothing when another
@@ -333,7 +342,7 @@ class Relay(Generic[P]):
         for txid in txids:
             state.known_txs.add(txid)
             state.to_announce.pop(txid, None)  # it announced first: ours would cross it on the wire
-            if txid in state.announced or have(txid) or txid in self.extra or txid in self.confirmed:
+            if txid in state.announced or have(txid) or self._seen(txid):
                 continue
             if len(state.announced) >= limits.RELAY_MAX_PEER_ANNOUNCED:
                 self.stats.announcements_ignored += 1
@@ -346,6 +355,9 @@ class Relay(Generic[P]):
             if want.asked is None:
                 self._assign(txid, want, now, out)
         return out
+
+    def _seen(self, txid: bytes) -> bool:
+        return txid in self.delivered or txid in self.extra or txid in self.confirmed
 
     def _assign(self, txid: bytes, want: _Want[P], now: float, out: Requests[P]) -> None:
         """Ask the first announcer with room in flight; forget ``txid`` when none is left."""

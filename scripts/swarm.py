@@ -84,7 +84,7 @@ from p2pchain.errors import MempoolError  # noqa: E402
 from p2pchain.keys import Wallet  # noqa: E402
 from p2pchain.ledger.block import Block  # noqa: E402
 from p2pchain.ledger.tx import Tx, make_tx  # noqa: E402
-from p2pchain.node import Node, NodeConfig  # noqa: E402
+from p2pchain.node import RELAY_MODES, Node, NodeConfig  # noqa: E402
 from p2pchain.params import NetworkParams  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -452,6 +452,7 @@ class Options:
     log_level: str = "INFO"
     table: bool | None = None  # None: when stdout is a terminal
     web: int | None = None  # serve the live map on 127.0.0.1:web
+    relay: str = "compact"  # every node's --relay: "flood" speaks protocol version 1
 
 
 class Launcher(ABC):
@@ -494,6 +495,8 @@ class ProcessLauncher(Launcher):
             str(opts.difficulty),
             "--log-level",
             opts.log_level,
+            "--relay",
+            opts.relay,
         ]
         for peer in peers:
             cmd += ["--peer", peer]
@@ -574,6 +577,7 @@ class InProcessLauncher(Launcher):
                 params=params,
                 mine=i < opts.miners,
                 miner_procs=opts.miner_procs,
+                relay=opts.relay,
             )
             node = Node(config)  # only miners ever make a MinerPool (lazily, in mine_block)
             member = InProcMember(i, config.mine, node)
@@ -1081,6 +1085,12 @@ def parser() -> argparse.ArgumentParser:
         type=_port,
         metavar="PORT",
         help="serve a live map of the swarm on http://127.0.0.1:PORT/ (each node links to its explorer)",
+    )
+    p.add_argument(
+        "--relay",
+        choices=RELAY_MODES,
+        default=RELAY_MODES[0],
+        help="every node's relay: compact (default) or flood (protocol version 1, every object in full)",
     )
     p.add_argument(
         "--log-level",

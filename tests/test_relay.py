@@ -337,3 +337,12 @@ def test_an_announcement_not_yet_sent_is_dropped_when_the_peer_announces_first()
     relay.announce(txid)  # queued for a and b, the INV_TX not yet sent
     relay.on_inv("a", [txid], lambda t: True, T0)  # a announces it meanwhile: it has it
     assert relay.take_announcements() == {"b": [(txid,)]}
+
+
+def test_a_transaction_delivered_and_still_being_checked_is_not_fetched_again() -> None:
+    relay = relay_with("a", "b")
+    tx = payments(1)[0]
+    relay.requested("a", relay.on_inv("a", [tx.txid], never, T0)["a"])
+    relay.on_txs("a", (tx,), T0)
+    relay.delivered_by("a", tx.txid)  # node.py: into the signature batcher, not pooled yet
+    assert relay.on_inv("b", [tx.txid], never, T0) == {}

@@ -111,6 +111,7 @@ async def run_mode(
         clients = [procs.clients[i] for i in range(RELAY_NODES)]
         block_before = await received(clients, BLOCK_TYPES)
         tx_before = await received(clients, TX_TYPES)
+        tx_by_type = {k: await received(clients, (k,)) for k in TX_TYPES}
         tip = [b.header for b in chain[-11:]]
         times: list[float] = []
         pushed = 0  # bytes of our own NEW_BLOCK pushes, received by the nodes but not relay
@@ -142,6 +143,7 @@ async def run_mode(
             tip.append(block.header)
         block_bytes = await received(clients, BLOCK_TYPES) - block_before - pushed
         tx_bytes = await received(clients, TX_TYPES) - tx_before
+        by_type = {k: await received(clients, (k,)) - tx_by_type[k] for k in TX_TYPES}
         stats = [(await c.status())["relay"] for c in clients]
     finally:
         await procs.close()
@@ -154,6 +156,10 @@ async def run_mode(
         f"{mode}_propagation_p99_ms": percentile_ms(times, 99),
         f"{mode}_blocks_pooled_before_mining": pooled_in_time / len(blocks),
     }
+    for kind, n in by_type.items():  # where the transaction bytes go, per node per transaction
+        if n:
+            figures[f"{mode}_tx_bytes_per_tx_{kind.lower()}"] = n / RELAY_NODES / ntx
+    figures[f"{mode}_tx_size_bytes"] = tx_size
     if mode == "compact":
         got = sum(int(s["cmpct_received"]) for s in stats)
         figures["compact_rebuilt_without_roundtrip"] = (
@@ -187,9 +193,13 @@ def bench_relay(args: argparse.Namespace) -> Figures:
     logging.getLogger("p2pchain").setLevel(logging.ERROR)
     figures = asyncio.run(processes(args))
     if args.swarm_blocks:
-        swarm = asyncio.run(inprocess_propagation(SWARM_NODES, SWARM_DEGREE, args.swarm_blocks))
-        figures["swarm200_inprocess_propagation_p50_ms"] = swarm["swarm200_inprocess_propagation_p50_ms"]
-        figures["swarm200_inprocess_propagation_p99_ms"] = swarm["swarm200_inprocess_propagation_p99_ms"]
+        for mode in MODES:  # the same swarm both ways, one after the other, so that the load is alike
+            swarm = asyncio.run(inprocess_propagation(SWARM_NODES, SWARM_DEGREE, args.swarm_blocks, relay=mode))
+            suffix = "" if mode == "compact" else "_flood"
+            for q in ("p50", "p99"):
+                figures[f"swarm200_inprocess_propagation_{q}_ms{suffix}"] = swarm[
+                    f"swarm{SWARM_NODES}_inprocess_propagation_{q}_ms"
+                ]
     return figures
 
 
@@ -219,6 +229,8 @@ RELAY_NOTES = {
     "flood_blocks_pooled_before_mining": "--relay flood: share of blocks pooled everywhere in time",
     "swarm200_inprocess_propagation_p50_ms": "ms, coinbase-only block to all 200 in-process nodes (random:8), median",
     "swarm200_inprocess_propagation_p99_ms": "ms, same, 99th percentile",
+    "swarm200_inprocess_propagation_p50_ms_flood": "ms, the same swarm with --relay flood, median",
+    "swarm200_inprocess_propagation_p99_ms_flood": "ms, the same swarm with --relay flood, 99th percentile",
 }
 
 

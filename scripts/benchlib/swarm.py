@@ -29,14 +29,14 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str, poll:
         await asyncio.sleep(poll)
 
 
-async def inprocess_propagation(nodes: int, degree: int, blocks: int) -> Figures:
+async def inprocess_propagation(nodes: int, degree: int, blocks: int, relay: str = "compact") -> Figures:
     """``nodes`` Node objects in this event loop, wired as a random graph of ``degree`` links
     per node; miners take turns mining one block each (Node.mine_block, the node's own path)
     and the time from the miner connecting it to the last node connecting it is recorded."""
     import swarm  # scripts/swarm.py
 
     opts = swarm.Options(
-        nodes=nodes, miners=0, topology=f"random:{degree}", difficulty=SWARM_BENCH_BITS, in_process=True
+        nodes=nodes, miners=0, topology=f"random:{degree}", difficulty=SWARM_BENCH_BITS, in_process=True, relay=relay
     )
     prop = swarm.Propagation()
     with tempfile.TemporaryDirectory(prefix="p2pchain-bench-swarm-") as tmp:
