@@ -5,7 +5,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const SLOW = 40;        // 1 ms of measured propagation is shown as 40 ms of animation
   const MAX_DELAY = 2500; // ... but a block's animation never lags its first arrival by more
-  const R = 30;           // node radius
+  const LABELS_MAX = 40;  // nodes beyond this many are drawn without their names
   const BLOCKS_MAX = 12;
   const conn = document.getElementById("conn");
   const headline = document.getElementById("headline");
@@ -25,6 +25,9 @@
     if (!tip) return "hsl(0, 0%, 40%)";
     return "hsl(" + (parseInt(tip.slice(-6), 16) % 360) + ", 70%, 55%)";
   }
+
+  // A node's radius: 30 for a small swarm, smaller as the ring fills (200 nodes: 5).
+  function radius(n) { return n <= 12 ? 30 : Math.max(5, Math.min(30, Math.floor(1100 / n))); }
 
   function position(i, n) {
     if (n === 1) return [0, 0];
@@ -54,6 +57,7 @@
       const [x, y] = position(node.index, n);
       const g = el("g", { class: "node" + (node.state === "DEAD" ? " dead" : ""), "data-index": node.index,
                           "data-tip": node.tip || "", transform: "translate(" + x + "," + y + ")" });
+      const R = radius(n);
       const body = el("circle", { class: "body", r: R, fill: colour(node.tip) });
       const title = el("title");
       title.textContent = node.name + " " + node.state + " height " + node.height + " tip " + (node.tip || "-");
@@ -65,13 +69,15 @@
       }
       holder.append(body);
       if (node.mining) holder.append(el("circle", { class: "miner", r: R + 7 }));
-      const label = el("text", { y: R + 26 });
-      label.textContent = node.name;
-      const sub = el("text", { class: "sub", y: R + 44 });
-      sub.textContent = node.height === null ? node.state : "h " + node.height;
-      holder.append(label, sub);
+      if (n <= LABELS_MAX) {
+        const label = el("text", { y: R + 26 });
+        label.textContent = node.name;
+        const sub = el("text", { class: "sub", y: R + 44 });
+        sub.textContent = node.height === null ? node.state : "h " + node.height;
+        holder.append(label, sub);
+      }
       nodesG.append(g);
-      shapes.set(node.index, { g, body, sub });
+      shapes.set(node.index, { g, body });
     }
     drawTable();
   }
@@ -116,7 +122,7 @@
     s.body.setAttribute("fill", colour(hash));
     s.g.setAttribute("data-tip", hash);
     const [x, y] = position(index, state.nodes.length);
-    const ring = el("circle", { class: "pulse", cx: x, cy: y, r: R, stroke: colour(hash) });
+    const ring = el("circle", { class: "pulse", cx: x, cy: y, r: radius(state.nodes.length), stroke: colour(hash) });
     ring.addEventListener("animationend", () => ring.remove());
     pulsesG.append(ring);
   }
