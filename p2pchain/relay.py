@@ -68,12 +68,14 @@ def short_ids(key: bytes, txids: Iterable[bytes]) -> Iterator[bytes]:
         yield h.digest()
 
 
-def compact_block(block: Block, nonce: int) -> wire.CmpctBlock:
-    """``block`` as CMPCT_BLOCK: the coinbase prefilled (no mempool holds it), a short id for
-    every other transaction."""
+def compact_block(block: Block, nonce: int, prefill: Iterable[int] = ()) -> wire.CmpctBlock:
+    """``block`` as CMPCT_BLOCK: the coinbase (no mempool holds it) and the transactions at
+    ``prefill`` sent whole, a short id for every other transaction."""
+    whole = sorted({0, *(i for i in prefill if 0 < i < len(block.txs))})
     key = short_id_key(block.hash, nonce)
-    ids = tuple(short_ids(key, (tx.txid for tx in block.txs[1:])))
-    return wire.CmpctBlock(block.header, nonce, ids, ((0, block.txs[0]),))
+    taken = set(whole)
+    ids = tuple(short_ids(key, (tx.txid for i, tx in enumerate(block.txs) if i not in taken)))
+    return wire.CmpctBlock(block.header, nonce, ids, tuple((i, block.txs[i]) for i in whole))
 
 
 class PartialBlock:
@@ -253,6 +255,10 @@ class Relay(Generic[P]):
         self._waiting: dict[bytes, None] = {}
         self._pending: OrderedDict[bytes, _PendingBlock[P]] = OrderedDict()
         self._recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
+        # block hash -> indexes we had to fetch to rebuild it: our peers likely lack them too, so
+        # our compact block of it sends them whole (BIP152's "transactions the sender guesses the
+        # receiver lacks")
+        self._fetched: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
         self._rng = rng or random.Random()
 
     # --- peers ------------------------------------------------------------------------------
@@ -475,7 +481,7 @@ class Relay(Generic[P]):
         return compact, full
 
     def compact(self, block: Block) -> wire.CmpctBlock:
-        return compact_block(block, self._rng.getrandbits(64))
+        return compact_block(block, self._rng.getrandbits(64), self._fetched.get(block.hash, ()))
 
     def _remember_block(self, block: Block) -> None:
         self._recent_blocks[block.hash] = block
@@ -576,6 +582,10 @@ class Relay(Generic[P]):
         block = pending.partial.block()
         if block is not None:
             del self._pending[msg.hash]
+            if not pending.full:  # a full answer says nothing about what the pool lacked
+                self._fetched[msg.hash] = asked
+                while len(self._fetched) > limits.RELAY_RECENT_BLOCKS:
+                    self._fetched.popitem(last=False)
             return block
         if pending.full:
             del self._pending[msg.hash]

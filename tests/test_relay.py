@@ -346,3 +346,15 @@ def test_a_transaction_delivered_and_still_being_checked_is_not_fetched_again() 
     relay.on_txs("a", (tx,), T0)
     relay.delivered_by("a", tx.txid)  # node.py: into the signature batcher, not pooled yet
     assert relay.on_inv("b", [tx.txid], never, T0) == {}
+
+
+def test_what_we_had_to_fetch_goes_whole_in_our_compact_block() -> None:
+    txs = payments(4)
+    block = block_of(txs)
+    relay = relay_with("a", "b")
+    request = relay.on_cmpct("a", compact_block(block, 7), lambda: [txs[0], txs[2], txs[3]], T0)
+    assert request == wire.GetBlockTxn(block.hash, (2,))
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, (txs[1],)), T0) == block
+    ours = relay.compact(block)
+    assert [i for i, _ in ours.prefilled] == [0, 2] and len(ours.short_ids) == 3
+    assert relay_with("c").on_cmpct("c", ours, lambda: [], T0) == wire.GetBlockTxn(block.hash, (1, 3, 4))
