@@ -39,6 +39,7 @@ SUBCOMMANDS = (
     "consensus",
     "relay",
     "bigchain",
+    "retarget",
 )
 
 

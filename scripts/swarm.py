@@ -84,6 +84,7 @@ from p2pchain.errors import MempoolError  # noqa: E402
 from p2pchain.keys import Wallet  # noqa: E402
 from p2pchain.ledger.block import Block  # noqa: E402
 from p2pchain.ledger.tx import Tx, make_tx  # noqa: E402
+from p2pchain.miner import search  # noqa: E402
 from p2pchain.node import RELAY_MODES, Node, NodeConfig  # noqa: E402
 from p2pchain.params import NetworkParams  # noqa: E402
 
@@ -92,9 +93,12 @@ from swarm_web import NodeInfo, SwarmWeb  # noqa: E402
 
 log = logging.getLogger("swarm")
 
-# Difficulty of the demo: 22 bits is ~4.2 M hashes a block. Measured on a 2-core machine with
-# 5 nodes, 2 miners of one process each (~2.5 M hashes/s each): a block every ~1-2 s swarm-wide.
+# Difficulty of a fixed-difficulty demo (--block-time 0): 22 bits is ~4.2 M hashes a block.
+# Measured on a 2-core machine with 5 nodes, 2 miners of one process each (~2.5 M hashes/s each):
+# a block every ~1-2 s swarm-wide.
 DEMO_BITS = 22
+DEMO_BLOCK_TIME_S = 2.0  # the default: retargeting (ASERT) to a block every 2 s on any machine
+HASH_PROBE_S = 0.3  # seconds of nonce search that measure this machine's hash rate per core
 AGREE_WITHIN_S = 10.0  # after the end, every node must show one tip within this
 AGREE_POLL_S = 0.1  # how often the end-of-run agreement check reads the tips
 STOP_DEADLINE_S = limits.SHUTDOWN_GRACE_S + 3.5  # SIGTERM, then SIGKILL the stragglers after this
@@ -196,6 +200,47 @@ def percentile(values: Sequence[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def mean_interval_s(blocks: Sequence[Block]) -> float | None:
+    """Mean time between consecutive blocks' timestamps, seconds; None for fewer than two."""
+    if len(blocks) < 2:
+        return None
+    return (blocks[-1].header.timestamp - blocks[0].header.timestamp) / (len(blocks) - 1) / 1000
+
+
+def network_text(difficulty: int, block_time: float) -> str:
+    if not block_time:
+        return f"difficulty {difficulty}"
+    return f"a block every {block_time:g} s from difficulty {difficulty}"
+
+
+def hash_rate_per_core(seconds: float = HASH_PROBE_S) -> float:
+    """Hashes a second that one core of this machine does with the miner's own search loop."""
+    prefix = bytes(84)  # any header prefix: at target 1 (bits 0x00000001) no nonce is found
+    done = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        search(prefix, 1, done, limits.MINER_CHUNK_NONCES)
+        done += limits.MINER_CHUNK_NONCES
+    return done / elapsed
+
+
+def estimate_difficulty(block_time: float, miners: int, miner_procs: int) -> int:
+    """The start difficulty (leading zero bits) whose expected hashes a block, at this machine's
+    hash rate times the mining processes it can run at once, take ``block_time`` seconds. A
+    rough start (within a factor of ~1.4, more on a busy machine): the retargeting does the rest."""
+    procs = min(max(miners, 1) * miner_procs, os.cpu_count() or 1)
+    hashes = hash_rate_per_core() * procs * block_time
+    return max(1, min(64, round(math.log2(max(hashes, 2.0)))))
+
+
+def network_params(opts: Options) -> NetworkParams:
+    return NetworkParams(
+        bits=opts.difficulty,
+        block_time_ms=round(opts.block_time * 1000),
+        half_life_ms=round(opts.half_life * 1000) if opts.half_life and opts.block_time else 0,
+    )
 
 
 def ms_text(ms: float | None) -> str:
@@ -441,7 +486,9 @@ class Options:
     miners: int = 2
     topology: str = "ring"
     base_port: int = 0  # 0: free ports picked by the kernel
-    difficulty: int = DEMO_BITS
+    difficulty: int = DEMO_BITS  # the start difficulty with a block time (options_from estimates it)
+    block_time: float = 0.0  # seconds; 0: a fixed difficulty (the command line's default is 2 s)
+    half_life: float | None = None  # seconds; None: the network's default (48 block times)
     miner_procs: int = 1
     duration: float | None = None  # None: until Ctrl-C
     tx_rate: float = 0.0
@@ -498,6 +545,10 @@ class ProcessLauncher(Launcher):
             "--relay",
             opts.relay,
         ]
+        if opts.block_time:
+            cmd += ["--block-time", f"{opts.block_time:g}"]
+            if opts.half_life:
+                cmd += ["--half-life", f"{opts.half_life:g}"]
         for peer in peers:
             cmd += ["--peer", peer]
         if i < opts.miners:
@@ -569,7 +620,7 @@ class InProcessLauncher(Launcher):
                 f"{needed // 2}: raise the hard limit (ulimit -Hn) or run fewer nodes",
                 file=sys.stderr,
             )
-        params = NetworkParams(bits=opts.difficulty)
+        params = network_params(opts)
         for i in range(opts.nodes):
             config = NodeConfig(
                 data_dir=self.run_dir / f"node{i}",
@@ -631,6 +682,10 @@ class Summary:
     died: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     difficulty: int = 0
+    block_time_s: float = 0.0  # the network's target spacing; 0: a fixed difficulty
+    block_interval_s: float | None = None  # mean interval between the run's best-chain blocks
+    interval_ratio: float | None = None  # block_interval_s / block_time_s (with a block time)
+    interval_ratio_late: float | None = None  # the same over the second half of the run's blocks
     topology: str = ""
     miners: int = 0
     in_process: bool = False
@@ -647,13 +702,16 @@ class Summary:
             if doc[key] is not None:
                 doc[key] = round(doc[key], 2)
         doc["duration_s"] = round(doc["duration_s"], 2)
+        for key in ("block_interval_s", "interval_ratio", "interval_ratio_late"):
+            if doc[key] is not None:
+                doc[key] = round(doc[key], 3)
         return json.dumps(doc)
 
     def text(self) -> str:
         agreed = f"yes, on {self.tip[:16]} at height {self.height}" if self.agreed else "NO"
         lines = [
             f"swarm summary ({self.duration_s:.1f} s, {self.nodes} nodes, {self.miners} mining, "
-            f"{self.topology}, difficulty {self.difficulty}, seed {self.seed})",
+            f"{self.topology}, {network_text(self.difficulty, self.block_time_s)}, seed {self.seed})",
             f"  alive at the end: {self.alive}/{self.nodes}"
             + (f" (died: {', '.join(self.died)})" if self.died else ""),
             f"  agreed within {AGREE_WITHIN_S:g} s: {agreed}",
@@ -661,6 +719,13 @@ class Summary:
             f"  propagation to every node: median {ms_text(self.propagation_p50_ms)}, "
             f"p99 {ms_text(self.propagation_p99_ms)} ({self.propagation_blocks} blocks)",
         ]
+        if self.block_interval_s is not None:
+            line = f"  mean block interval: {self.block_interval_s:.2f} s"
+            if self.interval_ratio is not None:
+                line += f", {self.interval_ratio:.2f} x the {self.block_time_s:g} s block time"
+                if self.interval_ratio_late is not None:
+                    line += f" ({self.interval_ratio_late:.2f} x over the second half)"
+            lines.append(line)
         if self.tx_sent or self.tx_skipped:
             lines.append(
                 f"  transactions: {self.tx_sent} sent, {self.tx_accepted} accepted, {self.tx_confirmed} confirmed"
@@ -725,7 +790,7 @@ class Swarm:
         mode = "in-process nodes" if opts.in_process else "node processes"
         self.say(
             f"starting {opts.nodes} {mode} ({opts.miners} mining), topology {opts.topology}, "
-            f"difficulty {opts.difficulty}, seed {self.seed}, run dir {self.run_dir}"
+            f"{network_text(opts.difficulty, opts.block_time)}, seed {self.seed}, run dir {self.run_dir}"
         )
         if self.web is not None:
             await self.web.start()
@@ -778,7 +843,7 @@ class Swarm:
     async def feed_txs(self, stop: asyncio.Event) -> None:
         """Every 1/rate s, one signed payment from a funded node's wallet to another node's."""
         interval = 1.0 / self.opts.tx_rate
-        params = NetworkParams(bits=self.opts.difficulty)
+        params = network_params(self.opts)
         next_at = accounts_at = time.monotonic()
         while not stop.is_set():
             next_at += interval
@@ -927,7 +992,7 @@ class Swarm:
         widths = [max(len(r[c]) for r in shown) for c in range(len(rows[0]))]
         lines = [
             f"p2pchain swarm: {self.opts.nodes} nodes ({self.opts.miners} mining), {self.opts.topology}, "
-            f"difficulty {self.opts.difficulty}, run dir {self.run_dir}   (Ctrl-C stops)",
+            f"{network_text(self.opts.difficulty, self.opts.block_time)}, run dir {self.run_dir}   (Ctrl-C stops)",
             self.headline(views),
             "",
         ]
@@ -970,6 +1035,10 @@ class Swarm:
         confirmed = {tx.txid for b in chain for tx in b.txs[1:]}
         measured = self.prop.measured()
         spreads = self.prop.complete_ms({v.member.index for v in alive})
+        interval = mean_interval_s(chain)
+        late = mean_interval_s(chain[len(chain) // 2 :])
+        ratio = interval / opts.block_time if interval is not None and opts.block_time else None
+        ratio_late = late / opts.block_time if late is not None and opts.block_time else None
         return Summary(
             nodes=opts.nodes,
             alive=len(alive),
@@ -988,6 +1057,10 @@ class Swarm:
             died=self.launcher.died(),
             duration_s=time.monotonic() - self.started,
             difficulty=opts.difficulty,
+            block_time_s=opts.block_time,
+            block_interval_s=interval,
+            interval_ratio=ratio,
+            interval_ratio_late=ratio_late,
             topology=opts.topology,
             miners=opts.miners,
             in_process=opts.in_process,
@@ -1031,6 +1104,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-3600)")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -1066,8 +1149,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--difficulty",
         type=positive_int,
-        default=DEMO_BITS,
-        help=f"leading zero bits per block (default {DEMO_BITS}: a block every 1-2 s on 2 cores)",
+        help="leading zero bits per block; with a block time the start difficulty (default: estimated "
+        f"from this machine's hash rate); with --block-time 0 fixed (default {DEMO_BITS}: a block "
+        "every 1-2 s with 2 miners on 2 cores)",
+    )
+    p.add_argument(
+        "--block-time",
+        type=_non_negative_float,
+        default=DEMO_BLOCK_TIME_S,
+        metavar="SECONDS",
+        help=f"retarget every block (ASERT) to a block every SECONDS (default {DEMO_BLOCK_TIME_S:g}); "
+        "0: a fixed difficulty",
+    )
+    p.add_argument(
+        "--half-life",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="the retarget half-life (default: the network's, 48 block times)",
     )
     p.add_argument("--miner-procs", type=positive_int, default=1, help="worker processes per miner (default 1)")
     p.add_argument("--duration", type=_positive_float, help="seconds to run (default: until Ctrl-C)")
@@ -1113,6 +1211,12 @@ def options_from(argv: list[str] | None) -> Options:
         p.error(f"random:{degree} needs more than {degree} nodes")
     if a.base_port and not 1024 <= a.base_port <= 65535 - 2 * a.nodes:
         p.error(f"--base-port must leave room for {2 * a.nodes} ports below 65536")
+    if a.half_life is not None and not a.block_time:
+        p.error("--half-life needs a block time (--block-time SECONDS, not 0)")
+    if a.block_time and a.block_time < 0.01:
+        p.error("--block-time must be at least 0.01 s (or 0 for a fixed difficulty)")
+    if a.difficulty is None:
+        a.difficulty = DEMO_BITS if not a.block_time else estimate_difficulty(a.block_time, a.miners, a.miner_procs)
     values = {f.name: getattr(a, f.name) for f in fields(Options) if f.name in vars(a)}
     values["log_level"] = a.log_level or ("WARNING" if a.in_process else "INFO")
     return Options(**values)

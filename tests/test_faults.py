@@ -291,8 +291,8 @@ def test_churn_nodes_join_and_leave_while_others_mine(nodes: Any) -> None:
             events.append(f"{node.name} leaves ({how})")
         else:
             fresh = rng.random() < 0.4
-            if fresh:  # a new node on the same port: empty data dir, new wallet, sync from genesis
-                shutil.rmtree(node.data_dir)
+            if fresh and node.data_dir.exists():  # a new node on the same port: empty data dir, new
+                shutil.rmtree(node.data_dir)  # wallet, sync from genesis (a never-started one has none)
             join(node)
             events.append(f"{node.name} joins{' fresh' if fresh else ''}")
         time.sleep(rng.uniform(0.2, 0.8))  # ok: churn pace: not synchronisation
