@@ -295,6 +295,8 @@ class Node:
         asked = [p for p in self.connmgr.ready if p.listen_addr]
         frame = wire.GetChain(tuple(self.chain.locator()), limits.MAX_BLOCKS_PER_CHAIN).encode()
         for peer in asked:
+            if peer.asked_chain > 0:
+                continue  # a GET_CHAIN is in flight (the sync a handshake started): its answer serves
             peer.asked_chain += 1
             peer.send_frame(frame, wire.GetChain.TYPE)
 

@@ -1,0 +1,43 @@
+"""resolve: /nodes/resolve right after a handshake (the tutorial's register-then-resolve) waits for
+the sync the handshake started instead of asking the same peer for the same blocks again, and
+answers once the node holds the peer's chain.
+
+In-process: two Nodes on loopback in this event loop, blocks built with tests/node_helpers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from node_helpers import TEST_PARAMS, branch
+
+from p2pchain.node import Node, NodeConfig
+
+BLOCKS = 120
+
+
+def test_resolve_after_a_handshake_reuses_the_sync_request_in_flight(tmp_path: Path) -> None:
+    blocks = branch(TEST_PARAMS.genesis.header, BLOCKS)
+
+    async def scenario() -> None:
+        source = Node(NodeConfig(data_dir=tmp_path / "source", port=0, params=TEST_PARAMS, discover=False))
+        for block in blocks:
+            source.chain.process_block(block, block.header.timestamp)
+        await source.start()
+        fresh = Node(NodeConfig(data_dir=tmp_path / "fresh", port=0, params=TEST_PARAMS, discover=False))
+        await fresh.start()
+        try:
+            addr = f"127.0.0.1:{source.port}"
+            fresh.connmgr.connect(addr)
+            async with asyncio.timeout(30):  # as /nodes/register: until the handshake is done
+                await fresh.changed.wait_for(lambda: any(p.dialed == addr for p in fresh.connmgr.ready), None)
+            assert await fresh.resolve(timeout=30) is True
+            assert fresh.chain.tip.hash == blocks[-1].hash
+            sent = fresh.status()["traffic"]["GET_CHAIN"]["messages_sent"]
+            assert sent == 1, f"{sent} GET_CHAIN for one {BLOCKS}-block chain: the sync's request was repeated"
+        finally:
+            await fresh.stop()
+            await source.stop()
+
+    asyncio.run(scenario())
