@@ -446,10 +446,11 @@ async def follow_tx(client: Client, txid: bytes, wanted: int, out: Out) -> tuple
 
 
 def _network_text(st: dict[str, Any]) -> str:
-    block_ms = st.get("block_time_ms")
+    block_ms, start = st.get("block_time_ms"), st.get("start_difficulty")
     if isinstance(block_ms, int) and block_ms > 0:
-        return f"block time {block_ms / 1000:g} s (half-life {st.get('half_life_ms', 0) / 1000:g} s), retargeting"
-    return "fixed difficulty"
+        half_life = st.get("half_life_ms", 0) / 1000
+        return f"block time {block_ms / 1000:g} s (half-life {half_life:g} s), start difficulty {start}"
+    return f"difficulty {start} (fixed)"
 
 
 def _rate_text(rate: object) -> str:

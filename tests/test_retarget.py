@@ -396,3 +396,17 @@ def test_the_swarm_estimates_a_start_difficulty_from_the_hash_rate(monkeypatch: 
     assert swarm.estimate_difficulty(1.0, 1, 1) == 20  # 2**20 hashes a second, a block a second
     assert swarm.estimate_difficulty(64.0, 1, 1) == 26  # 64 times longer: 6 bits more
     assert swarm.estimate_difficulty(0.01, 1, 1) == 13  # log2(10,486) = 13.36
+
+
+def test_status_text_shows_the_target_difficulty_and_hash_rate() -> None:
+    from p2pchain.wallet_cli import status_text
+
+    chain = mem_chain(CHAIN_PARAMS)
+    feed(chain, retarget_branch(CHAIN_PARAMS.genesis.header, 0, 500, 4))
+    st = {"agent": "p2pchain/test", "network": "ab" * 32, "start_difficulty": 8, **chain.difficulty_status()}
+    text = status_text(st, "127.0.0.1:7000")
+    assert "block time 1 s (half-life 4 s), start difficulty 8" in text
+    assert f"target    {st['target']} (difficulty {st['difficulty']} bits)" in text
+    assert "H/s" in text.split("hashrate", 1)[1].splitlines()[0]
+    fixed = status_text({"start_difficulty": 16, "block_time_ms": 0, "hash_rate": 0.0}, "n")
+    assert "difficulty 16 (fixed)" in fixed and "unknown (no blocks yet)" in fixed
