@@ -12,6 +12,8 @@ A failure names the crashing file and the command that replays it (docs/testing.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -43,18 +45,37 @@ def _report(name: str, result: fuzzharness.Replayed) -> str:
     return "\n".join(lines)
 
 
+# Run in a child process: a target's build() sets process-wide state for fuzzing (a quiet
+# p2pchain logger, limits.HTTP_REGISTER_WAIT_S = 0, its own event loop), which would leak into
+# the tests that run after it in this process.
+REPLAY_CHILD = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "fuzz")
+import fuzzharness
+from test_fuzz_targets import load, _report
+name, seeds = sys.argv[1], Path(sys.argv[2])
+target = load(name).build()
+try:
+    written = fuzzharness.write_seeds(target, seeds, count=50)
+    corpus = fuzzharness.CORPUS_DIR / name
+    result = fuzzharness.replay(target, [seeds, *([corpus] if corpus.is_dir() else [])])
+finally:
+    target.close()
+print(json.dumps({"written": written, "inputs": result.inputs, "crashes": len(result.crashes),
+                  "report": _report(name, result)}))
+"""
+
+
 @pytest.mark.parametrize("name", TARGETS)
 def test_regression_corpus_and_seeds_replay_without_a_crash(name: str, tmp_path: Path) -> None:
-    target = load(name).build()
-    try:
-        seeds = tmp_path / "seeds"
-        written = fuzzharness.write_seeds(target, seeds, count=50)
-        corpus = fuzzharness.CORPUS_DIR / name
-        result = fuzzharness.replay(target, [seeds, *([corpus] if corpus.is_dir() else [])])
-    finally:
-        target.close()
-    assert result.inputs >= written > 0
-    assert not result.crashes, _report(name, result)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", REPLAY_CHILD, name, str(tmp_path / "seeds")],
+                          capture_output=True, text=True, timeout=100, cwd=ROOT, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["inputs"] >= result["written"] > 0
+    assert not result["crashes"], result["report"]
 
 
 def test_a_planted_bug_is_caught_and_replayed(tmp_path: Path) -> None:
