@@ -145,6 +145,10 @@ def test_text_crafted_as_html_shows_as_text(nodes: Any, browser: Any) -> None:
     assert "<i id='it'>x</i>" in text(browser, "live") and browser.find_elements("id", "it") == []
     assert "pwned" not in browser.title
     wait_until(lambda: a.status(), what="the node still answering")
+    # No page this browser showed in this module broke its Content-Security-Policy (an inline
+    # script or style of ours, or markup that slipped through, would be refused and logged).
+    refused = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not refused, refused
 
 
 def tip_colour(tip: str) -> str:
