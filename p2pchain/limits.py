@@ -92,6 +92,7 @@ SEND_QUEUE_MAX_BYTES = 8 * 1024 * 1024  # bytes of those frames: two full CHAIN 
 # beyond it the peer waits (is not read), never refused. A 100,000-block sync of small blocks fits the burst
 SERVE_BURST_BYTES = 32 * 1024 * 1024
 SERVE_BYTES_PER_S = 4 * 1024 * 1024
+SERVE_CACHE_BYTES = 8 * 1024 * 1024  # recent CHAIN answers kept encoded: a flood of one GET_CHAIN costs one read
 SEND_DRAIN_TIMEOUT_S = 10.0  # a write that cannot drain this long drops the peer
 CLOSE_FLUSH_S = 1.0  # a closing peer's last frames get this long to be sent; then they are dropped
 DIAL_TIMEOUT_S = 5.0  # seconds to open an outbound TCP connection

@@ -316,7 +316,7 @@ class Node:
         def answer(blocks: Sequence[Block]) -> wire.Chain:
             return wire.Chain(tuple(blocks), start + len(blocks) <= height)
 
-        await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Chain.TYPE)
+        await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Chain.TYPE, cache=True)
 
     # --- gossip -----------------------------------------------------------------------------
     async def _preverify(self, blocks: Sequence[Block]) -> None:

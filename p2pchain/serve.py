@@ -17,9 +17,10 @@ import asyncio
 import concurrent.futures
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from p2pchain import wire
+from p2pchain import limits, wire
 from p2pchain.chain import Chain
 from p2pchain.ledger.block import Block
 from p2pchain.peer import Peer
@@ -34,6 +35,10 @@ class BlockServer:
         self._path = chain.store.path
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchain-serve")
         self._local = threading.local()
+        # recent answers by (type, first hash, hashes asked, best tip): a flood of the same
+        # GET_CHAIN (a locator at genesis) is answered from here; at most SERVE_CACHE_BYTES held
+        self._cache: OrderedDict[tuple[str, bytes, int, bytes], bytes] = OrderedDict()
+        self._cache_bytes = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -70,10 +75,20 @@ class BlockServer:
         return blocks, make(blocks).encode()
 
     # --- on the loop ----------------------------------------------------------------------------
-    async def serve(self, peer: Peer, hashes: Sequence[bytes], max_bytes: int, make: MakeAnswer, kind: str) -> None:
+    async def serve(
+        self, peer: Peer, hashes: Sequence[bytes], max_bytes: int, make: MakeAnswer, kind: str, *, cache: bool = False
+    ) -> None:
         """Send ``peer`` the answer ``make`` builds from the blocks of ``hashes`` (a best-chain
-        run), once its byte budget allows, and return when the answer has left."""
+        run), once its byte budget allows, and return when the answer has left. With ``cache``
+        (an answer that depends only on the hashes and the best height: CHAIN) recent answers
+        are reused."""
         await peer.serve_budget()
+        key = (kind, hashes[0], len(hashes), self.chain.tip.hash) if cache and hashes else None
+        cached = self._cache.get(key) if key is not None else None
+        if cached is not None:
+            self._cache.move_to_end(key)  # type: ignore[arg-type]
+            await self._send(peer, cached, kind)
+            return
         frame: bytes | None = None
         if self._path != ":memory:" and hashes:
             loop = asyncio.get_running_loop()
@@ -89,6 +104,15 @@ class BlockServer:
                 blocks.append(block)
                 size += block.size
             frame = make(blocks).encode()
+        if key is not None and len(frame) <= limits.SERVE_CACHE_BYTES:
+            self._cache[key] = frame
+            self._cache_bytes += len(frame)
+            while self._cache_bytes > limits.SERVE_CACHE_BYTES:
+                self._cache_bytes -= len(self._cache.popitem(last=False)[1])
+        await self._send(peer, frame, kind)
+
+    @staticmethod
+    async def _send(peer: Peer, frame: bytes, kind: str) -> None:
         peer.spend_serve_budget(len(frame))
         peer.send_frame(frame, kind)
         await peer.flushed()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.common import Figures, Subcommand
+from benchlib.hardening import HARDENING_NOTES, bench_hardening
 from benchlib.nodes import (
     NET_PARAMS,
     NET_TIMEOUT_S,
@@ -188,7 +189,23 @@ async def flood_run(root: Path, blocks: list[Block], flags: tuple[str, ...]) -> 
 def bench_hostile(args: argparse.Namespace) -> Figures:
     """The flooded node first as it treats remote addresses (--ban-loopback: the flooder's
     junk-sending addresses are banned after one strike), then as it treats loopback by default
-    (never banned: every strike is followed by a new connection that costs a handshake)."""
+    (never banned: every strike is followed by a new connection that costs a handshake); then
+    issue 12's rule-abiding attacks (benchlib/hardening.py). ``--part`` runs one half."""
+    figures: Figures = {}
+    if args.part in ("all", "flood"):
+        figures |= bench_flood()
+    if args.part in ("all", "hardening"):
+        figures |= bench_hardening()
+    return figures
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--part", choices=("all", "flood", "hardening"), default="all", help="junk flood, issue 12's attacks, or both"
+    )
+
+
+def bench_flood() -> Figures:
     blocks = net_chain(2 * HOSTILE_BLOCKS, Wallet.generate().address)
     with tempfile.TemporaryDirectory(prefix="p2pchain-bench-hostile-") as tmp:
         banned = asyncio.run(flood_run(Path(tmp) / "banned", blocks, ("--ban-loopback",)))
@@ -233,4 +250,10 @@ HOSTILE_NOTES = {
 }
 
 
-COMMAND = Subcommand(bench_hostile, "honest block propagation while a peer floods junk", HOSTILE_NOTES)
+COMMAND = Subcommand(
+    bench_hostile,
+    "honest block propagation while a peer floods junk; sync, propagation, outbound and memory under "
+    "rule-abiding attacks",
+    HOSTILE_NOTES | HARDENING_NOTES,
+    add_arguments,
+)
