@@ -188,11 +188,10 @@ EVENT_WRITE_TIMEOUT_S = 10.0  # a stream whose socket takes longer to accept a w
 EVENT_KEEPALIVE_S = 5.0  # a comment line after this long without events: a closed tab frees its slot by then
 EVENT_RETRY_MS = 1000  # the browser's reconnect delay after a dropped stream (SSE "retry:")
 EVENT_TIP_BLOCKS = 20  # newest connected blocks described in one tip event (a sync connects 500)
-# new mempool transactions are sent in one "txs" event per EVENT_TX_BATCH_S (with the newest
-# EVENT_TX_BATCH_MAX of them and the count): a flood of thousands a second costs ten events a
-# second, not thousands times the open streams
+# new mempool transactions are sent in one "txs" event per EVENT_TX_BATCH_S seconds: a flood of
+# thousands a second costs ten events a second, not thousands times the open streams
 EVENT_TX_BATCH_S = 0.1
-EVENT_TX_BATCH_MAX = 20
+EVENT_TX_BATCH_MAX = 20  # transactions described in one "txs" event (the newest; its count covers all)
 EXPLORER_BLOCKS = 20  # blocks on the explorer's home page
 ADDRINDEX_BATCH_BLOCKS = 100  # blocks added to the address index per store transaction (then the
 # event loop serves others): the index is filled behind the tip, never in a block's own commit
