@@ -34,6 +34,18 @@ def netgroup(host: str) -> str:
     return f"{high[:4]}:{high[4:]}::/32"
 
 
+def ban_key(host: str) -> str:
+    """What a ban covers: an IPv4 address, or the /64 of an IPv6 one (one subscriber's prefix:
+    walking through its 2**64 addresses must not walk around a ban)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None and not ip.is_loopback:
+        return ipaddress.IPv6Network((ip, 64), strict=False).compressed
+    return host
+
+
 def host_of(addr: str) -> str:
     """The host of 'host:port' or '[v6]:port'."""
     return addr.rpartition(":")[0].strip("[]")

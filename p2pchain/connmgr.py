@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
-from p2pchain.addrman import AddrMan, host_of, netgroup
+from p2pchain.addrman import AddrMan, ban_key, host_of, netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
 from p2pchain.peer import Misbehaving, Peer, Tunables
@@ -124,12 +124,13 @@ class ConnectionManager:
 
     # --- bans -------------------------------------------------------------------------------
     def is_banned(self, host: str) -> bool:
-        ban = self.bans.get(host)
+        key = ban_key(host)
+        ban = self.bans.get(key)
         if ban is None:
             return False
         if ban.until_ms <= self._now_ms():
-            del self.bans[host]
-            self.store.unban(host)
+            del self.bans[key]
+            self.store.unban(key)
             return False
         return True
 
@@ -138,6 +139,7 @@ class ConnectionManager:
         if is_loopback(host) and not self.ban_loopback:
             log.info("not banning loopback %s (%s): disconnected only", host, reason)
             return
+        host = ban_key(host)  # an IPv6 address: its /64
         until = self._now_ms() + int(limits.BAN_SECONDS * 1000)
         while len(self.bans) >= limits.MAX_BANS and host not in self.bans:
             soonest = min(self.bans.values(), key=lambda b: b.until_ms)

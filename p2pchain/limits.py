@@ -73,6 +73,9 @@ MEMPOOL_MAX_BYTES = 32 * 1024 * 1024  # canonical bytes of pending transactions 
 # order so nonces arrive in sequence: half the send queue, so the push never fills it alone
 MEMPOOL_PUSH_MAX_TXS = 512
 MEMPOOL_PUSH_MAX_BYTES = 256 * 1024  # bytes of those transactions
+MEMPOOL_PUSH_INTERVAL_S = 60.0  # a listening address gets that push at most once in this many seconds
+MEMPOOL_PUSHES_PER_HOST = 16  # and one host (its addresses, whatever ports they claim) at most this many times in it
+MEMPOOL_PUSH_REMEMBERED = 1024  # addresses remembered for that
 # Arriving NEW_TX/SUBMIT_TX signatures, checked in batches on the verifier threads (p2pchain/sigbatch.py):
 TX_VERIFY_BATCH_MAX = 256  # transactions in one batch: ~20 ms of Ed25519 on one core, so a batch ends soon
 TX_VERIFY_PENDING_MAX = 4096  # queued or being checked, all peers; past it a peer's reader waits (TCP pushes back)

@@ -11,6 +11,8 @@ import dataclasses
 import itertools
 import logging
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +113,7 @@ class Node:
             ban_loopback=config.ban_loopback,
             traffic=self.metrics.traffic,
         )
+        self._pushed: OrderedDict[str, float] = OrderedDict()  # listening address -> when its mempool push went
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
         self.relay: Relay[Peer] = Relay(FEATURES if config.relay == "compact" else ())
         self._relay_timer: asyncio.TimerHandle | None = None  # the next relay request deadline
@@ -226,7 +229,7 @@ class Node:
         peer.send(wire.GetPeers())
         if peer.hello.work > self.chain.tip.work:
             self.sync.start(peer)
-        if peer.listen_addr:  # a node (not a client): it may have missed what we pooled while apart
+        if peer.listen_addr and self._push_allowed(peer):  # a node: it may have missed what we pooled while apart
             pushed = self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES)
             if self.relay.speaks(peer, FEATURE_INV_TX):
                 self.relay.announce_to(peer, [tx.txid for tx in pushed])
@@ -235,6 +238,26 @@ class Node:
                 for tx in pushed:
                     peer.send(wire.NewTx(tx))
         self.changed.pulse()
+
+    def _push_allowed(self, peer: Peer) -> bool:
+        """The mempool push on connect costs 4-8 ms and ~25 KB: a listening address gets it once
+        per MEMPOOL_PUSH_INTERVAL_S, and one host at most MEMPOOL_PUSHES_PER_HOST times in it
+        (a client reconnecting with claimed ports got it every time, without limit)."""
+        now = time.monotonic()
+        pushed = self._pushed
+        while pushed and next(iter(pushed.values())) < now - limits.MEMPOOL_PUSH_INTERVAL_S:
+            pushed.popitem(last=False)
+        addr = peer.listen_addr
+        if addr is None or addr in pushed:
+            return False
+        if sum(1 for a in pushed if a.startswith(f"{peer.host}:") or a.startswith(f"[{peer.host}]:")) >= (
+            limits.MEMPOOL_PUSHES_PER_HOST
+        ):
+            return False
+        pushed[addr] = now
+        while len(pushed) > limits.MEMPOOL_PUSH_REMEMBERED:
+            pushed.popitem(last=False)
+        return True
 
     def _on_peer_closed(self, peer: Peer) -> None:
         self.metrics.on_peer_closed(peer.close_reason, peer.ban_reason is not None)

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from p2pchain.connmgr import is_ip_addr, is_loopback, parse_addr
+from p2pchain.connmgr import ConnectionManager, is_ip_addr, is_loopback, parse_addr
+from p2pchain.peer import Tunables
+from p2pchain.store import Store
+
+
+def bare_connmgr(store: Store) -> ConnectionManager:
+    """A ConnectionManager on ``store`` with no node behind it: for its bans."""
+    return ConnectionManager(
+        node_id=b"\1" * 16,
+        network=b"\0" * 32,
+        store=store,
+        make_hello=None,  # type: ignore[arg-type]
+        on_hello=None,  # type: ignore[arg-type]
+        handle=None,  # type: ignore[arg-type]
+        on_close=None,  # type: ignore[arg-type]
+        tunables=Tunables(),
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,22 +61,10 @@ def test_loopback() -> None:
 def test_bans_are_bounded_dropping_the_one_that_ends_soonest(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A many-address attacker cannot grow the ban list (or its table) without bound."""
     from p2pchain import limits
-    from p2pchain.connmgr import ConnectionManager
-    from p2pchain.peer import Tunables
-    from p2pchain.store import Store
 
     monkeypatch.setattr(limits, "MAX_BANS", 3)
     store = Store(tmp_path / "chain.sqlite")
-    cm = ConnectionManager(
-        node_id=b"\1" * 16,
-        network=b"\0" * 32,
-        store=store,
-        make_hello=None,  # type: ignore[arg-type]
-        on_hello=None,
-        handle=None,
-        on_close=None,
-        tunables=Tunables(),  # type: ignore[arg-type]
-    )
+    cm = bare_connmgr(store)
     now = [1_000_000]
     monkeypatch.setattr(cm, "_now_ms", lambda: now[0])
     for i in range(5):
@@ -68,4 +72,18 @@ def test_bans_are_bounded_dropping_the_one_that_ends_soonest(tmp_path, monkeypat
         cm.ban(f"10.0.0.{i}", "test")
     assert sorted(cm.bans) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
     assert sorted(b.host for b in store.bans(now[0])) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    store.close()
+
+
+def test_an_ipv6_ban_covers_the_addresses_64(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12, finding 10: bans were per exact address, and an IPv6 host owns a /64 (2**64
+    addresses) to walk around them with. An IPv4 ban still covers one address."""
+    store = Store(tmp_path / "chain.sqlite")
+    cm = bare_connmgr(store)
+    cm.ban("2001:db8:1:2::5", "test")
+    cm.ban("10.0.0.1", "test")
+    assert cm.is_banned("2001:db8:1:2:ffff:1:2:3")
+    assert not cm.is_banned("2001:db8:1:3::5")
+    assert not cm.is_banned("10.0.0.2")
+    assert sorted(b.host for b in cm.current_bans()) == ["10.0.0.1", "2001:db8:1:2::/64"]
     store.close()
