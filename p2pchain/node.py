@@ -20,7 +20,7 @@ from typing import Any
 
 from p2pchain import __version__, limits, wire
 from p2pchain.chain import Chain, Status
-from p2pchain.connmgr import ConnectionManager
+from p2pchain.connmgr import ConnectionManager, is_loopback
 from p2pchain.errors import MempoolCode, MempoolError, RuleError
 from p2pchain.events import EventHub
 from p2pchain.keys import Wallet, is_address
@@ -242,7 +242,8 @@ class Node:
     def _push_allowed(self, peer: Peer) -> bool:
         """The mempool push on connect costs 4-8 ms and ~25 KB: a listening address gets it once
         per MEMPOOL_PUSH_INTERVAL_S, and one host at most MEMPOOL_PUSHES_PER_HOST times in it
-        (a client reconnecting with claimed ports got it every time, without limit)."""
+        (a client reconnecting with claimed ports got it every time, without limit). Loopback is
+        exempt from the per-host bound, as from bans, unless --ban-loopback."""
         now = time.monotonic()
         pushed = self._pushed
         while pushed and next(iter(pushed.values())) < now - limits.MEMPOOL_PUSH_INTERVAL_S:
@@ -250,7 +251,8 @@ class Node:
         addr = peer.listen_addr
         if addr is None or addr in pushed:
             return False
-        if sum(1 for a in pushed if a.startswith(f"{peer.host}:") or a.startswith(f"[{peer.host}]:")) >= (
+        shared = is_loopback(peer.host) and not self.config.ban_loopback  # a local swarm shares 127.0.0.1
+        if not shared and sum(1 for a in pushed if a.rpartition(":")[0].strip("[]") == peer.host) >= (
             limits.MEMPOOL_PUSHES_PER_HOST
         ):
             return False

@@ -27,7 +27,8 @@ def test_reconnects_get_the_mempool_push_a_bounded_number_of_times(
     monkeypatch.setattr(limits, "MEMPOOL_PUSHES_PER_HOST", 3)  # fewer reconnects to show the bound
 
     async def scenario() -> list[int]:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, ban_loopback=True)
+        node = Node(config)
         pushes: list[int] = []
         real = node.mempool.select
 
