@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
 STREAMING_KEY: web.AppKey[list[str]] = web.AppKey("streaming")  # paths of chain answers being written
 GUARD_KEY: web.AppKey[Guard] = web.AppKey("guard")
+HEAVY_KEY: web.AppKey[list[int]] = web.AppKey("heavy")  # whole-chain requests running (a one-item counter)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NODES_ERROR = "Error: Please supply a valid list of nodes"  # the tutorial's words
 
@@ -444,11 +445,30 @@ async def redirect(request: web.Request, to: str) -> web.Response:
     raise web.HTTPFound(to)
 
 
+def heavy(handler: Handler) -> Handler:
+    """At most HTTP_HEAVY_MAX of the requests that read or fetch a whole chain (/chain,
+    /nodes/resolve and their aliases) run at once; beyond, 503 ``busy`` at once (issue 12: they
+    had no cap, and each one streams the whole chain or asks every peer)."""
+
+    async def limited(request: web.Request) -> web.StreamResponse:
+        running = request.app[HEAVY_KEY]
+        if running[0] >= limits.HTTP_HEAVY_MAX:
+            raise ApiError(503, f"busy: {limits.HTTP_HEAVY_MAX} whole-chain requests are running, retry later", "busy")
+        running[0] += 1
+        try:
+            return await handler(request)
+        finally:
+            running[0] -= 1
+
+    return limited
+
+
 def make_app(node: Node, guard: Guard) -> web.Application:
     app = web.Application(client_max_size=limits.HTTP_MAX_BODY_BYTES, middlewares=[json_errors, authenticate])
     app[NODE_KEY] = node
     app[GUARD_KEY] = guard
     app[STREAMING_KEY] = []
+    app[HEAVY_KEY] = [0]
     get, post = app.router.add_get, app.router.add_post
     get("/", index)
     get("/status", get_status)
@@ -459,11 +479,11 @@ def make_app(node: Node, guard: Guard) -> web.Application:
         post(path, new_transaction)
     post("/transactions", signed_transaction)
     for path in ("/chain", "/get_chain"):
-        get(path, full_chain)
+        get(path, heavy(full_chain))
     for path in ("/nodes/register", "/connect_node"):
         post(path, register_nodes)
-    get("/nodes/resolve", functools.partial(resolve, kept_key="chain"), allow_head=False)
-    get("/replace_chain", functools.partial(resolve, kept_key="actual_chain"), allow_head=False)
+    get("/nodes/resolve", heavy(functools.partial(resolve, kept_key="chain")), allow_head=False)
+    get("/replace_chain", heavy(functools.partial(resolve, kept_key="actual_chain")), allow_head=False)
     get("/is_valid", is_valid)
     get("/balance/{address}", balance)
     get("/wallet", wallet)
