@@ -39,7 +39,7 @@ RELAY_KNOWN_BLOCKS_MAX = 64  # block hashes remembered per peer as known to it
 RELAY_EXTRA_TXS_MAX = 1000
 RELAY_MAX_PENDING_BLOCKS = 8  # compact blocks being rebuilt at once (waiting for BLOCK_TXN); the oldest is dropped
 RELAY_MAX_BLOCK_SOURCES = 8  # other senders of a block being rebuilt, kept to ask when the first fails
-RELAY_RECENT_BLOCKS = 8  # blocks we announced kept decoded, to answer GET_BLOCK_TXN without the store
+RELAY_RECENT_BLOCKS = 8  # the last blocks we relayed, kept decoded: the only ones GET_BLOCK_TXN is answered for
 
 # --- ledger -------------------------------------------------------------------------------
 MAX_BLOCK_BYTES = 1024 * 1024  # canonical bytes of a block (Bitcoin: 1 MB before segwit)

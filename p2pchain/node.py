@@ -572,8 +572,9 @@ class Node:
     async def _on_get_block_txn(self, peer: Peer, msg: wire.GetBlockTxn) -> None:
         if not self.relay.speaks(peer, FEATURE_CMPCT):
             raise Misbehaving("sent GET_BLOCK_TXN without the cmpct-block feature")
-        block = self.relay.recent_block(msg.hash) or self.chain.get_block(msg.hash)
-        peer.send(self.relay.block_txn(block, msg))
+        # only the last blocks we relayed (what an honest requester asks for): no store reads, and
+        # nobody makes us serve old blocks piecemeal (Bitcoin Core serves getblocktxn near the tip only)
+        peer.send(self.relay.block_txn(self.relay.recent_block(msg.hash), msg))
 
     async def _on_block_txn(self, peer: Peer, msg: wire.BlockTxn) -> None:
         result = self.relay.on_block_txn(peer, msg, self._now())

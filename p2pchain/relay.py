@@ -476,8 +476,7 @@ class Relay(Generic[P]):
                 continue
             state.known_blocks.add(block.hash)
             (compact if FEATURE_CMPCT in state.features else full).append(peer)
-        if compact:
-            self._remember_block(block)
+        self._remember_block(block)
         return compact, full
 
     def compact(self, block: Block) -> wire.CmpctBlock:
