@@ -556,8 +556,7 @@ class Node:
             await self._take_tx(peer, tx)
 
     async def _on_cmpct_block(self, peer: Peer, msg: wire.CmpctBlock) -> None:
-        block_hash = msg.header.hash
-        peer.best_height = max(peer.best_height, msg.header.height)
+        block_hash = msg.header.hash  # its height counts for the peer once the block is rebuilt (proof of work)
         if self.chain.has_block(block_hash) or block_hash in self.chain.orphans:
             self.relay.block_known(peer, block_hash)
             return
