@@ -358,3 +358,14 @@ def test_what_we_had_to_fetch_goes_whole_in_our_compact_block() -> None:
     ours = relay.compact(block)
     assert [i for i, _ in ours.prefilled] == [0, 2] and len(ours.short_ids) == 3
     assert relay_with("c").on_cmpct("c", ours, lambda: [], T0) == wire.GetBlockTxn(block.hash, (1, 3, 4))
+
+
+def test_a_disconnected_block_sender_hands_over_to_the_next_at_once() -> None:
+    txs = payments(2)
+    block = block_of(txs)
+    relay = relay_with("a", "b")
+    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
+    relay.on_cmpct("b", compact_block(block, 2), lambda: (), T0)
+    relay.remove_peer("a", T0 + 0.1)
+    assert relay.expire(T0 + 0.1) == ({}, [("b", wire.GetBlockTxn(block.hash, (1, 2)))])
+    assert relay.on_block_txn("b", wire.BlockTxn(block.hash, tuple(txs)), T0 + 0.2) == block
