@@ -34,11 +34,12 @@ from p2pchain.ledger.tx import Tx
 from p2pchain.node import USER_AGENT
 
 if TYPE_CHECKING:
-    from p2pchain.chain import Entry
+    from p2pchain.chain import Chain, Entry
     from p2pchain.node import Node
 
 log = logging.getLogger(__name__)
 NODE: web.AppKey[Node] = web.AppKey("explorer_node")
+INDEXER: web.AppKey[AddressIndexer] = web.AppKey("explorer_indexer")
 PREFIX = "/explorer"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -391,7 +392,8 @@ async def address_page(request: web.Request) -> web.Response:
     page_no = page_number(request)
     if page_no is None:
         return bad_request(node, "?page= must be a whole number")
-    chain.index_addresses()  # the last block or batch, if the background indexer has not yet
+    request.app[INDEXER].start()  # from now on the index follows the chain
+    chain.index_addresses()  # the last block or batch, if the indexer has not yet
     acct = chain.get_account(address)
     count = chain.address_tx_count(address)
     behind = ""
@@ -545,34 +547,49 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
     return resp
 
 
-async def address_indexer(app: web.Application) -> AsyncIterator[None]:
-    """While the explorer is served: fill the address index behind the tip, a batch of
-    ADDRINDEX_BATCH_BLOCKS per store transaction, waking when the chain moves (a chain
-    listener sets an event; nothing polls)."""
-    chain = app[NODE].chain
-    moved = asyncio.Event()
-    chain.subscribe(lambda connected, disconnected: moved.set())
+class AddressIndexer:
+    """Fills the address index behind the tip, a batch of ADDRINDEX_BATCH_BLOCKS per store
+    transaction, waking when the chain moves (a chain listener sets an event; nothing polls).
+    It starts at the first address page asked for: a node whose explorer nobody reads never
+    pays the index's writes."""
 
-    async def run() -> None:
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.moved = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.task is None:
+            self.chain.subscribe(lambda connected, disconnected: self.moved.set())
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
         try:
             while True:
-                while chain.index_addresses():
+                while self.chain.index_addresses():
                     await asyncio.sleep(0)  # the node serves peers and requests between batches
-                await moved.wait()
-                moved.clear()
+                await self.moved.wait()
+                self.moved.clear()
         except StoreError:  # the address page still catches up one batch a request
             log.exception("address indexer stopped")
 
-    task = asyncio.create_task(run())
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def address_indexer(app: web.Application) -> AsyncIterator[None]:
+    """The indexer's lifetime is the explorer's: stopped when the HTTP shim stops."""
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await app[INDEXER].stop()
 
 
 def make_explorer(node: Node) -> web.Application:
     """The explorer as an aiohttp sub-application, for ``app.add_subapp(PREFIX, ...)``."""
     app = web.Application(middlewares=[security_headers])
     app[NODE] = node
+    app[INDEXER] = AddressIndexer(node.chain)
     app.cleanup_ctx.append(address_indexer)
     get = app.router.add_get
     get("/", home)
