@@ -185,6 +185,10 @@ def main(build: Callable[[], Target], argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-dir", type=Path, default=DEFAULT_CRASH_DIR, help="where crashing inputs go")
     parser.add_argument("--seed", type=int, default=1, help="random seed of either engine")
     parser.add_argument("--fresh", action="store_true", help="start from the seeds: empty the corpus first")
+    parser.add_argument(
+        "--generated-seeds", type=int, default=SEEDS_PER_TARGET, help=f"generator inputs among the seeds "
+        f"(default {SEEDS_PER_TARGET}; libFuzzer runs every seed before its clock starts)"
+    )  # fmt: skip
     parser.add_argument("--replay", type=Path, nargs="+", help="run these inputs (files or dirs) once, no atheris")
     parser.add_argument("--json", action="store_true", help="generator engine: a JSON summary on the last line")
     args = parser.parse_args(own)
@@ -207,7 +211,7 @@ def main(build: Callable[[], Target], argv: list[str] | None = None) -> int:
         shutil.rmtree(corpus, ignore_errors=True)
     corpus.mkdir(parents=True, exist_ok=True)
     if not seeds.is_dir() or not any(seeds.iterdir()):
-        write_seeds(target, seeds)
+        write_seeds(target, seeds, args.generated_seeds)
     args.crash_dir.mkdir(parents=True, exist_ok=True)
     if args.engine == "generator":
         run = run_generator(target, args.seconds or 60.0, corpus, args.crash_dir, args.seed)
