@@ -729,13 +729,15 @@ class Node:
             peer.send(wire.TxInfo(msg.id, msg.txid, "mempool", None, None, 0, pooled))
             return
         entry = self.chain.find_tx(msg.txid)
-        block = self.chain.get_block(entry.hash) if entry is not None else None
+        # the block (up to 1 MB) is read off the loop, and the answer leaves before the next request is read
+        block = await self.blocks_server.block(entry.hash) if entry is not None else None
         tx = next((t for t in block.txs if t.txid == msg.txid), None) if block is not None else None
         if entry is None or tx is None:
             peer.send(wire.TxInfo(msg.id, msg.txid, "unknown", None, None, 0, None))
             return
         confirmations = self.chain.height - entry.height + 1
         peer.send(wire.TxInfo(msg.id, msg.txid, "confirmed", entry.height, entry.hash, confirmations, tx))
+        await peer.flushed()
 
     async def _on_submit_tx(self, peer: Peer, msg: wire.SubmitTx) -> None:
         def admit(verdict: bool | None) -> None:

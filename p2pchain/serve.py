@@ -75,6 +75,15 @@ class BlockServer:
         return blocks, make(blocks).encode()
 
     # --- on the loop ----------------------------------------------------------------------------
+    async def block(self, block_hash: bytes) -> Block | None:
+        """One stored block, read off the loop when it is committed (GET_TX's confirmed case)."""
+        if self._path != ":memory:":
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._pool, self._read, [block_hash], 2**62)
+            if found:
+                return found[0]
+        return self.chain.get_block(block_hash)
+
     async def serve(
         self, peer: Peer, hashes: Sequence[bytes], max_bytes: int, make: MakeAnswer, kind: str, *, cache: bool = False
     ) -> None:

@@ -6,8 +6,9 @@ the blocks are read and the answer encoded in a thread of its own (p2pchain/serv
 per peer is outstanding at a time, and a per-peer byte budget meters what is served.
 
 In-process: a node with a stored chain; the block decoder is made to stall (as a slow disk would)
-on the first block a GET_BLOCKS reads. While it stalls, another peer's PING must be answered:
-before, the read ran on the loop and nothing else was served until it ended.
+on the first block a GET_BLOCKS (or a GET_TX of a confirmed transaction) reads. While it stalls,
+another peer's PING must be answered: before, the read ran on the loop and nothing else was
+served until it ended.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from p2pchain.node import Node, NodeConfig
 STALL_S = 8.0  # the stalled read gives up after this long (only if the test never releases it)
 
 
+@pytest.mark.parametrize("query", ["GET_BLOCKS", "GET_TX"])
 def test_a_slow_block_read_does_not_stop_other_peers_being_served(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str
 ) -> None:
     blocks = branch(TEST_PARAMS.genesis.header, 50)
     data_dir = tmp_path / "n"
@@ -52,19 +54,21 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
     monkeypatch.setattr(store, "unpack_block", stalling)
     monkeypatch.setattr(serve, "unpack_block", stalling, raising=False)
 
-    async def scenario() -> wire.Blocks:
+    async def scenario() -> Any:
         node = Node(NodeConfig(data_dir=data_dir, port=0, params=TEST_PARAMS, discover=False))
         await node.start()
         asker, other = await RawPeer.connect(node.port), await RawPeer.connect(node.port)
         try:
             await asker.handshake()
             await other.handshake()
-            asker.send(wire.GetBlocks(1, 1, limits.MAX_BLOCKS_PER_CHAIN))
-            await until(entered.is_set, "the GET_BLOCKS read to start", STALL_S)
+            if query == "GET_BLOCKS":
+                asker.send(wire.GetBlocks(1, 1, limits.MAX_BLOCKS_PER_CHAIN))
+            else:  # a confirmed transaction: its block is read to find it
+                asker.send(wire.GetTx(1, blocks[20].txs[0].txid))
+            await until(entered.is_set, f"the {query} read to start", STALL_S)
             await other.sync_with_ping(STALL_S / 2)  # served while the read stalls
             release.set()
-            reply: wire.Blocks = await asker.expect(wire.Blocks)
-            return reply
+            return await asker.expect(wire.Blocks if query == "GET_BLOCKS" else wire.TxInfo)
         finally:
             release.set()
             await asker.close()
@@ -73,4 +77,7 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
 
     reply = asyncio.run(scenario())
     assert outcome == {"released": True}, "the stalled read held the event loop: nothing else was served"
-    assert [b.hash for b in reply.blocks] == [b.hash for b in blocks]
+    if query == "GET_BLOCKS":
+        assert [b.hash for b in reply.blocks] == [b.hash for b in blocks]
+    else:
+        assert (reply.status, reply.height) == ("confirmed", 21)
