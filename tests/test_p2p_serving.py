@@ -81,3 +81,31 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
         assert [b.hash for b in reply.blocks] == [b.hash for b in blocks]
     else:
         assert (reply.status, reply.height) == ("confirmed", 21)
+
+
+def test_a_peer_past_its_byte_budget_waits_for_the_refill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past SERVE_BURST_BYTES served, a peer's next request waits (it is not read meanwhile) as
+    long as SERVE_BYTES_PER_S takes to pay the excess back; within the budget it does not wait."""
+    from p2pchain import peer as peer_module
+
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    class Writer:  # what Peer reads of a StreamWriter when it is made
+        def get_extra_info(self, name: str) -> tuple[str, int]:
+            return ("127.0.0.1", 1)
+
+    async def scenario() -> None:
+        p = peer_module.Peer(asyncio.StreamReader(), Writer(), inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
+        monkeypatch.setattr(peer_module.asyncio, "sleep", fake_sleep)
+        monkeypatch.setattr(peer_module.time, "monotonic", lambda: 1000.0)  # no refill while we look
+        p._serve_refill = 1000.0
+        await p.serve_budget()
+        assert slept == []
+        p.spend_serve_budget(limits.SERVE_BURST_BYTES + limits.SERVE_BYTES_PER_S // 2)
+        await p.serve_budget()
+
+    asyncio.run(scenario())
+    assert slept == [pytest.approx(0.5)]
