@@ -409,10 +409,20 @@ class Chain:
         return ProcessResult(status, connected, disconnected)
 
     def would_ignore(self, header: Header) -> bool:
-        """Whether ``process_block(requested=False)`` would ignore a block with this header
-        unchecked (its parent is known and its branch would not have more work than the tip)."""
+        """Whether ``process_block(requested=False)`` would ignore a block with this header with its
+        body unchecked (its parent is known and its branch would not have more work than the
+        tip). The header's own checks still run, as in process_block: a header without its proof
+        of work is never ignored, so its sender pays for it instead of sending it for free."""
+        if header.hash in self.index:
+            return True
         parent = self.index.get(header.prev_hash)
-        return header.hash in self.index or (parent is not None and not self._more_work(parent, header))
+        if parent is None or self._more_work(parent, header):
+            return False
+        try:
+            rules.check_header(header, self.params)
+        except RuleError:
+            return False  # process_block refuses it with its code
+        return True
 
     def _more_work(self, parent: Entry, header: Header) -> bool:
         return parent.work + work(header.target) > self.tip.work

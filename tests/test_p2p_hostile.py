@@ -418,6 +418,15 @@ async def block_bad_pow(ctx: Ctx, peer: RawPeer) -> None:
     await send_block(ctx, peer, without_pow(await ctx.block()))
 
 
+@case(
+    "a sibling of the tip without proof of work (no more work than the tip: still checked)", BAN, code=RuleCode.BAD_POW
+)
+async def sibling_bad_pow(ctx: Ctx, peer: RawPeer) -> None:
+    blocks = await ctx.blocks()
+    assert len(blocks) >= 2, "the module's chain is too short for a sibling"
+    await send_block(ctx, peer, without_pow(assemble(blocks[-2].header, mtp_of(blocks[:-1]), ())))
+
+
 @case("block with the wrong difficulty", BAN, code=RuleCode.BAD_DIFFICULTY)
 async def block_wrong_bits(ctx: Ctx, peer: RawPeer) -> None:
     await send_block(ctx, peer, await ctx.block(bits=target_to_bits(PARAMS.start_target * 2)))
