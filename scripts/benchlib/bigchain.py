@@ -15,8 +15,7 @@ from pathlib import Path
 
 from benchlib.common import Figures, Subcommand, timed_ms
 from benchlib.ledger import CHAIN_BLOCK_TXS, CHAIN_SAMPLES, sign
-from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs
-from p2pchain import limits
+from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs, write_chain
 from p2pchain.chain import Chain
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block
@@ -41,22 +40,6 @@ def big_chain(n: int, reward_to: str, params: NetworkParams = BIG_PARAMS) -> lis
         blocks.append(mine_block(build_template(params, parent, parent.timestamp, [], reward_to, stamp)))
         parent = blocks[-1].header
     return blocks
-
-
-def write_store(data_dir: Path, blocks: list[Block], params: NetworkParams = BIG_PARAMS) -> float:
-    """The store of a node holding ``blocks``, written in this process by Chain.process_block in
-    CHAIN-sized batches (one commit each): no network, no mining. Returns the seconds."""
-    data_dir.mkdir(parents=True)
-    chain = Chain.open(data_dir / DB_FILE, params)
-    try:
-        start = time.perf_counter()
-        for i in range(0, len(blocks), limits.MAX_BLOCKS_PER_CHAIN):
-            with chain.store.batch():
-                for block in blocks[i : i + limits.MAX_BLOCKS_PER_CHAIN]:
-                    chain.process_block(block, block.header.timestamp)
-        return time.perf_counter() - start
-    finally:
-        chain.close()
 
 
 def opened(path: Path, height: int) -> tuple[float, float]:
@@ -132,8 +115,8 @@ def bench_bigchain(args: argparse.Namespace) -> Figures:
     figures: Figures = {"bigchain_build_s": time.perf_counter() - start}
     with tempfile.TemporaryDirectory(prefix="p2pchain-bench-bigchain-") as tmp:
         root = Path(tmp)
-        figures[f"sync_{n}_inprocess_s"] = write_store(root / "big", blocks)
-        write_store(root / "small", big_chain(SMALL_HEIGHT, payer.address, SMALL_PARAMS), SMALL_PARAMS)
+        figures[f"sync_{n}_inprocess_s"] = write_chain(root / "big", blocks, BIG_PARAMS)
+        write_chain(root / "small", big_chain(SMALL_HEIGHT, payer.address, SMALL_PARAMS), SMALL_PARAMS)
         rss, open_s = opened(root / "big" / DB_FILE, n)
         figures[f"rss_mb_{n}_blocks"] = rss
         figures[f"open_{n}_s"] = open_s
@@ -145,8 +128,20 @@ def bench_bigchain(args: argparse.Namespace) -> Figures:
     return figures
 
 
+MIN_BLOCKS = CHAIN_SAMPLES * CHAIN_BLOCK_TXS  # the timed payments spend the long chain's rewards, 1 coin a block
+
+
+def blocks_arg(text: str) -> int:
+    n = int(text)
+    if n < MIN_BLOCKS:
+        raise argparse.ArgumentTypeError(f"at least {MIN_BLOCKS:,}: the timed blocks spend one coin per block mined")
+    return n
+
+
 def bigchain_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--blocks", type=int, default=BIG_BLOCKS, help=f"length of the long chain (default {BIG_BLOCKS:,})")
+    p.add_argument(
+        "--blocks", type=blocks_arg, default=BIG_BLOCKS, help=f"length of the long chain (default {BIG_BLOCKS:,})"
+    )
 
 
 BIGCHAIN_NOTES = {

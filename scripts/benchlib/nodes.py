@@ -37,11 +37,12 @@ def net_chain(n: int, reward_to: str) -> list[Block]:
     return blocks
 
 
-def write_chain(data_dir: Path, blocks: list[Block]) -> float:
+def write_chain(data_dir: Path, blocks: list[Block], params: NetworkParams = NET_PARAMS) -> float:
     """A node's store in ``data_dir`` holding ``blocks``, written in this process through
-    Chain.process_block, one commit per CHAIN-sized batch as the node does; returns the seconds."""
+    Chain.process_block, one commit per CHAIN-sized batch as the node does (no network, no
+    mining); returns the seconds."""
     data_dir.mkdir(parents=True)
-    chain = Chain.open(data_dir / DB_FILE, NET_PARAMS)
+    chain = Chain.open(data_dir / DB_FILE, params)
     try:
         start = time.perf_counter()
         for i in range(0, len(blocks), limits.MAX_BLOCKS_PER_CHAIN):
