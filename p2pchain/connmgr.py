@@ -351,7 +351,7 @@ class ConnectionManager:
         """Dial learnt addresses while below the outbound target, each in a network group no
         outbound connection uses yet when the book has one (a swarm on one host has one group)."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # ok: dial pacing, at most one new outbound a second
             if self.outbound_count() >= limits.TARGET_OUTBOUND:
                 continue
             busy = {a for p in self.peers for a in (p.listen_addr, p.dialed) if a}

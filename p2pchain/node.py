@@ -657,7 +657,7 @@ class Node:
     # --- housekeeping -----------------------------------------------------------------------
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # ok: a stall is the absence of an event; checked each second
             self.sync.check_stall()
 
     # --- queries ----------------------------------------------------------------------------

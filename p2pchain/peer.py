@@ -201,7 +201,7 @@ class Peer:
         t = self.tunables
         tick = min(1.0, t.ping_interval / 4, t.pong_timeout / 4)
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(tick)  # ok: a clock is what it watches (silence, a PONG overdue)
             now = time.monotonic()
             if self._ping_nonce is not None:
                 if now - self._ping_sent > t.pong_timeout:

@@ -503,7 +503,7 @@ async def cmd_status(args: argparse.Namespace, out: Out) -> None:
             shown += 1
             if args.count is not None and shown >= args.count:
                 return
-            await asyncio.sleep(args.interval)
+            await asyncio.sleep(args.interval)  # ok: --watch refreshes at the interval the user chose
 
 
 async def cmd_chain(args: argparse.Namespace, out: Out) -> None:
