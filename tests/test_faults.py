@@ -249,8 +249,11 @@ def test_crash_at_random_moments_keeps_store_chain_and_wallet(nodes: Any) -> Non
     wallet = Wallet.load(wallet_file)
     assert wallet_file.read_bytes() == wallet_bytes
     assert accounts.get(wallet.address, rules.EMPTY_ACCOUNT).balance == balance(victim, wallet.address)
-    mined_by_victim = sum(1 for b in blocks if b.txs[0].recipient == wallet.address)
-    assert mined_by_victim >= 1, f"seed {seed}: the victim never got a block into the chain"
+    # The kills must have hit a node that writes its own blocks. Whether one of them is still in
+    # the best chain is a race against the other miner (which, at TEST_BITS, runs thousands of
+    # blocks ahead on a loaded machine), so count what the victim mined and stored in all its lives.
+    mined = victim.log_path.read_text(errors="replace").count("mined block ")
+    assert mined >= 1, f"seed {seed}: the victim never mined a block, so no kill hit its own writes"
 
 
 async def _all_blocks(c: Client) -> list[Block]:
