@@ -65,9 +65,10 @@ ENTRY = {0: 2, 1: 3}  # half -> the node that takes that half's payments (never 
 KILL_VICTIMS = (4, 0, 5, 1, 6, 7)  # in turn; both miners among them
 SURVIVORS = tuple(i for i in range(NODES) if i not in KILL_VICTIMS)  # live the whole run: RSS
 LINKS = tuple((i, (i + d) % NODES) for i in range(NODES) for d in (2, 4, 1))  # +2, +4 same half; +1 across
-SOAK_BITS = 20  # a block every 2-3 s from two single-process miners on a busy, shared 2-core
-# machine (niced): at 17 bits 1.8 blocks/s grew the in-memory block index (~1 KB a block) past
-# the 10 % memory bound in 30 minutes (docs/benchmarks.md); at 22 bits 2 blocks came in 90 s
+SOAK_BITS = 20  # 0.4-1.3 blocks/s from two single-process miners on the shared 2-core machine,
+# by its load; RSS grows ~1.9 KB a block (the in-memory block index is ~1 KB of it), so the 10 %
+# bound holds only below ~1,000 blocks in 30 minutes (docs/benchmarks.md); at 22 bits 2 blocks
+# came in 90 s under load
 BALANCE_REFRESH_S = 10.0  # how often the launcher re-reads which wallets have coins to send
 PAYMENT = (1, 0)  # amount, fee: a block mints 1 coin (DEFAULT_REWARD), so payments cost 1
 RSS_SAMPLE_S = 120.0  # "minute 2"
