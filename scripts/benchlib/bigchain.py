@@ -15,10 +15,9 @@ from pathlib import Path
 
 from benchlib.common import Figures, Subcommand, timed_ms
 from benchlib.ledger import CHAIN_BLOCK_TXS, CHAIN_SAMPLES, sign
-from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs, write_chain
+from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs, net_chain, write_chain
 from p2pchain.chain import Chain
 from p2pchain.keys import Wallet
-from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.miner import build_template, mine_block
 from p2pchain.node import Node, NodeConfig
@@ -29,17 +28,6 @@ BIG_BLOCKS = 100_000  # blocks of the long chain
 BIG_PARAMS = NetworkParams(bits=1)  # ~2 hashes a block: building 100,000 of them takes seconds
 SMALL_HEIGHT = 100  # block_accept_ms_at_100: the same measurement on a short chain,
 SMALL_PARAMS = NetworkParams(bits=1, reward=1000)  # whose 100 blocks fund the timed payments as well
-
-
-def big_chain(n: int, reward_to: str, params: NetworkParams = BIG_PARAMS) -> list[Block]:
-    """``n`` coinbase-only blocks on the genesis of ``params``, each paying ``reward_to``."""
-    blocks: list[Block] = []
-    parent = params.genesis.header
-    for _ in range(n):
-        stamp = parent.timestamp + NET_SPACING_MS
-        blocks.append(mine_block(build_template(params, parent, parent.timestamp, [], reward_to, stamp)))
-        parent = blocks[-1].header
-    return blocks
 
 
 def opened(path: Path, height: int) -> tuple[float, float]:
@@ -111,12 +99,12 @@ def bench_bigchain(args: argparse.Namespace) -> Figures:
     n: int = args.blocks
     payer = Wallet.generate()  # every block pays it: the timed blocks' payments spend that
     start = time.perf_counter()
-    blocks = big_chain(n, payer.address)
+    blocks = net_chain(n, payer.address, BIG_PARAMS)
     figures: Figures = {"bigchain_build_s": time.perf_counter() - start}
     with tempfile.TemporaryDirectory(prefix="p2pchain-bench-bigchain-") as tmp:
         root = Path(tmp)
         figures[f"sync_{n}_inprocess_s"] = write_chain(root / "big", blocks, BIG_PARAMS)
-        write_chain(root / "small", big_chain(SMALL_HEIGHT, payer.address, SMALL_PARAMS), SMALL_PARAMS)
+        write_chain(root / "small", net_chain(SMALL_HEIGHT, payer.address, SMALL_PARAMS), SMALL_PARAMS)
         rss, open_s = opened(root / "big" / DB_FILE, n)
         figures[f"rss_mb_{n}_blocks"] = rss
         figures[f"open_{n}_s"] = open_s

@@ -26,13 +26,13 @@ NET_SPACING_MS = 1000  # timestamp step between pre-mined blocks: always after t
 NET_TIMEOUT_S = 60.0  # a node not up, linked or caught up after this long fails the bench
 
 
-def net_chain(n: int, reward_to: str) -> list[Block]:
-    """``n`` coinbase-only blocks on NET_PARAMS' genesis, each paying ``reward_to`` 1 coin."""
+def net_chain(n: int, reward_to: str, params: NetworkParams = NET_PARAMS) -> list[Block]:
+    """``n`` coinbase-only blocks on the genesis of ``params``, each paying ``reward_to`` its reward."""
     blocks: list[Block] = []
-    parent = NET_PARAMS.genesis.header
+    parent = params.genesis.header
     for _ in range(n):
         stamp = parent.timestamp + NET_SPACING_MS
-        blocks.append(mine_block(build_template(NET_PARAMS, parent, parent.timestamp, [], reward_to, stamp)))
+        blocks.append(mine_block(build_template(params, parent, parent.timestamp, [], reward_to, stamp)))
         parent = blocks[-1].header
     return blocks
 
