@@ -18,7 +18,6 @@ from the working directory, as on the command line.
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +70,8 @@ def _toml_type(value: Any) -> str:
 
 def load(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """(defaults for the parser by dest, lists of the repeatable flags by dest) from ``path``."""
+    import tomllib  # only with --config: a node started without one never loads the TOML parser
+
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)

@@ -30,13 +30,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multidict import CIMultiDict
-
 from p2pchain import limits
 from p2pchain.connmgr import is_loopback
 
-if TYPE_CHECKING:  # aiohttp itself is loaded by http.py, only when the node serves HTTP
+if TYPE_CHECKING:  # aiohttp (and its multidict) is loaded by http.py, only when the node serves HTTP
     from aiohttp import web
+    from multidict import CIMultiDict
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +211,8 @@ class Denial:
 
 def check(guard: Guard, request: web.Request) -> Denial | None:
     """None if ``request`` may go on to its handler, else why not."""
+    from multidict import CIMultiDict  # here, not at the top: the CLI imports this module for every node
+
     resource = request.match_info.route.resource
     if resource is None or resource.canonical not in PROTECTED or not guard.needs_token(request.remote):
         return None

@@ -41,5 +41,12 @@ def ensure_venv() -> Path:
     return venv_python()
 
 
+def compile_package() -> None:
+    """Byte-compile p2pchain (only what changed): an editable install is not compiled by pip, and
+    under PYTHONDONTWRITEBYTECODE=1 every node process a test starts would compile it again."""
+    subprocess.run([str(venv_python()), "-m", "compileall", "-q", str(ROOT / "p2pchain")], check=True)
+
+
 if __name__ == "__main__":
     ensure_venv()
+    compile_package()
