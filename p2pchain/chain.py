@@ -39,29 +39,40 @@ ChainListener = Callable[[list[Block], list[Block]], None]  # (connected, discon
 # copy of a good header with another body (a forged 64-byte "transaction", a repeated one, one
 # dropped) must not get the real block refused for ever (issue 11, CVE-2017-12842's family).
 REMEMBERED_HEADER_FAILURES = frozenset({RuleCode.BAD_VERSION, RuleCode.BAD_DIFFICULTY})
+_HEIGHT_AT = slice(4, 8)  # where the header bytes hold the height (u32) and the timestamp (u64): ledger.block
+_TIMESTAMP_AT = slice(72, 80)
 
 
 class Entry:
     """A block in the tree: its header and the work of the branch that ends with it. Kept
-    compact, since the node holds one per block (100,000 blocks: ~45 MB): the header's 92 bytes,
-    its hash, and the fields read on every new block (height, parent, timestamp) as plain
-    attributes; the Header object is rebuilt from the bytes when asked for. Not changed after
-    it is made."""
+    compact, since the node holds one per block for as long as it runs: the header's 92 bytes,
+    its hash, the parent's hash (the parent entry's own bytes object) and the integers no header
+    holds (cumulative work, arrival order, retarget anchor); height and timestamp are read from
+    the header bytes when asked for (two ints fewer: ~80 bytes a block), and the Header object is
+    rebuilt from them. ~420 bytes a block with its index slot (tests/test_chain.py bounds it).
+    Not changed after it is made."""
 
-    __slots__ = ("anchor_ms", "hash", "height", "prev_hash", "raw", "seq", "timestamp", "work")
+    __slots__ = ("anchor_ms", "hash", "prev_hash", "raw", "seq", "work")
 
     def __init__(
         self, header: Header, work: int, seq: int, parent_hash: bytes | None = None, anchor_ms: int = 0
     ) -> None:
         self.hash = header.hash
         self.raw = header.raw
-        self.height = header.height
         # the parent's own hash object when the caller has it: one bytes object per hash, not two
         self.prev_hash = parent_hash if parent_hash == header.prev_hash else header.prev_hash
-        self.timestamp = header.timestamp
         self.work = work  # cumulative: sum of work(target) from genesis to this block
         self.seq = seq  # arrival order; among equal work the first seen stays best
         self.anchor_ms = anchor_ms  # timestamp of this branch's retarget anchor (block 1); 0 for genesis
+
+    @property
+    def height(self) -> int:
+        return int.from_bytes(self.raw[_HEIGHT_AT], "big")
+
+    @property
+    def timestamp(self) -> int:
+        """Unix ms, as the header says."""
+        return int.from_bytes(self.raw[_TIMESTAMP_AT], "big")
 
     @property
     def header(self) -> Header:
