@@ -65,6 +65,15 @@ SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than
 SIDE_BLOCKS_MAX_BYTES = 128 * 1024 * 1024  # stored bytes of side blocks (128 full blocks); a deeper
 # competing branch of full blocks cannot be fetched whole (Bitcoin Core fetches headers first)
 SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it or the bytes above, the branches extended longest ago go
+# SQLite's page cache, per connection (PRAGMA cache_size; SQLite's default is 2,000 KiB). It fills as
+# the store grows and then stays full, so it is memory a node pays once its store is a few MB: the
+# soak's nodes grew by ~2 MB with it (issue 18). The node's own connection: writing a block touches
+# a few pages per table, and a 20,000-block sync costs the same CPU with 512 KiB as with 2,000
+# (docs/benchmarks.md, soak); misses are read from the OS's file cache
+STORE_PAGE_CACHE_KIB = 1024
+# the read-only connection that serves blocks to peers (p2pchain/serve.py): it reads runs of bodies
+# once each, which a cache seldom sees again
+SERVE_PAGE_CACHE_KIB = 256
 
 # --- mempool ------------------------------------------------------------------------------
 MEMPOOL_MAX_TXS = 50_000  # pending transactions

@@ -36,9 +36,12 @@ class BlockServer:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchain-serve")
         self._local = threading.local()
         # recent answers by (type, first hash, hashes asked, best tip): a flood of the same
-        # GET_CHAIN (a locator at genesis) is answered from here; at most SERVE_CACHE_BYTES held
+        # GET_CHAIN (a locator at genesis) is answered from here; at most SERVE_CACHE_BYTES held,
+        # all for one best tip (_cache_tip): an answer for a tip that has moved on is never asked
+        # for again, so it is dropped, not left to fill the cache (the soak's memory, issue 18)
         self._cache: OrderedDict[tuple[str, bytes, int, bytes], bytes] = OrderedDict()
         self._cache_bytes = 0
+        self._cache_tip = b""
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -48,6 +51,7 @@ class BlockServer:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, isolation_level=None)
+            db.execute(f"PRAGMA cache_size=-{limits.SERVE_PAGE_CACHE_KIB}")  # negative: KiB, not pages
             self._local.db = db
         return db
 
@@ -113,7 +117,11 @@ class BlockServer:
                 blocks.append(block)
                 size += block.size
             frame = make(blocks).encode()
-        if key is not None and len(frame) <= limits.SERVE_CACHE_BYTES:
+        if key is not None and key[3] == self.chain.tip.hash and len(frame) <= limits.SERVE_CACHE_BYTES:
+            if key[3] != self._cache_tip:
+                self._cache.clear()
+                self._cache_bytes = 0
+                self._cache_tip = key[3]
             self._cache[key] = frame
             self._cache_bytes += len(frame)
             while self._cache_bytes > limits.SERVE_CACHE_BYTES:

@@ -125,6 +125,7 @@ class Store:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last commit on kill -9
+            self.db.execute(f"PRAGMA cache_size=-{limits.STORE_PAGE_CACHE_KIB}")  # negative: KiB, not pages
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise StoreError(f"store {self.path} is corrupt ({ok}): move it aside and resync")

@@ -109,3 +109,75 @@ def test_a_peer_past_its_byte_budget_waits_for_the_refill(monkeypatch: pytest.Mo
 
     asyncio.run(scenario())
     assert slept == [pytest.approx(0.5)]
+
+
+class _Taker:
+    """What BlockServer.serve needs of a peer: a byte budget (unmetered here) and a sink."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    async def serve_budget(self) -> None:
+        return None
+
+    def spend_serve_budget(self, n: int) -> None:
+        return None
+
+    def send_frame(self, frame: bytes, kind: str) -> None:
+        self.frames.append(frame)
+
+    async def flushed(self) -> None:
+        return None
+
+
+def test_chain_answers_are_cached_for_the_best_tip_only(tmp_path: Path) -> None:
+    """The CHAIN-answer cache (SERVE_CACHE_BYTES) is keyed by the best tip, so an answer made
+    before the tip moved is never used again: it is dropped when the tip moves, not left to fill
+    the cache (issue 18: the soak's memory). Answers for the new tip are cached and reused."""
+    blocks = branch(TEST_PARAMS.genesis.header, 30)
+    chain = Chain.open(tmp_path / store.DB_FILE, TEST_PARAMS)
+    server = serve.BlockServer(chain)
+    taker = _Taker()
+
+    def answer(found: Any) -> wire.Message:
+        return wire.Chain(tuple(found), False)
+
+    async def ask(first: int, count: int) -> bytes:
+        hashes = chain.main[first : first + count]
+        await server.serve(taker, hashes, limits.CHAIN_BATCH_BYTES, answer, "CHAIN", cache=True)  # type: ignore[arg-type]
+        return taker.frames[-1]
+
+    async def scenario() -> None:
+        for block in blocks[:20]:
+            chain.process_block(block, block.header.timestamp)
+        old = [await ask(1, 5), await ask(6, 5)]
+        assert server._cache_bytes == sum(map(len, old)) and len(server._cache) == 2
+        assert await ask(1, 5) == old[0]  # the same question at the same tip: from the cache
+        for block in blocks[20:]:
+            chain.process_block(block, block.header.timestamp)
+        new = await ask(11, 5)
+        assert list(server._cache.values()) == [new]  # the old tip's answers are gone
+        assert server._cache_bytes == len(new)
+        assert await ask(11, 5) == new and len(server._cache) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.close()
+        chain.close()
+
+
+def test_the_page_caches_of_both_sqlite_connections_are_bounded(tmp_path: Path) -> None:
+    """SQLite's page cache fills as the store grows and then stays full: each connection gets the
+    size limits.py gives it, not SQLite's 2,000 KiB default (issue 18)."""
+    chain = Chain.open(tmp_path / store.DB_FILE, TEST_PARAMS)
+    server = serve.BlockServer(chain)
+    try:
+        assert chain.store.db.execute("PRAGMA cache_size").fetchone()[0] == -limits.STORE_PAGE_CACHE_KIB
+        reader = server._pool.submit(server._db).result(timeout=10)
+        assert server._pool.submit(lambda: reader.execute("PRAGMA cache_size").fetchone()[0]).result(timeout=10) == (
+            -limits.SERVE_PAGE_CACHE_KIB
+        )
+    finally:
+        server.close()
+        chain.close()
