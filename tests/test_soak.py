@@ -91,6 +91,13 @@ def test_memory_growth_is_the_worst_node_measured_both_times() -> None:
     assert soak.rss_growth({}, {2: 50.0}) is None
 
 
+def test_memory_growth_per_block_is_the_worst_node_over_the_blocks_between_the_readings() -> None:
+    # node 3 grew 1 MiB while the chain grew by 512 blocks: 2 KiB a block
+    assert soak.rss_per_block({2: 50.0, 3: 40.0}, {2: 50.5, 3: 41.0}, 100, 612) == 2048
+    assert soak.rss_per_block({2: 50.0}, {2: 51.0}, 100, 100) is None  # no block: growth follows the clock alone
+    assert soak.rss_per_block({2: 50.0}, {2: 51.0}, None, 100) is None  # the entry node did not answer
+
+
 def test_only_unexpected_error_lines_count() -> None:
     lines = [
         "2026-11-30 09:00:00,001 ERROR p2pchain.node: something broke",

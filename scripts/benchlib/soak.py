@@ -69,6 +69,7 @@ SOAK_BITS = 20  # 0.4-1.3 blocks/s from two single-process miners on the shared 
 # by its load; RSS grows ~1.9 KB a block (the in-memory block index is ~1 KB of it), so the 10 %
 # bound holds only below ~1,000 blocks in 30 minutes (docs/benchmarks.md); at 22 bits 2 blocks
 # came in 90 s under load
+SOAK_BLOCK_TIME_S = 0.0
 BALANCE_REFRESH_S = 10.0  # how often the launcher re-reads which wallets have coins to send
 PAYMENT = (1, 0)  # amount, fee: a block mints 1 coin (DEFAULT_REWARD), so payments cost 1
 RSS_SAMPLE_S = 120.0  # "minute 2"
@@ -182,6 +183,7 @@ class SoakNode:
     log: Path
     peer_ports: list[int]  # the Links it dials
     bits: int = SOAK_BITS
+    block_time: float | None = None  # seconds: --block-time (ASERT retargeting); None: fixed difficulty
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -192,6 +194,8 @@ class SoakNode:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "p2pchain", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         cmd += ["--difficulty", str(self.bits), "--no-discover", "--log-level", "INFO"]
+        if self.block_time is not None:
+            cmd += ["--block-time", str(self.block_time)]
         cmd += [f"--peer=127.0.0.1:{p}" for p in self.peer_ports]
         if self.mining:
             cmd += ["--mine", "--miner-procs", "1"]
@@ -324,6 +328,18 @@ def rss_growth(at_sample: dict[int, float], at_end: dict[int, float]) -> float |
     return max(ratios) if ratios else None
 
 
+def rss_per_block(
+    at_sample: dict[int, float], at_end: dict[int, float], height_sample: int | None, height_end: int | None
+) -> int | None:
+    """The largest RSS growth over the nodes measured both times, in bytes per block the best
+    chain grew by meanwhile: the figure that says whether growth follows the chain (blocks held)
+    or the clock; None without blocks or readings."""
+    if height_sample is None or height_end is None or height_end <= height_sample:
+        return None
+    grown = [at_end[i] - at_sample[i] for i in at_sample if i in at_end]
+    return round(max(grown) * 1024 * 1024 / (height_end - height_sample)) if grown else None
+
+
 def unexpected_errors(lines: list[str], expected: tuple[str, ...] = EXPECTED_ERRORS) -> list[str]:
     """ERROR lines of the node logs that match none of the ``expected`` patterns."""
     return [line for line in lines if _ERROR_LINE.match(line) and not any(re.search(p, line) for p in expected)]
@@ -382,7 +398,9 @@ def _steps(first: float, every: float, before: float) -> list[float]:
 
 
 class Soak:
-    def __init__(self, run_dir: Path, schedule: Schedule, seed: int, bits: int = SOAK_BITS) -> None:
+    def __init__(
+        self, run_dir: Path, schedule: Schedule, seed: int, bits: int = SOAK_BITS, block_time: float | None = None
+    ) -> None:
         self.run_dir = run_dir
         self.schedule = schedule
         self.rng = random.Random(seed)
@@ -402,6 +420,9 @@ class Soak:
         self.funded: list[int] = []  # wallets with coins, as last read
         self.funded_at = -BALANCE_REFRESH_S
         self.bits = bits
+        self.block_time = block_time
+        self.height_sample: int | None = None  # best height when rss_sample was read
+        self.height_end: int | None = None  # and when rss_end was
 
     def note(self, text: str) -> None:
         line = f"[{time.monotonic() - self.started:7.1f} s] {text}"
@@ -417,7 +438,7 @@ class Soak:
         for i in range(NODES):
             peer_ports = [link.port for link in self.net.links if link.src == i]
             data_dir, log = self.run_dir / f"node{i}", self.run_dir / f"node{i}.log"
-            node = SoakNode(i, ports[i], data_dir, log, peer_ports, self.bits)
+            node = SoakNode(i, ports[i], data_dir, log, peer_ports, self.bits, self.block_time)
             self.nodes.append(node)
             node.start()
         for node in self.nodes:
@@ -508,10 +529,12 @@ class Soak:
                 self.spawn(self.trace(t))
             elif what == "rss":
                 self.rss_sample = self.rss()
-                self.note(f"RSS sample (MB): {self.rss_sample}")
+                self.height_sample = await self.best_height()
+                self.note(f"RSS sample (MB) at height {self.height_sample}: {self.rss_sample}")
             else:
                 self.rss_end = self.rss()
-                self.note(f"RSS at the end (MB): {self.rss_end}")
+                self.height_end = await self.best_height()
+                self.note(f"RSS at the end (MB) at height {self.height_end}: {self.rss_end}")
                 return
 
     def spawn(self, coro: Awaitable[None]) -> None:
@@ -524,15 +547,19 @@ class Soak:
         await node.wait_up()
         self.note(f"node{node.index} up again after {time.monotonic() - started:.1f} s")
 
+    async def best_height(self) -> int | None:
+        """The best height as an entry node (never killed) sees it; None if it does not answer."""
+        try:
+            return int((await self.nodes[ENTRY[0]].ask(lambda c: c.status()))["height"])
+        except (NodeUnavailable, QueryError, OSError, TimeoutError):
+            return None
+
     async def trace(self, t: float) -> None:
         """One line of the memory trace: the best height, and the survivors' mean RSS."""
-        try:
-            height = (await self.nodes[ENTRY[0]].ask(lambda c: c.status()))["height"]
-        except (NodeUnavailable, QueryError, OSError, TimeoutError):
-            return
+        height = await self.best_height()
         rss = self.rss()
-        if rss:
-            self.rss_trace.append((round(t), int(height), round(sum(rss.values()) / len(rss), 2)))
+        if rss and height is not None:
+            self.rss_trace.append((round(t), height, round(sum(rss.values()) / len(rss), 2)))
 
     def rss(self) -> dict[int, float]:
         return {i: mb for i in SURVIVORS if (mb := self.nodes[i].rss_mb()) is not None}
@@ -634,6 +661,14 @@ class Soak:
             "soak_payments_accepted": len(self.ledger.accepted),
             "soak_payments_lost": len(outcome["lost"]),
             "soak_rss_growth_ratio": rss_growth(self.rss_sample, self.rss_end),
+            "soak_rss_bytes_per_block": rss_per_block(
+                self.rss_sample, self.rss_end, self.height_sample, self.height_end
+            ),
+            "soak_blocks_measured": None
+            if self.height_sample is None or self.height_end is None
+            else self.height_end - self.height_sample,
+            "soak_block_time_s": self.block_time,
+            "soak_difficulty_bits": self.bits,
             "soak_kills": self.kills,
             "soak_partitions": self.partitions,
             "soak_payments_confirmed": len(outcome["confirmed"]),
@@ -669,7 +704,7 @@ def bench_soak(args: argparse.Namespace) -> Figures:
     schedule = Schedule(args.minutes * 60, args.kill_every, args.partition_every, args.partition_for, args.pay_interval)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="p2pchain-soak-"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    soak = Soak(run_dir, schedule, args.seed, args.difficulty)
+    soak = Soak(run_dir, schedule, args.seed, args.difficulty, args.block_time or None)
 
     async def go() -> Figures:
         try:
@@ -694,6 +729,13 @@ def soak_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pay-interval", type=float, default=1.0, help="seconds between payments (default 1)")
     p.add_argument("--seed", type=int, default=1, help="which senders and recipients pay")
     p.add_argument("--difficulty", type=int, default=SOAK_BITS, help=f"the nodes' --difficulty (default {SOAK_BITS})")
+    p.add_argument(
+        "--block-time",
+        type=float,
+        default=SOAK_BLOCK_TIME_S,
+        help="the nodes' --block-time in seconds (ASERT retargeting: blocks come this far apart whatever the "
+        f"machine's load; --difficulty is then the start); 0: a fixed difficulty (default {SOAK_BLOCK_TIME_S})",
+    )
     p.add_argument("--run-dir", type=Path, help="data dirs and logs (default: a new temp dir, kept)")
 
 
@@ -715,6 +757,9 @@ SOAK_NOTES = {
     "soak_payments_refused": "payments the entry node refused (nonce, funds): not counted as accepted",
     "soak_payments_skipped": "payment slots with no funded sender or an entry node not answering",
     "soak_height": "best height at the end",
+    "soak_rss_bytes_per_block": "largest survivor's RSS growth, minute 2 to the end, per block the chain grew by",
+    "soak_blocks_measured": "blocks the best chain grew by between the two RSS readings",
+    "soak_block_time_s": "the nodes' --block-time (null: a fixed difficulty)",
     "soak_error_lines": "ERROR lines in the node logs not in EXPECTED_ERRORS: must be 0",
     "soak_rss_trace": "each minute: (second, best height, survivors' mean RSS in MB): growth with height or time",
     "soak_ok": "every check above held",
