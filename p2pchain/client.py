@@ -51,6 +51,14 @@ class Client:
         """Open a connection and handshake; NodeUnavailable if the node is down or not a node.
         ``listen_port`` > 0 makes the HELLO claim a listening node (tests that play a peer node:
         a node syncs only from peers that listen)."""
+        return cls(*await cls.handshake(host, port, timeout=timeout, agent=agent, listen_port=listen_port))
+
+    @staticmethod
+    async def handshake(
+        host: str, port: int, *, timeout: float = 10.0, agent: str = "", listen_port: int = 0
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.Hello]:
+        """As ``connect``, but the caller gets the bare streams and the node's HELLO, and reads
+        and writes frames itself (a benchmark that pipelines pre-encoded frames)."""
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port, limit=2**16)
@@ -72,7 +80,7 @@ class Client:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
             raise NodeUnavailable(f"cannot reach a p2pchain node at {host}:{port}: {reason}") from None
-        return cls(reader, writer, first)
+        return reader, writer, first
 
     async def close(self) -> None:
         self._reader_task.cancel()

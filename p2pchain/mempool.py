@@ -111,6 +111,9 @@ class Mempool:
         self.max_txs = max_txs
         self.max_bytes = max_bytes
         self.verified = RecentSet(self.VERIFIED_MAX)  # for rules.check_block(verified=...)
+        # txids whose own checks but the signature (shape, amounts, key) passed in
+        # refused_before_signature: add() does not repeat them (they depend on the bytes alone)
+        self._well_formed = RecentSet(self.VERIFIED_MAX)
         self._entries: dict[bytes, _Entry] = {}
         self._senders: dict[str, _Sender] = {}
         self._incoming: dict[str, int] = {}  # recipient -> pooled amounts paid to it by others
@@ -178,7 +181,8 @@ class Mempool:
         that replays of confirmed transactions and junk cost no Ed25519 verification."""
         if tx.txid in self._entries:
             raise MempoolError(MempoolCode.DUPLICATE, f"transaction {tx.txid.hex()} is already pooled")
-        self._check_tx(tx, (tx.txid,))  # shape, amounts and key only: the signature counts as checked
+        if tx.txid not in self._well_formed:
+            self._check_tx(tx, (tx.txid,))  # shape, amounts and key only: the signature counts as checked
         self._check_state(tx)
         cuts = self._make_room(tx)
         if tx.txid not in self.verified:  # (cached: the checks above were all that was left)
@@ -197,6 +201,7 @@ class Mempool:
             if tx.txid in self._entries:
                 return True
             self._check_tx(tx, (tx.txid,))
+            self._well_formed.add(tx.txid)
             self._check_state(tx)
         except MempoolError as e:
             return e.code is not MempoolCode.NONCE_GAP

@@ -132,8 +132,9 @@ class SignatureBatcher:
 
     def _checked(self, _: object) -> None:
         self._busy -= 1
-        self._drain()
-        if not self._closed:
+        if self._closed:
+            self._drain()
+        else:  # the freed thread takes what waits before the loop admits this batch: it never idles meanwhile
             self._dispatch()
 
     def _drain(self) -> None:

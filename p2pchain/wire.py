@@ -292,6 +292,9 @@ RELAY_FEATURES = _codec(_list(_text(limits.RELAY_FEATURE_MAX_BYTES), limits.RELA
 
 
 # --- messages -------------------------------------------------------------------------------
+_REQUIRED = object()  # no default: the field must be present
+
+
 @dataclass(frozen=True)
 class _Message:
     TYPE: ClassVar[str]
@@ -299,11 +302,12 @@ class _Message:
     def payload(self) -> bytes:
         """The msgpack map: "type" first, then the fields in declaration order."""
         doc: dict[str, Any] = {"type": self.TYPE}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if "default" in f.metadata and value == f.metadata["default"]:
+        spec = _ENCODERS.get(type(self)) or _encoder_spec(type(self))
+        for name, encode, default in spec:
+            value = getattr(self, name)
+            if default is not _REQUIRED and value == default:
                 continue  # an optional field at its default is left out (version 1 bytes)
-            doc[f.name] = f.metadata["wire"][1](value)
+            doc[name] = encode(value)
         return bytes(msgpack.packb(doc, use_bin_type=True))
 
     def encode(self) -> bytes:
@@ -575,7 +579,16 @@ Message: TypeAlias = (
     | Error
 )
 MESSAGE_TYPES: Mapping[str, type[Message]] = {cls.TYPE: cls for cls in get_args(Message)}
-_REQUIRED = object()  # no default: the field must be present
+# class -> ((field name, encode, default), ...), so that encoding does not walk dataclass fields
+_ENCODERS: dict[type[_Message], tuple[tuple[str, Encode, Any], ...]] = {}
+
+
+def _encoder_spec(cls: type[_Message]) -> tuple[tuple[str, Encode, Any], ...]:
+    spec = tuple((f.name, f.metadata["wire"][1], f.metadata.get("default", _REQUIRED)) for f in fields(cls))
+    _ENCODERS[cls] = spec
+    return spec
+
+
 # type -> (class, ((field name, decode, default), ...)), so that decoding does not walk dataclass fields
 _DECODERS: dict[str, tuple[type[Message], tuple[tuple[str, Decode, Any], ...]]] = {
     name: (cls, tuple((f.name, f.metadata["wire"][0], f.metadata.get("default", _REQUIRED)) for f in fields(cls)))

@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from p2pchain import limits
 from p2pchain.errors import ProtocolError
+from p2pchain.ledger import cached
 from p2pchain.ledger.pow import bits_to_target
 from p2pchain.ledger.tx import Tx
 
@@ -64,17 +64,17 @@ class Header:
     bits: int  # the target, compact (ledger.pow): the hash must be below it
     nonce: int  # u64 varied by the miner
 
-    @cached_property
+    @cached
     def prefix(self) -> bytes:
         return HEADER_PREFIX.pack(
             self.version, self.height, self.prev_hash, self.merkle_root, self.timestamp, self.bits
         )
 
-    @cached_property
+    @cached
     def raw(self) -> bytes:
         return self.prefix + NONCE.pack(self.nonce)
 
-    @cached_property
+    @cached
     def hash(self) -> bytes:
         return hashlib.sha256(self.raw).digest()
 
@@ -84,10 +84,10 @@ class Header:
         version, height, prev, merkle, ts, bits = HEADER_PREFIX.unpack_from(raw)
         (nonce,) = NONCE.unpack_from(raw, HEADER_PREFIX.size)
         header = cls(version, height, prev, merkle, ts, bits, nonce)
-        header.__dict__["raw"] = raw  # the cached_property's slot: no need to pack it again
+        header.__dict__["raw"] = raw  # the cached property's slot: no need to pack it again
         return header
 
-    @cached_property
+    @cached
     def target(self) -> int:
         """The target ``bits`` encodes; 0 (met by no hash) when ``bits`` is not canonical."""
         return bits_to_target(self.bits)
@@ -135,7 +135,7 @@ class Block:
     def prev_hash(self) -> bytes:
         return self.header.prev_hash
 
-    @cached_property
+    @cached
     def size(self) -> int:
         """Canonical bytes: header plus each transaction's full bytes."""
         return HEADER_BYTES + sum(tx.size for tx in self.txs)

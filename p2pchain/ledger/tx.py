@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from p2pchain import limits
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import COINBASE_SENDER, Wallet
+from p2pchain.ledger import cached
 
 _U64 = struct.Struct(">QQQ")
 WireTx = list[Any]  # [sender, recipient, amount, fee, nonce, pubkey, signature]
@@ -38,7 +38,7 @@ class Tx:
     def is_coinbase(self) -> bool:
         return self.sender == COINBASE_SENDER
 
-    @cached_property
+    @cached
     def body(self) -> bytes:
         s = self.sender.encode("ascii")
         r = self.recipient.encode("ascii")
@@ -54,11 +54,11 @@ class Tx:
             )
         )
 
-    @cached_property
+    @cached
     def raw(self) -> bytes:
         return self.body + bytes((len(self.signature),)) + self.signature
 
-    @cached_property
+    @cached
     def txid(self) -> bytes:
         return hashlib.sha256(self.raw).digest()
 
