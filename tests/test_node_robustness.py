@@ -367,3 +367,39 @@ def test_a_broken_miner_fails_a_waiting_mine_request_instead_of_hanging_it(
     with caplog.at_level(logging.INFO):
         assert asyncio.run(scenario()) == (True, True)
     assert _errors_with_traceback(caplog, RuntimeError), "the mining task's end was not logged"
+
+
+def test_a_silent_peer_is_pinged_after_the_ping_interval_and_dropped_without_its_pong(tmp_path: Path) -> None:
+    """The watchdog sleeps until its next deadline (no fixed tick): a peer that talks is not
+    pinged, a silent one gets a PING once ``ping_interval`` has passed since its last message,
+    and is dropped ``pong_timeout`` after an unanswered PING; one that answers stays."""
+    tunables = Tunables(ping_interval=0.4, pong_timeout=0.4)
+
+    async def scenario() -> tuple[float, float, bool]:
+        config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, tunables=tunables)
+        node = Node(config)
+        await node.start()
+        try:
+            answering = await RawPeer.connect(node.port)
+            await answering.handshake()
+            mute = await RawPeer.connect(node.port)
+            mute.auto_pong = False
+            await mute.handshake()
+            spoke = time.monotonic()
+            await mute.expect(wire.Ping, DEADLINE_S)
+            pinged_after = time.monotonic() - spoke
+            await mute.wait_closed(DEADLINE_S)
+            dropped_after = time.monotonic() - spoke
+            await answering.expect(wire.Ping, DEADLINE_S)  # answered by its reader: it stays
+            await answering.sync_with_ping(DEADLINE_S)
+            still_open = not answering.closed.is_set()
+            await mute.close()
+            await answering.close()
+        finally:
+            await node.stop()
+        return pinged_after, dropped_after, still_open
+
+    pinged_after, dropped_after, still_open = asyncio.run(scenario())
+    assert pinged_after >= 0.4 * 0.9, f"pinged {pinged_after:.2f} s after its last message, before the interval"
+    assert dropped_after >= 0.8 * 0.9, f"dropped {dropped_after:.2f} s after its last message, before the PONG was due"
+    assert still_open, "the peer that answered its PINGs was dropped"
