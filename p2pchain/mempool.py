@@ -400,8 +400,12 @@ class Mempool:
                 self._check_state(tx)
                 self._insert(tx, seq, self._make_room(tx))
             except MempoolError as e:
-                reason = "confirmed" if tx.txid in confirmed else f"{e.code.value}: {e.description}"
-                log.debug("mempool: after reorg dropped %s: %s", tx.txid.hex(), reason)
+                if tx.txid in confirmed:
+                    continue
+                # INFO: a payment a reorg made invalid (its sender's coins were rewards of the
+                # abandoned branch, or one before it went) is gone for good; its sender must
+                # sign it again (bench.py soak reads these lines to tell such drops from losses)
+                log.info("mempool: after reorg dropped %s: %s: %s", tx.txid.hex(), e.code.value, e.description)
         for address in touched:
             self._recheck_recipient(address)
         log.debug("mempool: after reorg: %d candidates rechecked, %d pooled", len(candidates), len(self._entries))

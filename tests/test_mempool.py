@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import sys
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +27,9 @@ from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.mempool import Mempool, RecentSet
 from p2pchain.params import NetworkParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from benchlib import soak  # the soak reads the mempool's reorg drops from its log
 
 PARAMS = NetworkParams(bits=1, reward=50)
 NET = PARAMS.network_id
@@ -352,7 +358,8 @@ def test_reorg_returns_disconnected_txs_to_the_pool() -> None:
     assert_applies(pool.select(10, 10**6), ledger)
 
 
-def test_reorg_drops_txs_the_new_branch_invalidated() -> None:
+def test_reorg_drops_txs_the_new_branch_invalidated(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="p2pchain.mempool")
     pool, ledger = fresh({A.address: 10, B.address: 10})
     old = ledger.connect([tx(0, 0, amount=5), tx(1, 0, amount=2)])
     pool.update([old], [])
@@ -364,6 +371,13 @@ def test_reorg_drops_txs_the_new_branch_invalidated() -> None:
     # A's old nonce 0 is stale, its nonce 1 (3 + 1) no longer fits A's 1 coin; B is untouched.
     assert sorted(pool.txs(), key=lambda t: t.nonce) == [tx(1, 0, amount=2), tx(1, 1, amount=2)]
     assert pool.next_nonce(A.address) == 1 and pool.pending_balance(A.address) == 1
+    # each drop is logged at INFO with its reason, in the form bench.py soak reads: the payment
+    # the new chain cannot fund counts there as dropped by a reorg, not as lost
+    dropped = {r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "after reorg" in r.getMessage()}
+    assert {m.split()[4] for m in dropped} == {tx(0, 0, amount=5).txid.hex() + ":", tx(0, 1, amount=3).txid.hex() + ":"}
+    assert {bytes.fromhex(m[1]) for line in dropped if (m := soak.REORG_DROP.search(" " + line))} == {
+        tx(0, 1, amount=3).txid
+    }
 
 
 def test_reorg_back_and_forth_loses_nothing() -> None:

@@ -58,7 +58,7 @@ def test_each_broken_promise_fails_the_run(change: dict[str, Any], words: str) -
     assert len(failures) == 1 and words in failures[0], failures
 
 
-def test_payments_are_confirmed_once_pending_doubled_invalidated_or_lost() -> None:
+def test_payments_are_confirmed_once_pending_doubled_invalidated_dropped_or_lost() -> None:
     """S sent nonces 0-4: 0 confirmed, 1 twice (a bug), 2 pending, 3 and 4 nowhere. T sent 7-9:
     its final balance (2) covers 7 and 8 but not 9; 7 is pending, 8 nowhere. U's nonce 3 is
     nowhere, though the final chain says U's next nonce is 5: a payment the launcher never made
@@ -79,8 +79,13 @@ def test_payments_are_confirmed_once_pending_doubled_invalidated_or_lost() -> No
         "pending": [b"s2", b"t7"],
         "invalidated": [b"t9"],
         "superseded": [b"v4"],
+        "reorg_dropped": [],
         "lost": [b"s3", b"s4", b"t8", b"u3"],
     }
+    # s3 and s4 were dropped by their entry node as a reorg left them unfundable (it logged it):
+    # the final chain could fund them again, but nothing brings a dropped payment back
+    reorged = ledger.outcome(in_chain, {b"s2", b"t7"}, finals, reorg_dropped={b"s3", b"s4"})
+    assert reorged["reorg_dropped"] == [b"s3", b"s4"] and reorged["lost"] == [b"t8", b"u3"]
     # once a payment is unfundable, every later one of its sender is stranded behind it
     stranded = soak.Ledger(accepted={b"t7": pays[b"t7"], b"t8": pays[b"t8"], b"t9": pays[b"t9"]})
     assert stranded.outcome(Counter(), set(), {"T": (7, 0)})["invalidated"] == [b"t7", b"t8", b"t9"]
