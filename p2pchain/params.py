@@ -50,11 +50,11 @@ class NetworkParams:
         """True when the target follows the hash rate (ASERT); False: fixed at the start target."""
         return self.block_time_ms > 0
 
-    @property
+    @cached_property
     def start_target(self) -> int:
         return difficulty_target(self.bits)
 
-    @property
+    @cached_property
     def start_bits(self) -> int:
         """The header ``bits`` of the start target (genesis, block 1, every block if fixed)."""
         return target_to_bits(self.start_target)

@@ -26,6 +26,8 @@ HEADER_PREFIX = struct.Struct(">II32s32sQI")  # everything before the nonce: 84 
 NONCE = struct.Struct(">Q")
 HEADER_BYTES = HEADER_PREFIX.size + NONCE.size  # 92
 ZERO_HASH = bytes(32)
+U32_END = 2**32  # a header's u32 fields are below it
+U64_END = 2**64
 WireHeader = list[Any]  # [version, height, prev_hash, merkle_root, timestamp, bits, nonce]
 WireBlock = list[Any]  # [header, [tx, ...]]
 
@@ -100,6 +102,25 @@ class Header:
 
     @classmethod
     def from_wire(cls, obj: object) -> Header:
+        if type(obj) is list and len(obj) == 7:  # the usual case, checked in one expression
+            version, height, prev, merkle, ts, bits, nonce = obj
+            if (
+                type(version) is int
+                and type(height) is int
+                and type(ts) is int
+                and type(bits) is int
+                and type(nonce) is int
+                and 0 <= version < U32_END
+                and 0 <= height < U32_END
+                and 0 <= ts < U64_END
+                and 0 <= bits < U32_END
+                and 0 <= nonce < U64_END
+                and type(prev) is bytes
+                and len(prev) == 32
+                and type(merkle) is bytes
+                and len(merkle) == 32
+            ):
+                return cls(version, height, prev, merkle, ts, bits, nonce)
         if not isinstance(obj, (list, tuple)) or len(obj) != 7:
             raise ProtocolError("block header must be an array of 7 fields")
         version, height, prev, merkle, ts, bits, nonce = obj

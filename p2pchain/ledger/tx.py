@@ -21,6 +21,7 @@ from p2pchain.keys import COINBASE_SENDER, Wallet
 from p2pchain.ledger import cached
 
 _U64 = struct.Struct(">QQQ")
+_U64_END = 2**64  # amount, fee and nonce are below it
 WireTx = list[Any]  # [sender, recipient, amount, fee, nonce, pubkey, signature]
 
 
@@ -75,6 +76,27 @@ class Tx:
     @classmethod
     def from_wire(cls, obj: object) -> Tx:
         """Build from the wire's array form, checking types and ranges; ProtocolError if malformed."""
+        if type(obj) is list and len(obj) == 7:  # the usual case, checked in one expression
+            sender, recipient, amount, fee, nonce, pubkey, signature = obj
+            if (
+                type(sender) is str
+                and type(recipient) is str
+                and type(amount) is int
+                and type(fee) is int
+                and type(nonce) is int
+                and type(pubkey) is bytes
+                and type(signature) is bytes
+                and 0 < len(sender) <= limits.MAX_ADDRESS_CHARS
+                and 0 < len(recipient) <= limits.MAX_ADDRESS_CHARS
+                and sender.isascii()
+                and recipient.isascii()
+                and 0 <= amount < _U64_END
+                and 0 <= fee < _U64_END
+                and 0 <= nonce < _U64_END
+                and len(pubkey) <= 255
+                and len(signature) <= 255
+            ):
+                return cls(sender, recipient, amount, fee, nonce, pubkey, signature)
         if not isinstance(obj, (list, tuple)) or len(obj) != 7:
             raise ProtocolError("transaction must be an array of 7 fields")
         sender, recipient, amount, fee, nonce, pubkey, signature = obj
