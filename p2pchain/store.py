@@ -5,10 +5,17 @@ Every change that a new tip makes (the block, its index entry, the best-chain ro
 changes and its undo data) is written in ONE transaction, so a kill -9 at any instant leaves
 either the old tip or the new one, never a mix. Integers that may pass 2**63 (chain work) are
 stored as big-endian bytes.
+
+Inside a ``batch`` (a sync's CHAIN of up to 500 blocks) the writes of each inner transaction are
+queued in memory and sent to SQLite together when the batch commits: one executemany per table and
+statement instead of five statements and a savepoint per block, and only the last value of each
+key of the keyed tables (the tip record, the accounts a run of coinbases keeps paying). A read, or
+a statement not queued, first sends what is queued, so every read sees every write before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -17,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgpack
 
@@ -69,6 +76,20 @@ def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate
     return guarded
 
 
+def _reading(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """A guarded read: queued writes are sent first, so that it sees them."""
+
+    @functools.wraps(method)
+    def reading(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            self._sync()
+            return method(self, *args, **kwargs)
+        except _DAMAGE as e:
+            raise _damaged(self.path, e) from e
+
+    return reading
+
+
 def _damaged(path: str, e: BaseException) -> StoreError:
     return StoreError(f"store {path} is damaged ({type(e).__name__}: {e}): move it aside and resync")
 
@@ -98,6 +119,7 @@ def _work_bytes(work: int) -> bytes:
 
 ADDRINDEX_VERSION = b"3"  # meta "addrindex": the address index's layout; another one is rebuilt
 ADD_ADDRESS = "INSERT OR IGNORE INTO addrtx(address, height, pos) VALUES (?,?,?)"
+PUT_BLOCK = "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body, undo) VALUES (?,?,?,?,?,?,?,?)"
 
 
 def _address_key(address: str) -> bytes:
@@ -114,6 +136,70 @@ def _addresses(height: int, block: Block) -> Iterator[tuple[bytes, int, int]]:
             yield _address_key(tx.sender), height, pos
 
 
+META_UPSERT = "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)"
+ACCOUNT_UPSERT = "INSERT OR REPLACE INTO accounts(address, balance, nonce) VALUES (?,?,?)"
+# the keyed tables a batch queues by key (row None: delete): (upsert, delete by key)
+_KEYED = {
+    "meta": (META_UPSERT, "DELETE FROM meta WHERE key=?"),
+    "accounts": (ACCOUNT_UPSERT, "DELETE FROM accounts WHERE address=?"),
+}
+Row = tuple[Any, ...]
+
+
+class _Writes:
+    """Writes not sent to SQLite yet. Per table, in the order they were made, consecutive rows of
+    one statement merged into one run (an executemany); for the keyed tables (_KEYED), only the
+    last row (or deletion) of each key. Tables share no trigger or foreign key, so sending them
+    one table after another leaves the file as the statements in their own order would."""
+
+    __slots__ = ("keyed", "runs")
+
+    def __init__(self) -> None:
+        self.runs: dict[str, list[tuple[str, list[Row]]]] = {}
+        self.keyed: dict[str, dict[Any, Row | None]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.keyed)
+
+    def add(self, table: str, sql: str, rows: Iterable[Row]) -> None:
+        runs = self.runs.get(table)
+        if runs is None:
+            runs = self.runs[table] = []
+        if runs and runs[-1][0] == sql:
+            runs[-1][1].extend(rows)
+        else:
+            runs.append((sql, list(rows)))
+
+    def put(self, table: str, key: Any, row: Row | None) -> None:
+        keyed = self.keyed.get(table)
+        if keyed is None:
+            keyed = self.keyed[table] = {}
+        keyed[key] = row
+
+    def merge(self, later: _Writes) -> None:
+        """Append ``later``'s writes (made after these)."""
+        for table, runs in later.runs.items():
+            for sql, rows in runs:
+                self.add(table, sql, rows)
+        for table, items in later.keyed.items():
+            keyed = self.keyed.get(table)
+            if keyed is None:
+                self.keyed[table] = items
+            else:
+                keyed.update(items)
+
+    def send(self, db: sqlite3.Connection) -> None:
+        for runs in self.runs.values():
+            for sql, rows in runs:
+                db.executemany(sql, rows)
+        for table, items in self.keyed.items():
+            upsert, delete = _KEYED[table]
+            db.executemany(upsert, [row for row in items.values() if row is not None])
+            db.executemany(delete, [(key,) for key, row in items.items() if row is None])
+        self.runs = {}
+        self.keyed = {}
+
+
 class Store:
     """A thin, typed layer over one SQLite file. Not thread-safe: the node's event loop owns it."""
 
@@ -121,6 +207,10 @@ class Store:
         self.path = str(path)
         self._batch_depth = 0  # open ``batch`` contexts
         self._batched = 0  # transactions done in the open batch since its last commit
+        self._queued = _Writes()  # writes of the open batch's finished transactions, not sent yet
+        self._stage: _Writes | None = None  # writes of the transaction open inside a batch, not sent yet
+        self._savepoint = False  # that transaction sent some of its writes (a savepoint is open)
+        self._failed: str | None = None  # why queued writes could not be written: no more writes
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -156,33 +246,56 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All or nothing. Inside ``batch`` it is a savepoint, committed when the batch ends or
-        after STORE_BATCH_MAX_TXNS of them, whichever comes first."""
-        nested = self._batch_depth > 0
-        self.db.execute("SAVEPOINT tx" if nested else "BEGIN IMMEDIATE")
+        """All or nothing. Inside ``batch`` its writes are queued (see the module's doc) and sent
+        when the batch commits: when it ends or after STORE_BATCH_MAX_TXNS transactions,
+        whichever comes first; a failure drops this transaction's writes alone."""
+        self._check_writable()
+        if self._batch_depth == 0:
+            self._sync()
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+            return
+        if self._stage is not None:
+            raise RuntimeError("a store transaction inside another one")
+        stage = self._stage = _Writes()
+        self._savepoint = False
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK TO tx" if nested else "ROLLBACK")
-            if nested:
+            self._stage = None
+            if self._savepoint and self._failed is None:  # what a read made it send (a failed send rolled back all)
+                self.db.execute("ROLLBACK TO tx")
                 self.db.execute("RELEASE tx")
             raise
-        self.db.execute("RELEASE tx" if nested else "COMMIT")
-        if nested:
-            self._batched += 1
-            if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # overlapping batches never defer it longer
-                self.db.execute("COMMIT")
-                self.db.execute("BEGIN IMMEDIATE")
-                self._batched = 0
+        finally:
+            self._stage = None
+        if self._savepoint:
+            self._send(stage)
+            self.db.execute("RELEASE tx")
+        else:
+            self._queued.merge(stage)
+        self._batched += 1
+        if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # overlapping batches never defer it longer
+            self._commit()
+            self.db.execute("BEGIN IMMEDIATE")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """One commit for every transaction inside (a sync batch of blocks: one WAL write instead of
-        one per block, half the cost of a sync). Each inner transaction stays all or nothing; what
-        they did is committed when the outermost batch ends, by an exception too, since the caller's
-        memory already holds it, and every STORE_BATCH_MAX_TXNS inner transactions (batches of two
-        peers that keep overlapping would otherwise defer it without end). A kill -9 leaves the
-        store as it was at the last commit: the tip of a whole inner transaction."""
+        """One commit for every transaction inside (a sync batch of blocks: one WAL write and one
+        executemany per table instead of five statements per block). Each inner transaction stays
+        all or nothing; what they did is committed when the outermost batch ends, by an exception
+        too, since the caller's memory already holds it, and every STORE_BATCH_MAX_TXNS inner
+        transactions (batches of two peers that keep overlapping would otherwise defer it without
+        end). A kill -9 leaves the store as it was at the last commit: the tip of a whole inner
+        transaction. If the queued writes cannot be written (a full disk), the open batch is
+        rolled back to the last commit and the store takes no more writes (StoreError): the node's
+        memory is ahead of its file, and a restart resumes from the file."""
+        self._check_writable()
         if self._batch_depth == 0:
             self.db.execute("BEGIN IMMEDIATE")
             self._batched = 0
@@ -191,44 +304,94 @@ class Store:
             yield
         finally:
             self._batch_depth -= 1
-            if self._batch_depth == 0:
-                self.db.execute("COMMIT")
+            if self._batch_depth == 0 and self._failed is None:
+                self._commit()
+
+    def _commit(self) -> None:
+        self._sync()
+        self.db.execute("COMMIT")
+        self._batched = 0
+
+    def _check_writable(self) -> None:
+        if self._failed is not None:
+            raise StoreError(f"store {self.path} refused earlier writes ({self._failed}): restart the node")
+
+    def _sync(self) -> None:
+        """Send every queued write to SQLite: before a read, or a statement that is not queued,
+        so that it sees (and follows) every write made before it. Inside a transaction of a batch
+        this opens a savepoint first, so that the transaction can still be undone alone."""
+        if self._queued:
+            self._send(self._queued)
+        stage = self._stage
+        if stage is not None:
+            if not self._savepoint:
+                self.db.execute("SAVEPOINT tx")
+                self._savepoint = True
+            if stage:
+                self._send(stage)
+
+    def _send(self, writes: _Writes) -> None:
+        try:
+            writes.send(self.db)
+        except sqlite3.Error as e:
+            self._failed = f"{type(e).__name__}: {e}"
+            self._queued = _Writes()
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise StoreError(
+                f"store {self.path} could not write a batch ({self._failed}): it holds the chain up to its "
+                "last commit; restart the node"
+            ) from e
+
+    def _write(self, table: str, sql: str, rows: Iterable[Row]) -> None:
+        """Run ``sql`` for each of ``rows``: queued inside a batch's transaction, else now."""
+        if self._stage is not None:
+            self._stage.add(table, sql, rows)
+        else:
+            self._sync()
+            self.db.executemany(sql, rows)
+
+    def _put(self, table: str, key: Any, row: Row | None) -> None:
+        """Set the row of ``key`` in a keyed table (None: delete it), queued as ``_write``."""
+        if self._stage is not None:
+            self._stage.put(table, key, row)
+        else:
+            self._sync()
+            upsert, delete = _KEYED[table]
+            self.db.execute(upsert, row) if row is not None else self.db.execute(delete, (key,))
 
     # --- meta -------------------------------------------------------------------------------
-    @_guarded
+    @_reading
     def get_meta(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
     @_guarded
     def set_meta(self, key: str, value: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        self._put("meta", key, (key, value))
 
     # --- blocks -----------------------------------------------------------------------------
     @_guarded
     def put_block(self, block: Block, work: int, seq: int, undo: dict[str, Account] | None = None) -> None:
         """Store ``block`` (with its undo data when it joins the best chain now: one row write)."""
-        self.db.execute(
-            "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body, undo) VALUES (?,?,?,?,?,?,?,?)",
-            (
-                block.hash,
-                block.prev_hash,
-                block.height,
-                _work_bytes(work),
-                seq,
-                block.header.raw,
-                pack_block(block),
-                None if undo is None else _pack_undo(undo),
-            ),
+        row = (
+            block.hash,
+            block.prev_hash,
+            block.height,
+            _work_bytes(work),
+            seq,
+            block.header.raw,
+            pack_block(block),
+            None if undo is None else _pack_undo(undo),
         )
+        self._write("blocks", PUT_BLOCK, (row,))
 
     @_guarded
     def delete_blocks(self, hashes: list[bytes]) -> None:
         """Forget blocks found invalid or pruned (never on the best chain)."""
-        self.db.executemany("DELETE FROM blocks WHERE hash=?", ((h,) for h in hashes))
+        self._write("blocks", "DELETE FROM blocks WHERE hash=?", [(h,) for h in hashes])
 
-    @_guarded
-    @_guarded
+    @_reading
     def side_block_sizes(self) -> list[tuple[bytes, int]]:
         """(hash, stored body bytes) of every block off the best chain."""
         rows = self.db.execute(
@@ -236,7 +399,7 @@ class Store:
         )
         return [(bytes(h), int(n)) for h, n in rows]
 
-    @_guarded
+    @_reading
     def get_block(self, block_hash: bytes) -> Block | None:
         row = self.db.execute("SELECT body FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         return None if row is None else self._decode(row[0], block_hash)
@@ -257,6 +420,7 @@ class Store:
         """(header bytes, cumulative work, arrival order) of every stored block, in arrival order:
         one row at a time, so that opening a long chain never holds all its rows at once."""
         try:
+            self._sync()
             for h, w, seq in self.db.execute("SELECT header, work, seq FROM blocks ORDER BY seq"):
                 if len(h) != HEADER_BYTES:
                     raise ValueError(f"a stored header of {len(h)} bytes")
@@ -264,7 +428,7 @@ class Store:
         except _DAMAGE as e:
             raise _damaged(self.path, e) from e
 
-    @_guarded
+    @_reading
     def get_undo(self, block_hash: bytes) -> dict[str, Account]:
         row = self.db.execute("SELECT undo FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         if row is None or row[0] is None:
@@ -273,32 +437,34 @@ class Store:
 
     @_guarded
     def set_undo(self, block_hash: bytes, undo: dict[str, Account]) -> None:
-        self.db.execute("UPDATE blocks SET undo=? WHERE hash=?", (_pack_undo(undo), block_hash))
+        self._write("blocks", "UPDATE blocks SET undo=? WHERE hash=?", ((_pack_undo(undo), block_hash),))
 
     # --- best chain -------------------------------------------------------------------------
-    @_guarded
+    @_reading
     def load_main(self) -> list[bytes]:
         return [bytes(h) for (h,) in self.db.execute("SELECT hash FROM main ORDER BY height")]
 
     @_guarded
     def set_main(self, height: int, block: Block) -> None:
-        self.db.execute("INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", (height, block.hash))
-        self.db.executemany(
-            "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)", ((tx.txid, block.hash) for tx in block.txs)
+        self._write("main", "INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", ((height, block.hash),))
+        self._write(
+            "txindex",
+            "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)",
+            [(tx.txid, block.hash) for tx in block.txs],
         )
 
     @_guarded
     def unset_main(self, height: int, block: Block) -> None:
-        self.db.execute("DELETE FROM main WHERE height=?", (height,))
-        self.db.executemany("DELETE FROM txindex WHERE txid=?", ((tx.txid,) for tx in block.txs))
+        self._write("main", "DELETE FROM main WHERE height=?", ((height,),))
+        self._write("txindex", "DELETE FROM txindex WHERE txid=?", [(tx.txid,) for tx in block.txs])
         if height <= self.addrindex_height():  # the address index covered it: take it out, and step back
-            self.db.executemany(
-                "DELETE FROM addrtx WHERE address=? AND height=? AND pos=?", _addresses(height, block)
+            self._write(
+                "addrtx", "DELETE FROM addrtx WHERE address=? AND height=? AND pos=?", _addresses(height, block)
             )
             self.set_meta("addrindex_height", (height - 1).to_bytes(8, "big", signed=True))
 
     # --- the address index (filled behind the tip by the explorer: Chain.index_addresses) ----
-    @_guarded
+    @_reading
     def addrindex_height(self) -> int:
         """The best-chain height up to which the address index is complete (-1: none)."""
         value = self.get_meta("addrindex_height")
@@ -310,7 +476,7 @@ class Store:
         address index. Call inside a transaction."""
         height = self.addrindex_height()
         for height, block in blocks:
-            self.db.executemany(ADD_ADDRESS, _addresses(height, block))
+            self._write("addrtx", ADD_ADDRESS, _addresses(height, block))
         self.set_meta("addrindex_height", height.to_bytes(8, "big", signed=True))
 
     def _build_addrindex(self) -> None:
@@ -321,7 +487,7 @@ class Store:
             self.db.execute("DELETE FROM meta WHERE key='addrindex_height'")
             self.set_meta("addrindex", ADDRINDEX_VERSION)
 
-    @_guarded
+    @_reading
     def address_history(self, address: str, offset: int, limit: int) -> list[tuple[int, int]]:
         """(height, position in the block) of best-chain transactions from or to ``address``,
         newest first, skipping ``offset``."""
@@ -331,44 +497,40 @@ class Store:
         )
         return [(int(h), int(p)) for h, p in rows]
 
-    @_guarded
+    @_reading
     def address_tx_count(self, address: str) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM addrtx WHERE address=?", (_address_key(address),)).fetchone()
         return int(row[0])
 
-    @_guarded
+    @_reading
     def find_tx(self, txid: bytes) -> bytes | None:
         row = self.db.execute("SELECT block FROM txindex WHERE txid=?", (txid,)).fetchone()
         return None if row is None else bytes(row[0])
 
     # --- accounts ---------------------------------------------------------------------------
-    @_guarded
+    @_reading
     def load_accounts(self) -> dict[str, Account]:
         return {a: Account(b, n) for a, b, n in self.db.execute("SELECT address, balance, nonce FROM accounts")}
 
     @_guarded
     def write_accounts(self, changes: Iterable[tuple[str, Account]]) -> None:
-        upserts, deletes = [], []
         for address, acct in changes:
-            if acct.balance == 0 and acct.nonce == 0:
-                deletes.append((address,))
-            else:
-                upserts.append((address, acct.balance, acct.nonce))
-        if upserts:
-            self.db.executemany("INSERT OR REPLACE INTO accounts(address, balance, nonce) VALUES (?,?,?)", upserts)
-        if deletes:
-            self.db.executemany("DELETE FROM accounts WHERE address=?", deletes)
+            empty = acct.balance == 0 and acct.nonce == 0
+            self._put("accounts", address, None if empty else (address, acct.balance, acct.nonce))
 
     # --- bans -------------------------------------------------------------------------------
     @_guarded
     def ban(self, host: str, until_ms: int, reason: str) -> None:
+        self._sync()
         self.db.execute("INSERT OR REPLACE INTO bans(host, until_ms, reason) VALUES (?,?,?)", (host, until_ms, reason))
 
     @_guarded
     def unban(self, host: str) -> None:
+        self._sync()
         self.db.execute("DELETE FROM bans WHERE host=?", (host,))
 
     @_guarded
     def bans(self, now_ms: int) -> list[Ban]:
+        self._sync()
         self.db.execute("DELETE FROM bans WHERE until_ms<=?", (now_ms,))
         return [Ban(h, u, r) for h, u, r in self.db.execute("SELECT host, until_ms, reason FROM bans ORDER BY host")]

@@ -191,7 +191,8 @@ def _payments(chain: Chain, wallets: list[Wallet], rng: random.Random) -> list[T
 
 def write_forever(path: str, seed: int) -> None:
     """Extend the chain in ``path`` for ever: mostly blocks with payments on the tip, sometimes a
-    competing branch that forks up to 5 blocks back and overtakes the tip (a reorg)."""
+    competing branch that forks up to 5 blocks back and overtakes the tip (a reorg). Half of the
+    branches are written in one store batch, as a sync writes a CHAIN (queued writes, one commit)."""
     rng = random.Random(seed)
     wallets = [wallet(n) for n in range(1, 5)]
     chain = Chain.open(path, PARAMS)
@@ -207,7 +208,11 @@ def write_forever(path: str, seed: int) -> None:
         else:
             txs = _payments(chain, wallets, rng)
             new = [block_on(tip, txs, miner=rng.choice(wallets).address, salt=rng.randint(0, 999))]
-        feed(chain, new)
+        if len(new) > 1 and rng.random() < 0.5:
+            with chain.store.batch():
+                feed(chain, new)
+        else:
+            feed(chain, new)
         print("height", chain.height, flush=True)
 
 

@@ -249,6 +249,117 @@ def test_bans_persist_until_they_expire(tmp_path: Path) -> None:
         store.close()
 
 
+# --- batches: writes queued and sent together ---------------------------------------------------
+def _dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table of the file at ``path``, sorted."""
+    db = sqlite3.connect(path)
+    try:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+    finally:
+        db.close()
+
+
+def _build_with_history(chain: Chain) -> None:
+    """build()'s blocks with the address index filled on the first best chain, so that the reorg
+    also takes blocks out of it, and a ban recorded in between."""
+    blocks = build(chain)  # b1-b3 best, then a1-a4 overtake them
+    chain.index_addresses()
+    chain.store.ban("10.0.0.9", 10**15, "junk")
+    more = branch(blocks["a4"], 3, miner=B.address)
+    feed(chain, more)
+    chain.index_addresses()
+
+
+def test_a_batch_leaves_the_file_as_block_by_block_transactions_do(tmp_path: Path) -> None:
+    """Inside a batch the writes are queued per table, keyed rows (the tip, accounts) keep their
+    last value, and a read sends the queue first: the file at the end must hold exactly the rows
+    that one transaction per block writes, reorgs, side blocks and the address index included."""
+    alone = Chain.open(tmp_path / "alone.sqlite", PARAMS)
+    batched = Chain.open(tmp_path / "batched.sqlite", PARAMS)
+    try:
+        _build_with_history(alone)
+        with batched.store.batch():
+            _build_with_history(batched)
+    finally:
+        alone.close()
+        batched.close()
+    assert _dump(tmp_path / "alone.sqlite") == _dump(tmp_path / "batched.sqlite")
+
+
+def test_reads_in_a_batch_see_its_writes_and_other_readers_see_them_at_the_commit(tmp_path: Path) -> None:
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    other = Store(path)
+    blocks = branch(GENESIS, 3)
+    try:
+        with chain.store.batch():
+            feed(chain, blocks)
+            assert chain.store.load_main() == [GENESIS.hash, *(b.hash for b in blocks)]
+            assert chain.store.get_meta("tip") == blocks[-1].hash
+            assert chain.get_block(blocks[1].hash) == blocks[1]
+            assert other.load_main() == [GENESIS.hash]  # not committed yet
+        assert other.load_main() == [GENESIS.hash, *(b.hash for b in blocks)]
+    finally:
+        other.close()
+        chain.close()
+
+
+@pytest.mark.parametrize("read_inside", [False, True], ids=["queued", "sent-by-a-read"])
+def test_a_failed_transaction_in_a_batch_drops_its_own_writes_alone(tmp_path: Path, read_inside: bool) -> None:
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 3)
+    try:
+        with chain.store.batch():
+            feed(chain, blocks[:2])
+            with pytest.raises(ZeroDivisionError), chain.store.transaction():
+                chain.store.set_meta("tip", b"not a tip")
+                chain.store.set_meta("extra", b"x")
+                if read_inside:  # sends the transaction's writes so far (under a savepoint)
+                    assert chain.store.get_meta("extra") == b"x"
+                _ = 1 // 0
+            assert chain.store.get_meta("extra") is None
+            assert chain.store.get_meta("tip") == blocks[1].hash
+            feed(chain, blocks[2:])
+    finally:
+        chain.close()
+    chain = Chain.open(path, PARAMS)  # checks that the recorded tip is the best chain's
+    try:
+        assert chain.main == [GENESIS.hash, *(b.hash for b in blocks)]
+        assert chain.store.get_meta("extra") is None
+    finally:
+        chain.close()
+
+
+def test_a_batch_that_cannot_be_written_keeps_the_last_commit_and_takes_no_more_writes(tmp_path: Path) -> None:
+    """A write SQLite refuses when the batch commits (a full disk; here a trigger): the whole
+    uncommitted batch is rolled back, never half of it, and the store refuses every later write,
+    since the chain in memory is ahead of the file. Reopened, the file holds the last commit."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 6)
+    try:
+        feed(chain, blocks[:2])  # committed
+        chain.store.db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON main WHEN NEW.height = 5 BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        with pytest.raises(StoreError, match=r"could not write a batch.*disk full"), chain.store.batch():
+            feed(chain, blocks[2:])
+        assert chain.height == 6  # memory went on: hence no more writes
+        with pytest.raises(StoreError, match="restart the node"), chain.store.transaction():
+            pass
+        with pytest.raises(StoreError, match="restart the node"), chain.store.batch():
+            pass
+    finally:
+        chain.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TRIGGER full")
+    db.commit()
+    db.close()
+    assert _check_store(path) == 2
+
+
 # --- kill -9 ----------------------------------------------------------------------------------------
 def _wait_lines(proc: subprocess.Popen[bytes], count: int, deadline: float) -> None:
     """Read the writer's stdout until it has printed ``count`` more lines."""
