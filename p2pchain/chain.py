@@ -13,7 +13,8 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ class Chain:
         self.side: dict[bytes, int] = {}  # stored blocks off the best chain: hash -> canonical bytes
         self._side_bytes = 0
         self._seq = 0
+        self._last_header: Header | None = None  # of the block added last: the next one's parent, in a sync
+        self._held: tuple[list[Block], list[Block]] | None = None  # listeners' news held by notifying_once
         self._load()
 
     @classmethod
@@ -324,12 +327,21 @@ class Chain:
         }
 
     def median_time_past(self, entry: Entry) -> int:
-        stamps: list[int] = []
-        e: Entry | None = entry
-        while e is not None and len(stamps) < limits.MEDIAN_TIME_SPAN:
-            stamps.append(e.timestamp)
-            e = self.index.get(e.prev_hash)
+        index = self.index
+        stamps = [entry.timestamp]
+        e = entry
+        for _ in range(limits.MEDIAN_TIME_SPAN - 1):
+            parent = index.get(e.prev_hash)
+            if parent is None:
+                break
+            stamps.append(parent.timestamp)
+            e = parent
         return rules.median_time_past(stamps)
+
+    def _header(self, entry: Entry) -> Header:
+        """``entry.header``, without unpacking it again when it is the block added last."""
+        last = self._last_header
+        return last if last is not None and last.hash == entry.hash else entry.header
 
     def locator(self, start: bytes | None = None) -> list[bytes]:
         """Bitcoin's block locator from ``start`` (default: our tip): the last 10 hashes, then
@@ -415,9 +427,33 @@ class Chain:
         self._prune_side()
         if connected or disconnected:
             connected, disconnected = self._net_change(connected, disconnected)
-            for listener in self.listeners:
-                listener(connected, disconnected)
+            if self._held is None:
+                self._tell(connected, disconnected)
+            else:
+                self._held[0].extend(connected)
+                self._held[1].extend(disconnected)
         return ProcessResult(status, connected, disconnected)
+
+    def _tell(self, connected: list[Block], disconnected: list[Block]) -> None:
+        for listener in self.listeners:
+            listener(connected, disconnected)
+
+    @contextmanager
+    def notifying_once(self) -> Iterator[None]:
+        """Hold the listeners' news of the process_block calls inside, and tell them once, when
+        it ends (by an exception too), the net change of them all: a sync's run of blocks makes
+        one mempool update and one tip event, not one per block. The caller must not await
+        inside: nothing else may see the chain ahead of its listeners."""
+        if self._held is not None:  # inside another: that one tells
+            yield
+            return
+        held = self._held = ([], [])
+        try:
+            yield
+        finally:
+            self._held = None
+            if held[0] or held[1]:
+                self._tell(*self._net_change(*held))
 
     def would_ignore(self, header: Header) -> bool:
         """Whether ``process_block(requested=False)`` would ignore a block with this header with its
@@ -449,7 +485,7 @@ class Chain:
     ) -> Status:
         try:
             rules.check_header_context(
-                block.header, parent.header, self.median_time_past(parent), now_ms, self.params, parent.anchor_ms
+                block.header, self._header(parent), self.median_time_past(parent), now_ms, self.params, parent.anchor_ms
             )
         except RuleError as e:
             if e.code is not RuleCode.TIME_TOO_NEW:  # it may become valid later
@@ -468,14 +504,19 @@ class Chain:
             with self.store.transaction():
                 self.store.put_block(block, entry.work, entry.seq)
             self.index[block.hash] = entry
+            self._last_header = block.header
             self._add_side(block.hash, block.size)
             return Status.SIDE
+        if block.prev_hash == self.main[-1] and self._extend(entry, block, connected):
+            return Status.CONNECTED
         self._activate(entry, block, connected, disconnected)
         return Status.CONNECTED if self.main[-1] == block.hash else Status.SIDE
 
     def _connect_orphans(
         self, parent_hash: bytes, now_ms: int, connected: list[Block], disconnected: list[Block]
     ) -> None:
+        if not self.orphans:
+            return
         stack = [parent_hash]
         while stack:
             parent = self.index.get(stack.pop())
@@ -596,6 +637,35 @@ class Chain:
         branch.reverse()
         return branch, e.height
 
+    def _extend(self, entry: Entry, block: Block, connected: list[Block]) -> bool:
+        """``_activate`` for a block on the tip (every block of a sync): the same writes and the
+        same state, without a branch to walk or blocks to disconnect. False if the block breaks
+        a state rule: ``_activate`` then finds that again and forgets the block as invalid."""
+        get = self.get_account
+        try:
+            changes = rules.connect_block(block, get, self.params)
+        except RuleError:
+            return False
+        undo = {address: get(address) for address in changes}
+        store = self.store
+        with store.transaction():
+            store.put_block(block, entry.work, entry.seq, undo)
+            store.set_main(len(self.main), block)
+            store.write_accounts(changes.items())
+            store.set_meta("tip", block.hash)
+        self.index[block.hash] = entry
+        self._last_header = block.header
+        accounts = self.accounts
+        for address, acct in changes.items():
+            if acct == EMPTY_ACCOUNT:
+                accounts.pop(address, None)
+            else:
+                accounts[address] = acct
+        self.main.append(block.hash)
+        self._drop_side(block.hash)
+        connected.append(block)
+        return True
+
     def _activate(self, entry: Entry, block: Block, connected: list[Block], disconnected: list[Block]) -> None:
         """Make the branch ending at ``entry`` (whose ``block`` is not stored yet) the best chain, in
         one store transaction. If a block on it breaks a state rule, that block and its descendants
@@ -643,6 +713,7 @@ class Chain:
             self.store.write_accounts(overlay.items())
             self.store.set_meta("tip", applied[-1][0].hash)
         self.index[block.hash] = entry
+        self._last_header = block.header
         for address, acct in overlay.items():
             if acct == EMPTY_ACCOUNT:
                 self.accounts.pop(address, None)

@@ -192,6 +192,37 @@ def test_orphans_completing_two_branches_report_the_net_change() -> None:
     assert chain.entry(y1.hash) is not None and not chain.is_main(y1.hash)
 
 
+def test_listeners_hear_a_run_of_blocks_once_as_its_net_change() -> None:
+    """A sync processes its blocks in runs inside ``notifying_once``: each process_block still
+    returns its own change, and the listeners hear the run's net change once at its end, by an
+    exception too. G - a1 - a2 - a3 - a4
+                    \
+                     b2 - b3 - b4 - b5 - c6   (b2 on a1: the b branch overtakes a4 within the run)"""
+    chain = mem_chain()
+    a1, a2, a3, a4 = branch(GENESIS, 4)
+    b2, b3, b4, b5 = branch(a1, 4, salt=1)
+    c6 = block_on(b5)
+    names = Names(a1=a1, a2=a2, a3=a3, a4=a4, b2=b2, b3=b3, b4=b4, b5=b5, c6=c6)
+    feed(chain, [a1, a2, a3])
+    seen: list[tuple[list[str], list[str]]] = []
+    chain.subscribe(lambda connected, disconnected: seen.append((names(connected), names(disconnected))))
+
+    with chain.notifying_once():
+        assert names(chain.process_block(a4, NOW_MS).connected) == ["a4"]
+        feed(chain, [b2, b3, b4])
+        assert seen == []
+        result = chain.process_block(b5, NOW_MS)
+        assert names(result.connected) == ["b2", "b3", "b4", "b5"]
+        assert names(result.disconnected) == ["a4", "a3", "a2"]
+    assert seen == [(["b2", "b3", "b4", "b5"], ["a3", "a2"])]  # a4 came and went inside the run
+
+    with pytest.raises(RuleError), chain.notifying_once():
+        chain.process_block(c6, NOW_MS)
+        chain.process_block(block_on(c6, txs=(c6.txs[0],) * 2), NOW_MS)  # refused
+    assert seen[-1] == (["c6"], [])  # c6 is on the best chain: its listeners heard of it
+    assert len(seen) == 2
+
+
 def test_orphan_pool_is_bounded() -> None:
     chain = mem_chain()
     strays = [
