@@ -338,8 +338,8 @@ class Node:
         start = self.chain.fork_point(list(msg.locator)) + 1
         hashes, height = self.chain.main[start : start + count], self.chain.height
 
-        def answer(blocks: Sequence[Block]) -> wire.Chain:
-            return wire.Chain(tuple(blocks), start + len(blocks) <= height)
+        def answer(count: int) -> wire.Chain:
+            return wire.Chain((), start + count <= height)
 
         await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Chain.TYPE, cache=True)
 
@@ -758,8 +758,8 @@ class Node:
         hashes = self.chain.main[msg.start : msg.start + min(msg.limit, limits.MAX_BLOCKS_PER_CHAIN)]
         height = self.chain.height
 
-        def answer(blocks: Sequence[Block]) -> wire.Blocks:
-            return wire.Blocks(msg.id, tuple(blocks), height)
+        def answer(count: int) -> wire.Blocks:
+            return wire.Blocks(msg.id, (), height)
 
         await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Blocks.TYPE)
 
@@ -767,8 +767,8 @@ class Node:
         hashes = [msg.hash] if self.chain.entry(msg.hash) is not None else []
         height = self.chain.height
 
-        def answer(blocks: Sequence[Block]) -> wire.Blocks:
-            return wire.Blocks(msg.id, tuple(blocks), height)
+        def answer(count: int) -> wire.Blocks:
+            return wire.Blocks(msg.id, (), height)
 
         await self.blocks_server.serve(peer, hashes, limits.CHAIN_BATCH_BYTES, answer, wire.Blocks.TYPE)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeAlias, get_args
 
@@ -299,8 +299,8 @@ _REQUIRED = object()  # no default: the field must be present
 class _Message:
     TYPE: ClassVar[str]
 
-    def payload(self) -> bytes:
-        """The msgpack map: "type" first, then the fields in declaration order."""
+    def doc(self) -> dict[str, Any]:
+        """The fields as msgpack encodes them: "type" first, then in declaration order."""
         doc: dict[str, Any] = {"type": self.TYPE}
         spec = _ENCODERS.get(type(self)) or _encoder_spec(type(self))
         for name, encode, default in spec:
@@ -308,11 +308,34 @@ class _Message:
             if default is not _REQUIRED and value == default:
                 continue  # an optional field at its default is left out (version 1 bytes)
             doc[name] = encode(value)
-        return bytes(msgpack.packb(doc, use_bin_type=True))
+        return doc
+
+    def payload(self) -> bytes:
+        """The msgpack map of ``doc``."""
+        return bytes(msgpack.packb(self.doc(), use_bin_type=True))
 
     def encode(self) -> bytes:
         """The full frame: length prefix and payload."""
         return encode_frame(self.payload())
+
+
+def frame_with_blocks(msg: Chain | Blocks, bodies: Sequence[bytes]) -> bytes:
+    """The frame of ``msg`` (made with no blocks) carrying the blocks whose msgpack encodings are
+    ``bodies`` (``msgpack(block.to_wire())``, as the store keeps them): the bytes ``msg`` with
+    those blocks would encode to, without building a Block of each and encoding it again (a
+    sync's server spent more on that than on reading them). A map and an array are a header and
+    their items back to back, so the blocks' bytes go in as they are."""
+    packer = msgpack.Packer(use_bin_type=True)
+    doc = msg.doc()
+    parts = [packer.pack_map_header(len(doc))]
+    for key, value in doc.items():
+        parts.append(packer.pack(key))
+        if key == "blocks":
+            parts.append(packer.pack_array_header(len(bodies)))
+            parts.extend(bodies)
+        else:
+            parts.append(packer.pack(value))
+    return encode_frame(b"".join(parts))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +44,20 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
     chain.close()
     entered, release = threading.Event(), threading.Event()
     outcome: dict[str, bool] = {}
-    real = store.unpack_block
 
-    def stalling(data: bytes) -> Any:
-        if not entered.is_set():
-            entered.set()
-            outcome["released"] = release.wait(STALL_S)
-        return real(data)
+    def stalling(real: Callable[..., Any]) -> Callable[..., Any]:
+        def stalled(*args: Any) -> Any:
+            if not entered.is_set():
+                entered.set()
+                outcome["released"] = release.wait(STALL_S)
+            return real(*args)
 
-    monkeypatch.setattr(store, "unpack_block", stalling)
-    monkeypatch.setattr(serve, "unpack_block", stalling, raising=False)
+        return stalled
+
+    # the first stored block decoded (GET_TX) or checked (GET_BLOCKS: served as stored) stalls
+    monkeypatch.setattr(store, "unpack_block", stalling(store.unpack_block))
+    monkeypatch.setattr(serve, "unpack_block", stalling(serve.unpack_block))
+    monkeypatch.setattr(serve, "checked_size", stalling(serve.checked_size))
 
     async def scenario() -> Any:
         node = Node(NodeConfig(data_dir=data_dir, port=0, params=TEST_PARAMS, discover=False))
@@ -81,6 +86,18 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
         assert [b.hash for b in reply.blocks] == [b.hash for b in blocks]
     else:
         assert (reply.status, reply.height) == ("confirmed", 21)
+
+
+def test_a_stored_block_is_served_as_stored_only_if_it_checks_out() -> None:
+    """A block goes out as its stored bytes after the checks its decoding made: msgpack of a
+    block whose header hashes to the row's hash. Anything else is left to the loop's read, which
+    names the damage (StoreError)."""
+    first, second = branch(TEST_PARAMS.genesis.header, 2)
+    body = store.pack_block(first)
+    assert serve.checked_size(body, first.hash) == first.size
+    assert serve.checked_size(store.pack_block(second), first.hash) == 0  # another block's row
+    for damaged in (body[:-3], body[:40], b"\xc1" + body[1:], b"\x92\x01\x02", b""):
+        assert serve.checked_size(damaged, first.hash) == 0
 
 
 def test_a_peer_past_its_byte_budget_waits_for_the_refill(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,8 +156,8 @@ def test_chain_answers_are_cached_for_the_best_tip_only(tmp_path: Path) -> None:
     server = serve.BlockServer(chain)
     taker = _Taker()
 
-    def answer(found: Any) -> wire.Message:
-        return wire.Chain(tuple(found), False)
+    def answer(found: int) -> wire.Chain:
+        return wire.Chain((), False)
 
     async def ask(first: int, count: int) -> bytes:
         hashes = chain.main[first : first + count]

@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 from p2pchain import limits, wire
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import Wallet
+from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx, make_tx
 from p2pchain.params import NetworkParams
+from p2pchain.store import pack_block
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = NetworkParams()
@@ -109,6 +111,22 @@ def test_message_round_trip(msg: wire.Message) -> None:
     assert decoded == msg
     assert type(decoded) is type(msg)
     assert decoded.encode() == frame
+
+
+def test_a_frame_built_from_stored_block_bytes_is_the_encoded_message() -> None:
+    """A server sends the blocks' stored msgpack bytes as they are (p2pchain/serve.py): the frame
+    must be byte for byte the one the message with those blocks encodes to."""
+    paying = Block(GENESIS.header, (*GENESIS.txs, TX))  # its merkle root is wrong: bytes are bytes here
+    for blocks in ((), (GENESIS,), (GENESIS, paying, GENESIS)):
+        bodies = [pack_block(b) for b in blocks]
+        for more in (True, False):
+            assert wire.frame_with_blocks(wire.Chain((), more), bodies) == wire.Chain(blocks, more).encode()
+        assert wire.frame_with_blocks(wire.Blocks(7, (), 12), bodies) == wire.Blocks(7, blocks, 12).encode()
+
+
+def test_the_size_of_a_stored_transaction_is_its_canonical_size() -> None:
+    for tx in (TX, GENESIS.txs[0], make_tx(BOB, "0" * 40, 2**64 - 1, 2**64 - 1, 2**64 - 1, PARAMS.network_id)):
+        assert Tx.wire_size(tx.to_wire()) == tx.size
 
 
 def test_unknown_fields_are_ignored() -> None:

@@ -67,6 +67,13 @@ class Tx:
     def size(self) -> int:
         return len(self.raw)
 
+    @staticmethod
+    def wire_size(obj: WireTx) -> int:
+        """``Tx.from_wire(obj).size`` of a well-formed wire array (a stored one), without building
+        the transaction: the length bytes and the 24 bytes of amount, fee and nonce, plus the four
+        variable fields (the addresses are ASCII: one byte a character)."""
+        return 28 + len(obj[0]) + len(obj[1]) + len(obj[5]) + len(obj[6])
+
     def signing_message(self, network_id: bytes) -> bytes:
         return network_id + self.body
 
