@@ -16,3 +16,23 @@ def test_block_wire_round_trip():
     g = NetworkParams().genesis
     assert Block.from_wire(g.to_wire()) == g
     assert Block.from_wire(g.to_wire()).hash == g.hash
+
+
+def test_ids_and_canonical_bytes_are_computed_once_and_kept_on_the_object():
+    """txid, raw and body (and a header's hash) are computed on the first read and then read
+    back from the object (p2pchain.ledger.cached: functools.cached_property without its lock)."""
+    import hashlib
+
+    from p2pchain.ledger import cached
+    from p2pchain.ledger.block import Header
+    from p2pchain.ledger.tx import Tx
+
+    t = Tx("ab" * 20, "cd" * 20, 5, 1, 0, bytes(32), bytes(64))
+    assert "txid" not in t.__dict__
+    first = t.txid
+    assert first == hashlib.sha256(t.raw).digest() and t.raw.startswith(t.body)
+    assert t.__dict__["txid"] is first and t.txid is first
+    assert isinstance(Tx.txid, cached) and isinstance(Header.hash, cached)
+    h = NetworkParams().genesis.header
+    assert h.hash is h.hash == hashlib.sha256(h.raw).digest()
+    assert Tx("ab" * 20, "cd" * 20, 6, 1, 0, bytes(32), bytes(64)).txid != first

@@ -112,7 +112,7 @@ def test_duplicate_is_refused() -> None:
     assert len(pool) == 1
 
 
-@pytest.mark.parametrize(
+INVALID_TXS = pytest.mark.parametrize(
     ("make", "code"),
     [
         (lambda t: Tx(t.sender, t.recipient, t.amount, t.fee, t.nonce, t.pubkey, bytes(64)), RuleCode.TX_BAD_SIGNATURE),
@@ -127,6 +127,9 @@ def test_duplicate_is_refused() -> None:
     ],
     ids=["bad-signature", "other-network", "key-mismatch", "zero-amount", "bad-recipient", "coinbase"],
 )
+
+
+@INVALID_TXS
 def test_invalid_tx_is_refused_with_the_rule_as_cause(make: Callable[[Tx], Tx], code: RuleCode) -> None:
     pool, _ = fresh()
     with pytest.raises(MempoolError) as info:
@@ -136,6 +139,25 @@ def test_invalid_tx_is_refused_with_the_rule_as_cause(make: Callable[[Tx], Tx], 
     assert isinstance(cause, RuleError) and cause.code is code
     assert code.value in str(info.value)
     assert len(pool) == 0 and pool.bytes == 0 and len(pool.verified) == 0
+
+
+@INVALID_TXS
+def test_the_node_pre_screen_then_add_refuses_as_add_alone(make: Callable[[Tx], Tx], code: RuleCode) -> None:
+    """The node asks refused_before_signature first (its signature goes to the threads only if
+    not), then add(), which does not repeat the checks the pre-screen passed: the verdict, its
+    code and cause are add()'s alone; a bad signature is still found."""
+    pool, _ = fresh()
+    bad = make(tx(0, 0))
+    assert pool.refused_before_signature(bad) is (code is not RuleCode.TX_BAD_SIGNATURE)
+    with pytest.raises(MempoolError) as info:
+        pool.add(bad)
+    cause = info.value.__cause__
+    assert info.value.code is MempoolCode.INVALID and isinstance(cause, RuleError) and cause.code is code
+    assert len(pool) == 0 and len(pool.verified) == 0
+    good = tx(0, 0)
+    assert not pool.refused_before_signature(good)
+    pool.add(good)
+    assert good.txid in pool and good.txid in pool.verified
 
 
 def test_stale_nonce_is_refused() -> None:

@@ -198,3 +198,51 @@ def test_the_page_caches_of_both_sqlite_connections_are_bounded(tmp_path: Path) 
     finally:
         server.close()
         chain.close()
+
+
+def test_a_burst_of_queued_frames_leaves_whole_in_order_and_in_few_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer joins what is queued into one write of at most SEND_WRITE_MAX_BYTES (a burst
+    of answers costs a few system calls, not one each): the bytes are the frames in order, each
+    frame is counted (bytes_sent, traffic by type), and flushed() returns once all are drained."""
+    from p2pchain import peer as peer_module
+
+    monkeypatch.setattr(limits, "SEND_WRITE_MAX_BYTES", 1000)
+
+    class Transport:
+        def get_write_buffer_size(self) -> int:
+            return 0  # the socket took every write
+
+    class Writer:  # a StreamWriter that records each write
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.transport = Transport()
+
+        def get_extra_info(self, name: str) -> tuple[str, int]:
+            return ("127.0.0.1", 1)
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+        async def drain(self) -> None:
+            await asyncio.sleep(0)  # ok: a turn of the loop, as a socket's drain may take
+
+    async def scenario() -> None:
+        writer = Writer()
+        p = peer_module.Peer(asyncio.StreamReader(), writer, inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
+        frames = [wire.Ping(i).encode() for i in range(300)]
+        for frame in frames:
+            p.send_frame(frame, wire.Ping.TYPE)
+        task = asyncio.create_task(p._writer())
+        async with asyncio.timeout(10):
+            await p.flushed()
+        total = sum(map(len, frames))
+        assert b"".join(writer.writes) == b"".join(frames)
+        assert all(len(w) < 1000 + len(frames[-1]) for w in writer.writes)  # the cap, plus the frame that crossed it
+        assert len(writer.writes) <= total // 1000 + 1
+        assert p.bytes_sent == total and p.queued_bytes == 0
+        assert p.traffic.sent[wire.Ping.TYPE] == [300, total]
+        p.queue.put_nowait(None)  # as close() ends the writer
+        async with asyncio.timeout(10):
+            await task
+
+    asyncio.run(scenario())
