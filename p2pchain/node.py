@@ -319,9 +319,10 @@ class Node:
         before = self.chain.tip.hash
         asked = [p for p in self.connmgr.ready if p.listen_addr]
         frame = wire.GetChain(tuple(self.chain.locator()), limits.MAX_BLOCKS_PER_CHAIN).encode()
+        syncing = self.sync.peer if self.sync.active else None
         for peer in asked:
-            if peer.asked_chain > 0:
-                continue  # a GET_CHAIN is in flight (the sync a handshake started): its answer serves
+            if peer.asked_chain > 0 or peer is syncing:
+                continue  # its GET_CHAIN is in flight or its CHAIN being checked (the sync a handshake started)
             peer.asked_chain += 1
             peer.send_frame(frame, wire.GetChain.TYPE)
 

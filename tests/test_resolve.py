@@ -1,6 +1,6 @@
 """resolve: /nodes/resolve right after a handshake (the tutorial's register-then-resolve) waits for
-the sync the handshake started instead of asking the same peer for the same blocks again, and
-answers once the node holds the peer's chain.
+the sync the handshake started instead of asking the same peer for the same blocks again (its
+request in flight, or its answer being checked), and answers once the node holds the peer's chain.
 
 In-process: two Nodes on loopback in this event loop, blocks built with tests/node_helpers.py.
 """
@@ -36,6 +36,41 @@ def test_resolve_after_a_handshake_reuses_the_sync_request_in_flight(tmp_path: P
             assert fresh.chain.tip.hash == blocks[-1].hash
             sent = fresh.status()["traffic"]["GET_CHAIN"]["messages_sent"]
             assert sent == 1, f"{sent} GET_CHAIN for one {BLOCKS}-block chain: the sync's request was repeated"
+        finally:
+            await fresh.stop()
+            await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_resolve_while_the_sync_checks_its_answer_does_not_ask_again(tmp_path: Path) -> None:
+    """The sync's CHAIN has arrived and its first run of blocks is connected (no request is in
+    flight any more) when resolve asks: the sync peer is not asked again, its answer serves."""
+    blocks = branch(TEST_PARAMS.genesis.header, BLOCKS)
+
+    async def scenario() -> None:
+        source = Node(NodeConfig(data_dir=tmp_path / "source", port=0, params=TEST_PARAMS, discover=False))
+        for block in blocks:
+            source.chain.process_block(block, block.header.timestamp)
+        await source.start()
+        fresh = Node(NodeConfig(data_dir=tmp_path / "fresh", port=0, params=TEST_PARAMS, discover=False))
+        resolving: list[asyncio.Task[bool]] = []
+
+        def first_run(connected: list[object], disconnected: list[object]) -> None:
+            if not resolving:  # the CHAIN is being checked: resolve from the next turn of the loop
+                assert 0 < fresh.chain.height < BLOCKS
+                resolving.append(asyncio.get_running_loop().create_task(fresh.resolve(timeout=30)))
+
+        fresh.chain.subscribe(first_run)
+        await fresh.start()
+        try:
+            fresh.connmgr.connect(f"127.0.0.1:{source.port}")
+            async with asyncio.timeout(30):
+                await fresh.changed.wait_for(lambda: bool(resolving), None)
+                assert await resolving[0] is True
+            assert fresh.chain.tip.hash == blocks[-1].hash
+            sent = fresh.status()["traffic"]["GET_CHAIN"]["messages_sent"]
+            assert sent == 1, f"{sent} GET_CHAIN: resolve asked the sync peer again while its answer was checked"
         finally:
             await fresh.stop()
             await source.stop()
