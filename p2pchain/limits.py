@@ -33,6 +33,8 @@ RELAY_INV_INTERVAL_S = 0.1
 RELAY_TX_REQUEST_TIMEOUT_S = 2.0  # a GET_TXS unanswered this long: ask the next announcer (Bitcoin: 60 s)
 RELAY_BLOCK_TXN_TIMEOUT_S = 2.0  # a GET_BLOCK_TXN unanswered this long: ask the next sender of the block
 RELAY_KNOWN_TXIDS_MAX = 4096  # txids remembered per peer as known to it (announced either way, or sent)
+# txids announced to one peer and not yet fetched by it: what its GET_TXS is answered with, each once
+RELAY_OFFERED_TXIDS_MAX = 4096
 RELAY_KNOWN_BLOCKS_MAX = 64  # block hashes remembered per peer as known to it
 # transactions kept besides the mempool to rebuild compact blocks: refused for a nonce gap, a full
 # pool, missing funds, or evicted (Bitcoin: -blockreconstructionextratxn = 100)

@@ -34,7 +34,7 @@ from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
 from p2pchain.relay import FEATURE_CMPCT, FEATURE_INV_TX, FEATURES, Relay
-from p2pchain.serve import BlockServer
+from p2pchain.serve import BlockServer, send_metered
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
 from p2pchain.store import DB_FILE
 from p2pchain.sync import HONEST_BLOCK_CODES, SyncManager, now_ms
@@ -543,12 +543,17 @@ class Node:
         self._send_tx_requests(self.relay.on_inv(peer, msg.txids, have, self._now()))
 
     async def _on_get_txs(self, peer: Peer, msg: wire.GetTxs) -> None:
+        """Answered as blocks are served (p2pchain/serve.py): out of the peer's byte budget, and
+        its next message is read once the answer has left; and only with transactions we
+        announced to it, each once (relay.to_serve), so a 1,000-id GET_TXS repeated buys nothing."""
         if not self.relay.speaks(peer, FEATURE_INV_TX):
             raise Misbehaving("sent GET_TXS without the inv-tx feature")
-        found = [tx for tx in map(self.mempool.get, msg.txids) if tx is not None]
+        await peer.serve_budget()
+        served = self.relay.to_serve(peer, msg.txids)
+        found = [tx for tx in map(self.mempool.get, served) if tx is not None]
         for tx in found:
             self.relay.mark_known(peer, tx.txid)
-        peer.send(wire.Txs(tuple(found)))
+        await send_metered(peer, wire.Txs(tuple(found)).encode(), wire.Txs.TYPE)
 
     async def _on_txs(self, peer: Peer, msg: wire.Txs) -> None:
         requests = self.relay.on_txs(peer, msg.txs, self._now())

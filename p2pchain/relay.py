@@ -196,6 +196,9 @@ class _Peer:
     known_txs: RecentSet = field(default_factory=lambda: RecentSet(limits.RELAY_KNOWN_TXIDS_MAX))
     known_blocks: RecentSet = field(default_factory=lambda: RecentSet(limits.RELAY_KNOWN_BLOCKS_MAX))
     to_announce: dict[bytes, None] = field(default_factory=dict)  # (an ordered set) for the next INV_TX
+    # txids we announced to it and have not sent it since (an ordered set, oldest first): all a
+    # GET_TXS of it is answered with, each once (Bitcoin Core answers only what it announced)
+    offered: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     announced: set[bytes] = field(default_factory=set)  # txids it announced that we still want
     requests: deque[frozenset[bytes]] = field(default_factory=deque)  # GET_TXS not yet answered, oldest first
     in_flight: int = 0  # txids in ``requests``
@@ -228,6 +231,7 @@ class RelayStats:
     txs_announced: int = 0  # txids sent in INV_TX
     txs_requested: int = 0  # txids asked for in GET_TXS
     txs_not_found: int = 0  # asked and left out of the TXS
+    txs_served: int = 0  # txids a peer asked us for that we had announced to it (answered if still pooled)
     tx_request_timeouts: int = 0
     announcements_ignored: int = 0  # over RELAY_MAX_PEER_ANNOUNCED
     cmpct_received: int = 0  # compact blocks of new blocks
@@ -322,7 +326,28 @@ class Relay(Generic[P]):
                 queued, state.to_announce = list(state.to_announce), {}
                 out[peer] = [tuple(queued[i : i + step]) for i in range(0, len(queued), step)]
                 self.stats.txs_announced += len(queued)
+                offered = state.offered
+                offered.update(dict.fromkeys(queued))
+                while len(offered) > limits.RELAY_OFFERED_TXIDS_MAX:
+                    offered.popitem(last=False)
         return out
+
+    def to_serve(self, peer: P, txids: Iterable[bytes]) -> list[bytes]:
+        """Of the txids ``peer`` asks for (GET_TXS), those we announced to it and have not
+        sent it since, each taken off that list: so what its GET_TXS buy is at most one copy of
+        each transaction we offered it, never the same one again and again (the amplification a
+        1,000-id GET_TXS repeated would give), nor one we never offered."""
+        state = self._peers.get(peer)
+        if state is None or FEATURE_INV_TX not in state.features:
+            raise Misbehaving("sent GET_TXS without the inv-tx feature")
+        offered = state.offered
+        served: list[bytes] = []
+        for txid in txids:
+            if txid in offered:
+                del offered[txid]
+                served.append(txid)
+        self.stats.txs_served += len(served)
+        return served
 
     def mark_known(self, peer: P, txid: bytes) -> None:
         """``peer`` has ``txid`` (it sent it or asked for it): never announce it there."""

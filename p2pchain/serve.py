@@ -1,4 +1,5 @@
-"""Serving blocks to peers (GET_CHAIN, GET_BLOCKS, GET_BLOCK) without letting one of them buy
+"""Serving blocks to peers (GET_CHAIN, GET_BLOCKS, GET_BLOCK; GET_TXS answers share the meter
+through ``send_metered``) without letting one of them buy
 the event loop (issue 12, finding 2: a 70-byte GET_CHAIN bought ~70 KB read and encoded on the
 loop; 8 flooders took honest propagation from 1.8 ms to 314 ms).
 
@@ -158,6 +159,13 @@ class BlockServer:
 
     @staticmethod
     async def _send(peer: Peer, frame: bytes, kind: str) -> None:
-        peer.spend_serve_budget(len(frame))
-        peer.send_frame(frame, kind)
-        await peer.flushed()
+        await send_metered(peer, frame, kind)
+
+
+async def send_metered(peer: Peer, frame: bytes, kind: str) -> None:
+    """Send an answer out of ``peer``'s byte budget and return once it has left: the caller, a
+    handler, holds back the peer's next message until then (one outstanding answer). The caller
+    awaited ``peer.serve_budget()`` before building it."""
+    peer.spend_serve_budget(len(frame))
+    peer.send_frame(frame, kind)
+    await peer.flushed()

@@ -117,6 +117,7 @@ class Net:
     node: NodeProc
     funder: Wallet  # paid by the honest blocks; signs the honest transactions (balance stays 1)
     spare: Wallet  # funded once, for the case that resends a pooled transaction
+    payer: Wallet  # funded twice, for the case that asks for pooled transactions (GET_TXS)
     confirmed_tx: Tx  # the funder's nonce-0 transaction, already in a block (for replays)
     sources: Iterator[str] = field(default_factory=lambda: (f"127.0.9.{n}" for n in itertools.count(2)))
 
@@ -125,11 +126,12 @@ class Net:
         return self.node.port
 
 
-async def _setup(node: NodeProc, funder: Wallet, spare: Wallet) -> Tx:
-    """Fund the wallets: blocks paying funder, funder, spare, then one holding funder's first tx."""
+async def _setup(node: NodeProc, funder: Wallet, spare: Wallet, payer: Wallet) -> Tx:
+    """Fund the wallets: blocks paying funder, funder, spare, payer, payer, then one holding
+    funder's first tx."""
     async with await connect_client(node.port) as client:
         tx = make_tx(funder, RECIPIENT, 1, 0, 0, NET)
-        for pay_to, txs in ((funder, ()), (funder, ()), (spare, ()), (funder, (tx,))):
+        for pay_to, txs in ((funder, ()), (funder, ()), (spare, ()), (payer, ()), (payer, ()), (funder, (tx,))):
             blocks = await tail(client)
             block = assemble(blocks[-1].header, mtp_of(blocks), txs, pay_to=pay_to.address)
             client.send(wire.NewBlock(block))
@@ -143,9 +145,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     node = NodeProc(tmp_path_factory.mktemp("hostile"), "target", args=["--ban-loopback", "--ping-interval", "1"])
     try:
         node.start()
-        funder, spare = Wallet.generate(), Wallet.generate()
-        confirmed = run(_setup(node, funder, spare))
-        yield Net(node, funder, spare, confirmed)
+        funder, spare, payer = Wallet.generate(), Wallet.generate(), Wallet.generate()
+        confirmed = run(_setup(node, funder, spare, payer))
+        yield Net(node, funder, spare, payer, confirmed)
     finally:
         node.kill()
 
@@ -783,6 +785,24 @@ async def get_unknown(ctx: Ctx, peer: RawPeer) -> None:
     peer.send(wire.GetBlockTxn(os.urandom(32), (1,)))
     assert (await peer.expect(wire.BlockTxn)).txs == ()
     peer.send(wire.GetTxs((os.urandom(32),)))
+    assert (await peer.expect(wire.Txs)).txs == ()
+
+
+@case("GET_TXS of pooled transactions again and again (each answered once, if announced to it)", IGNORE, hello=False)
+async def get_txs_amplification(ctx: Ctx, peer: RawPeer) -> None:
+    """A 33 KB GET_TXS of one txid 1,000 times bought 1,000 copies of the transaction, and the
+    same request again bought them again (bounded only by the send queue)."""
+    payer = ctx.net.payer
+    unannounced = make_tx(payer, RECIPIENT, 1, 0, 0, NET)  # pooled before the peer came: never offered it
+    assert (await ctx.honest.submit_tx(unannounced)).accepted
+    await relay_handshake(peer)
+    announced = make_tx(payer, RECIPIENT, 1, 0, 1, NET)
+    assert (await ctx.honest.submit_tx(announced)).accepted
+    await peer.expect(lambda m: isinstance(m, wire.InvTx) and announced.txid in m.txids)
+    asked = (announced.txid,) * (limits.MAX_INV_TXIDS - 1) + (unannounced.txid,)
+    peer.send(wire.GetTxs(asked))
+    assert [tx.txid for tx in (await peer.expect(wire.Txs)).txs] == [announced.txid]
+    peer.send(wire.GetTxs(asked))
     assert (await peer.expect(wire.Txs)).txs == ()
 
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 from harness import until
-from node_helpers import TEST_PARAMS, branch
+from node_helpers import FUNDED, TEST_PARAMS, branch, pay
 from p2p_peer import RawPeer
 
-from p2pchain import limits, serve, store, wire
+from p2pchain import limits, relay, serve, store, wire
 from p2pchain.chain import Chain
 from p2pchain.node import Node, NodeConfig
 
@@ -244,5 +244,61 @@ def test_a_burst_of_queued_frames_leaves_whole_in_order_and_in_few_writes(monkey
         p.queue.put_nowait(None)  # as close() ends the writer
         async with asyncio.timeout(10):
             await task
+
+
+class _MeteredTaker(_Taker):
+    """A peer for GET_TXS: records what its budget is charged, and holds ``flushed`` until told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.budget_waits = 0
+        self.spent = 0
+        self.left = asyncio.Event()
+
+    async def serve_budget(self) -> None:
+        self.budget_waits += 1
+
+    def spend_serve_budget(self, n: int) -> None:
+        self.spent += n
+
+    async def flushed(self) -> None:
+        await self.left.wait()
+
+
+def test_get_txs_is_answered_out_of_the_byte_budget_one_answer_at_a_time_and_once_per_offer(tmp_path: Path) -> None:
+    """GET_TXS is metered as blocks are served: the answer waits for the peer's byte budget and
+    is charged to it, and the handler (so the peer's next message) waits until the answer has
+    left. It holds only transactions announced to that peer, each once: asking again, or for a
+    pooled transaction never announced to it, gets nothing."""
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        try:
+            for block in branch(TEST_PARAMS.genesis.header, 2):
+                node.chain.process_block(block, block.header.timestamp)
+            offered, kept_back = pay(FUNDED, "ab" * 20, 1, nonce=0), pay(FUNDED, "ab" * 20, 1, nonce=1)
+            node.mempool.add(offered)
+            peer = _MeteredTaker()
+            node.relay.add_peer(peer, limits.PROTOCOL_VERSION, relay.FEATURES)
+            node.relay.announce(offered.txid)
+            node.relay.take_announcements()  # the INV_TX that would go out
+            node.mempool.add(kept_back)  # pooled, never announced to the peer
+            handler = asyncio.create_task(
+                node._on_get_txs(peer, wire.GetTxs((offered.txid, offered.txid, kept_back.txid)))  # type: ignore[arg-type]
+            )
+            await until(lambda: bool(peer.frames), "the TXS answer")
+            for _ in range(10):  # ok: turns of the loop in which the handler could return early, as it must not
+                await asyncio.sleep(0)
+            assert not handler.done(), "the handler returned before its answer left"
+            assert peer.budget_waits == 1 and peer.spent == len(peer.frames[0])
+            peer.left.set()
+            await handler
+            answer = wire.decode_message(peer.frames[0][limits.FRAME_HEADER_BYTES :])
+            assert isinstance(answer, wire.Txs) and [tx.txid for tx in answer.txs] == [offered.txid]
+            await node._on_get_txs(peer, wire.GetTxs((offered.txid, kept_back.txid)))  # type: ignore[arg-type]
+            again = wire.decode_message(peer.frames[1][limits.FRAME_HEADER_BYTES :])
+            assert isinstance(again, wire.Txs) and again.txs == ()
+        finally:
+            await node.stop()
 
     asyncio.run(scenario())
