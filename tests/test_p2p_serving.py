@@ -302,3 +302,58 @@ def test_get_txs_is_answered_out_of_the_byte_budget_one_answer_at_a_time_and_onc
             await node.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_frame_the_socket_does_not_take_at_once_is_drained_by_the_writer_before_flushed() -> None:
+    """A frame sent while the writer is idle goes straight to the socket at the end of the turn
+    (no writer wake-up); when the socket keeps part of it, flushed() returns only once the
+    writer has drained it, and frames sent meanwhile follow it in order through the queue."""
+    from p2pchain import peer as peer_module
+
+    class Transport:
+        def __init__(self) -> None:
+            self.buffered = 0
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+    class Writer:  # a StreamWriter whose socket keeps everything until drain() is let through
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.transport = Transport()
+            self.let_through = asyncio.Event()
+
+        def get_extra_info(self, name: str) -> tuple[str, int]:
+            return ("127.0.0.1", 1)
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+            self.transport.buffered += len(data)
+
+        async def drain(self) -> None:
+            await self.let_through.wait()
+            self.transport.buffered = 0
+
+    async def scenario() -> None:
+        writer = Writer()
+        p = peer_module.Peer(asyncio.StreamReader(), writer, inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
+        task = asyncio.create_task(p._writer())
+        first, second = wire.Ping(1).encode(), wire.Ping(2).encode()
+        p.send_frame(first, wire.Ping.TYPE)
+        flushed = asyncio.create_task(p.flushed())
+        await until(lambda: writer.writes == [first], "the first frame written at the end of the turn")
+        p.send_frame(second, wire.Ping.TYPE)  # behind the undrained one: through the queue
+        for _ in range(10):  # ok: turns of the loop in which flushed() could return early, as it must not
+            await asyncio.sleep(0)
+        assert not flushed.done(), "flushed() returned while the socket still held the frame"
+        writer.let_through.set()
+        async with asyncio.timeout(10):
+            await flushed
+            await p.flushed()
+        assert writer.writes == [first, second]
+        assert p.bytes_sent == len(first) + len(second) and p.queued_bytes == 0
+        p.queue.put_nowait(None)
+        async with asyncio.timeout(10):
+            await task
+
+    asyncio.run(scenario())
