@@ -125,7 +125,9 @@ class Chain:
         self.side: dict[bytes, int] = {}  # stored blocks off the best chain: hash -> canonical bytes
         self._side_bytes = 0
         self._seq = 0
-        self._last_header: Header | None = None  # of the block added last: the next one's parent, in a sync
+        # the header of the block added last and the timestamps of it and its ancestors that its
+        # child's median time past takes (newest first): in a sync the next block's parent
+        self._last: tuple[Header, list[int]] | None = None
         self._held: tuple[list[Block], list[Block]] | None = None  # listeners' news held by notifying_once
         self._load()
 
@@ -327,6 +329,13 @@ class Chain:
         }
 
     def median_time_past(self, entry: Entry) -> int:
+        return rules.median_time_past(self._timestamps(entry))
+
+    def _timestamps(self, entry: Entry) -> list[int]:
+        """The timestamps of ``entry`` and its ancestors, newest first, MEDIAN_TIME_SPAN at most."""
+        last = self._last
+        if last is not None and last[0].hash == entry.hash:
+            return last[1]
         index = self.index
         stamps = [entry.timestamp]
         e = entry
@@ -336,12 +345,12 @@ class Chain:
                 break
             stamps.append(parent.timestamp)
             e = parent
-        return rules.median_time_past(stamps)
+        return stamps
 
     def _header(self, entry: Entry) -> Header:
         """``entry.header``, without unpacking it again when it is the block added last."""
-        last = self._last_header
-        return last if last is not None and last.hash == entry.hash else entry.header
+        last = self._last
+        return last[0] if last is not None and last[0].hash == entry.hash else entry.header
 
     def locator(self, start: bytes | None = None) -> list[bytes]:
         """Bitcoin's block locator from ``start`` (default: our tip): the last 10 hashes, then
@@ -483,9 +492,15 @@ class Chain:
         disconnected: list[Block],
         requested: bool,
     ) -> Status:
+        stamps = self._timestamps(parent)
         try:
             rules.check_header_context(
-                block.header, self._header(parent), self.median_time_past(parent), now_ms, self.params, parent.anchor_ms
+                block.header,
+                self._header(parent),
+                rules.median_time_past(stamps),
+                now_ms,
+                self.params,
+                parent.anchor_ms,
             )
         except RuleError as e:
             if e.code is not RuleCode.TIME_TOO_NEW:  # it may become valid later
@@ -504,13 +519,15 @@ class Chain:
             with self.store.transaction():
                 self.store.put_block(block, entry.work, entry.seq)
             self.index[block.hash] = entry
-            self._last_header = block.header
             self._add_side(block.hash, block.size)
-            return Status.SIDE
-        if block.prev_hash == self.main[-1] and self._extend(entry, block, connected):
-            return Status.CONNECTED
-        self._activate(entry, block, connected, disconnected)
-        return Status.CONNECTED if self.main[-1] == block.hash else Status.SIDE
+            status = Status.SIDE
+        elif block.prev_hash == self.main[-1] and self._extend(entry, block, connected):
+            status = Status.CONNECTED
+        else:
+            self._activate(entry, block, connected, disconnected)
+            status = Status.CONNECTED if self.main[-1] == block.hash else Status.SIDE
+        self._last = (block.header, [block.header.timestamp, *stamps[: limits.MEDIAN_TIME_SPAN - 1]])
+        return status
 
     def _connect_orphans(
         self, parent_hash: bytes, now_ms: int, connected: list[Block], disconnected: list[Block]
@@ -654,7 +671,6 @@ class Chain:
             store.write_accounts(changes.items())
             store.set_meta("tip", block.hash)
         self.index[block.hash] = entry
-        self._last_header = block.header
         accounts = self.accounts
         for address, acct in changes.items():
             if acct == EMPTY_ACCOUNT:
@@ -713,7 +729,6 @@ class Chain:
             self.store.write_accounts(overlay.items())
             self.store.set_meta("tip", applied[-1][0].hash)
         self.index[block.hash] = entry
-        self._last_header = block.header
         for address, acct in overlay.items():
             if acct == EMPTY_ACCOUNT:
                 self.accounts.pop(address, None)

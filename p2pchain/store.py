@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -146,58 +146,55 @@ _KEYED = {
 Row = tuple[Any, ...]
 
 
-class _Writes:
-    """Writes not sent to SQLite yet. Per table, in the order they were made, consecutive rows of
-    one statement merged into one run (an executemany); for the keyed tables (_KEYED), only the
-    last row (or deletion) of each key. Tables share no trigger or foreign key, so sending them
-    one table after another leaves the file as the statements in their own order would."""
+Op = tuple[str, str | None, Any]  # a queued write: (table, statement, rows) or (table, None, (key, row))
 
-    __slots__ = ("keyed", "runs")
 
-    def __init__(self) -> None:
-        self.runs: dict[str, list[tuple[str, list[Row]]]] = {}
-        self.keyed: dict[str, dict[Any, Row | None]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.runs or self.keyed)
-
-    def add(self, table: str, sql: str, rows: Iterable[Row]) -> None:
-        runs = self.runs.get(table)
-        if runs is None:
-            runs = self.runs[table] = []
-        if runs and runs[-1][0] == sql:
-            runs[-1][1].extend(rows)
+def _send_ops(db: sqlite3.Connection, ops: list[Op]) -> None:
+    """Run queued writes: per table in the order they were made, consecutive rows of one statement
+    in one executemany, and for the keyed tables (_KEYED) only the last row (or deletion) of each
+    key. Tables share no trigger or foreign key, so sending one table after another leaves the
+    file as the statements in their own order would."""
+    runs: dict[str, list[tuple[str, list[Row]]]] = {}
+    keyed: dict[str, dict[Any, Row | None]] = {}
+    for table, sql, payload in ops:
+        if sql is None:
+            last = keyed.get(table)
+            if last is None:
+                last = keyed[table] = {}
+            last[payload[0]] = payload[1]
+            continue
+        table_runs = runs.get(table)
+        if table_runs is None:
+            table_runs = runs[table] = []
+        if table_runs and table_runs[-1][0] == sql:
+            table_runs[-1][1].extend(payload)
         else:
-            runs.append((sql, list(rows)))
+            table_runs.append((sql, list(payload)))
+    for table_runs in runs.values():
+        for sql, rows in table_runs:
+            db.executemany(sql, rows)
+    for table, items in keyed.items():
+        upsert, delete = _KEYED[table]
+        db.executemany(upsert, [row for row in items.values() if row is not None])
+        db.executemany(delete, [(key,) for key, row in items.items() if row is None])
 
-    def put(self, table: str, key: Any, row: Row | None) -> None:
-        keyed = self.keyed.get(table)
-        if keyed is None:
-            keyed = self.keyed[table] = {}
-        keyed[key] = row
 
-    def merge(self, later: _Writes) -> None:
-        """Append ``later``'s writes (made after these)."""
-        for table, runs in later.runs.items():
-            for sql, rows in runs:
-                self.add(table, sql, rows)
-        for table, items in later.keyed.items():
-            keyed = self.keyed.get(table)
-            if keyed is None:
-                self.keyed[table] = items
-            else:
-                keyed.update(items)
+class _Transaction:
+    """``Store.transaction()``: a class, not a generator, since a sync enters one per block."""
 
-    def send(self, db: sqlite3.Connection) -> None:
-        for runs in self.runs.values():
-            for sql, rows in runs:
-                db.executemany(sql, rows)
-        for table, items in self.keyed.items():
-            upsert, delete = _KEYED[table]
-            db.executemany(upsert, [row for row in items.values() if row is not None])
-            db.executemany(delete, [(key,) for key, row in items.items() if row is None])
-        self.runs = {}
-        self.keyed = {}
+    __slots__ = ("store",)
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.store._begin()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is None:
+            self.store._end()
+        else:
+            self.store._abort()
 
 
 class Store:
@@ -207,9 +204,11 @@ class Store:
         self.path = str(path)
         self._batch_depth = 0  # open ``batch`` contexts
         self._batched = 0  # transactions done in the open batch since its last commit
-        self._queued = _Writes()  # writes of the open batch's finished transactions, not sent yet
-        self._stage: _Writes | None = None  # writes of the transaction open inside a batch, not sent yet
+        self._ops: list[Op] = []  # writes queued in the open batch, not sent yet
+        self._mark: int | None = None  # a transaction is open in the batch: its writes start at _ops[_mark]
         self._savepoint = False  # that transaction sent some of its writes (a savepoint is open)
+        self._direct = False  # a transaction is open outside a batch (BEGIN ... COMMIT)
+        self._transaction = _Transaction(self)
         self._failed: str | None = None  # why queued writes could not be written: no more writes
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -244,45 +243,51 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """All or nothing. Inside ``batch`` its writes are queued (see the module's doc) and sent
         when the batch commits: when it ends or after STORE_BATCH_MAX_TXNS transactions,
         whichever comes first; a failure drops this transaction's writes alone."""
+        return self._transaction
+
+    def _begin(self) -> None:
         self._check_writable()
+        if self._mark is not None or self._direct:
+            raise RuntimeError("a store transaction inside another one")
         if self._batch_depth == 0:
-            self._sync()
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+            self.db.execute("BEGIN IMMEDIATE")  # nothing is queued outside a batch
+            self._direct = True
+        else:
+            self._mark = len(self._ops)
+            self._savepoint = False
+
+    def _end(self) -> None:
+        if self._direct:
+            self._direct = False
             self.db.execute("COMMIT")
             return
-        if self._stage is not None:
-            raise RuntimeError("a store transaction inside another one")
-        stage = self._stage = _Writes()
-        self._savepoint = False
-        try:
-            yield
-        except BaseException:
-            self._stage = None
-            if self._savepoint and self._failed is None:  # what a read made it send (a failed send rolled back all)
-                self.db.execute("ROLLBACK TO tx")
-                self.db.execute("RELEASE tx")
-            raise
-        finally:
-            self._stage = None
-        if self._savepoint:
-            self._send(stage)
+        self._mark = None
+        if self._savepoint:  # a read sent its first writes: the rest now
+            self._savepoint = False
+            self._send()
             self.db.execute("RELEASE tx")
-        else:
-            self._queued.merge(stage)
         self._batched += 1
         if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # overlapping batches never defer it longer
             self._commit()
             self.db.execute("BEGIN IMMEDIATE")
+
+    def _abort(self) -> None:
+        if self._direct:
+            self._direct = False
+            self.db.execute("ROLLBACK")
+            return
+        mark, self._mark = self._mark, None
+        if mark is not None:
+            del self._ops[mark:]
+        if self._savepoint:
+            self._savepoint = False
+            if self._failed is None:  # (a failed send rolled everything back)
+                self.db.execute("ROLLBACK TO tx")
+                self.db.execute("RELEASE tx")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -320,22 +325,31 @@ class Store:
         """Send every queued write to SQLite: before a read, or a statement that is not queued,
         so that it sees (and follows) every write made before it. Inside a transaction of a batch
         this opens a savepoint first, so that the transaction can still be undone alone."""
-        if self._queued:
-            self._send(self._queued)
-        stage = self._stage
-        if stage is not None:
-            if not self._savepoint:
-                self.db.execute("SAVEPOINT tx")
-                self._savepoint = True
-            if stage:
-                self._send(stage)
+        mark = self._mark
+        if mark is None:
+            if self._ops:
+                self._send()
+            return
+        if mark:  # the batch's finished transactions first, outside the savepoint
+            done = self._ops[:mark]
+            del self._ops[:mark]
+            self._mark = 0
+            self._send(done)
+        if not self._savepoint:
+            self.db.execute("SAVEPOINT tx")
+            self._savepoint = True
+        if self._ops:
+            self._send()
 
-    def _send(self, writes: _Writes) -> None:
+    def _send(self, ops: list[Op] | None = None) -> None:
+        """Send ``ops`` (default: every queued write, which are then forgotten)."""
+        if ops is None:
+            ops, self._ops = self._ops, []
         try:
-            writes.send(self.db)
+            _send_ops(self.db, ops)
         except sqlite3.Error as e:
             self._failed = f"{type(e).__name__}: {e}"
-            self._queued = _Writes()
+            self._ops = []
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise StoreError(
@@ -343,18 +357,18 @@ class Store:
                 "last commit; restart the node"
             ) from e
 
-    def _write(self, table: str, sql: str, rows: Iterable[Row]) -> None:
+    def _write(self, table: str, sql: str, rows: list[Row]) -> None:
         """Run ``sql`` for each of ``rows``: queued inside a batch's transaction, else now."""
-        if self._stage is not None:
-            self._stage.add(table, sql, rows)
+        if self._mark is not None:
+            self._ops.append((table, sql, rows))
         else:
             self._sync()
             self.db.executemany(sql, rows)
 
     def _put(self, table: str, key: Any, row: Row | None) -> None:
         """Set the row of ``key`` in a keyed table (None: delete it), queued as ``_write``."""
-        if self._stage is not None:
-            self._stage.put(table, key, row)
+        if self._mark is not None:
+            self._ops.append((table, None, (key, row)))
         else:
             self._sync()
             upsert, delete = _KEYED[table]
@@ -384,7 +398,7 @@ class Store:
             pack_block(block),
             None if undo is None else _pack_undo(undo),
         )
-        self._write("blocks", PUT_BLOCK, (row,))
+        self._write("blocks", PUT_BLOCK, [row])
 
     @_guarded
     def delete_blocks(self, hashes: list[bytes]) -> None:
@@ -437,7 +451,7 @@ class Store:
 
     @_guarded
     def set_undo(self, block_hash: bytes, undo: dict[str, Account]) -> None:
-        self._write("blocks", "UPDATE blocks SET undo=? WHERE hash=?", ((_pack_undo(undo), block_hash),))
+        self._write("blocks", "UPDATE blocks SET undo=? WHERE hash=?", [(_pack_undo(undo), block_hash)])
 
     # --- best chain -------------------------------------------------------------------------
     @_reading
@@ -446,7 +460,7 @@ class Store:
 
     @_guarded
     def set_main(self, height: int, block: Block) -> None:
-        self._write("main", "INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", ((height, block.hash),))
+        self._write("main", "INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", [(height, block.hash)])
         self._write(
             "txindex",
             "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)",
@@ -455,11 +469,11 @@ class Store:
 
     @_guarded
     def unset_main(self, height: int, block: Block) -> None:
-        self._write("main", "DELETE FROM main WHERE height=?", ((height,),))
+        self._write("main", "DELETE FROM main WHERE height=?", [(height,)])
         self._write("txindex", "DELETE FROM txindex WHERE txid=?", [(tx.txid,) for tx in block.txs])
         if height <= self.addrindex_height():  # the address index covered it: take it out, and step back
             self._write(
-                "addrtx", "DELETE FROM addrtx WHERE address=? AND height=? AND pos=?", _addresses(height, block)
+                "addrtx", "DELETE FROM addrtx WHERE address=? AND height=? AND pos=?", list(_addresses(height, block))
             )
             self.set_meta("addrindex_height", (height - 1).to_bytes(8, "big", signed=True))
 
@@ -476,7 +490,7 @@ class Store:
         address index. Call inside a transaction."""
         height = self.addrindex_height()
         for height, block in blocks:
-            self._write("addrtx", ADD_ADDRESS, _addresses(height, block))
+            self._write("addrtx", ADD_ADDRESS, list(_addresses(height, block)))
         self.set_meta("addrindex_height", height.to_bytes(8, "big", signed=True))
 
     def _build_addrindex(self) -> None:
