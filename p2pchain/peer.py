@@ -259,6 +259,9 @@ class Peer:
             await asyncio.sleep(-self._tokens / self.tunables.msg_rate)
         elif now - self._turn_start < limits.PEER_TURN_S:
             return
+        elif not getattr(self.reader, "_buffer", True):  # nothing more buffered: the next read waits,
+            self._turn_start = now  # and the others run meanwhile (a yield here was one more task
+            return  # switch per message: most peers send one message at a time)
         else:  # within its rate too: its next message may be buffered already, and another peer's
             await asyncio.sleep(0)  # (a block to relay) must not wait behind a whole batch of them
         self._turn_start = time.monotonic()

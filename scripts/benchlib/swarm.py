@@ -12,12 +12,18 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from benchlib.common import Figures, Subcommand, rss_mb
 
 SWARM_BENCH_BITS = 12  # blocks take milliseconds to mine: what is timed is their spread
 SWARM_BENCH_MINERS = 4  # nodes that take turns mining the measured blocks
 SWARM_SETTLE_S = 2.0  # the peer count must hold still this long before blocks are timed
+# ... and discovery must have filled the outbound slots (TARGET_OUTBOUND a node, 99 % of them),
+# or the count held this long: discovery starts seconds after the wiring (the addresses come in
+# PEERS answers) and dials one address a second, so a 2 s lull came before it, and its dials,
+# handshakes and PEERS answers landed in the timed blocks (peers 8 -> 24 during them)
+SWARM_SETTLE_MAX_S = 10.0
 SWARM_RSS_WARMUP_S = 10.0  # the 20-node swarm mines this long before its memory is read
 
 
@@ -27,6 +33,24 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str, poll:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(poll)
+
+
+async def _settled(members: list[Any]) -> None:
+    """Until discovery has dialled what it will: the peer count held SWARM_SETTLE_S with the
+    outbound slots filled, or held SWARM_SETTLE_MAX_S (a small swarm has too few addresses)."""
+    from p2pchain import limits
+
+    slots = 0.99 * limits.TARGET_OUTBOUND * len(members)
+    last, still = -1, time.monotonic()
+    while True:
+        await asyncio.sleep(0.25)
+        count = sum(len(m.node.connmgr.ready) for m in members)
+        if count != last:
+            last, still = count, time.monotonic()
+        held = time.monotonic() - still
+        filled = sum(m.node.connmgr.outbound_count() for m in members) >= slots
+        if held >= SWARM_SETTLE_S and (filled or held >= SWARM_SETTLE_MAX_S):
+            return
 
 
 async def inprocess_propagation(nodes: int, degree: int, blocks: int, relay: str = "compact") -> Figures:
@@ -51,12 +75,7 @@ async def inprocess_propagation(nodes: int, degree: int, blocks: int, relay: str
                 60,
                 "every node to connect to its peers",
             )
-            last, still = -1, time.monotonic()
-            while time.monotonic() - still < SWARM_SETTLE_S:  # discovery dials until the count holds
-                await asyncio.sleep(0.25)
-                count = sum(len(m.node.connmgr.ready) for m in members)
-                if count != last:
-                    last, still = count, time.monotonic()
+            await _settled(members)
             start_s = time.perf_counter() - started
             everyone = set(range(nodes))
             spreads: list[float] = []
