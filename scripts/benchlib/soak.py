@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,6 +360,11 @@ def rss_per_block(
     return round(max(grown) * 1024 * 1024 / (height_end - height_sample)) if grown else None
 
 
+def reorg_drops(lines: Iterable[str]) -> set[bytes]:
+    """The txids that log ``lines`` say a reorg left unfundable (REORG_DROP)."""
+    return {bytes.fromhex(m[1]) for line in lines if (m := REORG_DROP.search(line))}
+
+
 def unexpected_errors(lines: list[str], expected: tuple[str, ...] = EXPECTED_ERRORS) -> list[str]:
     """ERROR lines of the node logs that match none of the ``expected`` patterns."""
     return [line for line in lines if _ERROR_LINE.match(line) and not any(re.search(p, line) for p in expected)]
@@ -640,7 +645,13 @@ class Soak:
                 finals[address] = (acct.nonce, acct.balance)
 
         await self.nodes[ENTRY[0]].ask(final)
-        return self.ledger.outcome(in_chain, pending, finals)
+        return self.ledger.outcome(in_chain, pending, finals, self.reorg_dropped())
+
+    def reorg_dropped(self) -> set[bytes]:
+        """Txids the entry nodes (which accepted every payment) logged dropping after a reorg
+        because the new chain could not fund them."""
+        logs = (self.nodes[i].log.read_text(errors="replace") for i in ENTRY.values())
+        return reorg_drops(line for text in logs for line in text.splitlines())
 
     def error_lines(self) -> tuple[int, list[str]]:
         lines = [line for node in self.nodes for line in node.log.read_text(errors="replace").splitlines()]
@@ -696,6 +707,7 @@ class Soak:
             "soak_payments_twice": len(outcome["twice"]),
             "soak_payments_invalidated": len(outcome["invalidated"]),
             "soak_payments_superseded": len(outcome["superseded"]),
+            "soak_payments_reorg_dropped": len(outcome["reorg_dropped"]),
             "soak_payments_refused": sum(self.ledger.refused.values()),
             "soak_refused_codes": dict(self.ledger.refused),
             "soak_payments_skipped": self.ledger.skipped,
