@@ -358,21 +358,25 @@ class Store:
             ) from e
 
     def _write(self, table: str, sql: str, rows: list[Row]) -> None:
-        """Run ``sql`` for each of ``rows``: queued inside a batch's transaction, else now."""
+        """Run ``sql`` for each of ``rows``: queued inside a batch's transaction, else now (the
+        write methods below go through here or ``_put``: a damaged file's error is a StoreError)."""
         if self._mark is not None:
             self._ops.append((table, sql, rows))
         else:
-            self._sync()
-            self.db.executemany(sql, rows)
+            self._now(sql, rows)
 
     def _put(self, table: str, key: Any, row: Row | None) -> None:
         """Set the row of ``key`` in a keyed table (None: delete it), queued as ``_write``."""
         if self._mark is not None:
             self._ops.append((table, None, (key, row)))
         else:
-            self._sync()
             upsert, delete = _KEYED[table]
-            self.db.execute(upsert, row) if row is not None else self.db.execute(delete, (key,))
+            self._now(upsert, [row]) if row is not None else self._now(delete, [(key,)])
+
+    @_guarded
+    def _now(self, sql: str, rows: list[Row]) -> None:
+        self._sync()
+        self.db.executemany(sql, rows)
 
     # --- meta -------------------------------------------------------------------------------
     @_reading
@@ -380,12 +384,10 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    @_guarded
     def set_meta(self, key: str, value: bytes) -> None:
         self._put("meta", key, (key, value))
 
     # --- blocks -----------------------------------------------------------------------------
-    @_guarded
     def put_block(self, block: Block, work: int, seq: int, undo: dict[str, Account] | None = None) -> None:
         """Store ``block`` (with its undo data when it joins the best chain now: one row write)."""
         row = (
@@ -400,7 +402,6 @@ class Store:
         )
         self._write("blocks", PUT_BLOCK, [row])
 
-    @_guarded
     def delete_blocks(self, hashes: list[bytes]) -> None:
         """Forget blocks found invalid or pruned (never on the best chain)."""
         self._write("blocks", "DELETE FROM blocks WHERE hash=?", [(h,) for h in hashes])
@@ -449,7 +450,6 @@ class Store:
             raise StoreError(f"store {self.path}: no undo data for block {block_hash.hex()}")
         return {a: Account(b, n) for a, (b, n) in msgpack.unpackb(row[0], raw=False).items()}
 
-    @_guarded
     def set_undo(self, block_hash: bytes, undo: dict[str, Account]) -> None:
         self._write("blocks", "UPDATE blocks SET undo=? WHERE hash=?", [(_pack_undo(undo), block_hash)])
 
@@ -458,7 +458,6 @@ class Store:
     def load_main(self) -> list[bytes]:
         return [bytes(h) for (h,) in self.db.execute("SELECT hash FROM main ORDER BY height")]
 
-    @_guarded
     def set_main(self, height: int, block: Block) -> None:
         self._write("main", "INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", [(height, block.hash)])
         self._write(
@@ -467,7 +466,6 @@ class Store:
             [(tx.txid, block.hash) for tx in block.txs],
         )
 
-    @_guarded
     def unset_main(self, height: int, block: Block) -> None:
         self._write("main", "DELETE FROM main WHERE height=?", [(height,)])
         self._write("txindex", "DELETE FROM txindex WHERE txid=?", [(tx.txid,) for tx in block.txs])
@@ -484,7 +482,6 @@ class Store:
         value = self.get_meta("addrindex_height")
         return -1 if value is None else int.from_bytes(value, "big", signed=True)
 
-    @_guarded
     def index_addresses(self, blocks: Iterable[tuple[int, Block]]) -> None:
         """Add best-chain blocks (height, block), each the one after the last indexed, to the
         address index. Call inside a transaction."""
@@ -526,7 +523,6 @@ class Store:
     def load_accounts(self) -> dict[str, Account]:
         return {a: Account(b, n) for a, b, n in self.db.execute("SELECT address, balance, nonce FROM accounts")}
 
-    @_guarded
     def write_accounts(self, changes: Iterable[tuple[str, Account]]) -> None:
         for address, acct in changes:
             empty = acct.balance == 0 and acct.nonce == 0

@@ -182,6 +182,10 @@ def _list(item: Decode, max_items: int) -> Decode:
             raise ProtocolError(f"{where} must be an array, not {type(v).__name__}")
         if len(v) > max_items:
             raise ProtocolError(f"{where} has {len(v)} items, over the limit of {max_items}")
+        try:  # without a path text made for each item (a CHAIN's 500 blocks)
+            return tuple([item(x, where) for x in v])
+        except ProtocolError:
+            pass  # the same error again, now naming the item
         return tuple([item(x, f"{where}[{i}]") for i, x in enumerate(v)])
 
     return decode
@@ -688,7 +692,9 @@ class _ContainerBudget:
             raise ProtocolError(f"payload holds over {limits.MAX_WIRE_CONTAINERS} arrays and maps")
 
     def on_list(self, items: list[Any]) -> list[Any]:
-        self._spend()
+        self.left -= 1  # _spend, inlined: called for every array of a payload
+        if self.left < 0:
+            raise ProtocolError(f"payload holds over {limits.MAX_WIRE_CONTAINERS} arrays and maps")
         return items
 
     def on_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:

@@ -144,15 +144,17 @@ class Block:
     header: Header
     txs: tuple[Tx, ...]
 
-    @property
+    # the header's, kept in the block's own __dict__ once read: a synced block's hash is read a
+    # dozen times on its way in, each a property call before
+    @cached
     def hash(self) -> bytes:
         return self.header.hash
 
-    @property
+    @cached
     def height(self) -> int:
         return self.header.height
 
-    @property
+    @cached
     def prev_hash(self) -> bytes:
         return self.header.prev_hash
 
