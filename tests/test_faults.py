@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 from harness import TEST_BITS, NodeProc, wait_until
@@ -37,6 +38,7 @@ from p2pchain.params import NetworkParams
 FAULT_BITS = 20  # ~1 M hashes a block: a few blocks a second from two single-process miners
 CONVERGE_S = 10.0  # the bound: every node on the most-work tip this soon after healing
 CRASH_KILLS = 20  # SIGKILLs in the crash test
+CRASH_MINED_EVERY = 5  # every 5th of them comes once the victim has mined in that life
 
 
 def seed_for(test: str) -> int:
@@ -220,8 +222,23 @@ def test_crash_at_random_moments_keeps_store_chain_and_wallet(nodes: Any) -> Non
     wallet_file = victim.data_dir / "wallet.json"
     wallet_bytes = wallet_file.read_bytes()
 
+    def mined() -> int:  # blocks the victim mined and stored, over all its lives (the log is appended)
+        log: str = victim.log_path.read_text(errors="replace")
+        return log.count("mined block ")
+
+    def mined_more_than(before: int) -> Callable[[], bool]:
+        return lambda: mined() > before
+
     for kill in range(CRASH_KILLS):
-        if rng.random() < 0.3:
+        if kill % CRASH_MINED_EVERY == CRASH_MINED_EVERY - 1:
+            # The other miner runs far ahead at TEST_BITS, and a loaded machine can keep the victim
+            # catching up for all of its short lives: make sure some kills land while it writes
+            # blocks of its own, not only synced ones.
+            more = mined_more_than(mined())
+            victim.wait_ready()
+            wait_until(more, 60, f"the victim to mine in life {kill} (seed {seed})")
+            time.sleep(rng.uniform(0.0, 0.3))  # ok: a random moment after it mined, still mining
+        elif rng.random() < 0.3:
             time.sleep(rng.uniform(0.0, 0.6))  # ok: a random moment of its startup
         else:
             victim.wait_ready()  # its store opened
@@ -249,11 +266,9 @@ def test_crash_at_random_moments_keeps_store_chain_and_wallet(nodes: Any) -> Non
     wallet = Wallet.load(wallet_file)
     assert wallet_file.read_bytes() == wallet_bytes
     assert accounts.get(wallet.address, rules.EMPTY_ACCOUNT).balance == balance(victim, wallet.address)
-    # The kills must have hit a node that writes its own blocks. Whether one of them is still in
-    # the best chain is a race against the other miner (which, at TEST_BITS, runs thousands of
-    # blocks ahead on a loaded machine), so count what the victim mined and stored in all its lives.
-    mined = victim.log_path.read_text(errors="replace").count("mined block ")
-    assert mined >= 1, f"seed {seed}: the victim never mined a block, so no kill hit its own writes"
+    # The kills hit a node that writes its own blocks (the loop waited for some). Whether one of
+    # them is still in the best chain is a race against the other miner, so it is not asserted.
+    assert mined() >= CRASH_KILLS // CRASH_MINED_EVERY
 
 
 async def _all_blocks(c: Client) -> list[Block]:
