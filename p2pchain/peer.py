@@ -151,7 +151,7 @@ class Peer:
         those were a fifth of a block's relay). What the socket does not take at once is left to
         the writer to drain under its timeout, as for a queued frame."""
         corked, self._corked = self._corked, []
-        if self.closed.is_set():
+        if not corked or self.closed.is_set() or self.writer.transport.is_closing():  # lost: the reader ends it
             return
         chunk: list[bytes] = []
         joined = 0

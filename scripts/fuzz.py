@@ -220,28 +220,35 @@ class _StubTransport:
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def is_closing(self) -> bool:
+        return False
+
     def abort(self) -> None:
         pass
 
 
 class _StubPeer(Peer):
-    """A Peer without a writer task: its frames stay in its queue for drain_replies, so nothing
-    ever "leaves" and a handler must not wait for that (BlockServer waits for its answer to)."""
+    """A Peer without a writer task: what it sends is written to its _StubWriter (or, behind an
+    undrained write, stays in its queue) for drain_replies, so nothing ever "leaves" and a
+    handler must not wait for that (BlockServer waits for its answer to)."""
 
     async def flushed(self) -> None:
         return
 
 
 class _StubWriter:
-    """What Peer needs of an asyncio.StreamWriter; the node's frames stay in the peer's queue."""
+    """What Peer needs of an asyncio.StreamWriter; what the node writes is kept for drain_replies."""
 
     transport = _StubTransport()
+
+    def __init__(self) -> None:
+        self.written = bytearray()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return (PEER_HOST, 40000) if name == "peername" else default
 
     def write(self, data: bytes) -> None:
-        pass
+        self.written += data
 
     def close(self) -> None:
         pass
@@ -325,14 +332,26 @@ class NodeTarget:
         self.peer = self._connect()
 
     def drain_replies(self) -> list[str]:
-        """Types of the frames the node queued to the peer; each must be a valid frame."""
-        types = []
-        queue = self.peer.queue
+        """Types of the frames the node sent the peer (written, or queued behind a write); each
+        must be a valid frame."""
+        peer = self.peer
+        peer._uncork()  # what the handler sent in this turn of the loop, written now
+        writer = cast(_StubWriter, peer.writer)
+        stream, frames = bytes(writer.written), []
+        writer.written.clear()
+        while stream:
+            n = int.from_bytes(stream[:4], "big")
+            if len(stream) < 4 + n:
+                raise OracleFailure(f"node wrote a frame whose length prefix is wrong: {stream[:16].hex()}")
+            frames.append(stream[: 4 + n])
+            stream = stream[4 + n :]
+        queue = peer.queue
         while not queue.empty():
             item = queue.get_nowait()
-            if item is None:
-                continue
-            frame = item[1]
+            if item is not None and item[1]:  # not the writer's drain marker
+                frames.append(item[1])
+        types = []
+        for frame in frames:
             if int.from_bytes(frame[:4], "big") != len(frame) - 4:
                 raise OracleFailure(f"node queued a frame whose length prefix is wrong: {frame[:16].hex()}")
             try:

@@ -212,6 +212,9 @@ def test_a_burst_of_queued_frames_leaves_whole_in_order_and_in_few_writes(monkey
         def get_write_buffer_size(self) -> int:
             return 0  # the socket took every write
 
+        def is_closing(self) -> bool:
+            return False
+
     class Writer:  # a StreamWriter that records each write
         def __init__(self) -> None:
             self.writes: list[bytes] = []
@@ -316,6 +319,9 @@ def test_a_frame_the_socket_does_not_take_at_once_is_drained_by_the_writer_befor
 
         def get_write_buffer_size(self) -> int:
             return self.buffered
+
+        def is_closing(self) -> bool:
+            return False
 
     class Writer:  # a StreamWriter whose socket keeps everything until drain() is let through
         def __init__(self) -> None:
