@@ -671,16 +671,20 @@ class Chain:
             store.write_accounts(changes.items())
             store.set_meta("tip", block.hash)
         self.index[block.hash] = entry
+        self._apply_accounts(changes)
+        self.main.append(block.hash)
+        self._drop_side(block.hash)
+        connected.append(block)
+        return True
+
+    def _apply_accounts(self, changes: dict[str, Account]) -> None:
+        """Set the cached accounts to what a written change made them (an empty one is dropped)."""
         accounts = self.accounts
         for address, acct in changes.items():
             if acct == EMPTY_ACCOUNT:
                 accounts.pop(address, None)
             else:
                 accounts[address] = acct
-        self.main.append(block.hash)
-        self._drop_side(block.hash)
-        connected.append(block)
-        return True
 
     def _activate(self, entry: Entry, block: Block, connected: list[Block], disconnected: list[Block]) -> None:
         """Make the branch ending at ``entry`` (whose ``block`` is not stored yet) the best chain, in
@@ -729,11 +733,7 @@ class Chain:
             self.store.write_accounts(overlay.items())
             self.store.set_meta("tip", applied[-1][0].hash)
         self.index[block.hash] = entry
-        for address, acct in overlay.items():
-            if acct == EMPTY_ACCOUNT:
-                self.accounts.pop(address, None)
-            else:
-                self.accounts[address] = acct
+        self._apply_accounts(overlay)
         del self.main[fork_height + 1 :]
         self.main.extend(new.hash for new, _ in applied)
         for new, _ in applied:

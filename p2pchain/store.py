@@ -371,7 +371,10 @@ class Store:
             self._ops.append((table, None, (key, row)))
         else:
             upsert, delete = _KEYED[table]
-            self._now(upsert, [row]) if row is not None else self._now(delete, [(key,)])
+            if row is not None:
+                self._now(upsert, [row])
+            else:
+                self._now(delete, [(key,)])
 
     @_guarded
     def _now(self, sql: str, rows: list[Row]) -> None:
