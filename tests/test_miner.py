@@ -157,7 +157,7 @@ def busy(pool: MinerPool) -> bool:
 def test_cancelling_the_waiting_task_stops_the_workers(pool: MinerPool) -> None:
     async def main() -> None:
         task = asyncio.create_task(pool.solve(unsolved(IMPOSSIBLE_BITS)))
-        await asyncio.sleep(0)  # let it submit the job
+        await asyncio.sleep(0)  # ok: one turn of the loop, so the task submits the job before wait_until blocks it
         wait_until(lambda: busy(pool), "the workers to take the job")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -290,8 +290,8 @@ def test_get_txs_is_answered_out_of_the_byte_budget_one_answer_at_a_time_and_onc
                 node._on_get_txs(peer, wire.GetTxs((offered.txid, offered.txid, kept_back.txid)))  # type: ignore[arg-type]
             )
             await until(lambda: bool(peer.frames), "the TXS answer")
-            for _ in range(10):  # ok: turns of the loop in which the handler could return early, as it must not
-                await asyncio.sleep(0)
+            for _ in range(10):  # turns of the loop in which the handler could return early, as it must not
+                await asyncio.sleep(0)  # ok: one turn of the loop
             assert not handler.done(), "the handler returned before its answer left"
             assert peer.budget_waits == 1 and peer.spent == len(peer.frames[0])
             peer.left.set()
@@ -349,8 +349,8 @@ def test_a_frame_the_socket_does_not_take_at_once_is_drained_by_the_writer_befor
         flushed = asyncio.create_task(p.flushed())
         await until(lambda: writer.writes == [first], "the first frame written at the end of the turn")
         p.send_frame(second, wire.Ping.TYPE)  # behind the undrained one: through the queue
-        for _ in range(10):  # ok: turns of the loop in which flushed() could return early, as it must not
-            await asyncio.sleep(0)
+        for _ in range(10):  # turns of the loop in which flushed() could return early, as it must not
+            await asyncio.sleep(0)  # ok: one turn of the loop
         assert not flushed.done(), "flushed() returned while the socket still held the frame"
         writer.let_through.set()
         async with asyncio.timeout(10):

@@ -278,12 +278,18 @@ def test_a_sender_without_the_block_hands_over_to_the_next_sender() -> None:
     assert relay.on_block_txn("b", wire.BlockTxn(block.hash, tuple(txs)), T0) == block
 
 
-def test_a_silent_sender_times_out_to_the_next() -> None:
+def two_senders_of_a_block() -> tuple[list[Tx], Block, Relay[str]]:
+    """Peers "a" and "b" both sent the compact block of two payments we lack: "a" is asked first."""
     txs = payments(2)
     block = block_of(txs)
     relay = relay_with("a", "b")
     relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
     relay.on_cmpct("b", compact_block(block, 2), lambda: (), T0)
+    return txs, block, relay
+
+
+def test_a_silent_sender_times_out_to_the_next() -> None:
+    txs, block, relay = two_senders_of_a_block()
     assert relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("b", wire.GetBlockTxn(block.hash, (1, 2)))])
     assert relay.on_block_txn("a", wire.BlockTxn(block.hash, tuple(txs)), T0 + 3) is None  # late, harmless
 
@@ -361,11 +367,7 @@ def test_what_we_had_to_fetch_goes_whole_in_our_compact_block() -> None:
 
 
 def test_a_disconnected_block_sender_hands_over_to_the_next_at_once() -> None:
-    txs = payments(2)
-    block = block_of(txs)
-    relay = relay_with("a", "b")
-    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
-    relay.on_cmpct("b", compact_block(block, 2), lambda: (), T0)
+    txs, block, relay = two_senders_of_a_block()
     relay.remove_peer("a", T0 + 0.1)
     assert relay.expire(T0 + 0.1) == ({}, [("b", wire.GetBlockTxn(block.hash, (1, 2)))])
     assert relay.on_block_txn("b", wire.BlockTxn(block.hash, tuple(txs)), T0 + 0.2) == block
