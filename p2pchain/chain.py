@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from p2pchain.ledger.pow import bits_to_target, difficulty_bits, work
 from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import Tx
 from p2pchain.params import NetworkParams
+from p2pchain.record import record
 from p2pchain.store import Store
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class Status(enum.Enum):
     IGNORED = "ignored"  # not asked for and no more work than the tip: not stored (Core's AcceptBlock)
 
 
-@dataclass(frozen=True)
+@record
 class ProcessResult:
     status: Status
     connected: list[Block] = field(default_factory=list)  # best-chain blocks added, in height order

@@ -25,13 +25,13 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pchain import limits
 from p2pchain.connmgr import is_loopback
+from p2pchain.record import record
 
 if TYPE_CHECKING:  # aiohttp (and its multidict) is loaded by http.py, only when the node serves HTTP
     from aiohttp import web
@@ -81,7 +81,7 @@ def read_token_file(path: Path) -> str:
     return token
 
 
-@dataclass(frozen=True)
+@record
 class AuthSettings:
     """What the command line chose: the mode, and the fixed token if ``--http-token-file``."""
 
@@ -199,7 +199,7 @@ class Guard:
         return hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
 
 
-@dataclass(frozen=True)
+@record
 class Denial:
     """A refused request: the HTTP status, the error JSON's message and code, extra headers."""
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from p2pchain.errors import WalletError
+from p2pchain.record import record
 
 ADDRESS_BYTES = 20
 PUBKEY_BYTES = 32
@@ -42,7 +42,7 @@ def verify(pubkey: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@record
 class Wallet:
     """A private key and what derives from it."""
 

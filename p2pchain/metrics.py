@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from p2pchain.record import record
 
 INVALID = "invalid"  # the type label of a received frame that did not decode: the set stays bounded
 
@@ -122,7 +123,7 @@ class Histogram:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class Gauges:
     """The node's state when scraped (node.py reads it)."""
 

@@ -3,13 +3,13 @@ which derive from these parameters alone, have the same hash: the network id."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
 from p2pchain import limits
 from p2pchain.ledger.block import ZERO_HASH, Block, Header, merkle_root
 from p2pchain.ledger.pow import difficulty_target, target_to_bits
 from p2pchain.ledger.tx import make_coinbase
+from p2pchain.record import record
 
 BLOCK_VERSION = 1  # the only header version
 DEFAULT_BITS = 16  # leading zero bits: the tutorial's four hex zeros (~65,536 hashes a block)
@@ -24,7 +24,7 @@ DEFAULT_HALF_LIFE_BLOCKS = 48
 U32 = 2**32
 
 
-@dataclass(frozen=True)
+@record
 class NetworkParams:
     bits: int = DEFAULT_BITS  # start difficulty in leading zero bits: the start target 2**(256 - bits)
     reward: int = DEFAULT_REWARD  # coins minted per block, paid with the fees by the coinbase

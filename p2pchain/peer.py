@@ -10,11 +10,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from p2pchain import limits, wire
 from p2pchain.errors import ProtocolError, clip
 from p2pchain.metrics import INVALID, Traffic
+from p2pchain.record import record
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Misbehaving(Exception):
         self.ban = ban
 
 
-@dataclass(frozen=True)
+@record
 class Tunables:
     """Timings a test may shorten (aiorpcX style): seconds."""
 

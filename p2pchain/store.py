@@ -22,7 +22,6 @@ import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -33,6 +32,7 @@ from p2pchain.errors import ProtocolError, StoreError
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import HEADER_BYTES, Block
 from p2pchain.ledger.rules import Account
+from p2pchain.record import record
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _damaged(path: str, e: BaseException) -> StoreError:
     return StoreError(f"store {path} is damaged ({type(e).__name__}: {e}): move it aside and resync")
 
 
-@dataclass(frozen=True)
+@record
 class Ban:
     host: str
     until_ms: int

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, ClassVar, TypeAlias, get_args
 
 import msgpack
@@ -23,6 +23,7 @@ from p2pchain import limits
 from p2pchain.errors import ProtocolError
 from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.tx import Tx
+from p2pchain.record import record
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ RELAY_FEATURES = _codec(_list(_text(limits.RELAY_FEATURE_MAX_BYTES), limits.RELA
 _REQUIRED = object()  # no default: the field must be present
 
 
-@dataclass(frozen=True)
+@record
 class _Message:
     TYPE: ClassVar[str]
 
@@ -342,7 +343,7 @@ def frame_with_blocks(msg: Chain | Blocks, bodies: Sequence[bytes]) -> bytes:
     return encode_frame(b"".join(parts))
 
 
-@dataclass(frozen=True)
+@record
 class Hello(_Message):
     """First message each side sends; nothing else is accepted before it."""
 
@@ -359,19 +360,19 @@ class Hello(_Message):
     relay: tuple[str, ...] = _optional_field(RELAY_FEATURES, ())
 
 
-@dataclass(frozen=True)
+@record
 class Ping(_Message):
     TYPE: ClassVar[str] = "PING"
     nonce: int = field(metadata=U64)
 
 
-@dataclass(frozen=True)
+@record
 class Pong(_Message):
     TYPE: ClassVar[str] = "PONG"
     nonce: int = field(metadata=U64)  # the PING's nonce
 
 
-@dataclass(frozen=True)
+@record
 class GetChain(_Message):
     """Ask for the blocks after the first locator hash found on the responder's best chain."""
 
@@ -380,38 +381,38 @@ class GetChain(_Message):
     max: int = field(metadata=COUNT)  # blocks wanted; the responder clamps to MAX_BLOCKS_PER_CHAIN
 
 
-@dataclass(frozen=True)
+@record
 class Chain(_Message):
     TYPE: ClassVar[str] = "CHAIN"
     blocks: tuple[Block, ...] = field(metadata=_blocks(limits.MAX_BLOCKS_PER_CHAIN))  # in height order
     more: bool = field(metadata=BOOL)  # the sender has more blocks after these
 
 
-@dataclass(frozen=True)
+@record
 class NewTx(_Message):
     TYPE: ClassVar[str] = "NEW_TX"
     tx: Tx = field(metadata=TX)
 
 
-@dataclass(frozen=True)
+@record
 class NewBlock(_Message):
     TYPE: ClassVar[str] = "NEW_BLOCK"
     block: Block = field(metadata=BLOCK)
 
 
-@dataclass(frozen=True)
+@record
 class GetPeers(_Message):
     TYPE: ClassVar[str] = "GET_PEERS"
 
 
-@dataclass(frozen=True)
+@record
 class Peers(_Message):
     TYPE: ClassVar[str] = "PEERS"
     peers: tuple[str, ...] = field(metadata=_codec(_list(_peer_addr, limits.MAX_PEERS_PER_MESSAGE)))
 
 
 # Relay (version 2, between peers that both named the feature in HELLO; docs/protocol.md 7).
-@dataclass(frozen=True)
+@record
 class InvTx(_Message):
     """Transactions the sender has and the receiver may lack, by txid (feature "inv-tx")."""
 
@@ -419,7 +420,7 @@ class InvTx(_Message):
     txids: tuple[bytes, ...] = field(metadata=TXIDS)
 
 
-@dataclass(frozen=True)
+@record
 class GetTxs(_Message):
     """Ask for transactions the receiver announced; answered by exactly one TXS, in order."""
 
@@ -427,7 +428,7 @@ class GetTxs(_Message):
     txids: tuple[bytes, ...] = field(metadata=TXIDS)
 
 
-@dataclass(frozen=True)
+@record
 class Txs(_Message):
     """The answer to the oldest unanswered GET_TXS: those of its transactions the sender still
     has, in any order; an asked txid left out is not found."""
@@ -436,7 +437,7 @@ class Txs(_Message):
     txs: tuple[Tx, ...] = field(metadata=_txs(limits.MAX_TXS_PER_MESSAGE))
 
 
-@dataclass(frozen=True)
+@record
 class CmpctBlock(_Message):
     """A new block as its header, a short id per transaction and the transactions sent in full
     (the coinbase at least), keyed by ``nonce`` (feature "cmpct-block"; BIP152)."""
@@ -450,7 +451,7 @@ class CmpctBlock(_Message):
     )  # (index in the block, tx), indexes increasing; index 0 (the coinbase) always
 
 
-@dataclass(frozen=True)
+@record
 class GetBlockTxn(_Message):
     """Ask the sender of a CMPCT_BLOCK for the block's transactions at these indexes."""
 
@@ -459,7 +460,7 @@ class GetBlockTxn(_Message):
     indexes: tuple[int, ...] = field(metadata=_codec(_list(_uint(0, limits.MAX_BLOCK_TXS - 1), limits.MAX_BLOCK_TXS)))
 
 
-@dataclass(frozen=True)
+@record
 class BlockTxn(_Message):
     """The answer to GET_BLOCK_TXN: the asked transactions in the asked order, or none when the
     sender no longer has the block."""
@@ -470,13 +471,13 @@ class BlockTxn(_Message):
 
 
 # Queries (client -> node): each request carries an id that its reply echoes.
-@dataclass(frozen=True)
+@record
 class GetStatus(_Message):
     TYPE: ClassVar[str] = "GET_STATUS"
     id: int = field(metadata=U32)
 
 
-@dataclass(frozen=True)
+@record
 class Status(_Message):
     """``status`` keys: node_id, network, tip (hex), height, work (decimal string), peers (list of
     {addr, inbound, height}), mempool (count), address (the node wallet's). See docs/protocol.md."""
@@ -486,14 +487,14 @@ class Status(_Message):
     status: dict[str, Any] = field(metadata=_codec(_status_map))
 
 
-@dataclass(frozen=True)
+@record
 class GetAccount(_Message):
     TYPE: ClassVar[str] = "GET_ACCOUNT"
     id: int = field(metadata=U32)
     address: str = field(metadata=ADDRESS)
 
 
-@dataclass(frozen=True)
+@record
 class Account(_Message):
     TYPE: ClassVar[str] = "ACCOUNT"
     id: int = field(metadata=U32)
@@ -503,7 +504,7 @@ class Account(_Message):
     pending_nonce: int = field(metadata=U64)  # the same, counting this node's mempool
 
 
-@dataclass(frozen=True)
+@record
 class GetTx(_Message):
     TYPE: ClassVar[str] = "GET_TX"
     id: int = field(metadata=U32)
@@ -513,7 +514,7 @@ class GetTx(_Message):
 TX_STATUSES = ("mempool", "confirmed", "unknown")
 
 
-@dataclass(frozen=True)
+@record
 class TxInfo(_Message):
     TYPE: ClassVar[str] = "TX_INFO"
     id: int = field(metadata=U32)
@@ -525,14 +526,14 @@ class TxInfo(_Message):
     tx: Tx | None = field(metadata=OPT_TX)  # None when unknown
 
 
-@dataclass(frozen=True)
+@record
 class SubmitTx(_Message):
     TYPE: ClassVar[str] = "SUBMIT_TX"
     id: int = field(metadata=U32)
     tx: Tx = field(metadata=TX)
 
 
-@dataclass(frozen=True)
+@record
 class SubmitResult(_Message):
     TYPE: ClassVar[str] = "SUBMIT_RESULT"
     id: int = field(metadata=U32)
@@ -542,7 +543,7 @@ class SubmitResult(_Message):
     error: str = field(metadata=TEXT)  # "" if accepted, else a human-readable reason
 
 
-@dataclass(frozen=True)
+@record
 class GetBlocks(_Message):
     TYPE: ClassVar[str] = "GET_BLOCKS"
     id: int = field(metadata=U32)
@@ -550,14 +551,14 @@ class GetBlocks(_Message):
     limit: int = field(metadata=COUNT)  # blocks wanted; the node clamps to MAX_BLOCKS_PER_CHAIN
 
 
-@dataclass(frozen=True)
+@record
 class GetBlock(_Message):
     TYPE: ClassVar[str] = "GET_BLOCK"
     id: int = field(metadata=U32)
     hash: bytes = field(metadata=HASH)
 
 
-@dataclass(frozen=True)
+@record
 class Blocks(_Message):
     """Reply to GET_BLOCKS (best-chain blocks from ``start``) and GET_BLOCK (0 or 1 block)."""
 
@@ -567,7 +568,7 @@ class Blocks(_Message):
     height: int = field(metadata=U32)  # the node's best height
 
 
-@dataclass(frozen=True)
+@record
 class Error(_Message):
     """Reply to a query that failed."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from p2pchain import limits
@@ -21,6 +20,7 @@ from p2pchain.errors import ProtocolError
 from p2pchain.ledger import cached
 from p2pchain.ledger.pow import bits_to_target
 from p2pchain.ledger.tx import Tx
+from p2pchain.record import record
 
 HEADER_PREFIX = struct.Struct(">II32s32sQI")  # everything before the nonce: 84 bytes
 NONCE = struct.Struct(">Q")
@@ -56,7 +56,7 @@ def merkle_root(txids: list[bytes]) -> bytes:
     return level[0]
 
 
-@dataclass(frozen=True)
+@record
 class Header:
     version: int  # 1
     height: int  # genesis is 0
@@ -139,7 +139,7 @@ class Header:
         return cls(version, height, prev, merkle, ts, bits, nonce)
 
 
-@dataclass(frozen=True)
+@record
 class Block:
     header: Header
     txs: tuple[Tx, ...]

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from p2pchain import limits
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import COINBASE_SENDER, Wallet
 from p2pchain.ledger import cached
+from p2pchain.record import record
 
 _U64 = struct.Struct(">QQQ")
 _U64_END = 2**64  # amount, fee and nonce are below it
 WireTx = list[Any]  # [sender, recipient, amount, fee, nonce, pubkey, signature]
 
 
-@dataclass(frozen=True)
+@record
 class Tx:
     sender: str  # 40-hex address, or "0" for the coinbase
     recipient: str  # 40-hex address
