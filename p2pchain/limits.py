@@ -20,6 +20,7 @@ MAX_TXS_PER_MESSAGE = 1000  # transactions in one TXS answer
 MAX_INV_TXIDS = MAX_TXS_PER_MESSAGE  # txids in one INV_TX or GET_TXS: one TXS answers a GET_TXS (Bitcoin: 50000)
 RELAY_FEATURES_MAX = 16  # names in HELLO's relay list
 RELAY_FEATURE_MAX_BYTES = 32  # bytes of one such name
+MAX_INV_BLOCK_HASHES = 8  # hashes in one INV_BLOCK: the new tips since the last announcement (Bitcoin: 8 headers)
 SHORT_ID_BYTES = 6  # a compact block's short transaction id (Bitcoin: BIP152, 6 bytes)
 
 # --- relay (p2pchain/relay.py: announcements, requests, compact blocks) ----------------------
@@ -41,6 +42,13 @@ RELAY_KNOWN_BLOCKS_MAX = 64  # block hashes remembered per peer as known to it
 RELAY_EXTRA_TXS_MAX = 1000
 RELAY_MAX_PENDING_BLOCKS = 8  # compact blocks being rebuilt at once (waiting for BLOCK_TXN); the oldest is dropped
 RELAY_MAX_BLOCK_SOURCES = 8  # other senders of a block being rebuilt, kept to ask when the first fails
+# peers asked (SEND_CMPCT) to push each new block at once: those that last delivered a new block
+# first; every other link only announces it (INV_BLOCK) (Bitcoin: BIP152's 3 high-bandwidth peers)
+RELAY_HB_PEERS = 3
+# new best blocks are announced (INV_BLOCK, the newest only) to the other cmpct-hb peers at most
+# this often: the fallback when all high-bandwidth peers fail or withhold, so a delay is cheap,
+# while announcing every block on every link was ~2,900 messages a block in the 200-node swarm
+RELAY_BLOCK_INV_INTERVAL_S = 2.0
 RELAY_RECENT_BLOCKS = 8  # the last blocks we relayed, kept decoded: the only ones GET_BLOCK_TXN is answered for
 
 # --- ledger -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from p2pchain.mining import Mining
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
-from p2pchain.relay import FEATURE_CMPCT, FEATURE_INV_TX, FEATURES, Relay
+from p2pchain.relay import FEATURE_CMPCT, FEATURE_HB, FEATURE_INV_TX, FEATURES, Relay
 from p2pchain.serve import BlockServer, send_metered
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
 from p2pchain.store import DB_FILE
@@ -118,6 +118,7 @@ class Node:
         self.relay: Relay[Peer] = Relay(FEATURES if config.relay == "compact" else ())
         self._relay_timer: asyncio.TimerHandle | None = None  # the next relay request deadline
         self._flush_timer: asyncio.TimerHandle | None = None  # announcements queued: when they go out
+        self._block_flush_timer: asyncio.TimerHandle | None = None  # the same for block announcements
         self.mining = Mining(config.miner_procs)  # in-process for tiny blocks, else worker processes
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
@@ -160,6 +161,9 @@ class Node:
             wire.CmpctBlock: self._on_cmpct_block,
             wire.GetBlockTxn: self._on_get_block_txn,
             wire.BlockTxn: self._on_block_txn,
+            wire.SendCmpct: self._on_send_cmpct,
+            wire.InvBlock: self._on_inv_block,
+            wire.GetCmpct: self._on_get_cmpct,
             wire.GetStatus: self._on_get_status,
             wire.GetAccount: self._on_get_account,
             wire.GetTx: self._on_get_tx,
@@ -190,7 +194,7 @@ class Node:
 
     async def stop(self) -> None:
         self.events.close()
-        for timer in (self._relay_timer, self._flush_timer):
+        for timer in (self._relay_timer, self._flush_timer, self._block_flush_timer):
             if timer is not None:
                 timer.cancel()
         for task in self._tasks:
@@ -225,8 +229,9 @@ class Node:
         log.info("connected %r: %s, height %d", peer, peer.hello.agent, peer.hello.height)
         if peer.listen_addr:
             self.connmgr.add_addresses([peer.listen_addr], peer.host)
-        self.relay.add_peer(peer, peer.hello.version, peer.hello.relay)
+        self.relay.add_peer(peer, peer.hello.version, peer.hello.relay, outbound=not peer.inbound)
         peer.send(wire.GetPeers())
+        self._send_cmpct(self.relay.select_on_connect(peer))
         if peer.hello.work > self.chain.tip.work:
             self.sync.start(peer)
         if peer.listen_addr and self._push_allowed(peer):  # a node: it may have missed what we pooled while apart
@@ -264,6 +269,7 @@ class Node:
     def _on_peer_closed(self, peer: Peer) -> None:
         self.metrics.on_peer_closed(peer.close_reason, peer.ban_reason is not None)
         self._send_tx_requests(self.relay.remove_peer(peer, self._now()))
+        self._send_cmpct(self.relay.refill_hb())
         self._arm_relay_timer(soon=True)  # the compact blocks it was completing move on
         self.sync.on_peer_closed(peer)
         self.changed.pulse()
@@ -403,10 +409,16 @@ class Node:
         elif result.status is Status.CONNECTED:
             peer.useful = True
             self.relay_block(block, exclude=peer)
+            self._send_cmpct(self.relay.delivered_first(peer))
 
-    def relay_block(self, block: Block, exclude: Peer | None = None) -> None:
-        """Send a new best block on: compact to peers that speak it, whole to the others."""
-        compact, full = self.relay.block_targets(block, self.connmgr.ready, exclude)
+    def relay_block(self, block: Block, exclude: Peer | None = None, *, mined: bool = False) -> None:
+        """Send a new best block on (relay.block_targets says to whom and how): compact at once
+        to the peers that asked so (all of them if we ``mined`` it), whole to the peers without
+        compact blocks, announced at the next flush to the others."""
+        compact, full, announce = self.relay.block_targets(block, self.connmgr.ready, exclude, mined=mined)
+        if announce and self._block_flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._block_flush_timer = loop.call_later(limits.RELAY_BLOCK_INV_INTERVAL_S, self._announce_blocks)
         if compact:
             msg: wire.Message = self.relay.compact(block)
             frame = msg.encode()
@@ -502,6 +514,13 @@ class Node:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(limits.RELAY_INV_INTERVAL_S, self._flush_announcements)
 
+    def _announce_blocks(self) -> None:
+        self._block_flush_timer = None
+        frames: dict[tuple[bytes, ...], bytes] = {}  # most peers are told of the same tip: encoded once
+        for peer, hashes in self.relay.take_block_announcements().items():
+            frame = frames.get(hashes) or frames.setdefault(hashes, wire.InvBlock(hashes).encode())
+            peer.send_frame(frame, wire.InvBlock.TYPE)
+
     def _flush_announcements(self) -> None:
         self._flush_timer = None
         for peer, batches in self.relay.take_announcements().items():
@@ -581,6 +600,38 @@ class Node:
         # nobody makes us serve old blocks piecemeal (Bitcoin Core serves getblocktxn near the tip only)
         peer.send(self.relay.block_txn(self.relay.recent_block(msg.hash), msg))
 
+    @staticmethod
+    def _send_cmpct(selections: list[tuple[Peer, bool]]) -> None:
+        for peer, high_bandwidth in selections:
+            peer.send(wire.SendCmpct(high_bandwidth))
+
+    async def _on_send_cmpct(self, peer: Peer, msg: wire.SendCmpct) -> None:
+        self.relay.on_send_cmpct(peer, msg.high_bandwidth)
+
+    async def _on_inv_block(self, peer: Peer, msg: wire.InvBlock) -> None:
+        def have(block_hash: bytes) -> bool:
+            return self.chain.has_block(block_hash) or block_hash in self.chain.orphans
+
+        requests = self.relay.on_inv_block(peer, msg.hashes, have, self._now())
+        for asked, request in requests:
+            asked.send(request)
+        if requests:
+            self._arm_relay_timer()
+
+    async def _on_get_cmpct(self, peer: Peer, msg: wire.GetCmpct) -> None:
+        """An announced block, compact, out of the peer's serving budget (as GET_TXS); only the
+        last blocks we relayed (an empty BLOCK_TXN says we no longer have it)."""
+        if not self.relay.speaks(peer, FEATURE_HB):
+            raise Misbehaving("sent GET_CMPCT without the cmpct-hb feature")
+        await peer.serve_budget()
+        block = self.relay.recent_block(msg.hash)
+        if block is None:
+            answer: wire.Message = wire.BlockTxn(msg.hash, ())
+        else:
+            self.relay.block_known(peer, msg.hash)
+            answer = self.relay.compact(block)
+        await send_metered(peer, answer.encode(), answer.TYPE)
+
     async def _on_block_txn(self, peer: Peer, msg: wire.BlockTxn) -> None:
         result = self.relay.on_block_txn(peer, msg, self._now())
         if isinstance(result, Block):
@@ -626,7 +677,7 @@ class Node:
                 block.height,
                 len(block.txs) - 1,
             )
-            self.relay_block(block)
+            self.relay_block(block, mined=True)
             for waiter in self._mined:
                 if not waiter.done():
                     waiter.set_result(block)

@@ -28,7 +28,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from p2pchain import limits, wire
 from p2pchain.ledger.block import Block, Header
@@ -38,17 +38,22 @@ from p2pchain.peer import Misbehaving
 
 FEATURE_INV_TX = "inv-tx"  # transactions announced by txid and fetched (INV_TX, GET_TXS, TXS)
 FEATURE_CMPCT = "cmpct-block"  # blocks as compact blocks (CMPCT_BLOCK, GET_BLOCK_TXN, BLOCK_TXN)
-FEATURES = (FEATURE_INV_TX, FEATURE_CMPCT)
+# with cmpct-block: new blocks pushed at once only to peers that asked (SEND_CMPCT), announced to
+# the others (INV_BLOCK) and fetched by whoever lacks them (GET_CMPCT)
+FEATURE_HB = "cmpct-hb"
+FEATURES = (FEATURE_INV_TX, FEATURE_CMPCT, FEATURE_HB)
 RELAY_VERSION = 2  # the first protocol version whose HELLO carries ``relay``
 
 P = TypeVar("P", bound=Hashable)
 
 
 def negotiate(ours: Iterable[str], version: int, theirs: Iterable[str]) -> frozenset[str]:
-    """The features both sides speak: none with a version 1 peer, whatever its HELLO holds."""
+    """The features both sides speak: none with a version 1 peer, whatever its HELLO holds, and
+    cmpct-hb only with cmpct-block."""
     if version < RELAY_VERSION:
         return frozenset()
-    return frozenset(ours) & frozenset(theirs)
+    both = frozenset(ours) & frozenset(theirs)
+    return both if FEATURE_CMPCT in both else both - {FEATURE_HB}  # cmpct-hb announces compact blocks
 
 
 # --- short ids --------------------------------------------------------------------------------
@@ -203,11 +208,14 @@ class _Peer:
     requests: deque[frozenset[bytes]] = field(default_factory=deque)  # GET_TXS not yet answered, oldest first
     in_flight: int = 0  # txids in ``requests``
     block_requests: OrderedDict[bytes, tuple[int, ...]] = field(default_factory=OrderedDict)  # hash -> indexes
+    outbound: bool = False  # we dialled it: the start-up choice of high-bandwidth peers, and one is kept
+    hb_to: bool = False  # it asked us (SEND_CMPCT) to push new blocks at once
+    blocks_to_announce: dict[bytes, None] = field(default_factory=dict)  # (an ordered set) for the next INV_BLOCK
 
 
 @dataclass(eq=False)
 class _Want(Generic[P]):
-    """A transaction announced to us that we lack."""
+    """A transaction (INV_TX) or block (INV_BLOCK) announced to us that we lack."""
 
     announcers: deque[P]  # not yet asked, in the order they announced it
     asked: P | None = None
@@ -239,9 +247,20 @@ class RelayStats:
     cmpct_roundtrip: int = 0  # needed a GET_BLOCK_TXN
     cmpct_full_fallback: int = 0  # a merkle mismatch: every transaction asked for
     cmpct_failed: int = 0  # given up (the sender had no block, timeouts)
+    blocks_announced: int = 0  # block hashes sent in INV_BLOCK
+    blocks_fetched: int = 0  # GET_CMPCT sent for an announced block we lacked
+    block_fetch_timeouts: int = 0  # a GET_CMPCT unanswered in time: asked the next announcer
+    block_announcements_ignored: int = 0  # over RELAY_MAX_PENDING_BLOCKS blocks wanted at once
+    hb_selected: int = 0  # SEND_CMPCT high_bandwidth=true sent
 
 
 Requests = dict[P, list[bytes]]  # peer -> txids to ask it for (GET_TXS), or to announce (INV_TX)
+
+
+class BlockTargets(NamedTuple, Generic[P]):
+    compact: list[P]  # CMPCT_BLOCK now
+    full: list[P]  # NEW_BLOCK now
+    announce: bool  # some peers get it in the next INV_BLOCK instead
 
 
 class Relay(Generic[P]):
@@ -263,12 +282,14 @@ class Relay(Generic[P]):
         # our compact block of it sends them whole (BIP152's "transactions the sender guesses the
         # receiver lacks")
         self._fetched: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
+        self._hb: list[P] = []  # peers we asked to push new blocks at once, the least recently useful first
+        self._block_wants: OrderedDict[bytes, _Want[P]] = OrderedDict()
         self._rng = rng or random.Random()
 
     # --- peers ------------------------------------------------------------------------------
-    def add_peer(self, peer: P, version: int, theirs: Iterable[str]) -> frozenset[str]:
+    def add_peer(self, peer: P, version: int, theirs: Iterable[str], *, outbound: bool = False) -> frozenset[str]:
         features = negotiate(self.features, version, theirs)
-        self._peers[peer] = _Peer(features)
+        self._peers[peer] = _Peer(features, outbound=outbound)
         return features
 
     def speaks(self, peer: P, feature: str) -> bool:
@@ -281,6 +302,13 @@ class Relay(Generic[P]):
         state = self._peers.pop(peer, None)
         if state is None:
             return {}
+        if peer in self._hb:
+            self._hb.remove(peer)
+        for block_want in self._block_wants.values():
+            if peer in block_want.announcers:
+                block_want.announcers.remove(peer)
+            if block_want.asked == peer:
+                block_want.deadline = now  # the next expire() asks the next announcer
         out: Requests[P] = {}
         for txid in state.announced | {t for batch in state.requests for t in batch}:
             want = self._wants.get(txid)
@@ -460,9 +488,10 @@ class Relay(Generic[P]):
         """``txid`` arrived (pooled, refused or confirmed): stop wanting it."""
         self._drop_want(txid)
 
-    def expire(self, now: float) -> tuple[Requests[P], list[tuple[P, wire.GetBlockTxn]]]:
-        """Requests past their deadline move on: GET_TXS to the next announcers, and
-        GET_BLOCK_TXN to the next sender of each pending compact block."""
+    def expire(self, now: float) -> tuple[Requests[P], list[tuple[P, wire.GetBlockTxn | wire.GetCmpct]]]:
+        """Requests past their deadline move on: GET_TXS to the next announcers, GET_BLOCK_TXN
+        to the next sender of each pending compact block, GET_CMPCT to the next announcer of
+        each announced block."""
         out: Requests[P] = {}
         for txid, want in list(self._wants.items()):
             if want.asked is None or want.deadline <= now:
@@ -470,26 +499,40 @@ class Relay(Generic[P]):
                     self.stats.tx_request_timeouts += 1
                     want.asked = None
                 self._assign(txid, want, now, out)
-        block_requests: list[tuple[P, wire.GetBlockTxn]] = []
+        block_requests: list[tuple[P, wire.GetBlockTxn | wire.GetCmpct]] = []
         for block_hash, pending in list(self._pending.items()):
             if pending.deadline <= now:
                 request = self._next_source(block_hash, pending, now)
                 if request is not None:
                     block_requests.append(request)
+        for block_hash, block_want in list(self._block_wants.items()):
+            if block_want.asked is not None and block_want.deadline <= now:
+                if block_want.asked in self._peers:
+                    self.stats.block_fetch_timeouts += 1
+                block_want.asked = None
+                self._ask_block(block_hash, block_want, now, block_requests)
         return out, block_requests
 
     def next_deadline(self) -> float | None:
         times = [w.deadline for w in self._wants.values() if w.asked is not None]
         times += [p.deadline for p in self._pending.values()]
+        times += [w.deadline for w in self._block_wants.values() if w.asked is not None]
         return min(times, default=None)
 
     # --- blocks -----------------------------------------------------------------------------
-    def block_targets(self, block: Block, peers: Iterable[P], exclude: P | None = None) -> tuple[list[P], list[P]]:
-        """(compact, full): the peers to send ``block`` to as CMPCT_BLOCK and as NEW_BLOCK;
-        a peer that sent it to us or was sent it is skipped. Peers relay does not know (clients)
-        get NEW_BLOCK."""
+    def block_targets(
+        self, block: Block, peers: Iterable[P], exclude: P | None = None, *, mined: bool = False
+    ) -> BlockTargets[P]:
+        """Where a new best block goes now: CMPCT_BLOCK to the cmpct-block peers that asked for
+        it at once (SEND_CMPCT), or that speak no cmpct-hb, or to all of them when we ``mined``
+        it (the first hop); NEW_BLOCK to the others; the remaining cmpct-hb peers get its hash
+        at the next take_block_announcements (``announce`` says some were queued). A peer that
+        sent it to us or was sent it is skipped. Peers relay does not know (clients) get
+        NEW_BLOCK."""
         compact: list[P] = []
         full: list[P] = []
+        announce = False
+        block_hash = block.hash
         for peer in peers:
             if peer == exclude:
                 continue
@@ -497,12 +540,16 @@ class Relay(Generic[P]):
             if state is None:
                 full.append(peer)
                 continue
-            if block.hash in state.known_blocks:
+            if block_hash in state.known_blocks:
                 continue
-            state.known_blocks.add(block.hash)
+            if FEATURE_HB in state.features and not (state.hb_to or mined):
+                state.blocks_to_announce[block_hash] = None
+                announce = True
+                continue
+            state.known_blocks.add(block_hash)
             (compact if FEATURE_CMPCT in state.features else full).append(peer)
         self._remember_block(block)
-        return compact, full
+        return BlockTargets(compact, full, announce)
 
     def compact(self, block: Block) -> wire.CmpctBlock:
         return compact_block(block, self._rng.getrandbits(64), self._fetched.get(block.hash, ()))
@@ -516,6 +563,126 @@ class Relay(Generic[P]):
         state = self._peers.get(peer)
         if state is not None:
             state.known_blocks.add(block_hash)
+
+    # --- high-bandwidth peers and block announcements (feature cmpct-hb) ------------------
+    def select_on_connect(self, peer: P) -> list[tuple[P, bool]]:
+        """The start-up choice, before blocks tell who is fast: a cmpct-hb peer that connects
+        while fewer than RELAY_HB_PEERS are selected is asked to push blocks at once; an
+        outbound one also takes the place of the oldest inbound one when none of them is
+        outbound (we chose it: inbound connections alone cannot hold every slot). The
+        SEND_CMPCT to send, as (peer, high_bandwidth)."""
+        state = self._peers.get(peer)
+        if state is None or FEATURE_HB not in state.features or peer in self._hb:
+            return []
+        hb = self._hb
+        out: list[tuple[P, bool]] = []
+        if len(hb) >= limits.RELAY_HB_PEERS:
+            if not state.outbound or any(self._peers[p].outbound for p in hb):
+                return []
+            out.append((hb.pop(0), False))
+        hb.append(peer)
+        self.stats.hb_selected += 1
+        out.append((peer, True))
+        return out
+
+    def refill_hb(self) -> list[tuple[P, bool]]:
+        """After a high-bandwidth peer left: cmpct-hb peers to ask in its place, outbound first,
+        then the longest connected. The SEND_CMPCT to send."""
+        out: list[tuple[P, bool]] = []
+        for peer in sorted(self._peers, key=lambda p: not self._peers[p].outbound):
+            if len(self._hb) >= limits.RELAY_HB_PEERS:
+                break
+            out += self.select_on_connect(peer)
+        return out
+
+    def delivered_first(self, peer: P) -> list[tuple[P, bool]]:
+        """``peer`` gave us a new best block before anyone else: it becomes (or stays) a
+        high-bandwidth peer, the one that did so longest ago makes room, but not the last
+        outbound one for an inbound newcomer (BIP152, and Bitcoin Core's protection against
+        inbound peers taking every slot). The SEND_CMPCT to send, as (peer, high_bandwidth)."""
+        state = self._peers.get(peer)
+        if state is None or FEATURE_HB not in state.features:
+            return []
+        hb = self._hb
+        if peer in hb:
+            hb.remove(peer)
+            hb.append(peer)
+            return []
+        out = [(peer, True)]
+        self.stats.hb_selected += 1
+        hb.append(peer)
+        if len(hb) > limits.RELAY_HB_PEERS:
+            victim = hb[0]
+            outbound = [p for p in hb if self._peers[p].outbound]
+            if outbound == [victim] and not state.outbound:
+                victim = hb[1]
+            hb.remove(victim)
+            out.append((victim, False))
+        return out
+
+    def high_bandwidth(self) -> list[P]:
+        """Our high-bandwidth peers, the least recently useful first."""
+        return list(self._hb)
+
+    def on_send_cmpct(self, peer: P, high_bandwidth: bool) -> None:
+        state = self._peers.get(peer)
+        if state is None or FEATURE_HB not in state.features:
+            raise Misbehaving("sent SEND_CMPCT without the cmpct-hb feature")
+        state.hb_to = high_bandwidth
+
+    def take_block_announcements(self) -> dict[P, tuple[bytes, ...]]:
+        """Peer -> the INV_BLOCK to send it: the newest of the blocks queued for it since the
+        last call (block_targets), unless it has shown it knows that one meanwhile (it sent or
+        announced it). The newest alone: a peer that has a block has its ancestors, and one
+        that lacks them fetches them by sync (Bitcoin Core's inv of the tip)."""
+        out: dict[P, tuple[bytes, ...]] = {}
+        for peer, state in self._peers.items():
+            if state.blocks_to_announce:
+                newest = next(reversed(state.blocks_to_announce))
+                state.blocks_to_announce = {}
+                if newest not in state.known_blocks:
+                    state.known_blocks.add(newest)
+                    out[peer] = (newest,)
+                    self.stats.blocks_announced += 1
+        return out
+
+    def on_inv_block(
+        self, peer: P, hashes: Iterable[bytes], have: Callable[[bytes], bool], now: float
+    ) -> list[tuple[P, wire.GetCmpct]]:
+        """``peer`` announced blocks: the GET_CMPCT to send now, for those we lack and are not
+        getting already (one announcer asked at a time; the others wait their turn)."""
+        state = self._peers.get(peer)
+        if state is None or FEATURE_HB not in state.features:
+            raise Misbehaving("sent INV_BLOCK without the cmpct-hb feature")
+        out: list[tuple[P, wire.GetCmpct]] = []
+        for block_hash in hashes:
+            state.known_blocks.add(block_hash)
+            if block_hash in self._pending or have(block_hash):
+                continue
+            want = self._block_wants.get(block_hash)
+            if want is None:
+                if len(self._block_wants) >= limits.RELAY_MAX_PENDING_BLOCKS:
+                    self.stats.block_announcements_ignored += 1
+                    continue
+                want = self._block_wants[block_hash] = _Want(deque())
+            if want.asked == peer or peer in want.announcers:
+                continue
+            if len(want.announcers) < limits.RELAY_MAX_BLOCK_SOURCES:
+                want.announcers.append(peer)
+            if want.asked is None:
+                self._ask_block(block_hash, want, now, out)
+        return out
+
+    def _ask_block(self, block_hash: bytes, want: _Want[P], now: float, out: list[tuple[P, Any]]) -> None:
+        while want.announcers:
+            peer = want.announcers.popleft()
+            if peer in self._peers:
+                want.asked = peer
+                want.deadline = now + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+                out.append((peer, wire.GetCmpct(block_hash)))
+                self.stats.blocks_fetched += 1
+                return
+        del self._block_wants[block_hash]
 
     def recent_block(self, block_hash: bytes) -> Block | None:
         return self._recent_blocks.get(block_hash)
@@ -541,6 +708,7 @@ class Relay(Generic[P]):
             raise Misbehaving(f"sent compact block {msg.header.hash.hex()[:16]} without its proof of work")
         block_hash = msg.header.hash
         state.known_blocks.add(block_hash)
+        self._block_wants.pop(block_hash, None)  # announced, and here it is
         pending = self._pending.get(block_hash)
         if pending is not None:
             PartialBlock(msg)  # check its shape now: a bad one is the sender's fault
@@ -585,15 +753,23 @@ class Relay(Generic[P]):
             requests.popitem(last=False)
         return wire.GetBlockTxn(block_hash, indexes)
 
-    def on_block_txn(self, peer: P, msg: wire.BlockTxn, now: float) -> Block | tuple[P, wire.GetBlockTxn] | None:
-        """``peer`` answered a GET_BLOCK_TXN: the rebuilt block, or a request to send (every
-        transaction, to ``peer`` after a merkle mismatch; to the next sender of the block when
-        ``peer`` no longer has it), or None (a late answer: nothing to do). Raises Misbehaving
-        for an answer nobody asked for, of the wrong length, or a full answer that does not
-        make the block."""
+    def on_block_txn(
+        self, peer: P, msg: wire.BlockTxn, now: float
+    ) -> Block | tuple[P, wire.GetBlockTxn | wire.GetCmpct] | None:
+        """``peer`` answered a GET_BLOCK_TXN, or a GET_CMPCT with an empty BLOCK_TXN: the
+        rebuilt block, or a request to send (every transaction, to ``peer`` after a merkle
+        mismatch; to the next sender or announcer of the block when ``peer`` no longer has it),
+        or None (a late answer: nothing to do). Raises Misbehaving for an answer nobody asked
+        for, of the wrong length, or a full answer that does not make the block."""
         state = self._peers.get(peer)
         asked = state.block_requests.pop(msg.hash, None) if state is not None else None
         if asked is None:
+            want = self._block_wants.get(msg.hash)
+            if want is not None and want.asked == peer and not msg.txs:  # our GET_CMPCT: it has no such block
+                want.asked = None
+                out: list[tuple[P, wire.GetCmpct]] = []
+                self._ask_block(msg.hash, want, now, out)
+                return out[0] if out else None
             raise Misbehaving("sent BLOCK_TXN nobody asked for")
         if msg.txs and len(msg.txs) != len(asked):
             raise Misbehaving(f"sent {len(msg.txs)} block transactions for {len(asked)} asked")
@@ -633,8 +809,9 @@ class Relay(Generic[P]):
         return None
 
     def block_done(self, block_hash: bytes) -> None:
-        """The block arrived whole (any path): stop rebuilding it."""
+        """The block arrived whole (any path): stop rebuilding and fetching it."""
         self._pending.pop(block_hash, None)
+        self._block_wants.pop(block_hash, None)
 
     def connected(self, blocks: Iterable[Block], disconnected: Iterable[Block] = ()) -> None:
         """Blocks joined the best chain: their transactions are no longer wanted. After a

@@ -470,6 +470,32 @@ class BlockTxn(_Message):
     txs: tuple[Tx, ...] = field(metadata=_txs(limits.MAX_BLOCK_TXS))
 
 
+@record
+class SendCmpct(_Message):
+    """Ask the receiver to push each new block at once as CMPCT_BLOCK (high bandwidth, BIP152's
+    sendcmpct(1)), or only to announce it by INV_BLOCK (feature "cmpct-hb")."""
+
+    TYPE: ClassVar[str] = "SEND_CMPCT"
+    high_bandwidth: bool = field(metadata=BOOL)
+
+
+@record
+class InvBlock(_Message):
+    """New best blocks the sender has and the receiver may lack, by hash (feature "cmpct-hb")."""
+
+    TYPE: ClassVar[str] = "INV_BLOCK"
+    hashes: tuple[bytes, ...] = field(metadata=_codec(_list(_bin(32), limits.MAX_INV_BLOCK_HASHES)))
+
+
+@record
+class GetCmpct(_Message):
+    """Ask for an announced block as CMPCT_BLOCK; answered by it, or by an empty BLOCK_TXN of the
+    hash when the sender no longer has it among its recent blocks (feature "cmpct-hb")."""
+
+    TYPE: ClassVar[str] = "GET_CMPCT"
+    hash: bytes = field(metadata=HASH)
+
+
 # Queries (client -> node): each request carries an id that its reply echoes.
 @record
 class GetStatus(_Message):
@@ -593,6 +619,9 @@ Message: TypeAlias = (
     | CmpctBlock
     | GetBlockTxn
     | BlockTxn
+    | SendCmpct
+    | InvBlock
+    | GetCmpct
     | GetStatus
     | Status
     | GetAccount
@@ -632,7 +661,7 @@ MAX_PAYLOAD_BYTES: Mapping[str, int] = {
     **dict.fromkeys(
         ("HELLO", "PING", "PONG", "GET_CHAIN", "GET_PEERS", "GET_STATUS", "GET_ACCOUNT", "ACCOUNT", "GET_TX"), _SMALL
     ),
-    **dict.fromkeys(("GET_BLOCKS", "GET_BLOCK"), _SMALL),
+    **dict.fromkeys(("GET_BLOCKS", "GET_BLOCK", "SEND_CMPCT", "INV_BLOCK", "GET_CMPCT"), _SMALL),
     **dict.fromkeys(("NEW_TX", "SUBMIT_TX", "TX_INFO", "SUBMIT_RESULT", "ERROR"), _TX),
     **dict.fromkeys(("INV_TX", "GET_TXS"), limits.MAX_INV_TXIDS * _HASH_ITEM + _SMALL),
     "PEERS": limits.MAX_PEERS_PER_MESSAGE * (limits.MAX_PEER_ADDR_CHARS + 3) + _SMALL,

@@ -64,6 +64,9 @@ def messages() -> dict[str, wire.Message]:
         "CMPCT_BLOCK": relay.compact_block(block, CMPCT_NONCE),
         "GET_BLOCK_TXN": wire.GetBlockTxn(hash=block.hash, indexes=(1,)),
         "BLOCK_TXN": wire.BlockTxn(hash=block.hash, txs=(tx,)),
+        "SEND_CMPCT": wire.SendCmpct(high_bandwidth=True),
+        "INV_BLOCK": wire.InvBlock(hashes=(block.hash,)),
+        "GET_CMPCT": wire.GetCmpct(hash=block.hash),
     }
 
 

@@ -12,15 +12,31 @@ no version 2 message ever crossed a link to or from C.
 
 from __future__ import annotations
 
+import asyncio
+
 from conftest import NodeFactory
 from harness import NodeProc, run, wait_until
-from node_helpers import FUNDED, MINER_ARGS, TEST_PARAMS, branch, pay, status, write_store
+from node_helpers import FUNDED, MINER_ARGS, TEST_PARAMS, branch, next_block, pay, status, write_store
+from p2p_peer import RawPeer
 from test_node_gossip import LINE
 
-from p2pchain import wire
+from p2pchain import limits, relay, wire
 from p2pchain.keys import Wallet
 
-V2_TYPES = {t.TYPE for t in (wire.InvTx, wire.GetTxs, wire.Txs, wire.CmpctBlock, wire.GetBlockTxn, wire.BlockTxn)}
+V2_TYPES = {
+    t.TYPE
+    for t in (
+        wire.InvTx,
+        wire.GetTxs,
+        wire.Txs,
+        wire.CmpctBlock,
+        wire.GetBlockTxn,
+        wire.BlockTxn,
+        wire.SendCmpct,
+        wire.InvBlock,
+        wire.GetCmpct,
+    )
+}
 PAYMENTS = 20
 
 
@@ -78,3 +94,40 @@ def test_a_line_of_version_1_and_version_2_nodes_agrees(nodes: NodeFactory) -> N
     assert not {"NEW_TX", "NEW_BLOCK"} & (a_in | a_out), "a and b exchanged nothing in full"
     relay_b = status(b)["relay"]
     assert relay_b["cmpct_received"] >= 1 and relay_b["cmpct_rebuilt"] >= 1, relay_b
+
+
+def test_a_node_whose_high_bandwidth_peers_withhold_blocks_still_gets_them(nodes: NodeFactory) -> None:
+    """V's three high-bandwidth peers (raw peers, its first connections) never push a block; B,
+    a node connected to V after them, is not asked to push. A block reaching B (pushed by a
+    client, so B did not mine it) reaches V all the same: B announces it (INV_BLOCK) within
+    RELAY_BLOCK_INV_INTERVAL_S and V fetches it (GET_CMPCT). B, having delivered first, then
+    becomes one of V's high-bandwidth peers in place of the oldest withholder."""
+    start = branch(TEST_PARAMS.genesis.header, 2)
+    b, v = nodes("b"), nodes("v")
+    for node in (b, v):
+        write_store(node, start)
+    v.start(LINE)
+    block = next_block(start[-1].header)
+
+    async def scenario() -> None:
+        withholders = [await RawPeer.connect(v.port) for _ in range(limits.RELAY_HB_PEERS)]
+        try:
+            for peer in withholders:
+                await peer.handshake(relay=relay.FEATURES)
+                assert (await peer.expect(wire.SendCmpct)).high_bandwidth
+            await asyncio.to_thread(b.start, [*LINE, "--peer", v.addr])
+            # the raw peers do not listen: /status counts them as clients, not peers
+            await asyncio.to_thread(wait_until, lambda: len(status(v)["peers"]) == 1, 20, "b to connect to v")
+            async with b.client() as client:
+                client.send(wire.NewBlock(block))
+                await asyncio.to_thread(wait_until, lambda: v.tip() == block.hash.hex(), 20, "v to get the block")
+            dropped = await withholders[0].expect(wire.SendCmpct)
+            assert not dropped.high_bandwidth, "the oldest withholder made room for b"
+        finally:
+            for peer in withholders:
+                await peer.close()
+
+    run(scenario())
+    v_in, v_out = traffic_types(v)
+    assert "INV_BLOCK" in v_in and "GET_CMPCT" in v_out and "CMPCT_BLOCK" in v_in, (v_in, v_out)
+    assert status(v)["relay"]["blocks_fetched"] >= 1

@@ -684,6 +684,8 @@ async def txs_not_found(ctx: Ctx, peer: RawPeer) -> None:
 
 
 FLOOD_TXIDS = limits.RELAY_MAX_PEER_ANNOUNCED + 2 * limits.MAX_INV_TXIDS
+FLOOD_SELECTIONS = 1000
+FLOOD_BLOCKS = 100 * limits.MAX_INV_BLOCK_HASHES
 
 
 @case(f"an announcement flood of {FLOOD_TXIDS} txids never delivered (the excess is ignored)", IGNORE, hello=False)
@@ -779,13 +781,52 @@ async def get_block_txn_beyond(ctx: Ctx, peer: RawPeer) -> None:
     peer.send(wire.GetBlockTxn(tip.hash, (len(tip.txs),)))
 
 
-@case("GET_BLOCK_TXN and GET_TXS for what the node does not have (answered empty)", IGNORE, hello=False)
+@case("GET_BLOCK_TXN, GET_TXS and GET_CMPCT of what the node does not have (answered empty)", IGNORE, hello=False)
 async def get_unknown(ctx: Ctx, peer: RawPeer) -> None:
     await relay_handshake(peer)
     peer.send(wire.GetBlockTxn(os.urandom(32), (1,)))
     assert (await peer.expect(wire.BlockTxn)).txs == ()
     peer.send(wire.GetTxs((os.urandom(32),)))
     assert (await peer.expect(wire.Txs)).txs == ()
+    peer.send(wire.GetCmpct(os.urandom(32)))
+    assert (await peer.expect(wire.BlockTxn)).txs == ()
+
+
+@case("SEND_CMPCT from a peer that did not offer cmpct-hb", BAN)
+async def send_cmpct_without_feature(ctx: Ctx, peer: RawPeer) -> None:
+    peer.send(wire.SendCmpct(True))
+
+
+@case("INV_BLOCK from a peer that did not offer cmpct-hb", BAN)
+async def inv_block_without_feature(ctx: Ctx, peer: RawPeer) -> None:
+    peer.send(wire.InvBlock((os.urandom(32),)))
+
+
+@case(f"a flood of {FLOOD_SELECTIONS} SEND_CMPCT (one flag per peer: the last counts)", IGNORE, hello=False)
+async def send_cmpct_flood(ctx: Ctx, peer: RawPeer) -> None:
+    await relay_handshake(peer)
+    frames = b"".join(wire.SendCmpct(n % 2 == 0).encode() for n in range(FLOOD_SELECTIONS))
+    peer.send_raw(frames)
+
+
+@case(f"an INV_BLOCK flood of {FLOOD_BLOCKS} blocks never sent (a few asked, the rest ignored)", IGNORE, hello=False)
+async def inv_block_flood(ctx: Ctx, peer: RawPeer) -> None:
+    """Each announced block the node lacks costs it a GET_CMPCT and a want until the timeout: at
+    most RELAY_MAX_PENDING_BLOCKS at once, whatever the announcer sends."""
+    await relay_handshake(peer)
+    step = limits.MAX_INV_BLOCK_HASHES
+    for _ in range(0, FLOOD_BLOCKS, step):
+        peer.send(wire.InvBlock(tuple(os.urandom(32) for _i in range(step))))
+    peer.send(wire.Ping(8))  # its PONG follows every GET_CMPCT the announcements caused
+    asked = 0
+
+    def count(msg: wire.Message) -> bool:
+        nonlocal asked
+        asked += isinstance(msg, wire.GetCmpct)
+        return isinstance(msg, wire.Pong) and msg.nonce == 8
+
+    await peer.expect(count)
+    assert asked == limits.RELAY_MAX_PENDING_BLOCKS, f"{asked} blocks asked of one announcer"
 
 
 @case("GET_TXS of pooled transactions again and again (each answered once, if announced to it)", IGNORE, hello=False)

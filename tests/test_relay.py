@@ -16,6 +16,7 @@ from p2pchain.ledger.tx import Tx
 from p2pchain.peer import Misbehaving
 from p2pchain.relay import (
     FEATURE_CMPCT,
+    FEATURE_HB,
     FEATURE_INV_TX,
     FEATURES,
     ExtraPool,
@@ -53,6 +54,7 @@ def test_negotiation_is_the_intersection_and_version_1_gets_nothing() -> None:
     assert negotiate(FEATURES, 2, ()) == frozenset()
     assert negotiate(FEATURES, 2, (FEATURE_INV_TX, "future-thing")) == {FEATURE_INV_TX}
     assert negotiate((), 3, FEATURES) == frozenset()  # a --relay flood node offers none
+    assert negotiate(FEATURES, 2, (FEATURE_INV_TX, FEATURE_HB)) == {FEATURE_INV_TX}  # cmpct-hb needs cmpct-block
 
 
 def test_hello_without_relay_is_version_1_bytes() -> None:
@@ -321,11 +323,122 @@ def test_get_block_txn_beyond_the_block_is_a_breach() -> None:
 def test_blocks_go_compact_or_full_by_feature_and_never_twice() -> None:
     block = block_of(payments(1))
     relay = relay_with("a", "b")
+    relay.on_send_cmpct("a", True)  # a asked for new blocks at once
+    relay.add_peer("v2", 2, (FEATURE_INV_TX, FEATURE_CMPCT))  # compact blocks, no cmpct-hb: at once, as before
     relay.add_peer("old", 1, ())
     relay.block_known("b", block.hash)  # b sent it to us
-    assert relay.block_targets(block, ["a", "b", "old", "client"], exclude=None) == (["a"], ["old", "client"])
-    assert relay.block_targets(block, ["a", "b", "old"], exclude=None) == ([], [])
+    targets = relay.block_targets(block, ["a", "b", "v2", "old", "client"], exclude=None)
+    assert targets == (["a", "v2"], ["old", "client"], False)
+    assert relay.block_targets(block, ["a", "b", "v2", "old"], exclude=None) == ([], [], False)
     assert relay.recent_block(block.hash) == block
+
+
+# --- high-bandwidth peers and block announcements (cmpct-hb) -------------------------------------
+def test_a_new_block_goes_at_once_only_to_peers_that_asked_and_is_announced_to_the_others() -> None:
+    first, second = block_of(payments(1)), block_on(GENESIS, payments(1, sender_seed=3))
+    relay = relay_with("hb", "lb", "told")
+    relay.on_send_cmpct("hb", True)
+    assert relay.block_targets(first, ["hb", "lb", "told"]) == (["hb"], [], True)
+    assert relay.block_targets(second, ["hb", "lb", "told"]) == (["hb"], [], True)
+    relay.block_known("told", second.hash)  # it sent us the newest meanwhile
+    # the newest queued block only (a peer that has it has its ancestors), once
+    assert relay.take_block_announcements() == {"lb": (second.hash,)}
+    assert relay.take_block_announcements() == {}
+    assert relay.stats.blocks_announced == 1
+
+
+def test_a_block_we_mined_goes_at_once_to_every_compact_peer() -> None:
+    block = block_of(payments(1))
+    relay = relay_with("a", "b")
+    assert relay.block_targets(block, ["a", "b"], mined=True) == (["a", "b"], [], False)
+    assert relay.take_block_announcements() == {}
+
+
+def test_a_peer_that_announces_first_is_not_announced_to() -> None:
+    block = block_of(payments(1))
+    relay = relay_with("a")
+    relay.block_targets(block, ["a"])
+    assert relay.on_inv_block("a", [block.hash], lambda h: True, T0) == []
+    assert relay.take_block_announcements() == {}
+
+
+def test_start_up_choice_takes_three_peers_and_keeps_an_outbound_one() -> None:
+    relay: Relay[str] = Relay()
+    for p in ("in1", "in2", "in3", "in4"):
+        relay.add_peer(p, 2, FEATURES)
+    assert [relay.select_on_connect(p) for p in ("in1", "in2", "in3", "in4")] == [
+        [("in1", True)],
+        [("in2", True)],
+        [("in3", True)],
+        [],  # three are selected
+    ]
+    relay.add_peer("out1", 2, FEATURES, outbound=True)
+    relay.add_peer("out2", 2, FEATURES, outbound=True)
+    relay.add_peer("v2", 2, (FEATURE_CMPCT,), outbound=True)
+    assert relay.select_on_connect("out1") == [("in1", False), ("out1", True)]  # we chose it
+    assert relay.select_on_connect("out2") == []  # one outbound is enough
+    assert relay.select_on_connect("v2") == []  # speaks no cmpct-hb: gets every block at once anyway
+    assert relay.high_bandwidth() == ["in2", "in3", "out1"]
+
+
+def test_the_peer_that_delivers_first_becomes_high_bandwidth_and_the_oldest_makes_room() -> None:
+    relay: Relay[str] = Relay()
+    for p, outbound in (("out", True), ("in1", False), ("in2", False), ("in3", False), ("in4", False)):
+        relay.add_peer(p, 2, FEATURES, outbound=outbound)
+    for p in ("out", "in1", "in2"):
+        relay.select_on_connect(p)
+    assert relay.delivered_first("in1") == []  # already selected: now the most recent
+    assert relay.high_bandwidth() == ["out", "in2", "in1"]
+    # the oldest is the only outbound one: the next oldest makes room for an inbound newcomer
+    assert relay.delivered_first("in3") == [("in3", True), ("in2", False)]
+    assert relay.delivered_first("in4") == [("in4", True), ("in1", False)]
+    assert relay.high_bandwidth() == ["out", "in3", "in4"]
+    relay.remove_peer("in3", T0)
+    assert relay.refill_hb() == [("in1", True)]  # the longest connected that is not selected
+    relay.add_peer("old", 1, ())
+    assert relay.delivered_first("old") == []  # a version 1 peer cannot be asked
+
+
+def test_an_announced_block_is_fetched_from_one_announcer_at_a_time() -> None:
+    block = block_of(payments(1))
+    relay = relay_with("a", "b", "c", "d")
+    assert relay.on_inv_block("a", [block.hash], never, T0) == [("a", wire.GetCmpct(block.hash))]
+    assert relay.on_inv_block("b", [block.hash], never, T0) == []  # a is being asked
+    assert relay.on_inv_block("c", [block.hash], never, T0) == []
+    # a no longer has it: b is asked; b is silent: c is asked; c leaves: nobody else announced it
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, ()), T0) == ("b", wire.GetCmpct(block.hash))
+    assert relay.next_deadline() == T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    assert relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("c", wire.GetCmpct(block.hash))])
+    assert relay.stats.block_fetch_timeouts == 1
+    relay.remove_peer("c", T0 + 3)
+    assert relay.expire(T0 + 3) == ({}, [])
+    assert relay.next_deadline() is None
+    # announced again, and this time the compact block comes: nothing more is asked
+    assert relay.on_inv_block("d", [block.hash], never, T0 + 4) == [("d", wire.GetCmpct(block.hash))]
+    assert relay.on_cmpct("d", compact_block(block, 1), lambda: block.txs[1:], T0 + 4) == block
+    assert relay.next_deadline() is None
+    with pytest.raises(Misbehaving, match="nobody asked"):  # a second empty answer is not ours to take
+        relay.on_block_txn("d", wire.BlockTxn(block.hash, ()), T0 + 5)
+
+
+def test_what_we_have_or_are_rebuilding_is_not_fetched_and_wants_are_bounded() -> None:
+    relay = relay_with("a")
+    assert relay.on_inv_block("a", [bytes(32)], lambda h: True, T0) == []
+    hashes = [bytes([i]) * 32 for i in range(1, limits.RELAY_MAX_PENDING_BLOCKS + 3)]
+    asked = relay.on_inv_block("a", hashes, never, T0)
+    assert [r.hash for _, r in asked] == hashes[: limits.RELAY_MAX_PENDING_BLOCKS]
+    assert relay.stats.block_announcements_ignored == 2
+    _txs, block, relay = two_senders_of_a_block()  # being rebuilt from a's compact block
+    relay.add_peer("c", 2, FEATURES)
+    assert relay.on_inv_block("c", [block.hash], never, T0) == []
+
+
+def test_block_relay_messages_without_the_cmpct_hb_feature_are_breaches() -> None:
+    relay = relay_with("v2", features=(FEATURE_INV_TX, FEATURE_CMPCT))
+    with pytest.raises(Misbehaving, match="SEND_CMPCT"):
+        relay.on_send_cmpct("v2", True)
+    with pytest.raises(Misbehaving, match="INV_BLOCK"):
+        relay.on_inv_block("v2", [bytes(32)], never, T0)
 
 
 def test_what_waited_for_room_in_flight_is_asked_when_the_peer_answers() -> None:

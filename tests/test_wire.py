@@ -81,6 +81,10 @@ SAMPLES: list[wire.Message] = [
     wire.GetBlockTxn(H, (1, 3999)),
     wire.BlockTxn(H, (TX,)),
     wire.BlockTxn(H, ()),
+    wire.SendCmpct(True),
+    wire.SendCmpct(False),
+    wire.InvBlock((H, GENESIS.hash)),
+    wire.GetCmpct(H),
     wire.Error(8, "unknown block"),
 ]
 BY_TYPE = {m.TYPE: m for m in reversed(SAMPLES)}  # the first sample of each type
@@ -413,6 +417,7 @@ def test_every_message_type_has_a_payload_limit_its_largest_valid_message_fits()
         wire.TxInfo(2**32 - 1, H, "confirmed", 2**32 - 1, H, 2**32 - 1, _largest_tx()),
         wire.Error(2**32 - 1, "e" * limits.MAX_WIRE_STR_BYTES),
         wire.InvTx((H,) * limits.MAX_INV_TXIDS),
+        wire.InvBlock((H,) * limits.MAX_INV_BLOCK_HASHES),
         wire.Peers(("[" + "f" * (limits.MAX_PEER_ADDR_CHARS - 8) + "]:65535",) * limits.MAX_PEERS_PER_MESSAGE),
         wire.GetBlockTxn(H, tuple(range(limits.MAX_BLOCK_TXS))),
     ]  # fmt: skip

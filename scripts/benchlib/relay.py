@@ -45,7 +45,8 @@ RELAY_SENDERS = 20  # funded wallets; each block holds TXS_PER_BLOCK / RELAY_SEN
 TXS_PER_BLOCK = 100  # payments per measured block
 MEMPOOL_WAIT_S = 20.0  # at most this long for every mempool to hold a block's payments
 SWARM_NODES, SWARM_DEGREE, SWARM_BLOCKS = 200, 8, 20  # the in-process swarm (as bench swarm)
-BLOCK_TYPES = ("NEW_BLOCK", "CMPCT_BLOCK", "GET_BLOCK_TXN", "BLOCK_TXN")
+# every message that relays blocks: pushes, round trips, and the announcements with their fetches
+BLOCK_TYPES = ("NEW_BLOCK", "CMPCT_BLOCK", "GET_BLOCK_TXN", "BLOCK_TXN", "SEND_CMPCT", "INV_BLOCK", "GET_CMPCT")
 TX_TYPES = ("NEW_TX", "INV_TX", "GET_TXS", "TXS")
 MODES = ("compact", "flood")
 
