@@ -16,7 +16,7 @@ from p2pchain.connmgr import parse_addr
 from p2pchain.errors import StoreError, WalletError
 from p2pchain.http_auth import AuthConfigError, AuthMode, AuthSettings, read_token_file
 from p2pchain.keys import is_address
-from p2pchain.node import RELAY_MODES, NodeConfig, run_node
+from p2pchain.node import RELAY_MODES, VERIFY_PROCS_DEFAULT, NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, DEFAULT_HALF_LIFE_BLOCKS, NetworkParams
 from p2pchain.peer import Tunables
 
@@ -53,6 +53,13 @@ def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (also used by scripts/swarm.py)."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _procs(text: str) -> int:
+    """argparse type: a whole number of processes, 0 .. 64."""
+    if not text.isdigit() or int(text) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 64")
     return int(text)
 
 
@@ -113,6 +120,14 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="where the chain, wallet and bans live (default ./node<PORT>)")
     p.add_argument("--mine", action="store_true", help="mine blocks continuously")
     p.add_argument("--miner-procs", type=positive_int, help="mining processes (default: one per core)")
+    p.add_argument(
+        "--verify-procs",
+        type=_procs,
+        default=VERIFY_PROCS_DEFAULT,
+        help="processes that check arriving transactions' signatures, started on the first ones and "
+        f"gone after {limits.VERIFY_PROC_IDLE_S:g} s without any (default: one per core on more than one core; "
+        "0: threads of the node's process check them)",
+    )
     p.add_argument(
         "--reward-to",
         type=_address,
@@ -220,6 +235,7 @@ def run_node_command(argv: list[str]) -> int:
         ),
         mine=args.mine,
         miner_procs=args.miner_procs,
+        verify_procs=args.verify_procs,
         http_port=args.http_port,
         http_host=args.http_host,
         reward_to=args.reward_to,

@@ -99,6 +99,8 @@ MEMPOOL_PUSH_REMEMBERED = 1024  # addresses remembered for that
 TX_VERIFY_BATCH_MAX = 256  # transactions in one batch: ~20 ms of Ed25519 on one core, so a batch ends soon
 TX_VERIFY_PENDING_MAX = 4096  # queued or being checked, all peers; past it a peer's reader waits (TCP pushes back)
 TX_VERIFY_PENDING_PER_PEER = 1024  # of those, from one peer: one flooding connection cannot hold the whole queue
+VERIFY_PROC_IDLE_S = 30.0  # a signature worker process exits after this long without a batch (p2pchain/verifyprocs.py)
+VERIFY_PROC_CLOSE_S = 2.0  # seconds a stopping node waits for a worker to exit before killing it
 
 # --- peers --------------------------------------------------------------------------------
 TARGET_OUTBOUND = 8  # outbound connections kept open (Bitcoin: 8 full-relay)

@@ -38,6 +38,7 @@ from p2pchain.serve import BlockServer, send_metered
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
 from p2pchain.store import DB_FILE
 from p2pchain.sync import HONEST_BLOCK_CODES, SyncManager, now_ms
+from p2pchain.verifyprocs import VerifierProcs
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ EXTRA_POOL_CODES = frozenset(
 )
 RELAY_MODES = ("compact", "flood")  # --relay: flood speaks protocol version 1 (every object in full)
 VERIFY_THREADS = os.cpu_count() or 1  # signature-checking threads (Ed25519 releases the GIL)
+# --verify-procs by default: one per core, none on one core (where they would only add pipe work)
+VERIFY_PROCS_DEFAULT = VERIFY_THREADS if VERIFY_THREADS > 1 else 0
 PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sending to the threads
 
 
@@ -72,6 +75,9 @@ class NodeConfig:
     params: NetworkParams = field(default_factory=NetworkParams)
     mine: bool = False
     miner_procs: int | None = None  # None: one per core
+    # worker processes that check arriving transactions' signatures for the verifier threads
+    # (p2pchain/verifyprocs.py); 0: the threads check them (in-process nodes: tests, swarms)
+    verify_procs: int = 0
     http_port: int | None = None
     http_host: str = "127.0.0.1"  # the shim's address, whatever ``host`` is: it is not for other hosts by default
     reward_to: str | None = None  # default: the node's own wallet
@@ -124,6 +130,9 @@ class Node:
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
         self._mining_stopped: str | None = None  # why the --mine task ended, if it did
         self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
+        # what the verifier threads call with a batch of transactions: the workers' check, or their own
+        self._verify_procs = VerifierProcs(config.verify_procs) if config.verify_procs else None
+        self._check_signatures = self._verify_procs.check if self._verify_procs else signatures_ok
         # NEW_TX and SUBMIT_TX: signatures checked in batches on the verifier threads, admitted in arrival order
         self.tx_batcher = SignatureBatcher(
             self._verifier,
@@ -132,6 +141,7 @@ class Node:
             max_batch=limits.TX_VERIFY_BATCH_MAX,
             max_pending=limits.TX_VERIFY_PENDING_MAX,
             max_per_owner=limits.TX_VERIFY_PENDING_PER_PEER,
+            check=self._check_signatures,
         )
         self._mine_lock = asyncio.Lock()
         # pulsed after each peer message, handshake and closed connection: what waits on peers' state
@@ -203,6 +213,8 @@ class Node:
         await self.connmgr.close()
         self.tx_batcher.close()
         self._verifier.shutdown(wait=False, cancel_futures=True)
+        if self._verify_procs is not None:
+            await asyncio.to_thread(self._verify_procs.close)
         self.blocks_server.close()
         self.chain.close()  # before the miner: its workers may take a while and need no store
         log.info("stopped at height %d, tip %s", self.chain.height, self.chain.tip.hash.hex()[:16])
@@ -370,7 +382,7 @@ class Node:
         chunk = -(-len(todo) // VERIFY_THREADS)
         parts = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
         results = await asyncio.gather(
-            *(loop.run_in_executor(self._verifier, signatures_ok, part, network) for part in parts)
+            *(loop.run_in_executor(self._verifier, self._check_signatures, part, network) for part in parts)
         )
         for part, oks in zip(parts, results, strict=True):
             for tx, ok in zip(part, oks, strict=True):

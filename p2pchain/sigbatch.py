@@ -3,13 +3,20 @@ transactions handed back in the order they arrived.
 
 Ed25519 releases the GIL, so while the event loop reads, decodes and admits transactions, the
 threads check the signatures of the next ones: every core works. Batching is driven by the
-threads, not by a clock: a transaction that arrives while fewer than ``max_inflight`` batches
-are being checked goes to a thread at once (a single transaction on an idle node waits for
-nothing); what arrives while every thread is busy gathers into the next batch (up to
-``max_batch``), which leaves as soon as a thread is free. Each transaction's ``admit`` callback
-is then called on the event loop in arrival order, with the signature's verdict: True (it
-verifies), False (it does not) or None (not checked: the caller said no check was needed, for
-a transaction that is already known or will be refused before its signature counts).
+threads, not by a clock: a transaction that arrives while fewer than ``max_inflight`` threads
+are checking goes to a thread at once (a single transaction on an idle node waits for nothing);
+what arrives while every thread is busy waits in a queue, and a thread that finishes a batch
+takes the next one (up to ``max_batch``) from that queue itself, before the event loop has
+even heard of the finished one: a thread never waits for the loop, which may be busy admitting
+the last batch (that wait was a sixth of each thread's time at full load). After
+``RUN_BATCHES`` batches a thread goes back to the end of the executor's queue, so that a
+block's signature checks on the same threads wait for at most that many batches.
+
+Each transaction's ``admit`` callback is called on the event loop in arrival order, with the
+signature's verdict: True (it verifies), False (it does not) or None (not checked: the caller
+said no check was needed, for a transaction that is already known or will be refused before
+its signature counts; or the check itself failed, so the mempool checks it again). A thread
+wakes the loop once per finished batch at most, not per transaction.
 
 The queue is bounded: ``put`` waits (and so stops its peer's reader: TCP pushes back) while
 ``max_pending`` transactions are queued or being checked, or ``max_per_owner`` of its own.
@@ -19,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -31,6 +40,8 @@ from p2pchain.pulse import Pulse
 log = logging.getLogger(__name__)
 
 Admit = Callable[[bool | None], None]  # called with the verdict, on the event loop, in arrival order
+Check = Callable[[list[Tx], bytes], list[bool]]  # a batch's verdicts, in a verifier thread
+RUN_BATCHES = 4  # batches a thread checks in a row before it queues behind the executor's other work
 
 
 def signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
@@ -41,15 +52,10 @@ def signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
 @dataclass(slots=True)
 class _Item:
     tx: Tx
-    check: bool
     admit: Admit
     owner: Hashable
-
-
-@dataclass(slots=True)
-class _Batch:
-    items: list[_Item]
-    verdicts: asyncio.Future[list[bool]]  # of the items with check=True, in order
+    done: bool = False  # its verdict is in (set by a verifier thread, or at once when not checked)
+    verdict: bool | None = None
 
 
 class SignatureBatcher:
@@ -62,6 +68,7 @@ class SignatureBatcher:
         max_batch: int,
         max_pending: int,
         max_per_owner: int,
+        check: Check = signatures_ok,
     ) -> None:
         self.executor = executor
         self.network_id = network_id
@@ -69,27 +76,36 @@ class SignatureBatcher:
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.max_per_owner = max_per_owner
-        self._waiting: deque[_Item] = deque()  # arrived, not yet sent to a thread
-        self._inflight: deque[_Batch] = deque()  # sent, oldest first (or needing no check), not yet admitted
-        self._busy = 0  # batches being checked on a thread
-        self._pending = 0  # items waiting or in flight
+        self._check = check
+        self._order: deque[_Item] = deque()  # every item not yet admitted, in arrival order (the loop's)
+        # Shared with the threads, under _lock: the items to check, the threads checking, and
+        # whether a wake-up of the loop is already on its way.
+        self._lock = threading.Lock()
+        self._todo: deque[_Item] = deque()
+        self._threads = 0
+        self._wake_sent = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._per_owner: dict[Hashable, int] = {}
         self._space = Pulse()
         self._closed = False
-        self.batches = 0  # batches sent to the threads (tests, stats)
+        self.batches = 0  # batches checked (tests, stats)
         self.checked = 0  # signatures checked
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return len(self._order)
 
     def idle(self) -> bool:
-        return not self._pending
+        return not self._order
 
     def close(self) -> None:
-        """Admit nothing more (the node is stopping): queued transactions are dropped."""
+        """Admit nothing more (the node is stopping): queued transactions are dropped, and the
+        threads stop after the batch they are checking."""
         self._closed = True
-        self._waiting.clear()
+        with self._lock:
+            self._todo.clear()
+        self._order.clear()
+        self._per_owner.clear()
         self._space.pulse()
 
     async def put(self, tx: Tx, admit: Admit, *, check: bool, owner: Hashable = None) -> None:
@@ -99,63 +115,95 @@ class SignatureBatcher:
             await self._space.wait_for(lambda: self._has_room(owner), timeout=None)
         if self._closed:
             return
-        if not check and not self._pending:
+        if not check and not self._order:
             admit(None)  # nothing ahead of it: no queue, no thread
             return
-        self._pending += 1
+        item = _Item(tx, admit, owner)
+        self._order.append(item)
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
-        self._waiting.append(_Item(tx, check, admit, owner))
-        self._dispatch()
+        if not check:
+            item.done = True  # admitted as soon as what is ahead of it is
+            return
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        with self._lock:
+            self._todo.append(item)
+            if self._threads >= self.max_inflight:
+                return  # a busy thread takes it when it finishes its batch
+            self._threads += 1
+            batch = self._take()
+        self.executor.submit(self._run, batch)
 
     def _has_room(self, owner: Hashable) -> bool:
         if self._closed:
             return True
-        return self._pending < self.max_pending and self._per_owner.get(owner, 0) < self.max_per_owner
+        return len(self._order) < self.max_pending and self._per_owner.get(owner, 0) < self.max_per_owner
 
-    def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._waiting and self._busy < self.max_inflight:
-            items = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-            txs = [item.tx for item in items if item.check]
-            verdicts: asyncio.Future[list[bool]]
-            if txs:
-                verdicts = asyncio.wrap_future(self.executor.submit(signatures_ok, txs, self.network_id), loop=loop)
-                self._busy += 1
+    def _take(self) -> list[_Item]:
+        """The next batch from the queue (under _lock)."""
+        todo = self._todo
+        if len(todo) <= self.max_batch:
+            batch = list(todo)
+            todo.clear()
+            return batch
+        return [todo.popleft() for _ in range(self.max_batch)]
+
+    def _run(self, batch: list[_Item]) -> None:
+        """A verifier thread: check ``batch``, then the batches queued meanwhile, up to
+        RUN_BATCHES in all; wake the loop after each."""
+        for run in range(RUN_BATCHES):
+            verdicts: list[bool | None]
+            try:
+                verdicts = list(self._check([item.tx for item in batch], self.network_id))
+                if len(verdicts) != len(batch):
+                    raise ValueError(f"{len(verdicts)} verdicts for {len(batch)} signatures")
+            except Exception:  # a bug: the mempool checks these signatures itself, on the loop
+                log.exception("checking %d signatures failed", len(batch))
+                verdicts = [None] * len(batch)
+            for item, verdict in zip(batch, verdicts, strict=True):
+                item.verdict = verdict
+                item.done = True
+            with self._lock:
                 self.batches += 1
-                self.checked += len(txs)
-                verdicts.add_done_callback(self._checked)
-            else:  # nothing to check: admitted as soon as what is ahead of it is
-                verdicts = loop.create_future()
-                verdicts.set_result([])
-            self._inflight.append(_Batch(items, verdicts))
-        self._drain()
+                self.checked += len(batch)
+                wake, self._wake_sent = not self._wake_sent, True
+                batch = self._take() if not self._closed else []
+                if not batch:
+                    self._threads -= 1
+                elif run == RUN_BATCHES - 1:  # to the back of the executor's queue: a block's checks go first
+                    try:
+                        self.executor.submit(self._run, batch)
+                    except RuntimeError:  # the executor shut down (the node is stopping)
+                        self._threads -= 1
+                        batch = []
+            if wake:
+                self._wake()
+            if not batch or run == RUN_BATCHES - 1:
+                return
 
-    def _checked(self, _: object) -> None:
-        self._busy -= 1
-        if self._closed:
-            self._drain()
-        else:  # the freed thread takes what waits before the loop admits this batch: it never idles meanwhile
-            self._dispatch()
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the node stopped
+            loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
-        """Admit the oldest batches whose checks are done, in arrival order."""
-        while self._inflight and self._inflight[0].verdicts.done():
-            batch = self._inflight.popleft()
+        """Admit the oldest transactions whose verdicts are in, in arrival order."""
+        with self._lock:
+            self._wake_sent = False  # a batch finishing from now on wakes the loop again
+        order, per_owner = self._order, self._per_owner
+        while order and order[0].done:
+            item = order.popleft()
+            left = per_owner[item.owner] - 1
+            if left:
+                per_owner[item.owner] = left
+            else:
+                del per_owner[item.owner]
+            if self._closed:
+                continue
             try:
-                verdicts = iter(batch.verdicts.result())
-            except (concurrent.futures.CancelledError, RuntimeError):  # the executor shut down
-                verdicts = iter(())
-            for item in batch.items:
-                self._pending -= 1
-                left = self._per_owner[item.owner] - 1
-                if left:
-                    self._per_owner[item.owner] = left
-                else:
-                    del self._per_owner[item.owner]
-                if self._closed:
-                    continue
-                try:
-                    item.admit(next(verdicts, False) if item.check else None)
-                except Exception:  # a bug in the callback: the transactions behind it still go in
-                    log.exception("admitting transaction %s failed", item.tx.txid.hex()[:16])
+                item.admit(item.verdict)
+            except Exception:  # a bug in the callback: the transactions behind it still go in
+                log.exception("admitting transaction %s failed", item.tx.txid.hex()[:16])
         self._space.pulse()

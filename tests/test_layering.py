@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"params"},
     {"ledger.rules"},
     {"store", "wire"},
-    {"sigbatch"},
+    {"sigbatch", "verifyprocs"},
     {"chain", "mempool", "miner", "events"},
     {"mining"},
     {"peer", "addrman"},

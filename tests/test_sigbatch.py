@@ -3,21 +3,25 @@ arrival order; a single transaction on an idle node goes to a thread at once; a 
 a batch is refused alone, with the answer (SUBMIT_TX) and the cost (NEW_TX: dropped, banned) it
 has without batching.
 
-The batcher's unit tests drive it with an executor whose futures the test completes by hand, so
-what is asserted is when work is dispatched and in which order it is admitted, never a timing.
-The node tests run a Node in this process (no sockets) with a stand-in for the peer.
+The batcher's unit tests run its real threads with a check that holds each batch until the test
+releases it (``Gate``), so what is asserted is which batches the threads take and in which
+order transactions are admitted, never a timing. The node tests run a Node in this process (no
+sockets) with a stand-in for the peer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import until
 from node_helpers import FUNDED, TEST_PARAMS, branch, next_block, pay
 
 from p2pchain import wire
@@ -25,124 +29,198 @@ from p2pchain.keys import Wallet
 from p2pchain.ledger.tx import Tx
 from p2pchain.node import VERIFY_THREADS, Node, NodeConfig
 from p2pchain.peer import Misbehaving
-from p2pchain.sigbatch import SignatureBatcher
+from p2pchain.sigbatch import RUN_BATCHES, SignatureBatcher, signatures_ok
 from p2pchain.sync import now_ms
 
 NET = TEST_PARAMS.network_id
 TO = Wallet.generate().address
 
 
-class HandExecutor(concurrent.futures.Executor):
-    """Records each submitted batch; the test completes its future when it likes."""
+class Gate:
+    """The batcher's check, run in its verifier threads: records each batch and holds it until
+    the test calls ``finish`` (then answers the verdicts given, or all True)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[Tx], concurrent.futures.Future[list[bool]]]] = []
+        self.calls: list[tuple[list[Tx], threading.Event, list[list[bool] | None]]] = []
+        self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
-        self.calls.append((list(args[0]), future))
-        return future
+    def __call__(self, batch: list[Tx], network_id: bytes) -> list[bool]:
+        release, answer = threading.Event(), [None]
+        with self._lock:
+            self.calls.append((list(batch), release, answer))  # type: ignore[arg-type]
+        if not release.wait(30):
+            raise TimeoutError("the test never released this batch")
+        return answer[0] if answer[0] is not None else [True] * len(batch)
+
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch, _, _ in self.calls]
 
     def finish(self, i: int, verdicts: list[bool] | None = None) -> None:
-        txs, future = self.calls[i]
-        future.set_result(verdicts if verdicts is not None else [True] * len(txs))
+        _, release, answer = self.calls[i]
+        answer[0] = verdicts
+        release.set()
+
+    def finish_all(self) -> None:
+        for i in range(len(self.calls)):
+            self.finish(i)
 
 
-def batcher(executor: concurrent.futures.Executor, *, inflight: int = 2, batch: int = 256) -> SignatureBatcher:
-    return SignatureBatcher(executor, NET, max_inflight=inflight, max_batch=batch, max_pending=100, max_per_owner=100)
+class Recording(concurrent.futures.ThreadPoolExecutor):
+    """A thread pool that records what was submitted to it, as it is submitted."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__(threads)
+        self.submitted: list[int] = []  # batch sizes handed to a thread by submit()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.submitted.append(len(args[0]))
+        return super().submit(fn, *args, **kwargs)
+
+
+@contextmanager
+def gated(
+    *, inflight: int = 2, batch: int = 256, per_owner: int = 100
+) -> Iterator[tuple[SignatureBatcher, Gate, Recording]]:
+    gate, ex = Gate(), Recording(inflight)
+    b = SignatureBatcher(
+        ex, NET, max_inflight=inflight, max_batch=batch, max_pending=100, max_per_owner=per_owner, check=gate
+    )
+    try:
+        yield b, gate, ex
+    finally:
+        b.close()
+        gate.finish_all()  # nothing is left holding a thread
+        ex.shutdown()
 
 
 def txs(n: int) -> list[Tx]:
     return [pay(FUNDED, TO, 1, nonce=i) for i in range(n)]
 
 
-async def turns(n: int = 5) -> None:
-    for _ in range(n):
-        await asyncio.sleep(0)  # ok: let completed futures' callbacks run (no time passes)
+async def batches(gate: Gate, n: int) -> None:
+    await until(lambda: len(gate.calls) >= n, f"{n} batches taken by the threads", timeout=30)
 
 
 def test_a_single_transaction_on_an_idle_node_goes_to_a_thread_at_once() -> None:
     async def scenario() -> None:
-        ex, admitted = HandExecutor(), []
-        b = batcher(ex)
-        (tx,) = txs(1)
-        await b.put(tx, admitted.append, check=True)
-        assert [len(batch) for batch, _ in ex.calls] == [1], "dispatched when put() returned, alone"
-        ex.finish(0)
-        await turns()
-        assert admitted == [True]
-        assert b.idle()
+        admitted: list[bool | None] = []
+        with gated() as (b, gate, ex):
+            (tx,) = txs(1)
+            await b.put(tx, admitted.append, check=True)
+            assert ex.submitted == [1], "handed to a thread when put() returned, alone"
+            await batches(gate, 1)
+            gate.finish(0)
+            await until(lambda: admitted == [True], "the transaction admitted")
+            assert b.idle()
 
     asyncio.run(scenario())
 
 
 def test_a_transaction_needing_no_check_on_an_idle_node_is_admitted_inside_put() -> None:
     async def scenario() -> None:
-        ex, admitted = HandExecutor(), []
-        await batcher(ex).put(txs(1)[0], admitted.append, check=False)
-        assert admitted == [None]
-        assert ex.calls == []
+        admitted: list[bool | None] = []
+        with gated() as (b, gate, ex):
+            await b.put(txs(1)[0], admitted.append, check=False)
+            assert admitted == [None]
+            assert ex.submitted == [] and gate.calls == []
 
     asyncio.run(scenario())
 
 
-def test_what_arrives_while_the_threads_are_busy_leaves_as_one_batch() -> None:
+def test_what_arrives_while_the_threads_are_busy_is_taken_as_one_batch_by_the_first_thread_free() -> None:
     async def scenario() -> None:
-        ex, admitted = HandExecutor(), []
-        b = batcher(ex, inflight=1)
-        for tx in txs(6):
-            await b.put(tx, admitted.append, check=True)
-        assert [len(batch) for batch, _ in ex.calls] == [1], "the other five wait for the busy thread"
-        ex.finish(0)
-        await turns()
-        assert [len(batch) for batch, _ in ex.calls] == [1, 5]
-        ex.finish(1)
-        await turns()
-        assert admitted == [True] * 6
+        admitted: list[bool | None] = []
+        with gated(inflight=1) as (b, gate, ex):
+            for tx in txs(6):
+                await b.put(tx, admitted.append, check=True)
+            await batches(gate, 1)
+            assert gate.sizes() == [1], "the other five wait for the busy thread"
+            gate.finish(0)
+            await batches(gate, 2)
+            assert gate.sizes() == [1, 5]
+            assert ex.submitted == [1], "the thread took them itself: nothing waited for the loop to hand them over"
+            gate.finish(1)
+            await until(lambda: len(admitted) == 6, "six admitted")
+            assert admitted == [True] * 6
+
+    asyncio.run(scenario())
+
+
+def test_a_thread_goes_back_to_the_executors_queue_after_a_run_of_batches() -> None:
+    """So that a block's signature checks, queued on the same threads, wait for a few batches
+    at most, not for the end of a flood of transactions."""
+
+    async def scenario() -> None:
+        admitted: list[bool | None] = []
+        with gated(inflight=1, batch=1) as (b, gate, ex):
+            for tx in txs(RUN_BATCHES + 2):
+                await b.put(tx, admitted.append, check=True)
+            for i in range(RUN_BATCHES + 2):
+                await batches(gate, i + 1)
+                gate.finish(i)
+            await until(lambda: len(admitted) == RUN_BATCHES + 2, "all admitted")
+            assert ex.submitted == [1, 1], "one submit by put(), one by the thread after RUN_BATCHES batches"
 
     asyncio.run(scenario())
 
 
 def test_admitted_in_arrival_order_whatever_order_the_batches_finish_in() -> None:
     async def scenario() -> None:
-        ex, admitted = HandExecutor(), []
-        b = batcher(ex, inflight=2, batch=2)
-        made = txs(7)
-        checks = [True, False, True, True, False, True, True]
-        for i, (tx, check) in enumerate(zip(made, checks, strict=True)):
-            await b.put(tx, lambda verdict, i=i: admitted.append((i, verdict)), check=check)
-        assert len(ex.calls) == 2  # two batches out, the rest waiting
-        ex.finish(1)  # the later batch finishes first: nothing may be admitted before the earlier
-        await turns()
-        assert admitted == []
-        ex.finish(0, [True])  # tx 0 (tx 1 needed no check)
-        await turns()
-        assert [i for i, _ in admitted] == [0, 1, 2]
-        while len(admitted) < len(made):
-            for i, (_, future) in enumerate(ex.calls):
-                if not future.done():
-                    ex.finish(i)
-            await turns()
-        assert [i for i, _ in admitted] == list(range(7))
-        assert [v for _, v in admitted] == [True if c else None for c in checks]
+        admitted: list[tuple[int, bool | None]] = []
+        with gated(inflight=2, batch=2) as (b, gate, _):
+            made = txs(7)
+            checks = [True, False, True, True, False, True, True]
+            for i, (tx, check) in enumerate(zip(made, checks, strict=True)):
+                await b.put(tx, lambda verdict, i=i: admitted.append((i, verdict)), check=check)
+            await batches(gate, 2)
+            assert gate.sizes() == [1, 1], "tx 0 and tx 2 each alone, each to an idle thread"
+            gate.finish(1)  # the later batch finishes first: nothing may be admitted before the earlier
+            await batches(gate, 3)  # its thread took the next waiting batch (and sent its wake-up) meanwhile
+            await until(lambda: not b._wake_sent, "the loop to handle that wake-up")
+            assert admitted == []
+            assert gate.sizes() == [1, 1, 2], "txs 3 and 5 (4 needs no check)"
+            gate.finish(0, [True])  # tx 0 (tx 1 needed no check): 0 to 2 are in; 3 is being checked
+            await until(lambda: len(admitted) == 3, "txs 0 to 2 admitted")
+            await until(lambda: gate.finish_all() or len(admitted) == len(made), "all admitted")
+            assert [i for i, _ in admitted] == list(range(7))
+            assert [v for _, v in admitted] == [True if c else None for c in checks]
 
     asyncio.run(scenario())
 
 
 def test_put_waits_while_its_owner_has_too_many_pending_and_resumes_when_they_are_admitted() -> None:
     async def scenario() -> None:
-        ex, admitted = HandExecutor(), []
-        b = SignatureBatcher(ex, NET, max_inflight=1, max_batch=8, max_pending=100, max_per_owner=2)
-        made = txs(3)
-        await b.put(made[0], admitted.append, check=True, owner="p")
-        await b.put(made[1], admitted.append, check=True, owner="p")
-        third = asyncio.create_task(b.put(made[2], admitted.append, check=True, owner="p"))
-        await turns()
-        assert not third.done(), "a third pending transaction of one owner waits"
-        await b.put(txs(1)[0], admitted.append, check=True, owner="q")  # another owner is not held up
-        ex.finish(0)
-        await turns()
-        assert third.done()
+        admitted: list[bool | None] = []
+        with gated(inflight=1, batch=8, per_owner=2) as (b, gate, _):
+            made = txs(3)
+            await b.put(made[0], admitted.append, check=True, owner="p")
+            await b.put(made[1], admitted.append, check=True, owner="p")
+            third = asyncio.create_task(b.put(made[2], admitted.append, check=True, owner="p"))
+            await asyncio.sleep(0)  # ok: one turn for the task to reach its wait
+            assert not third.done(), "a third pending transaction of one owner waits"
+            await b.put(txs(1)[0], admitted.append, check=True, owner="q")  # another owner is not held up
+            await batches(gate, 1)
+            gate.finish(0)
+            await until(third.done, "the third put to go in")
+
+    asyncio.run(scenario())
+
+
+def test_a_check_that_fails_leaves_the_signatures_to_the_mempool() -> None:
+    """A bug in the check (an exception) must not refuse good transactions, nor ban their
+    sender: the verdict is None (not checked), and the mempool's add() checks them itself."""
+
+    def broken(batch: list[Tx], network_id: bytes) -> list[bool]:
+        raise RuntimeError("a bug")
+
+    async def scenario() -> None:
+        admitted: list[bool | None] = []
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            b = SignatureBatcher(ex, NET, max_inflight=1, max_batch=8, max_pending=10, max_per_owner=10, check=broken)
+            for tx in txs(3):
+                await b.put(tx, admitted.append, check=True)
+            await until(b.idle, "the batch admitted")
+        assert admitted == [None] * 3
 
     asyncio.run(scenario())
 
@@ -153,12 +231,11 @@ def test_a_bad_signature_in_a_batch_is_refused_alone() -> None:
         made[5] = replace(made[5], signature=bytes(64))
         verdicts: list[bool | None] = []
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
-            b = batcher(ex, inflight=1)
+            b = SignatureBatcher(ex, NET, max_inflight=1, max_batch=256, max_pending=100, max_per_owner=100)
+            assert b._check is signatures_ok  # the real check
             for tx in made:
                 await b.put(tx, verdicts.append, check=True)
-            async with asyncio.timeout(30):
-                while not b.idle():
-                    await asyncio.sleep(0.001)  # ok: real threads; bounded by the timeout
+            await until(b.idle, "every transaction admitted", timeout=30)
         assert verdicts == [i != 5 for i in range(12)]
 
     asyncio.run(scenario())
@@ -258,14 +335,15 @@ def test_node_drops_and_bans_the_sender_of_a_bad_signature_in_a_batch_of_new_tx(
 @pytest.mark.parametrize("check", [True, False])
 def test_a_closed_batcher_admits_nothing(check: bool) -> None:
     async def scenario() -> None:
-        ex, admitted = HandExecutor(), []
-        b = batcher(ex, inflight=1)
-        made = txs(2)
-        await b.put(made[0], admitted.append, check=True)
-        await b.put(made[1], admitted.append, check=check)
-        b.close()
-        ex.finish(0)
-        await turns()
-        assert admitted == []
+        admitted: list[bool | None] = []
+        with gated(inflight=1) as (b, gate, _):
+            made = txs(2)
+            await b.put(made[0], admitted.append, check=True)
+            await b.put(made[1], admitted.append, check=check)
+            await batches(gate, 1)
+            b.close()
+            gate.finish(0)
+            await until(lambda: not b._threads and not b._wake_sent, "the thread to stop, its wake-up handled")
+            assert admitted == []
 
     asyncio.run(scenario())
