@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
+# asyncio imports ssl at its own import only to offer TLS, which neither a node nor the wallet
+# commands speak (peers, clients and the HTTP shim are plain TCP): the ssl module costs a start
+# about 5 ms and its memory about 1 MB. asyncio is imported with ssl hidden, then ssl is
+# importable again for whatever wants it later (aiohttp, with --http-port, imports its own).
+# Here, not in __main__, so that the `p2pchain` console script gets it as `python -m p2pchain` does.
+if "asyncio" not in sys.modules:
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError meanwhile
+    try:
+        import asyncio
+    finally:
+        del sys.modules["ssl"]
+
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import signal
-import sys
 from pathlib import Path
 
 from p2pchain import __version__, limits, logs
@@ -84,9 +99,30 @@ def _seconds(text: str) -> float:
     return value
 
 
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns`` (COLUMNS, else the terminal of stdout, else 80)
+    without importing shutil, which loads zlib, bz2 and lzma: argparse's default help formatter
+    imports it when a parser is built (a formatter checks each added argument), not only for --help."""
+    with contextlib.suppress(KeyError, ValueError):
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, as wide as it would make itself (its width less 2)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=terminal_columns() - 2)
+
+
 def node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="p2pchain",
+        formatter_class=HelpFormatter,
         description="Run a p2pchain node: a peer-to-peer proof-of-work blockchain node.",
         epilog="Wallet and query commands: p2pchain wallet|balance|send|status|chain|tx --help",
     )

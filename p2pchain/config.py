@@ -104,7 +104,7 @@ def load(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], d
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` if given (flags win).
     ConfigError if the file cannot be used."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, formatter_class=parser.formatter_class)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv)
     if known.config is None:

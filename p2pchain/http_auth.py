@@ -17,12 +17,10 @@ or download (bitcoind's RPC rules: bound to loopback by default, a cookie file, 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hmac
 import logging
 import os
-import secrets
 import time
 from collections import OrderedDict
 from enum import StrEnum
@@ -103,6 +101,8 @@ class AuthSettings:
 def write_cookie(path: Path) -> str:
     """A new random token in ``path``, mode 0600 from the moment it exists (written aside, then
     renamed over any stale cookie, so no reader sees a half-written or wider-open file)."""
+    import secrets  # (with base64 below: loaded only by a node that serves HTTP, as the cli imports this module)
+
     token = secrets.token_hex(32)
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -178,6 +178,8 @@ class Guard:
         if scheme.lower() == "bearer":
             return value
         if scheme.lower() == "basic":
+            import base64  # (loaded by the first Basic header: this module is imported by every node's cli)
+
             try:
                 user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):  # binascii.Error, and a value that is not ASCII

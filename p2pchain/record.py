@@ -8,9 +8,9 @@ of the instructions a node spends from spawn to accepting peers.
 
 A record is the same dataclass (``dataclasses.fields``, ``replace`` and ``asdict`` work on it; its
 fields, defaults, ``default_factory``, metadata and ``__post_init__`` are dataclasses' own), with
-the same methods and results: only ``__init__`` is compiled, once per class; the other five are
-shared functions that read the class's field names. Type checkers see a frozen dataclass
-(``dataclass_transform``).
+the same methods and results: only ``__init__`` is compiled, once per class, when the class is
+first built (or inspected); the other five are shared functions that read the class's field
+names. Type checkers see a frozen dataclass (``dataclass_transform``).
 
 Limits, checked when the class is defined: every field is an ``__init__`` argument (no
 ``init=False``, ``InitVar`` or ``kw_only``), and no base class defines its own ``__init__`` or
@@ -111,6 +111,40 @@ def _init(cls: type, flds: list[dataclasses.Field[Any]]) -> Callable[..., None]:
     return init
 
 
+def _compiled_init(cls: type) -> Callable[..., None]:
+    """``cls``'s own ``__init__``, compiled now if it was not yet."""
+    init: Callable[..., None] = cls.__dict__["__init__"]
+    if init.__code__ is _DEFERRED_CODE:
+        init = _init(cls, list(dataclasses.fields(cls)))
+        cls.__init__ = init  # type: ignore[misc]
+    return init
+
+
+def _deferred_init(cls: type) -> Callable[..., None]:
+    """``cls.__init__`` until its first call, which compiles the class's own and calls it: most
+    record types (the rarer wire messages among them) are never built by a given process."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _compiled_init(cls)(self, *args, **kwargs)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
+
+
+_DEFERRED_CODE = _deferred_init(object).__code__  # shared by every deferred __init__
+
+
+class _Signature:
+    """``inspect.signature(cls)`` reads ``cls.__signature__`` first: this compiles the class's
+    ``__init__`` and answers None, so that inspect goes on to read that ``__init__``'s signature."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __get__(self, obj: object, owner: type | None = None) -> None:
+        _compiled_init(self.cls)
+
+
 def _signature(flds: list[dataclasses.Field[Any]]) -> str:
     """What ``inspect.signature`` shows of the ``__init__`` (dataclasses' ``__doc__`` for a class
     without a docstring), without building a Signature."""
@@ -149,7 +183,8 @@ def record(cls: type[_T]) -> type[_T]:
             raise TypeError(f"@record {cls.__qualname__}.{f.name}: a field must be a positional __init__ argument")
         if hasattr(type(cls.__dict__.get(f.name)), "__set__"):
             raise TypeError(f"@record {cls.__qualname__}.{f.name}: a field cannot be a descriptor")
-    cls.__init__ = _init(cls, flds)  # type: ignore[method-assign]
+    cls.__init__ = _deferred_init(cls)  # type: ignore[method-assign]
+    cls.__signature__ = _Signature(cls)  # type: ignore[attr-defined]
     for name, fn in _SHARED.items():
         if not own.get(name):
             setattr(cls, name, fn)

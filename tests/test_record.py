@@ -45,6 +45,7 @@ SHAPES = {
 def test_a_record_behaves_as_a_frozen_dataclass(shape: str) -> None:
     body, annotations = SHAPES[shape]
     rec, ref = both(body, annotations)
+    assert str(inspect.signature(rec)) == str(inspect.signature(ref))  # before its __init__ is compiled
     args = [(7, b"a"), (7, b"a"), (8, b"b")]
     required = dataclasses.MISSING, dataclasses.MISSING
     n = len([f for f in dataclasses.fields(ref) if (f.default, f.default_factory) == required])
@@ -55,7 +56,6 @@ def test_a_record_behaves_as_a_frozen_dataclass(shape: str) -> None:
     assert [f.name for f in dataclasses.fields(rec)] == [f.name for f in dataclasses.fields(ref)]
     assert dataclasses.asdict(a) == dataclasses.asdict(ra)
     assert rec.__match_args__ == ref.__match_args__  # type: ignore[attr-defined]
-    assert str(inspect.signature(rec)) == str(inspect.signature(ref))
     assert rec.__doc__ == ref.__doc__
     hashable = all(f.default_factory is dataclasses.MISSING for f in dataclasses.fields(ref))
     if hashable:
@@ -83,6 +83,15 @@ def test_records_pickle_as_they_go_to_mining_processes() -> None:
     assert pickle.loads(pickle.dumps(header)) == header
     assert pickle.loads(pickle.dumps(params.genesis)).hash == params.genesis.hash
     assert pickle.loads(pickle.dumps(params)) == params
+
+
+def test_the_init_compiled_at_the_first_call_is_the_same() -> None:
+    for shape in ("one field", "defaults", "factory"):
+        rec, ref = both(*SHAPES[shape])
+        assert repr(rec(1)) == repr(ref(1))  # the first call compiles it
+        assert repr(rec(1)) == repr(ref(1)) and str(inspect.signature(rec)) == str(inspect.signature(ref))
+        with pytest.raises(TypeError, match="missing 1 required positional argument: 'x'"):
+            rec()
 
 
 def test_a_factory_makes_a_new_value_for_each_instance() -> None:

@@ -1,0 +1,90 @@
+"""start-up: a node loads only what it uses, whichever way it is started.
+
+A node without --http-port never loads the HTTP stack, nor what only the HTTP shim, a config
+file or TLS would need; with --http-port the shim is there and answers. Each case runs a real node
+process (as `python -m p2pchain` and as the `p2pchain` console script, README's two commands),
+talks to it, stops it, and reads the modules it had loaded when it exited: a sitecustomize put on
+PYTHONPATH writes ``sys.modules`` at exit. The help text, made without shutil, is as wide as
+argparse's own formatter makes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import TEST_BITS, NodeProc, run
+
+from p2pchain.cli import node_parser
+
+# module -> why a node without --http-port (or --config) must not load it
+NOT_LOADED = {
+    "aiohttp": "the HTTP shim's web framework: only with --http-port",
+    "multidict": "aiohttp's",
+    "p2pchain.http": "the HTTP shim",
+    "p2pchain.explorer": "the block explorer (mounted by the HTTP shim)",
+    "ssl": "asyncio offers TLS, which no p2pchain process speaks (hidden while asyncio loads)",
+    "tomllib": "read only with --config",
+    "shutil": "argparse's help formatter imports it (and zlib, bz2, lzma) for the terminal's width",
+    "secrets": "the HTTP shim's cookie",
+    "base64": "the HTTP shim's Basic authentication",
+}
+LAUNCHERS = {
+    "python -m p2pchain": [sys.executable, "-m", "p2pchain"],
+    "p2pchain": [str(Path(sys.executable).parent / "p2pchain")],  # the console script bootstrap.py installs
+}
+SITECUSTOMIZE = """\
+import atexit, os, sys
+atexit.register(lambda: open(os.environ["P2PCHAIN_TEST_MODULES"], "w").write("\\n".join(sorted(sys.modules))))
+"""
+
+
+def modules_of_a_run(tmp_path: Path, launcher: list[str], *flags: str) -> tuple[set[str], NodeProc]:
+    """The modules a node had loaded when it exited, after a client's handshake and STATUS query."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    out = tmp_path / "modules.txt"
+    node = NodeProc(tmp_path, "n0", bits=TEST_BITS, http="--http-port" in flags)
+    cmd = launcher + node.command()[3:] + [f for f in flags if f != "--http-port"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "P2PCHAIN_TEST_MODULES": str(out)}
+    with open(node.log_path, "wb") as log:
+        node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        node.wait_ready(30)  # the P2P port open (and /status answered, with --http-port)
+
+        async def talk() -> None:
+            async with node.client() as client:
+                assert (await client.status())["height"] == 0
+
+        run(talk(), timeout=30)
+        assert node.stop(signal.SIGTERM) == 0, node.log_tail()
+    finally:
+        node.kill()
+    return set(out.read_text().split()), node
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS, ids=list(LAUNCHERS))
+def test_a_node_without_http_loads_only_what_it_uses(tmp_path: Path, launcher: str) -> None:
+    loaded, _ = modules_of_a_run(tmp_path, LAUNCHERS[launcher])
+    assert "p2pchain.node" in loaded and "asyncio" in loaded  # (the list is the node's)
+    wrong = {name: why for name, why in NOT_LOADED.items() if name in loaded}
+    assert not wrong, f"a node without --http-port loaded: {wrong}"
+
+
+def test_with_http_port_the_shim_is_loaded_and_answers(tmp_path: Path) -> None:
+    loaded, node = modules_of_a_run(tmp_path, LAUNCHERS["python -m p2pchain"], "--http-port")
+    assert {"aiohttp", "p2pchain.http", "p2pchain.explorer", "secrets"} <= loaded
+    assert node.log_path.read_text().count("Traceback") == 0
+
+
+@pytest.mark.parametrize("columns", ["50", "150"])
+def test_help_is_as_wide_as_argparse_would_make_it(monkeypatch: pytest.MonkeyPatch, columns: str) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    reference = node_parser()
+    reference.formatter_class = argparse.HelpFormatter  # argparse's own, which asks shutil
+    assert node_parser().format_help() == reference.format_help()
