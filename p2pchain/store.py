@@ -11,10 +11,13 @@ queued in memory and sent to SQLite together when the batch commits: one execute
 statement instead of five statements and a savepoint per block, and only the last value of each
 key of the keyed tables (the tip record, the accounts a run of coinbases keeps paying). A read, or
 a statement not queued, first sends what is queued, so every read sees every write before it.
+A sync's batch is committed behind, by the store's own thread, while the loop checks the next
+one (``batch(behind=True)``; docs/ledger.md, "What is on disk when").
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -172,11 +175,31 @@ def _send_ops(db: sqlite3.Connection, ops: list[Op]) -> None:
             table_runs.append((sql, list(payload)))
     for table_runs in runs.values():
         for sql, rows in table_runs:
-            db.executemany(sql, rows)
+            _run(db, sql, rows)
     for table, items in keyed.items():
         upsert, delete = _KEYED[table]
-        db.executemany(upsert, [row for row in items.values() if row is not None])
+        _run(db, upsert, [row for row in items.values() if row is not None])
         db.executemany(delete, [(key,) for key, row in items.items() if row is None])
+
+
+_VALUES = " VALUES "
+MULTI_ROWS = 1024  # rows of one INSERT statement at most (8 columns: 8,192 of SQLite's 32,766 parameters)
+
+
+def _run(db: sqlite3.Connection, sql: str, rows: list[Row]) -> None:
+    """``db.executemany(sql, rows)``, but an INSERT of many rows as one statement of many rows
+    (``VALUES (?,?),(?,?),...``, MULTI_ROWS at most): SQLite takes it in one step, where
+    executemany takes one step a row. Rows are inserted in their order, each with the
+    statement's conflict rule, as executemany does. One step is one hand-over of the GIL, which
+    matters when the store's thread writes a batch behind (``Store.batch``) while the loop runs."""
+    at = sql.find(_VALUES)
+    if not sql.startswith("INSERT") or at < 0 or len(rows) < 2:
+        db.executemany(sql, rows)
+        return
+    head, one = sql[: at + len(_VALUES)], sql[at + len(_VALUES) :]
+    for i in range(0, len(rows), MULTI_ROWS):
+        chunk = rows[i : i + MULTI_ROWS]
+        db.execute(head + ",".join([one] * len(chunk)), [v for row in chunk for v in row])
 
 
 class _Transaction:
@@ -210,6 +233,10 @@ class Store:
         self._direct = False  # a transaction is open outside a batch (BEGIN ... COMMIT)
         self._transaction = _Transaction(self)
         self._failed: str | None = None  # why queued writes could not be written: no more writes
+        self._begun = False  # the open batch's SQLite transaction is begun (BEGIN sent on first use)
+        self._behind = False  # the outermost open batch commits behind (``batch(behind=True)``)
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # commits behind, made at first use
+        self._writing: concurrent.futures.Future[None] | None = None  # the commit behind under way
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -241,6 +268,12 @@ class Store:
             db.close()
 
     def close(self) -> None:
+        try:
+            self._wait()
+        except StoreError as e:
+            log.error("%s", e)
+        if self._writer is not None:
+            self._writer.shutdown()
         self.db.close()
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -254,6 +287,7 @@ class Store:
         if self._mark is not None or self._direct:
             raise RuntimeError("a store transaction inside another one")
         if self._batch_depth == 0:
+            self._wait()
             self.db.execute("BEGIN IMMEDIATE")  # nothing is queued outside a batch
             self._direct = True
         else:
@@ -273,7 +307,6 @@ class Store:
         self._batched += 1
         if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # overlapping batches never defer it longer
             self._commit()
-            self.db.execute("BEGIN IMMEDIATE")
 
     def _abort(self) -> None:
         if self._direct:
@@ -290,7 +323,7 @@ class Store:
                 self.db.execute("RELEASE tx")
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, behind: bool = False) -> Iterator[None]:
         """One commit for every transaction inside (a sync batch of blocks: one WAL write and one
         executemany per table instead of five statements per block). Each inner transaction stays
         all or nothing; what they did is committed when the outermost batch ends, by an exception
@@ -299,23 +332,87 @@ class Store:
         end). A kill -9 leaves the store as it was at the last commit: the tip of a whole inner
         transaction. If the queued writes cannot be written (a full disk), the open batch is
         rolled back to the last commit and the store takes no more writes (StoreError): the node's
-        memory is ahead of its file, and a restart resumes from the file."""
+        memory is ahead of its file, and a restart resumes from the file.
+
+        With ``behind`` (on the outermost batch) the commit is written behind, by a thread of the
+        store's own (SQLite lets go of the GIL while it writes), while the caller goes on: the
+        file is then at most that one batch behind the memory, since any later use of the store
+        (a read, a write, the next commit, ``close``) first waits until it is done. A kill -9 in
+        between loses that batch, which a sync downloads again. A failure shows at that next use
+        as above (``wait_written`` waits for it on purpose)."""
         self._check_writable()
         if self._batch_depth == 0:
-            self.db.execute("BEGIN IMMEDIATE")
+            self._begun = False  # BEGIN IMMEDIATE when something is first sent (a commit behind may be under way)
             self._batched = 0
+            self._behind = behind
         self._batch_depth += 1
         try:
             yield
         finally:
-            self._batch_depth -= 1
-            if self._batch_depth == 0 and self._failed is None:
-                self._commit()
+            try:
+                if self._batch_depth == 1 and self._failed is None:
+                    self._commit()
+            finally:
+                self._batch_depth -= 1
+
+    def _open(self) -> None:
+        """Before the loop's thread sends anything to SQLite: the commit behind is done, and the
+        open batch's transaction is begun."""
+        self._wait()
+        if self._batch_depth and not self._begun:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._begun = True
 
     def _commit(self) -> None:
-        self._sync()
-        self.db.execute("COMMIT")
+        """Commit the open batch (its queued writes and what was sent before): now, or behind."""
         self._batched = 0
+        if not self._behind:
+            self._sync()
+            if self._begun:
+                self._begun = False
+                self.db.execute("COMMIT")
+            return
+        self._wait()
+        ops, self._ops = self._ops, []
+        begun, self._begun = self._begun, False
+        if not ops and not begun:
+            return
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchain-store")
+        self._writing = self._writer.submit(self._write_behind, ops, begun)
+
+    def _write_behind(self, ops: list[Op], begun: bool) -> None:
+        """In the store's thread: begin if the loop did not, send ``ops``, commit. The loop's
+        thread does not touch the connection until this is done (``_wait``)."""
+        try:
+            if not begun:
+                self.db.execute("BEGIN IMMEDIATE")
+            _send_ops(self.db, ops)
+            self.db.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise  # to the loop's thread at its next use of the store (_wait)
+
+    def _wait(self) -> None:
+        """Until the commit behind (if any) is written; StoreError if SQLite refused it."""
+        writing = self._writing
+        if writing is None:
+            return
+        self._writing = None
+        try:
+            writing.result()
+        except Exception as e:  # sqlite3.Error: a full disk, an I/O error
+            self._failed = f"{type(e).__name__}: {e}"
+            self._ops = []  # what came after it builds on what is lost
+            raise StoreError(
+                f"store {self.path} could not write a batch ({self._failed}): it holds the chain up to its "
+                "last commit; restart the node"
+            ) from e
+
+    def wait_written(self) -> None:
+        """Until every commit made is in the file (a batch committed behind included)."""
+        self._wait()
 
     def _check_writable(self) -> None:
         if self._failed is not None:
@@ -325,6 +422,7 @@ class Store:
         """Send every queued write to SQLite: before a read, or a statement that is not queued,
         so that it sees (and follows) every write made before it. Inside a transaction of a batch
         this opens a savepoint first, so that the transaction can still be undone alone."""
+        self._open()
         mark = self._mark
         if mark is None:
             if self._ops:
@@ -350,6 +448,7 @@ class Store:
         except sqlite3.Error as e:
             self._failed = f"{type(e).__name__}: {e}"
             self._ops = []
+            self._begun = False
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise StoreError(

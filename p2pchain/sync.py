@@ -147,7 +147,7 @@ class SyncManager:
         new = 0
         connected_any = False
         blocks = msg.blocks
-        with self.chain.store.batch():  # one commit for the batch
+        with self.chain.store.batch(behind=True):  # one commit for the batch, written while the next is checked
             for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
                 if start:
                     await asyncio.sleep(0)  # let other peers be served during a long sync

@@ -209,7 +209,7 @@ def write_forever(path: str, seed: int) -> None:
             txs = _payments(chain, wallets, rng)
             new = [block_on(tip, txs, miner=rng.choice(wallets).address, salt=rng.randint(0, 999))]
         if len(new) > 1 and rng.random() < 0.5:
-            with chain.store.batch():
+            with chain.store.batch(behind=rng.random() < 0.5):  # committed by the store's thread, as a sync's
                 feed(chain, new)
         else:
             feed(chain, new)

@@ -33,7 +33,7 @@ from p2pchain.connmgr import ConnectionManager
 from p2pchain.ledger.block import Block
 from p2pchain.node import Node, NodeConfig, run_node
 from p2pchain.peer import Peer, Tunables
-from p2pchain.store import Store
+from p2pchain.store import DB_FILE, Store
 
 DEADLINE_S = 20.0  # generous: the machine is shared
 
@@ -240,6 +240,41 @@ def test_a_block_from_the_future_mid_sync_does_not_cost_the_peer_its_connection(
     height, requests, asks = asyncio.run(_serve_chain(tmp_path, after[-1].height, batches))
     assert requests[1].locator[0] == after[0].hash  # the pipelined request, from the first batch's end
     assert (height, asks) == (len(good), 0)  # and the peer is still served (it got the PONG)
+
+
+def test_a_bad_block_in_a_pipelined_batch_is_refused_and_the_good_blocks_before_it_are_kept(tmp_path: Path) -> None:
+    """The second batch is asked for before the first is checked, and the first is committed by
+    the store's thread while the second is checked. A block of the second that breaks a state
+    rule drops its sender; every block before it, of both batches, is on the best chain and, once
+    the node has stopped, in its file; nothing from the bad block on is."""
+    first = branch(TEST_PARAMS.genesis.header, 4)
+    good = next_block(first[-1].header)
+    bad = next_block(good.header, overpay=1)
+    after = branch(bad.header, 2)
+
+    async def scenario() -> tuple[int, bool]:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        peer = await RawPeer.connect(node.port)
+        try:
+            await peer.handshake(port=1, height=after[-1].height, work=2**200)
+            await peer.expect(wire.GetChain, DEADLINE_S)
+            peer.send(wire.Chain(tuple(first), True))
+            pipelined = await peer.expect(wire.GetChain, DEADLINE_S)
+            assert pipelined.locator[0] == first[-1].hash
+            peer.send(wire.Chain((good, bad, *after), True))
+            await peer.wait_closed(DEADLINE_S)
+            return node.chain.height, bad.hash in node.chain.invalid
+        finally:
+            await node.stop()
+            await peer.close()
+
+    assert asyncio.run(scenario()) == (good.height, True)
+    store = Store(tmp_path / "n" / DB_FILE)
+    try:
+        assert store.load_main() == [TEST_PARAMS.genesis.hash, *(b.hash for b in (*first, good))]
+    finally:
+        store.close()
 
 
 def test_a_port_in_use_fails_with_the_os_error(tmp_path: Path) -> None:

@@ -271,15 +271,17 @@ def _build_with_history(chain: Chain) -> None:
     chain.index_addresses()
 
 
-def test_a_batch_leaves_the_file_as_block_by_block_transactions_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("behind", [False, True], ids=["now", "behind"])
+def test_a_batch_leaves_the_file_as_block_by_block_transactions_do(tmp_path: Path, behind: bool) -> None:
     """Inside a batch the writes are queued per table, keyed rows (the tip, accounts) keep their
     last value, and a read sends the queue first: the file at the end must hold exactly the rows
-    that one transaction per block writes, reorgs, side blocks and the address index included."""
+    that one transaction per block writes, reorgs, side blocks and the address index included
+    (committed by the store's thread too)."""
     alone = Chain.open(tmp_path / "alone.sqlite", PARAMS)
     batched = Chain.open(tmp_path / "batched.sqlite", PARAMS)
     try:
         _build_with_history(alone)
-        with batched.store.batch():
+        with batched.store.batch(behind=behind):
             _build_with_history(batched)
     finally:
         alone.close()
@@ -332,21 +334,20 @@ def test_a_failed_transaction_in_a_batch_drops_its_own_writes_alone(tmp_path: Pa
         chain.close()
 
 
-def test_a_batch_that_cannot_be_written_keeps_the_last_commit_and_takes_no_more_writes(tmp_path: Path) -> None:
-    """A write SQLite refuses when the batch commits (a full disk; here a trigger): the whole
-    uncommitted batch is rolled back, never half of it, and the store refuses every later write,
-    since the chain in memory is ahead of the file. Reopened, the file holds the last commit."""
-    path = tmp_path / "chain.sqlite"
-    chain = Chain.open(path, PARAMS)
-    blocks = branch(GENESIS, 6)
+DISK_FULL_AT = 5  # the height whose best-chain row SQLite refuses (a trigger playing a full disk)
+
+
+def _fill_the_disk(chain: Chain) -> None:
+    chain.store.db.execute(
+        f"CREATE TRIGGER full BEFORE INSERT ON main WHEN NEW.height = {DISK_FULL_AT} "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+
+
+def _refuses_writes_and_keeps(chain: Chain, path: Path) -> int:
+    """After a refused batch, with the node's memory ahead of its file: every later write is
+    refused; then closed, and its file (the disk freed) opened again: the height it holds."""
     try:
-        feed(chain, blocks[:2])  # committed
-        chain.store.db.execute(
-            "CREATE TRIGGER full BEFORE INSERT ON main WHEN NEW.height = 5 BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        )
-        with pytest.raises(StoreError, match=r"could not write a batch.*disk full"), chain.store.batch():
-            feed(chain, blocks[2:])
-        assert chain.height == 6  # memory went on: hence no more writes
         with pytest.raises(StoreError, match="restart the node"), chain.store.transaction():
             pass
         with pytest.raises(StoreError, match="restart the node"), chain.store.batch():
@@ -357,7 +358,71 @@ def test_a_batch_that_cannot_be_written_keeps_the_last_commit_and_takes_no_more_
     db.execute("DROP TRIGGER full")
     db.commit()
     db.close()
-    assert _check_store(path) == 2
+    return _check_store(path)
+
+
+def test_a_batch_that_cannot_be_written_keeps_the_last_commit_and_takes_no_more_writes(tmp_path: Path) -> None:
+    """A write SQLite refuses when the batch commits (a full disk; here a trigger): the whole
+    uncommitted batch is rolled back, never half of it, and the store refuses every later write,
+    since the chain in memory is ahead of the file. Reopened, the file holds the last commit."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 6)
+    feed(chain, blocks[:2])  # committed
+    _fill_the_disk(chain)
+    with pytest.raises(StoreError, match=r"could not write a batch.*disk full"), chain.store.batch():
+        feed(chain, blocks[2:])
+    assert chain.height == 6  # memory went on: hence no more writes
+    assert _refuses_writes_and_keeps(chain, path) == 2
+
+
+def _committed_height(path: Path) -> int:
+    """The best-chain height another connection (another process) sees in the file."""
+    other = Store(path)
+    try:
+        return len(other.load_main()) - 1
+    finally:
+        other.close()
+
+
+def test_batches_committed_behind_are_seen_at_once_by_the_node_and_in_the_file_when_written(tmp_path: Path) -> None:
+    """A sync's batches are committed by the store's thread while the next is checked: the node's
+    own reads see every block at once, a batch is in the file once ``wait_written`` returns (or
+    the next use of the store), and many batches in a row leave the chain a block-by-block
+    writer leaves, in order."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 12, miner=B.address)
+    try:
+        for start in range(0, len(blocks), 4):
+            with chain.store.batch(behind=True):
+                feed(chain, blocks[start : start + 4])
+            assert chain.store.load_main() == [GENESIS.hash, *(b.hash for b in blocks[: start + 4])]
+        chain.store.wait_written()
+        assert _committed_height(path) == 12
+        assert chain.store.get_meta("tip") == blocks[-1].hash
+    finally:
+        chain.close()
+    assert _check_store(path) == 12
+
+
+def test_a_batch_behind_that_cannot_be_written_fails_the_next_use_and_keeps_the_last_commit(tmp_path: Path) -> None:
+    """SQLite refuses a batch the store's thread commits behind: the next use of the store (here
+    the next batch's commit) says so, the whole batch is rolled back, what the node queued after
+    it is dropped, every later write is refused, and reopened, the file holds the last commit."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 9)
+    with chain.store.batch(behind=True):
+        feed(chain, blocks[:3])
+    chain.store.wait_written()
+    _fill_the_disk(chain)
+    with chain.store.batch(behind=True):  # refused in the store's thread ...
+        feed(chain, blocks[3:6])
+    with pytest.raises(StoreError, match=r"could not write a batch.*disk full"), chain.store.batch(behind=True):
+        feed(chain, blocks[6:])  # ... which this batch's commit waits for
+    assert chain.height == 9
+    assert _refuses_writes_and_keeps(chain, path) == 3
 
 
 # --- kill -9 ----------------------------------------------------------------------------------------
