@@ -13,9 +13,9 @@ import ipaddress
 import os
 import random
 from collections.abc import Container, Iterable
-from dataclasses import dataclass
 
 from p2pchain import limits
+from p2pchain.record import record
 
 
 def netgroup(host: str) -> str:
@@ -51,7 +51,7 @@ def host_of(addr: str) -> str:
     return addr.rpartition(":")[0].strip("[]")
 
 
-@dataclass
+@record(frozen=False)
 class AddrInfo:
     addr: str
     group: str  # netgroup of the address

@@ -24,7 +24,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from p2pchain import limits
 from p2pchain.errors import MempoolCode, MempoolError, RuleError
@@ -33,6 +33,7 @@ from p2pchain.ledger.block import Block
 from p2pchain.ledger.rules import AccountLookup
 from p2pchain.ledger.tx import Tx
 from p2pchain.params import NetworkParams
+from p2pchain.record import record
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class RecentSet:
         return len(self._items)
 
 
-@dataclass(slots=True)
+@record(frozen=False, slots=True)
 class _Entry:
     tx: Tx
     seq: int  # arrival order: a counter, never the clock
@@ -85,7 +86,7 @@ class _Entry:
         return self.tx.amount + self.tx.fee
 
 
-@dataclass(slots=True)
+@record(frozen=False, slots=True)
 class _Sender:
     """One sender's pooled transactions, nonces consecutive from its confirmed nonce."""
 

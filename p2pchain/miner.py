@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from p2pchain.ledger.block import Block, Header, merkle_root
 from p2pchain.ledger.pow import bits_to_target
 from p2pchain.ledger.tx import Tx, make_coinbase
 from p2pchain.params import BLOCK_VERSION, NetworkParams
+from p2pchain.record import record
 
 if TYPE_CHECKING:  # multiprocessing itself is imported when a pool starts: a node that never mines skips it
     import multiprocessing.process
@@ -165,7 +166,7 @@ def _worker(conn: Connection, generation: Any, counters: Any, index: int, parent
         return  # the parent closed the pipe or died
 
 
-@dataclass
+@record(frozen=False)
 class _Job:
     gen: int
     header: Header

@@ -16,7 +16,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from p2pchain.mining import Mining
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.pulse import Pulse
+from p2pchain.record import record
 from p2pchain.relay import FEATURE_CMPCT, FEATURE_HB, FEATURE_INV_TX, FEATURES, Relay
 from p2pchain.serve import BlockServer, send_metered
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
@@ -68,7 +69,7 @@ VERIFY_PROCS_DEFAULT = VERIFY_THREADS if VERIFY_THREADS > 1 else 0
 PREVERIFY_MIN_TXS = 32  # unchecked transactions in a block or batch worth sending to the threads
 
 
-@dataclass
+@record(frozen=False)
 class NodeConfig:
     data_dir: Path
     host: str = "127.0.0.1"

@@ -25,7 +25,7 @@ import inspect
 import operator
 import reprlib
 from collections.abc import Callable
-from typing import Any, TypeVar, dataclass_transform
+from typing import Any, TypeVar, dataclass_transform, overload
 
 _T = TypeVar("_T")
 _KEY = "__record_key__"  # per class: the compared fields' values of an instance, as a tuple
@@ -67,9 +67,6 @@ def _delattr(self: Any, name: str) -> None:
     raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
 
 
-_SHARED = {"__eq__": _eq, "__hash__": _hash, "__repr__": _repr, "__setattr__": _setattr, "__delattr__": _delattr}
-
-
 class _NoValue:
     def __repr__(self) -> str:
         return "<factory>"
@@ -79,10 +76,11 @@ _NO_VALUE = _NoValue()  # an argument left to its default_factory (dataclasses s
 
 
 def _init(cls: type, flds: list[dataclasses.Field[Any]]) -> Callable[..., None]:
-    """The ``__init__`` a frozen dataclass would get, compiled once: each argument stored as the
-    field of its name, then ``__post_init__`` if the class has one."""
+    """The ``__init__`` the dataclass would get, compiled once: each argument stored as the field of
+    its name (straight into ``__dict__`` if frozen), then ``__post_init__`` if the class has one."""
     env: dict[str, Any] = {"__no_value": _NO_VALUE}  # what the function's text refers to
-    params, body = [], ["__d = self.__dict__"]
+    frozen = cls.__dict__.get("__setattr__") is _setattr
+    params, body = [], ["__d = self.__dict__"] if frozen else []
     for f in flds:
         name = f.name
         if f.default is not dataclasses.MISSING:
@@ -94,9 +92,10 @@ def _init(cls: type, flds: list[dataclasses.Field[Any]]) -> Callable[..., None]:
             body.append(f"if {name} is __no_value: {name} = __factory_{name}()")
         else:
             params.append(name)
-        body.append(f"__d[{name!r}] = {name}")
+        body.append(f"__d[{name!r}] = {name}" if frozen else f"self.{name} = {name}")
     if hasattr(cls, "__post_init__"):
         body.append("self.__post_init__()")
+    body = body or ["pass"]  # (a mutable record without fields)
     lines = [
         f"def __make__({', '.join(env)}):",
         f"  def __init__(self, {', '.join(params)}):",
@@ -159,35 +158,61 @@ def _signature(flds: list[dataclasses.Field[Any]]) -> str:
     return f"({', '.join(parts)})"
 
 
+@overload
+def record(cls: type[_T], /) -> type[_T]: ...
+
+
+@overload
+def record(*, frozen: bool = True, eq: bool = True, slots: bool = False) -> Callable[[type[_T]], type[_T]]: ...
+
+
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, dataclasses.Field))
-def record(cls: type[_T]) -> type[_T]:
-    """Make ``cls`` a frozen dataclass (see the module's docstring)."""
+def record(
+    cls: type[_T] | None = None, /, *, frozen: bool = True, eq: bool = True, slots: bool = False
+) -> type[_T] | Callable[[type[_T]], type[_T]]:
+    """Make ``cls`` a dataclass (see the module's docstring): ``@record`` is
+    ``@dataclass(frozen=True)``; ``@record(frozen=False, eq=..., slots=...)`` is
+    ``@dataclass(eq=..., slots=...)``."""
+    if cls is None:
+        return lambda c: _make(c, frozen=frozen, eq=eq, slots=slots)
+    return _make(cls, frozen=True, eq=True, slots=False)
+
+
+def _make(cls: type[_T], *, frozen: bool, eq: bool, slots: bool) -> type[_T]:
     for base in cls.__mro__[1:-1]:
         if _KEY not in base.__dict__ and ("__init__" in base.__dict__ or "__setattr__" in base.__dict__):
             raise TypeError(f"@record {cls.__qualname__}: its base {base.__qualname__} defines __init__ or __setattr__")
+        if _KEY in base.__dict__ and (base.__dict__.get("__setattr__") is _setattr) != frozen:
+            raise TypeError(f"@record {cls.__qualname__}: frozen and mutable records cannot inherit from each other")
     for name in ("__setattr__", "__delattr__"):
-        if name in cls.__dict__:  # as dataclass(frozen=True) refuses
-            raise TypeError(f"@record {cls.__qualname__} defines {name}: a record is frozen")
+        if frozen and name in cls.__dict__:  # as dataclass(frozen=True) refuses
+            raise TypeError(f"@record {cls.__qualname__} defines {name}: a frozen record cannot")
     own = {name: name in cls.__dict__ for name in ("__repr__", "__eq__", "__hash__")}
     if own["__eq__"] and cls.__dict__.get("__hash__", 0) is None:
-        own["__hash__"] = False  # Python's None for a class that defines __eq__ only: dataclass hashes it
+        own["__hash__"] = False  # Python's None for a class that defines __eq__ only: dataclass decides
     documented = bool(cls.__doc__)
     if not documented:
         cls.__doc__ = cls.__name__  # (keeps dataclass from asking inspect; set below)
-    # dataclass collects the fields (and __match_args__) and generates nothing: no method is asked
-    # for, and the class is not frozen in its eyes (the shared __setattr__ makes it so)
-    cls = dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
+    # dataclass collects the fields (and __match_args__, and makes the slots) and generates
+    # nothing: no method is asked for, and the class is not frozen in its eyes (the shared
+    # __setattr__ makes it so)
+    cls = dataclasses.dataclass(init=False, repr=False, eq=False, slots=slots)(cls)
     flds = list(dataclasses.fields(cls))  # type: ignore[arg-type]
     for f in flds:
         if not f.init or f.kw_only is True:
             raise TypeError(f"@record {cls.__qualname__}.{f.name}: a field must be a positional __init__ argument")
-        if hasattr(type(cls.__dict__.get(f.name)), "__set__"):
-            raise TypeError(f"@record {cls.__qualname__}.{f.name}: a field cannot be a descriptor")
-    cls.__init__ = _deferred_init(cls)  # type: ignore[method-assign]
-    cls.__signature__ = _Signature(cls)  # type: ignore[attr-defined]
-    for name, fn in _SHARED.items():
+        if frozen and hasattr(type(cls.__dict__.get(f.name)), "__set__"):
+            raise TypeError(f"@record {cls.__qualname__}.{f.name}: a field of a frozen record cannot be a descriptor")
+    shared: dict[str, Any] = {"__repr__": _repr}
+    if eq:  # dataclass: frozen and eq hash the fields; eq alone makes instances unhashable
+        shared |= {"__eq__": _eq, "__hash__": _hash if frozen else None}
+    if frozen:
+        shared |= {"__setattr__": _setattr, "__delattr__": _delattr}
+    for name, fn in shared.items():
         if not own.get(name):
             setattr(cls, name, fn)
+    cls.__init__ = _deferred_init(cls)  # type: ignore[method-assign]
+    cls.__signature__ = _Signature(cls)  # type: ignore[attr-defined]
     setattr(cls, _KEY, _key_getter(tuple(f.name for f in flds if f.compare)))
     setattr(cls, _HASH, _key_getter(tuple(f.name for f in flds if (f.compare if f.hash is None else f.hash))))
     setattr(cls, _REPR, tuple(f.name for f in flds if f.repr))

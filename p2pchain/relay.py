@@ -27,7 +27,7 @@ import itertools
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from p2pchain import limits, wire
@@ -35,6 +35,7 @@ from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import RecentSet
 from p2pchain.peer import Misbehaving
+from p2pchain.record import record
 
 FEATURE_INV_TX = "inv-tx"  # transactions announced by txid and fetched (INV_TX, GET_TXS, TXS)
 FEATURE_CMPCT = "cmpct-block"  # blocks as compact blocks (CMPCT_BLOCK, GET_BLOCK_TXN, BLOCK_TXN)
@@ -195,7 +196,7 @@ class ExtraPool:
 
 
 # --- per-peer and per-request state ---------------------------------------------------------
-@dataclass(eq=False)
+@record(frozen=False, eq=False)
 class _Peer:
     features: frozenset[str]
     known_txs: RecentSet = field(default_factory=lambda: RecentSet(limits.RELAY_KNOWN_TXIDS_MAX))
@@ -213,7 +214,7 @@ class _Peer:
     blocks_to_announce: dict[bytes, None] = field(default_factory=dict)  # (an ordered set) for the next INV_BLOCK
 
 
-@dataclass(eq=False)
+@record(frozen=False, eq=False)
 class _Want(Generic[P]):
     """A transaction (INV_TX) or block (INV_BLOCK) announced to us that we lack."""
 
@@ -222,7 +223,7 @@ class _Want(Generic[P]):
     deadline: float = 0.0
 
 
-@dataclass(eq=False)
+@record(frozen=False, eq=False)
 class _PendingBlock(Generic[P]):
     """A compact block waiting for its BLOCK_TXN."""
 
@@ -234,7 +235,7 @@ class _PendingBlock(Generic[P]):
     others: deque[tuple[P, wire.CmpctBlock]] = field(default_factory=deque)  # other senders of the block
 
 
-@dataclass
+@record(frozen=False)
 class RelayStats:
     txs_announced: int = 0  # txids sent in INV_TX
     txs_requested: int = 0  # txids asked for in GET_TXS

@@ -31,11 +31,11 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 
 from p2pchain.ledger import rules
 from p2pchain.ledger.tx import Tx
 from p2pchain.pulse import Pulse
+from p2pchain.record import record
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
     return [rules.signature_ok(tx, network_id) for tx in txs]
 
 
-@dataclass(slots=True)
+@record(frozen=False, slots=True)
 class _Item:
     tx: Tx
     admit: Admit
