@@ -160,6 +160,20 @@ def test_the_node_pre_screen_then_add_refuses_as_add_alone(make: Callable[[Tx], 
     assert good.txid in pool and good.txid in pool.verified
 
 
+def test_the_pre_screen_leaves_a_nonce_gap_to_the_signature_check_and_refuses_stale_and_taken_nonces() -> None:
+    """A gap may be closed by the sender's earlier nonces still queued ahead (a wallet's burst):
+    its signature is checked. A stale or taken nonce is refused before it, as add() refuses it."""
+    pool, ledger = fresh()
+    ledger.connect([tx(0, 0)])  # sender 0's confirmed nonce is 1
+    pool.add(tx(0, 1))
+    assert not pool.refused_before_signature(tx(0, 3)), "a gap after the pooled nonce"
+    assert not pool.refused_before_signature(tx(1, 2)), "a gap after the confirmed nonce, nothing pooled"
+    assert pool.refused_before_signature(tx(0, 0)), "stale"
+    assert pool.refused_before_signature(tx(0, 1, fee=9)), "taken by a pooled transaction"
+    assert not pool.refused_before_signature(tx(0, 2)), "the next nonce"
+    assert refused(pool, tx(0, 3)) is MempoolCode.NONCE_GAP
+
+
 def test_stale_nonce_is_refused() -> None:
     pool, ledger = fresh()
     ledger.connect([tx(0, 0)])
