@@ -211,7 +211,6 @@ class _Peer:
     block_requests: OrderedDict[bytes, tuple[int, ...]] = field(default_factory=OrderedDict)  # hash -> indexes
     outbound: bool = False  # we dialled it: the start-up choice of high-bandwidth peers, and one is kept
     hb_to: bool = False  # it asked us (SEND_CMPCT) to push new blocks at once
-    blocks_to_announce: dict[bytes, None] = field(default_factory=dict)  # (an ordered set) for the next INV_BLOCK
 
 
 @record(frozen=False, eq=False)
@@ -285,6 +284,7 @@ class Relay(Generic[P]):
         self._fetched: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
         self._hb: list[P] = []  # peers we asked to push new blocks at once, the least recently useful first
         self._block_wants: OrderedDict[bytes, _Want[P]] = OrderedDict()
+        self._to_announce: bytes | None = None  # the newest block for the next INV_BLOCKs
         self._rng = rng or random.Random()
 
     # --- peers ------------------------------------------------------------------------------
@@ -544,12 +544,13 @@ class Relay(Generic[P]):
             if block_hash in state.known_blocks:
                 continue
             if FEATURE_HB in state.features and not (state.hb_to or mined):
-                state.blocks_to_announce[block_hash] = None
-                announce = True
+                announce = True  # take_block_announcements: no work per peer and block here
                 continue
             state.known_blocks.add(block_hash)
             (compact if FEATURE_CMPCT in state.features else full).append(peer)
         self._remember_block(block)
+        if announce:
+            self._to_announce = block_hash
         return BlockTargets(compact, full, announce)
 
     def compact(self, block: Block) -> wire.CmpctBlock:
@@ -632,19 +633,19 @@ class Relay(Generic[P]):
         state.hb_to = high_bandwidth
 
     def take_block_announcements(self) -> dict[P, tuple[bytes, ...]]:
-        """Peer -> the INV_BLOCK to send it: the newest of the blocks queued for it since the
-        last call (block_targets), unless it has shown it knows that one meanwhile (it sent or
-        announced it). The newest alone: a peer that has a block has its ancestors, and one
-        that lacks them fetches them by sync (Bitcoin Core's inv of the tip)."""
+        """Peer -> the INV_BLOCK to send it: the newest block block_targets left to announce
+        since the last call, to each cmpct-hb peer that has not shown it knows it (it sent,
+        announced or was sent it). The newest alone: a peer that has a block has its ancestors,
+        and one that lacks them fetches them by sync (Bitcoin Core's inv of the tip)."""
+        newest, self._to_announce = self._to_announce, None
         out: dict[P, tuple[bytes, ...]] = {}
+        if newest is None:
+            return out
         for peer, state in self._peers.items():
-            if state.blocks_to_announce:
-                newest = next(reversed(state.blocks_to_announce))
-                state.blocks_to_announce = {}
-                if newest not in state.known_blocks:
-                    state.known_blocks.add(newest)
-                    out[peer] = (newest,)
-                    self.stats.blocks_announced += 1
+            if FEATURE_HB in state.features and newest not in state.known_blocks:
+                state.known_blocks.add(newest)
+                out[peer] = (newest,)
+        self.stats.blocks_announced += len(out)
         return out
 
     def on_inv_block(
