@@ -432,7 +432,7 @@ class Node:
         """Send a new best block on (relay.block_targets says to whom and how): compact at once
         to the peers that asked so (all of them if we ``mined`` it), whole to the peers without
         compact blocks, announced at the next flush to the others."""
-        compact, full, announce = self.relay.block_targets(block, self.connmgr.ready, exclude, mined=mined)
+        compact, full, announce = self.relay.block_targets(block, exclude, mined=mined)
         if announce and self._block_flush_timer is None:
             loop = asyncio.get_running_loop()
             self._block_flush_timer = loop.call_later(limits.RELAY_BLOCK_INV_INTERVAL_S, self._announce_blocks)

@@ -285,12 +285,21 @@ class Relay(Generic[P]):
         self._hb: list[P] = []  # peers we asked to push new blocks at once, the least recently useful first
         self._block_wants: OrderedDict[bytes, _Want[P]] = OrderedDict()
         self._to_announce: bytes | None = None  # the newest block for the next INV_BLOCKs
+        # (an ordered set) peers that get each new block at once: those without cmpct-hb and
+        # those that asked (SEND_CMPCT); every other peer speaks cmpct-hb (counted)
+        self._at_once: dict[P, None] = {}
+        self._hb_peers = 0
         self._rng = rng or random.Random()
 
     # --- peers ------------------------------------------------------------------------------
     def add_peer(self, peer: P, version: int, theirs: Iterable[str], *, outbound: bool = False) -> frozenset[str]:
+        """A handshaken peer (clients too: they get NEW_BLOCK) and the features used with it."""
         features = negotiate(self.features, version, theirs)
         self._peers[peer] = _Peer(features, outbound=outbound)
+        if FEATURE_HB in features:
+            self._hb_peers += 1
+        else:
+            self._at_once[peer] = None
         return features
 
     def speaks(self, peer: P, feature: str) -> bool:
@@ -303,6 +312,8 @@ class Relay(Generic[P]):
         state = self._peers.pop(peer, None)
         if state is None:
             return {}
+        self._at_once.pop(peer, None)
+        self._hb_peers -= FEATURE_HB in state.features
         if peer in self._hb:
             self._hb.remove(peer)
         for block_want in self._block_wants.values():
@@ -521,34 +532,26 @@ class Relay(Generic[P]):
         return min(times, default=None)
 
     # --- blocks -----------------------------------------------------------------------------
-    def block_targets(
-        self, block: Block, peers: Iterable[P], exclude: P | None = None, *, mined: bool = False
-    ) -> BlockTargets[P]:
-        """Where a new best block goes now: CMPCT_BLOCK to the cmpct-block peers that asked for
-        it at once (SEND_CMPCT), or that speak no cmpct-hb, or to all of them when we ``mined``
-        it (the first hop); NEW_BLOCK to the others; the remaining cmpct-hb peers get its hash
-        at the next take_block_announcements (``announce`` says some were queued). A peer that
-        sent it to us or was sent it is skipped. Peers relay does not know (clients) get
-        NEW_BLOCK."""
+    def block_targets(self, block: Block, exclude: P | None = None, *, mined: bool = False) -> BlockTargets[P]:
+        """Where a new best block goes now, among the peers added: CMPCT_BLOCK to the
+        cmpct-block peers that asked for it at once (SEND_CMPCT), or that speak no cmpct-hb, or
+        to all of them when we ``mined`` it (the first hop); NEW_BLOCK to the others (version 1
+        peers, clients); the remaining cmpct-hb peers get its hash at the next
+        take_block_announcements (``announce``). A peer that sent it to us or was sent it is
+        skipped. Only the peers sent to at once are visited (a node of 24 peers visited all of
+        them for every block: 6 % of the 200-node swarm's CPU)."""
         compact: list[P] = []
         full: list[P] = []
-        announce = False
         block_hash = block.hash
-        for peer in peers:
-            if peer == exclude:
-                continue
-            state = self._peers.get(peer)
-            if state is None:
-                full.append(peer)
-                continue
-            if block_hash in state.known_blocks:
-                continue
-            if FEATURE_HB in state.features and not (state.hb_to or mined):
-                announce = True  # take_block_announcements: no work per peer and block here
+        peers = self._peers
+        for peer in peers if mined else self._at_once:
+            state = peers[peer]
+            if peer == exclude or block_hash in state.known_blocks:
                 continue
             state.known_blocks.add(block_hash)
             (compact if FEATURE_CMPCT in state.features else full).append(peer)
         self._remember_block(block)
+        announce = self._hb_peers > 0 and not mined  # a mined block went to every cmpct-hb peer
         if announce:
             self._to_announce = block_hash
         return BlockTargets(compact, full, announce)
@@ -631,6 +634,10 @@ class Relay(Generic[P]):
         if state is None or FEATURE_HB not in state.features:
             raise Misbehaving("sent SEND_CMPCT without the cmpct-hb feature")
         state.hb_to = high_bandwidth
+        if high_bandwidth:
+            self._at_once[peer] = None
+        else:
+            self._at_once.pop(peer, None)
 
     def take_block_announcements(self) -> dict[P, tuple[bytes, ...]]:
         """Peer -> the INV_BLOCK to send it: the newest block block_targets left to announce
