@@ -87,11 +87,11 @@ class _Worker:
     def check(self, triples: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
         request = msgpack.packb(triples, use_bin_type=True)
         _write_all(self.to_fd, len(request).to_bytes(_LEN, "big") + request)
-        n = int.from_bytes(_read_exactly(self.from_fd, _LEN), "big")
-        answer = _read_exactly(self.from_fd, n)
+        reply = _read_exactly(self.from_fd, _LEN + len(triples))  # one read: one return of the GIL
+        n = int.from_bytes(reply[:_LEN], "big")
         if n != len(triples):
             raise EOFError(f"the worker answered {n} verdicts for {len(triples)} signatures")
-        return [b == 1 for b in answer]
+        return [b == 1 for b in reply[_LEN:]]
 
     def close(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):

@@ -206,6 +206,30 @@ def test_put_waits_while_its_owner_has_too_many_pending_and_resumes_when_they_ar
     asyncio.run(scenario())
 
 
+def test_a_stream_of_puts_against_busy_threads_is_all_admitted_in_order() -> None:
+    """put() hands work to the threads without a lock while they take and finish batches: many
+    small batches on two threads, with puts arriving in between, leave nothing behind and keep
+    the order (a transaction stranded in the queue would leave the batcher never idle)."""
+    made = txs(5)
+    count = 3000
+
+    def check(batch: list[Tx], network_id: bytes) -> list[bool]:
+        return [True] * len(batch)
+
+    async def scenario() -> None:
+        admitted: list[int] = []
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            b = SignatureBatcher(ex, NET, max_inflight=2, max_batch=3, max_pending=64, max_per_owner=64, check=check)
+            for i in range(count):
+                await b.put(made[i % 5], lambda verdict, i=i: admitted.append(i), check=i % 7 != 0)
+                if i % 50 == 0:
+                    await asyncio.sleep(0)  # ok: let the loop drain now and then, as a reader's turn ends
+            await until(b.idle, "every transaction admitted", timeout=30)
+        assert admitted == list(range(count))
+
+    asyncio.run(scenario())
+
+
 def test_a_check_that_fails_leaves_the_signatures_to_the_mempool() -> None:
     """A bug in the check (an exception) must not refuse good transactions, nor ban their
     sender: the verdict is None (not checked), and the mempool's add() checks them itself."""
