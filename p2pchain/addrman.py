@@ -12,25 +12,45 @@ import hashlib
 import ipaddress
 import os
 import random
+import socket
 from collections.abc import Container, Iterable
 
 from p2pchain import limits
 from p2pchain.record import record
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # the first 12 bytes of an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+
+
+def ip_bytes(host: str) -> bytes | None:
+    """The 4 or 16 bytes of an IP address literal (what ``ipaddress.ip_address`` accepts), None
+    for anything else (a name). A peer's addresses come in the canonical form (inet_ntop's, as
+    sockets name them), read here by the C parser; any other text goes to ``ipaddress``, which
+    decides as it always did. A PEERS message of 1,000 addresses spent half its time on the event
+    loop in ``ipaddress`` (about 6 us an IPv4 and 12 us an IPv6 address, parsed twice)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, host)
+        if socket.inet_ntop(family, packed) == host:
+            return packed
+    except (OSError, ValueError):  # not this family's literal; ValueError: a NUL in the text
+        pass
+    try:
+        return ipaddress.ip_address(host).packed
+    except ValueError:
+        return None
+
 
 def netgroup(host: str) -> str:
     """'10.1' for '10.1.2.3', '2001:0db8::/32' for '2001:db8::1' (an IPv4-mapped IPv6 address
     counts as its IPv4 address); a name that is not an IP literal is its own group."""
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+    packed = ip_bytes(host.strip("[]"))
+    if packed is None:
         return host.lower()
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv4Address):
-        a, b = ip.packed[:2]
-        return f"{a}.{b}"
-    high = ip.packed[:4].hex()
+    if packed[:12] == _V4_MAPPED:
+        packed = packed[12:]
+    if len(packed) == 4:
+        return f"{packed[0]}.{packed[1]}"
+    high = packed[:4].hex()
     return f"{high[:4]}:{high[4:]}::/32"
 
 

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
-from p2pchain.addrman import AddrMan, ban_key, host_of, netgroup
+from p2pchain.addrman import AddrMan, ban_key, host_of, ip_bytes, netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
 from p2pchain.peer import Misbehaving, Peer, Tunables
@@ -36,10 +36,9 @@ def is_ip_addr(addr: str) -> bool:
     """'1.2.3.4:5' or '[::1]:5': an IP literal and a port, no name to resolve."""
     try:
         host, _ = parse_addr(addr)
-        ipaddress.ip_address(host)
     except ValueError:
         return False
-    return True
+    return ip_bytes(host) is not None
 
 
 def is_loopback(host: str) -> bool:

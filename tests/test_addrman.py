@@ -9,12 +9,14 @@ ADDRMAN_SOURCE_BUCKETS x ADDRMAN_BUCKET_SIZE entries and evicts nothing outside 
 outbound picks a bucket uniformly and prefers network groups not yet used.
 
 Unit tests on AddrMan, and one in-process node that learns honest addresses from seven peers,
-then takes a 1,000-address flood.
+then takes a 1,000-address flood. IP literals are read by the C parser when in canonical form;
+a test checks that netgroups and what counts as an IP literal are exactly ipaddress's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from node_helpers import TEST_PARAMS
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
-from p2pchain.addrman import AddrMan, host_of, netgroup
+from p2pchain.addrman import AddrMan, host_of, ip_bytes, netgroup
+from p2pchain.connmgr import is_ip_addr
 from p2pchain.node import Node, NodeConfig
 
 SOURCE_CAP = limits.ADDRMAN_SOURCE_BUCKETS * limits.ADDRMAN_BUCKET_SIZE
@@ -55,6 +58,48 @@ def outbound_of(book: AddrMan, n: int = limits.TARGET_OUTBOUND) -> list[str]:
         assert pick is not None
         chosen.append(pick)
     return chosen
+
+
+def reference_netgroup(host: str) -> str:
+    """netgroup as written with ipaddress alone (before the C parser read canonical literals)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return f"{ip.packed[0]}.{ip.packed[1]}"
+    high = ip.packed[:4].hex()
+    return f"{high[:4]}:{high[4:]}::/32"
+
+
+def test_ip_literals_and_netgroups_are_ipaddress_s() -> None:
+    rng = random.Random(7)
+    hosts = [
+        *("1.2.3.4", "255.255.255.255", "0.0.0.0", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "1.2.3.256"),
+        *(" 1.2.3.4", "1.2.3.4 ", "1.2.3.4\x00", "+1.2.3.4", "1.2.3.-4", "0x1.2.3.4", "1e1.2.3.4", "١.2.3.4"),
+        *("::", "::1", "::ffff:1.2.3.4", "::FFFF:1.2.3.4", "::ffff:102:304", "2001:DB8::1", "2001:db8:0:0:0:0:0:1"),
+        *("2001:db8::1%eth0", "fe80::1%1", "[::1]", "::1.2.3.4", "1::2::3", ":::", "2001:db8::g", "", "localhost"),
+        *("example.com", "EXAMPLE.com", "1.2.3.4:80", "2001:db8:0:1:1:1:1:1", "::ffff:0.0.0.0"),
+        *("0:0:0:0:0:ffff:1.2.3.4", "::ffff:1.2.3.4%eth0"),
+    ]
+    hosts += [".".join(str(rng.randrange(300)) for _ in range(4)) for _ in range(300)]
+    hosts += [str(ipaddress.IPv6Address(rng.randbytes(16))) for _ in range(300)]
+    hosts += [ipaddress.IPv6Address(rng.randbytes(16)).exploded.upper() for _ in range(100)]
+    hosts += [f"::ffff:{rng.randrange(256)}.{rng.randrange(256)}.1.2" for _ in range(100)]
+    for host in hosts:
+        try:
+            want: bytes | None = ipaddress.ip_address(host).packed
+        except ValueError:
+            want = None
+        assert ip_bytes(host) == want, host
+        assert netgroup(host) == reference_netgroup(host), host
+        try:
+            literal = bool(ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            literal = False
+        assert is_ip_addr(f"[{host}]:7000") == literal, host
 
 
 def test_one_source_holds_a_bounded_share_and_evicts_no_honest_entry() -> None:
