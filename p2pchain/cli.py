@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
-# asyncio imports ssl at its own import only to offer TLS, which neither a node nor the wallet
-# commands speak (peers, clients and the HTTP shim are plain TCP): the ssl module costs a start
-# about 5 ms and its memory about 1 MB. asyncio is imported with ssl hidden, then ssl is
-# importable again for whatever wants it later (aiohttp, with --http-port, imports its own).
-# Here, not in __main__, so that the `p2pchain` console script gets it as `python -m p2pchain` does.
+# A process that starts here (not yet running asyncio: the node's, a wallet command's), whether
+# as `python -m p2pchain` or as the `p2pchain` console script:
+# - importing what a node needs allocates some 100,000 objects that live as long as the process,
+#   and the cyclic garbage collector would traverse them again and again meanwhile: it is off
+#   until these imports are done (and, for a node, until it listens: run_node_command);
+# - asyncio imports ssl at its own import only to offer TLS, which neither a node nor the wallet
+#   commands speak (peers, clients and the HTTP shim are plain TCP): the ssl module costs a start
+#   about 5 ms and its memory about 1 MB. asyncio is imported with ssl hidden, then ssl is
+#   importable again for whatever wants it later (aiohttp, with --http-port, imports its own).
 if "asyncio" not in sys.modules:
+    _STARTING = gc.isenabled()  # (and so to be enabled again)
+    gc.disable()
     sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError meanwhile
     try:
         import asyncio
     finally:
         del sys.modules["ssl"]
+else:
+    _STARTING = False
 
 import argparse
 import asyncio
@@ -34,6 +43,9 @@ from p2pchain.keys import is_address
 from p2pchain.node import RELAY_MODES, VERIFY_PROCS_DEFAULT, NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, DEFAULT_HALF_LIFE_BLOCKS, NetworkParams
 from p2pchain.peer import Tunables
+
+if _STARTING:
+    gc.enable()
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +260,11 @@ def node_parser() -> argparse.ArgumentParser:
     return p
 
 
+def collect_again(node: object) -> None:
+    """run_node's on_ready: the garbage collector, off while a process starts, is on again."""
+    gc.enable()
+
+
 def run_node_command(argv: list[str]) -> int:
     try:
         args = config_file.parse_with_config(node_parser(), argv)
@@ -291,8 +308,10 @@ def run_node_command(argv: list[str]) -> int:
             from p2pchain.http import start_http as http_starter  # aiohttp is loaded only with --http-port
 
             start_http = functools.partial(http_starter, auth=auth)
-        await run_node(config, stop, start_http=start_http)
+        await run_node(config, stop, on_ready=collect_again if _STARTING else None, start_http=start_http)
 
+    if _STARTING:
+        gc.disable()  # until the node listens (see the top of this module): its store's index loads meanwhile
     try:
         asyncio.run(serve())
     except (StoreError, WalletError) as e:

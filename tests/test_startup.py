@@ -4,7 +4,8 @@ A node without --http-port never loads the HTTP stack, nor what only the HTTP sh
 file or TLS would need; with --http-port the shim is there and answers. Each case runs a real node
 process (as `python -m p2pchain` and as the `p2pchain` console script, README's two commands),
 talks to it, stops it, and reads the modules it had loaded when it exited: a sitecustomize put on
-PYTHONPATH writes ``sys.modules`` at exit. The help text, made without shutil, is as wide as
+PYTHONPATH writes ``sys.modules`` at exit (and whether the garbage collector, off while a node
+starts, is on). The help text, made without shutil, is as wide as
 argparse's own formatter makes it.
 """
 
@@ -39,8 +40,11 @@ LAUNCHERS = {
     "p2pchain": [str(Path(sys.executable).parent / "p2pchain")],  # the console script bootstrap.py installs
 }
 SITECUSTOMIZE = """\
-import atexit, os, sys
-atexit.register(lambda: open(os.environ["P2PCHAIN_TEST_MODULES"], "w").write("\\n".join(sorted(sys.modules))))
+import atexit, gc, os, sys
+def dump():
+    lines = [*sorted(sys.modules), f"gc:{gc.isenabled()}"]
+    open(os.environ["P2PCHAIN_TEST_MODULES"], "w").write("\\n".join(lines))
+atexit.register(dump)
 """
 
 
@@ -72,6 +76,7 @@ def modules_of_a_run(tmp_path: Path, launcher: list[str], *flags: str) -> tuple[
 def test_a_node_without_http_loads_only_what_it_uses(tmp_path: Path, launcher: str) -> None:
     loaded, _ = modules_of_a_run(tmp_path, LAUNCHERS[launcher])
     assert "p2pchain.node" in loaded and "asyncio" in loaded  # (the list is the node's)
+    assert "gc:True" in loaded  # the garbage collector, off while the node started, is on again
     wrong = {name: why for name, why in NOT_LOADED.items() if name in loaded}
     assert not wrong, f"a node without --http-port loaded: {wrong}"
 
