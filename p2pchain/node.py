@@ -626,8 +626,9 @@ class Node:
         self.relay.on_send_cmpct(peer, msg.high_bandwidth)
 
     async def _on_inv_block(self, peer: Peer, msg: wire.InvBlock) -> None:
-        def have(block_hash: bytes) -> bool:
-            return self.chain.has_block(block_hash) or block_hash in self.chain.orphans
+        def have(block_hash: bytes) -> bool:  # or found invalid: not worth a fetch
+            chain = self.chain
+            return chain.has_block(block_hash) or block_hash in chain.orphans or block_hash in chain.invalid
 
         requests = self.relay.on_inv_block(peer, msg.hashes, have, self._now())
         for asked, request in requests:

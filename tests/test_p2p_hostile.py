@@ -802,6 +802,34 @@ async def inv_block_without_feature(ctx: Ctx, peer: RawPeer) -> None:
     peer.send(wire.InvBlock((os.urandom(32),)))
 
 
+@case("INV_BLOCK of a block the node found invalid (not fetched)", IGNORE, hello=False)
+async def inv_block_invalid(ctx: Ctx, peer: RawPeer) -> None:
+    blocks = await ctx.blocks()
+    tip = blocks[-1]
+    bad = ctx.reject(
+        assemble(tip.header, mtp_of(blocks), coinbase=make_coinbase(RECIPIENT, PARAMS.reward + 1, tip.height + 1))
+    )
+    helper = await RawPeer.connect(ctx.port, next(ctx.net.sources))
+    try:
+        await helper.handshake()
+        helper.send(wire.NewBlock(bad))
+        await helper.wait_closed()  # banned for it: the node knows the block is invalid
+    finally:
+        await helper.close()
+    await relay_handshake(peer)
+    peer.send(wire.InvBlock((bad.hash,)))
+    peer.send(wire.Ping(9))
+    asked = False
+
+    def check(msg: wire.Message) -> bool:
+        nonlocal asked
+        asked |= isinstance(msg, wire.GetCmpct)
+        return isinstance(msg, wire.Pong) and msg.nonce == 9
+
+    await peer.expect(check)
+    assert not asked, "the node asked for a block it had found invalid"
+
+
 @case(f"a flood of {FLOOD_SELECTIONS} SEND_CMPCT (one flag per peer: the last counts)", IGNORE, hello=False)
 async def send_cmpct_flood(ctx: Ctx, peer: RawPeer) -> None:
     await relay_handshake(peer)
