@@ -168,7 +168,8 @@ class SyncManager:
             self.peer = None
             self.target = 0
         if connected_any:
-            tip_block = self.chain.get_block(self.chain.tip.hash)
+            tip = self.chain.tip.hash  # most often this batch's last block: no store read (which waits for the commit)
+            tip_block = next((b for b in reversed(blocks) if b.hash == tip), None) or self.chain.get_block(tip)
             if tip_block is not None:
                 self._broadcast(wire.NewBlock(tip_block), peer)
         self.pick_next()
