@@ -11,11 +11,15 @@ fields, defaults, ``default_factory``, metadata and ``__post_init__`` are datacl
 the same methods and results: only ``__init__`` is compiled, once per class, when the class is
 first built (or inspected); the other five are shared functions that read the class's field
 names. Type checkers see a frozen dataclass (``dataclass_transform``).
+``@record(frozen=False, eq=..., slots=...)`` stands for ``@dataclass(eq=..., slots=...)`` the
+same way (fields set by assignment; with ``eq`` instances are unhashable, as dataclass makes them).
 
 Limits, checked when the class is defined: every field is an ``__init__`` argument (no
-``init=False``, ``InitVar`` or ``kw_only``), and no base class defines its own ``__init__`` or
-``__setattr__`` (that would be lost or bypassed). Fields are stored straight into the instance's
-``__dict__``, as the frozen ``__init__`` does through ``object.__setattr__``.
+``init=False``, ``InitVar`` or ``kw_only``), no base class defines its own ``__init__`` or
+``__setattr__`` (that would be lost or bypassed), and frozen and mutable records do not inherit
+from each other. A frozen record's fields are stored straight into the instance's ``__dict__``,
+as the frozen ``__init__`` does through ``object.__setattr__``. ``__dataclass_params__`` tells
+what dataclass itself was asked for (no init, repr, eq or frozen), not the record's behaviour.
 """
 
 from __future__ import annotations
