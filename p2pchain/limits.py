@@ -45,6 +45,10 @@ RELAY_MAX_BLOCK_SOURCES = 8  # other senders of a block being rebuilt, kept to a
 # peers asked (SEND_CMPCT) to push each new block at once: those that last delivered a new block
 # first; every other link only announces it (INV_BLOCK) (Bitcoin: BIP152's 3 high-bandwidth peers)
 RELAY_HB_PEERS = 3
+# announced blocks (INV_BLOCK) one peer may have us fetching at once, counted against the first to
+# announce each; more of its announcements are ignored. Per peer, so that a peer announcing made-up
+# hashes cannot take the room an honest announcement needs (an honest node announces one at a time)
+RELAY_MAX_PEER_BLOCK_WANTS = 4
 # new best blocks are announced (INV_BLOCK, the newest only) to the other cmpct-hb peers at most
 # this often: the fallback when all high-bandwidth peers fail or withhold, so a delay is cheap,
 # while announcing every block on every link was ~2,900 messages a block in the 200-node swarm

@@ -211,6 +211,7 @@ class _Peer:
     block_requests: OrderedDict[bytes, tuple[int, ...]] = field(default_factory=OrderedDict)  # hash -> indexes
     outbound: bool = False  # we dialled it: the start-up choice of high-bandwidth peers, and one is kept
     hb_to: bool = False  # it asked us (SEND_CMPCT) to push new blocks at once
+    block_wants: int = 0  # announced blocks we are fetching because it announced them first
 
 
 @record(frozen=False, eq=False)
@@ -220,6 +221,7 @@ class _Want(Generic[P]):
     announcers: deque[P]  # not yet asked, in the order they announced it
     asked: P | None = None
     deadline: float = 0.0
+    first: P | None = None  # a block's first announcer: the want takes one of its RELAY_MAX_PEER_BLOCK_WANTS
 
 
 @record(frozen=False, eq=False)
@@ -250,7 +252,7 @@ class RelayStats:
     blocks_announced: int = 0  # block hashes sent in INV_BLOCK
     blocks_fetched: int = 0  # GET_CMPCT sent for an announced block we lacked
     block_fetch_timeouts: int = 0  # a GET_CMPCT unanswered in time: asked the next announcer
-    block_announcements_ignored: int = 0  # over RELAY_MAX_PENDING_BLOCKS blocks wanted at once
+    block_announcements_ignored: int = 0  # over the announcer's RELAY_MAX_PEER_BLOCK_WANTS
     hb_selected: int = 0  # SEND_CMPCT high_bandwidth=true sent
 
 
@@ -670,10 +672,11 @@ class Relay(Generic[P]):
                 continue
             want = self._block_wants.get(block_hash)
             if want is None:
-                if len(self._block_wants) >= limits.RELAY_MAX_PENDING_BLOCKS:
-                    self.stats.block_announcements_ignored += 1
+                if state.block_wants >= limits.RELAY_MAX_PEER_BLOCK_WANTS:  # per peer: a flood of
+                    self.stats.block_announcements_ignored += 1  # made-up hashes crowds out nobody else
                     continue
-                want = self._block_wants[block_hash] = _Want(deque())
+                want = self._block_wants[block_hash] = _Want(deque(), first=peer)
+                state.block_wants += 1
             if want.asked == peer or peer in want.announcers:
                 continue
             if len(want.announcers) < limits.RELAY_MAX_BLOCK_SOURCES:
@@ -691,7 +694,13 @@ class Relay(Generic[P]):
                 out.append((peer, wire.GetCmpct(block_hash)))
                 self.stats.blocks_fetched += 1
                 return
-        del self._block_wants[block_hash]
+        self._drop_block_want(block_hash)
+
+    def _drop_block_want(self, block_hash: bytes) -> None:
+        want = self._block_wants.pop(block_hash, None)
+        state = self._peers.get(want.first) if want is not None and want.first is not None else None
+        if state is not None:
+            state.block_wants -= 1
 
     def recent_block(self, block_hash: bytes) -> Block | None:
         return self._recent_blocks.get(block_hash)
@@ -717,7 +726,7 @@ class Relay(Generic[P]):
             raise Misbehaving(f"sent compact block {msg.header.hash.hex()[:16]} without its proof of work")
         block_hash = msg.header.hash
         state.known_blocks.add(block_hash)
-        self._block_wants.pop(block_hash, None)  # announced, and here it is
+        self._drop_block_want(block_hash)  # announced, and here it is
         pending = self._pending.get(block_hash)
         if pending is not None:
             PartialBlock(msg)  # check its shape now: a bad one is the sender's fault
@@ -820,7 +829,7 @@ class Relay(Generic[P]):
     def block_done(self, block_hash: bytes) -> None:
         """The block arrived whole (any path): stop rebuilding and fetching it."""
         self._pending.pop(block_hash, None)
-        self._block_wants.pop(block_hash, None)
+        self._drop_block_want(block_hash)
 
     def connected(self, blocks: Iterable[Block], disconnected: Iterable[Block] = ()) -> None:
         """Blocks joined the best chain: their transactions are no longer wanted. After a

@@ -840,7 +840,7 @@ async def send_cmpct_flood(ctx: Ctx, peer: RawPeer) -> None:
 @case(f"an INV_BLOCK flood of {FLOOD_BLOCKS} blocks never sent (a few asked, the rest ignored)", IGNORE, hello=False)
 async def inv_block_flood(ctx: Ctx, peer: RawPeer) -> None:
     """Each announced block the node lacks costs it a GET_CMPCT and a want until the timeout: at
-    most RELAY_MAX_PENDING_BLOCKS at once, whatever the announcer sends."""
+    most RELAY_MAX_PEER_BLOCK_WANTS at once per announcer, whatever it sends."""
     await relay_handshake(peer)
     step = limits.MAX_INV_BLOCK_HASHES
     for _ in range(0, FLOOD_BLOCKS, step):
@@ -854,7 +854,7 @@ async def inv_block_flood(ctx: Ctx, peer: RawPeer) -> None:
         return isinstance(msg, wire.Pong) and msg.nonce == 8
 
     await peer.expect(count)
-    assert asked == limits.RELAY_MAX_PENDING_BLOCKS, f"{asked} blocks asked of one announcer"
+    assert asked == limits.RELAY_MAX_PEER_BLOCK_WANTS, f"{asked} blocks asked of one announcer"
 
 
 @case("GET_TXS of pooled transactions again and again (each answered once, if announced to it)", IGNORE, hello=False)

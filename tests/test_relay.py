@@ -422,13 +422,17 @@ def test_an_announced_block_is_fetched_from_one_announcer_at_a_time() -> None:
         relay.on_block_txn("d", wire.BlockTxn(block.hash, ()), T0 + 5)
 
 
-def test_what_we_have_or_are_rebuilding_is_not_fetched_and_wants_are_bounded() -> None:
-    relay = relay_with("a")
+def test_what_we_have_or_are_rebuilding_is_not_fetched_and_wants_are_bounded_per_announcer() -> None:
+    relay = relay_with("a", "b")
     assert relay.on_inv_block("a", [bytes(32)], lambda h: True, T0) == []
-    hashes = [bytes([i]) * 32 for i in range(1, limits.RELAY_MAX_PENDING_BLOCKS + 3)]
+    hashes = [bytes([i]) * 32 for i in range(1, limits.RELAY_MAX_PEER_BLOCK_WANTS + 3)]
     asked = relay.on_inv_block("a", hashes, never, T0)
-    assert [r.hash for _, r in asked] == hashes[: limits.RELAY_MAX_PENDING_BLOCKS]
+    assert [r.hash for _, r in asked] == hashes[: limits.RELAY_MAX_PEER_BLOCK_WANTS]
     assert relay.stats.block_announcements_ignored == 2
+    honest = b"\xee" * 32  # a's made-up hashes take none of b's room
+    assert relay.on_inv_block("b", [honest], never, T0) == [("b", wire.GetCmpct(honest))]
+    relay.on_block_txn("a", wire.BlockTxn(hashes[0], ()), T0)  # a has no such block: its slot is free
+    assert relay.on_inv_block("a", [hashes[-1]], never, T0) == [("a", wire.GetCmpct(hashes[-1]))]
     _txs, block, relay = two_senders_of_a_block()  # being rebuilt from a's compact block
     relay.add_peer("c", 2, FEATURES)
     assert relay.on_inv_block("c", [block.hash], never, T0) == []
