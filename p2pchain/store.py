@@ -211,8 +211,10 @@ def _run(db: sqlite3.Connection, sql: str, rows: list[Row]) -> None:
         db.executemany(sql, rows)
         return
     head, one = sql[: at + len(_VALUES)], sql[at + len(_VALUES) :]
-    for i in range(0, len(rows), MULTI_ROWS):
-        chunk = rows[i : i + MULTI_ROWS]
+    # an SQLite built with a lower limit on parameters than today's default (999 before 3.32) too
+    step = max(1, min(MULTI_ROWS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // one.count("?")))
+    for i in range(0, len(rows), step):
+        chunk = rows[i : i + step]
         # bytes as bytearray (stored alike, as a BLOB; read back as bytes): Python 3.11's sqlite3
         # sends every bytes parameter through its adaptation protocol (a registry lookup and two
         # attribute lookups: ~3,000 instructions a value, ~5 % of a synced block), not a bytearray
