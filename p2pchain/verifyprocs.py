@@ -57,6 +57,13 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _readable(fd: int, timeout_s: float) -> bool:
+    """Whether ``fd`` has data (or EOF) within ``timeout_s`` (poll: any fd number, unlike select)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -78,7 +85,7 @@ class _Worker:
 
     def is_ready(self) -> bool:
         """True once the worker said it is ready (without waiting for it)."""
-        if not self.ready and select.select([self.from_fd], [], [], 0)[0]:
+        if not self.ready and _readable(self.from_fd, 0):
             if os.read(self.from_fd, 1) != _READY:
                 raise EOFError("the worker ended before it was ready")
             self.ready = True
@@ -215,7 +222,7 @@ def worker_main(idle_s: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which closes its workers
     inp, out = sys.stdin.fileno(), sys.stdout.fileno()
     _write_all(out, _READY)
-    while select.select([inp], [], [], idle_s)[0]:
+    while _readable(inp, idle_s):
         try:
             n = int.from_bytes(_read_exactly(inp, _LEN), "big")
             triples = msgpack.unpackb(_read_exactly(inp, n), use_list=False)

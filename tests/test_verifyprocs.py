@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import time
 from dataclasses import replace
@@ -95,6 +96,26 @@ def test_a_worker_exits_when_idle_and_the_next_batch_is_checked_all_the_same() -
         checked_by_a_worker(pool, txs, want)
     finally:
         pool.close()
+
+
+def test_workers_are_used_when_the_pipes_get_file_descriptors_above_1024() -> None:
+    """A node with many connections has fd numbers past select()'s FD_SETSIZE (this machine's
+    soft limit is 20,000): the pool must wait on its pipes with poll, not select."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    r, w = os.pipe()
+    filler = [os.dup(r) for _ in range(1100)]
+    txs = batch()
+    pool = VerifierProcs(1)
+    try:
+        checked_by_a_worker(pool, txs, signatures_ok(txs, NET))
+        assert pool._idle[0].from_fd > 1024
+    finally:
+        pool.close()
+        for fd in [r, w, *filler]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def children(pid: int) -> list[int]:
