@@ -441,20 +441,27 @@ async def block_unknown_parent(ctx: Ctx, peer: RawPeer) -> None:
     await peer.expect(wire.GetChain)  # the node asks the sender for the missing blocks
 
 
-@case("block whose parent was found invalid", BAN, code=RuleCode.INVALID_ANCESTOR)
-async def block_invalid_parent(ctx: Ctx, peer: RawPeer) -> None:
+async def found_invalid(ctx: Ctx) -> Block:
+    """A block on the tip whose coinbase overpays, sent by a helper connection (banned for it):
+    the node now knows the block is invalid."""
     blocks = await ctx.blocks()
     tip = blocks[-1]
-    parent = ctx.reject(
+    bad = ctx.reject(
         assemble(tip.header, mtp_of(blocks), coinbase=make_coinbase(RECIPIENT, PARAMS.reward + 1, tip.height + 1))
     )
     helper = await RawPeer.connect(ctx.port, next(ctx.net.sources))
     try:
         await helper.handshake()
-        helper.send(wire.NewBlock(parent))
-        await helper.wait_closed()  # banned for the invalid parent
+        helper.send(wire.NewBlock(bad))
+        await helper.wait_closed()
     finally:
         await helper.close()
+    return bad
+
+
+@case("block whose parent was found invalid", BAN, code=RuleCode.INVALID_ANCESTOR)
+async def block_invalid_parent(ctx: Ctx, peer: RawPeer) -> None:
+    parent = await found_invalid(ctx)
     await send_block(ctx, peer, assemble(parent.header, parent.header.timestamp))
 
 
@@ -804,18 +811,7 @@ async def inv_block_without_feature(ctx: Ctx, peer: RawPeer) -> None:
 
 @case("INV_BLOCK of a block the node found invalid (not fetched)", IGNORE, hello=False)
 async def inv_block_invalid(ctx: Ctx, peer: RawPeer) -> None:
-    blocks = await ctx.blocks()
-    tip = blocks[-1]
-    bad = ctx.reject(
-        assemble(tip.header, mtp_of(blocks), coinbase=make_coinbase(RECIPIENT, PARAMS.reward + 1, tip.height + 1))
-    )
-    helper = await RawPeer.connect(ctx.port, next(ctx.net.sources))
-    try:
-        await helper.handshake()
-        helper.send(wire.NewBlock(bad))
-        await helper.wait_closed()  # banned for it: the node knows the block is invalid
-    finally:
-        await helper.close()
+    bad = await found_invalid(ctx)
     await relay_handshake(peer)
     peer.send(wire.InvBlock((bad.hash,)))
     peer.send(wire.Ping(9))
