@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +28,35 @@ from p2pchain.client import Client
 TEST_BITS = 12  # difficulty for tests: ~4,000 hashes a block, milliseconds per block
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' local ports."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+PORTS_FROM = 20000  # node ports are drawn from PORTS_FROM up to the ephemeral range
+_ports_given: set[int] = set()
+_port_rng = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range, not handed out before in this
+    process. A port the kernel picks (bind to 0) comes from that range, from which every outgoing
+    connection also takes its local port: while a node is down (a restart, a churn test), another
+    node's dial could take its port and keep it from listening again ("address already in use",
+    seen in test_faults' churn)."""
+    high = _ephemeral_low()
+    for _ in range(1000):  # bounded: the range has thousands of free ports
+        port = _port_rng.randrange(PORTS_FROM, high)
+        if port in _ports_given:
+            continue
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            _ports_given.add(port)
+            return port
+    raise RuntimeError(f"no free port in {PORTS_FROM}..{high - 1}")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition", poll: float = 0.05) -> Any:
