@@ -425,7 +425,9 @@ class Node:
             self.sync.start(peer, takeover=True)
         elif result.status is Status.CONNECTED:
             peer.useful = True
-            self.relay_block(block, exclude=peer)
+            # a client (no listening port: a miner or wallet) is the block's first hop, as our own
+            # mining is: its block goes to every peer at once, not only those that asked for it
+            self.relay_block(block, exclude=peer, mined=not peer.listen_addr)
             self._send_cmpct(self.relay.delivered_first(peer))
 
     def relay_block(self, block: Block, exclude: Peer | None = None, *, mined: bool = False) -> None:

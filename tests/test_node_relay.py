@@ -96,12 +96,11 @@ def test_a_line_of_version_1_and_version_2_nodes_agrees(nodes: NodeFactory) -> N
     assert relay_b["cmpct_received"] >= 1 and relay_b["cmpct_rebuilt"] >= 1, relay_b
 
 
-def test_a_node_whose_high_bandwidth_peers_withhold_blocks_still_gets_them(nodes: NodeFactory) -> None:
+def withheld_then_sent_by_b(nodes: NodeFactory, from_client: bool) -> NodeProc:
     """V's three high-bandwidth peers (raw peers, its first connections) never push a block; B,
-    a node connected to V after them, is not asked to push. A block reaching B (pushed by a
-    client, so B did not mine it) reaches V all the same: B announces it (INV_BLOCK) within
-    RELAY_BLOCK_INV_INTERVAL_S and V fetches it (GET_CMPCT). B, having delivered first, then
-    becomes one of V's high-bandwidth peers in place of the oldest withholder."""
+    a node connected to V after them, is not asked to push. A block reaches B (from a client,
+    or from a listening peer that relays it) and then V; the oldest withholder then makes room
+    for B, which delivered first. V is returned, stopped only by the factory."""
     start = branch(TEST_PARAMS.genesis.header, 2)
     b, v = nodes("b"), nodes("v")
     for node in (b, v):
@@ -118,9 +117,15 @@ def test_a_node_whose_high_bandwidth_peers_withhold_blocks_still_gets_them(nodes
             await asyncio.to_thread(b.start, [*LINE, "--peer", v.addr])
             # the raw peers do not listen: /status counts them as clients, not peers
             await asyncio.to_thread(wait_until, lambda: len(status(v)["peers"]) == 1, 20, "b to connect to v")
-            async with b.client() as client:
-                client.send(wire.NewBlock(block))
+            sender = await RawPeer.connect(b.port)
+            try:
+                # port 1: a listening node's (b never gets to dial it back within the test)
+                await sender.handshake(port=0 if from_client else 1)
+                sender.send(wire.NewBlock(block))
+                await sender.drain()
                 await asyncio.to_thread(wait_until, lambda: v.tip() == block.hash.hex(), 20, "v to get the block")
+            finally:
+                await sender.close()
             dropped = await withholders[0].expect(wire.SendCmpct)
             assert not dropped.high_bandwidth, "the oldest withholder made room for b"
         finally:
@@ -128,6 +133,24 @@ def test_a_node_whose_high_bandwidth_peers_withhold_blocks_still_gets_them(nodes
                 await peer.close()
 
     run(scenario())
+    return v
+
+
+def test_a_node_whose_high_bandwidth_peers_withhold_blocks_still_gets_them(nodes: NodeFactory) -> None:
+    """B got the block from a listening peer, so B relays it as any block: at once only to the
+    peers that asked (not V). V gets it all the same: B announces it (INV_BLOCK) within
+    RELAY_BLOCK_INV_INTERVAL_S and V fetches it (GET_CMPCT)."""
+    v = withheld_then_sent_by_b(nodes, from_client=False)
     v_in, v_out = traffic_types(v)
     assert "INV_BLOCK" in v_in and "GET_CMPCT" in v_out and "CMPCT_BLOCK" in v_in, (v_in, v_out)
     assert status(v)["relay"]["blocks_fetched"] >= 1
+
+
+def test_a_block_from_a_client_goes_to_every_peer_at_once(nodes: NodeFactory) -> None:
+    """A client (no listening port: a miner or a wallet) is a block's first hop, as the node's
+    own mining is: B pushes the client's block to V at once although V did not ask B to, so V
+    neither waits for an announcement nor fetches it (a 20-node bench's p99 was 1 s without it)."""
+    v = withheld_then_sent_by_b(nodes, from_client=True)
+    v_in, v_out = traffic_types(v)
+    assert "CMPCT_BLOCK" in v_in and "GET_CMPCT" not in v_out, (v_in, v_out)
+    assert status(v)["relay"]["blocks_fetched"] == 0
