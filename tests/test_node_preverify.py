@@ -85,6 +85,7 @@ def test_a_known_block_costs_no_signature_check(tmp_path: Path, monkeypatch: pyt
     class StubPeer:  # what the NEW_BLOCK handler reads and writes of its sender (hashable, as a Peer)
         best_height = 0
         useful = False
+        listen_addr = "127.0.0.1:1"  # a listening node's: its block is relayed as any peer's
 
     peer: Any = StubPeer()
 
