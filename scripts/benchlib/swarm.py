@@ -24,6 +24,7 @@ SWARM_SETTLE_S = 2.0  # the peer count must hold still this long before blocks a
 # PEERS answers) and dials one address a second, so a 2 s lull came before it, and its dials,
 # handshakes and PEERS answers landed in the timed blocks (peers 8 -> 24 during them)
 SWARM_SETTLE_MAX_S = 10.0
+SWARM_SETTLE_TIMEOUT_S = 120.0  # a count that never holds still (connections churning) ends the bench
 SWARM_RSS_WARMUP_S = 10.0  # the 20-node swarm mines this long before its memory is read
 
 
@@ -42,7 +43,10 @@ async def _settled(members: list[Any]) -> None:
 
     slots = 0.99 * limits.TARGET_OUTBOUND * len(members)
     last, still = -1, time.monotonic()
+    deadline = still + SWARM_SETTLE_TIMEOUT_S
     while True:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the swarm's peer count never held still within {SWARM_SETTLE_TIMEOUT_S:g} s")
         await asyncio.sleep(0.25)
         count = sum(len(m.node.connmgr.ready) for m in members)
         if count != last:
