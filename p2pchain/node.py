@@ -535,9 +535,9 @@ class Node:
 
     def _announce_blocks(self) -> None:
         self._block_flush_timer = None
-        frames: dict[tuple[bytes, ...], bytes] = {}  # most peers are told of the same tip: encoded once
+        frame = None  # every peer is told of the same newest block: encoded once
         for peer, hashes in self.relay.take_block_announcements().items():
-            frame = frames.get(hashes) or frames.setdefault(hashes, wire.InvBlock(hashes).encode())
+            frame = frame or wire.InvBlock(hashes).encode()
             peer.send_frame(frame, wire.InvBlock.TYPE)
 
     def _flush_announcements(self) -> None:

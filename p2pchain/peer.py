@@ -157,9 +157,7 @@ class Peer:
         joined = 0
         for kind, frame in corked:
             n = len(frame)
-            self.queued_bytes -= n
-            self.bytes_sent += n
-            self.traffic.count_sent(kind, n)
+            self._count_sent(kind, n)
             chunk.append(frame)
             joined += n
             if joined >= limits.SEND_WRITE_MAX_BYTES:
@@ -172,6 +170,12 @@ class Peer:
             self._unflushed += 1
         else:
             self._flushed.set()
+
+    def _count_sent(self, kind: str, n: int) -> None:
+        """A frame of ``n`` bytes leaves the queue for the socket (the writer's or _uncork's write)."""
+        self.queued_bytes -= n
+        self.bytes_sent += n
+        self.traffic.count_sent(kind, n)
 
     async def flushed(self) -> None:
         """Until every frame queued so far has been written and drained, or the peer closed."""
@@ -207,11 +211,9 @@ class Peer:
                     item = queue.get_nowait()
                     continue
                 n = len(frame)
-                self.queued_bytes -= n
+                self._count_sent(kind, n)
                 frames.append(frame)
                 joined += n
-                self.bytes_sent += n
-                self.traffic.count_sent(kind, n)
                 if queue.empty() or joined >= limits.SEND_WRITE_MAX_BYTES:
                     break
                 item = queue.get_nowait()

@@ -210,7 +210,6 @@ class _Peer:
     in_flight: int = 0  # txids in ``requests``
     block_requests: OrderedDict[bytes, tuple[int, ...]] = field(default_factory=OrderedDict)  # hash -> indexes
     outbound: bool = False  # we dialled it: the start-up choice of high-bandwidth peers, and one is kept
-    hb_to: bool = False  # it asked us (SEND_CMPCT) to push new blocks at once
     block_wants: int = 0  # announced blocks we are fetching because it announced them first
 
 
@@ -596,6 +595,8 @@ class Relay(Generic[P]):
         """After a high-bandwidth peer left: cmpct-hb peers to ask in its place, outbound first,
         then the longest connected. The SEND_CMPCT to send."""
         out: list[tuple[P, bool]] = []
+        if len(self._hb) >= limits.RELAY_HB_PEERS:  # the peer that left was not one: nothing to sort
+            return out
         for peer in sorted(self._peers, key=lambda p: not self._peers[p].outbound):
             if len(self._hb) >= limits.RELAY_HB_PEERS:
                 break
@@ -635,7 +636,6 @@ class Relay(Generic[P]):
         state = self._peers.get(peer)
         if state is None or FEATURE_HB not in state.features:
             raise Misbehaving("sent SEND_CMPCT without the cmpct-hb feature")
-        state.hb_to = high_bandwidth
         if high_bandwidth:
             self._at_once[peer] = None
         else:
