@@ -200,8 +200,6 @@ class SignatureBatcher:
                 per_owner[item.owner] = left
             else:
                 del per_owner[item.owner]
-            if self._closed:
-                continue
             try:
                 item.admit(item.verdict)
             except Exception:  # a bug in the callback: the transactions behind it still go in
