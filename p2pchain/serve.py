@@ -32,7 +32,7 @@ from p2pchain.errors import ProtocolError
 from p2pchain.ledger.block import HEADER_BYTES, Block, Header
 from p2pchain.ledger.tx import Tx
 from p2pchain.peer import Peer
-from p2pchain.store import pack_block, unpack_block
+from p2pchain.store import pack_block, stored_bodies, unpack_block
 
 MakeAnswer = Callable[[int], wire.Chain | wire.Blocks]  # the answer (without its blocks) to send n blocks in
 
@@ -80,8 +80,7 @@ class BlockServer:
         """The stored bodies of ``hashes`` in order (one query), stopping at the first not
         committed yet, gone or damaged (the loop finds out which) and before the blocks'
         canonical bytes pass ``max_bytes`` (at least one block); and those canonical bytes."""
-        marks = ",".join("?" * len(hashes))
-        rows = dict(self._db().execute(f"SELECT hash, body FROM blocks WHERE hash IN ({marks})", list(hashes)))
+        rows = stored_bodies(self._db(), hashes)
         bodies: list[bytes] = []
         total = 0
         for block_hash in hashes:
