@@ -388,6 +388,9 @@ class Chain:
     def subscribe(self, listener: ChainListener) -> None:
         self.listeners.append(listener)
 
+    def unsubscribe(self, listener: ChainListener) -> None:
+        self.listeners.remove(listener)
+
     # --- processing -------------------------------------------------------------------------
     def process_block(self, block: Block, now_ms: int, *, requested: bool = True) -> ProcessResult:
         """Validate and store ``block``; follow the most-work valid branch. Raises RuleError if the

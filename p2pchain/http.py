@@ -22,17 +22,17 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from p2pchain import limits
+from p2pchain.chainjson import RecentBlocksJson, block_json, block_text
 from p2pchain.connmgr import parse_addr
 from p2pchain.errors import MempoolCode, MempoolError, ProtocolError, RuleError
 from p2pchain.explorer import PREFIX as EXPLORER_PREFIX
 from p2pchain.explorer import make_explorer, wants_html
 from p2pchain.http_auth import AuthSettings, Guard, check
 from p2pchain.keys import is_address
-from p2pchain.ledger.block import Block
-from p2pchain.ledger.pow import difficulty_bits
 from p2pchain.ledger.tx import Tx, make_tx
 
 if TYPE_CHECKING:
+    from p2pchain.chain import Chain
     from p2pchain.node import Node
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ NODE_KEY: web.AppKey[Node] = web.AppKey("node")
 STREAMING_KEY: web.AppKey[list[str]] = web.AppKey("streaming")  # paths of chain answers being written
 GUARD_KEY: web.AppKey[Guard] = web.AppKey("guard")
 HEAVY_KEY: web.AppKey[list[int]] = web.AppKey("heavy")  # whole-chain requests running (a one-item counter)
+RECENT_KEY: web.AppKey[RecentBlocksJson] = web.AppKey("recent")  # the JSON of the blocks connected last
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NODES_ERROR = "Error: Please supply a valid list of nodes"  # the tutorial's words
 
@@ -99,38 +100,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-# --- JSON shapes ----------------------------------------------------------------------------
-def tx_json(tx: Tx) -> dict[str, Any]:
-    """A transaction as JSON: the tutorial's three keys, then the rest (hex for bytes)."""
-    return {
-        "sender": tx.sender,
-        "recipient": tx.recipient,
-        "amount": tx.amount,
-        "fee": tx.fee,
-        "nonce": tx.nonce,
-        "pubkey": tx.pubkey.hex(),
-        "signature": tx.signature.hex(),
-        "txid": tx.txid.hex(),
-    }
-
-
-def block_json(block: Block) -> dict[str, Any]:
-    """A block as JSON in the tutorial's shape, plus ``hash`` and the header's other fields."""
-    h = block.header
-    return {
-        "index": h.height + 1,
-        "timestamp": h.timestamp / 1000,
-        "transactions": [tx_json(tx) for tx in block.txs],
-        "proof": h.nonce,
-        "previous_hash": h.prev_hash.hex(),
-        "hash": block.hash.hex(),
-        "height": h.height,
-        "merkle_root": h.merkle_root.hex(),
-        "difficulty": round(difficulty_bits(h.target), 4),
-        "bits": h.bits,
-    }
-
-
+# --- whole-chain answers ----------------------------------------------------------------------
 def _members(doc: dict[str, Any]) -> str:
     """The members of a JSON object without its braces."""
     return json.dumps(doc)[1:-1]
@@ -144,8 +114,10 @@ async def stream_chain(
 ) -> web.StreamResponse:
     """Answer ``{**head, key: [blocks], **tail}`` with the blocks of ``hashes`` (a snapshot of the
     best chain, so the list links even if a reorg happens meanwhile), written in chunks of
-    about HTTP_STREAM_CHUNK_BYTES; the event loop serves peers and other requests between them."""
+    about HTTP_STREAM_CHUNK_BYTES; the event loop serves peers and other requests between them.
+    The blocks connected last come from memory (RecentBlocksJson), older ones from the store."""
     chain = request.app[NODE_KEY].chain
+    recent = request.app[RECENT_KEY]
     resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await resp.prepare(request)
     parts = ["{", _members(head), ", " if head else "", json.dumps(key), ": ["]
@@ -154,13 +126,14 @@ async def stream_chain(
     streaming.append(request.path)
     try:
         for start in range(0, len(hashes), STREAM_READ_BLOCKS):
-            run = list(hashes[start : start + STREAM_READ_BLOCKS])
-            blocks = chain.store.get_blocks(run)  # one query for the run
-            if len(blocks) != len(run):
-                missing = next(h for h, b in zip(run, [*blocks, None], strict=False) if b is None or b.hash != h)
-                raise RuntimeError(f"best-chain block {missing.hex()} is missing from the store")
-            for i, block in enumerate(blocks, start=start):
-                text = json.dumps(block_json(block))
+            run = hashes[start : start + STREAM_READ_BLOCKS]
+            texts = recent.texts(run)
+            missing = [h for h, text in zip(run, texts, strict=True) if text is None]
+            if missing:
+                stored = iter(_stored_texts(chain, missing))  # one query for the run
+                texts = [text if text is not None else next(stored) for text in texts]
+            for i, text in enumerate(texts, start=start):
+                assert text is not None
                 parts += [", " if i else "", text]
                 size += len(text)
             if size >= limits.HTTP_STREAM_CHUNK_BYTES:
@@ -175,6 +148,15 @@ async def stream_chain(
     finally:
         streaming.remove(request.path)
     return resp
+
+
+def _stored_texts(chain: Chain, hashes: list[bytes]) -> list[str]:
+    """The JSON text of the stored blocks of ``hashes`` (best-chain blocks: the store holds them)."""
+    blocks = chain.store.get_blocks(hashes)
+    if len(blocks) != len(hashes):
+        missing = next(h for h, b in zip(hashes, [*blocks, None], strict=False) if b is None or b.hash != h)
+        raise RuntimeError(f"best-chain block {missing.hex()} is missing from the store")
+    return [block_text(block) for block in blocks]
 
 
 # --- request parsing ------------------------------------------------------------------------
@@ -475,6 +457,13 @@ def make_app(node: Node, guard: Guard) -> web.Application:
     app[GUARD_KEY] = guard
     app[STREAMING_KEY] = []
     app[HEAVY_KEY] = [0]
+    app[RECENT_KEY] = recent = RecentBlocksJson(node.params.genesis)
+    node.chain.subscribe(recent.on_chain_update)
+
+    async def unsubscribe(app: web.Application) -> None:
+        node.chain.unsubscribe(recent.on_chain_update)
+
+    app.on_cleanup.append(unsubscribe)
     get, post = app.router.add_get, app.router.add_post
     get("/", index)
     get("/status", get_status)

@@ -177,6 +177,10 @@ HTTP_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413
 HTTP_CHAIN_PAGE_MAX = 500  # blocks per /chain page
 HTTP_STREAM_CHUNK_BYTES = 256 * 1024  # a streamed /chain is written in chunks of about this many
 # bytes of JSON, and the event loop serves peers between chunks (a block is at most ~3 MB of JSON)
+# the JSON text of the blocks last connected, kept for /chain and /nodes/resolve (p2pchain/chainjson.py):
+# a fresh node's whole chain after /nodes/register is answered from memory, not read back from the store
+HTTP_JSON_CACHE_BLOCKS = 1000  # blocks (two sync batches of MAX_BLOCKS_PER_CHAIN)
+HTTP_JSON_CACHE_BYTES = 4 * 1024 * 1024  # about this many bytes of JSON at most
 HTTP_HEAVY_MAX = 4  # /chain and /nodes/resolve requests running at once; beyond, 503 at once
 HTTP_REGISTER_MAX = 64  # addresses in one /nodes/register request
 HTTP_REGISTER_WAIT_S = 5.0  # /nodes/register waits this long for new peers to handshake, then answers

@@ -143,20 +143,21 @@ class SyncManager:
         )
         if pipelined:
             self._request(peer, msg.blocks[-1].hash)
-        await self._preverify(msg.blocks)
         new = 0
         connected_any = False
         blocks = msg.blocks
-        with self.chain.store.batch(behind=True):  # one commit for the batch, written while the next is checked
-            for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
-                if start:
-                    await asyncio.sleep(0)  # let other peers be served during a long sync
-                added, connected, stopped = self._process_run(peer, blocks, start, start + SYNC_RUN_BLOCKS)
-                new += added
-                connected_any = connected_any or connected
-                if stopped:
-                    ignored = True
-                    break
+        if blocks:  # (an empty answer, /nodes/resolve's most often, does not wait for the commit behind)
+            await self._preverify(blocks)
+            with self.chain.store.batch(behind=True):  # one commit for the batch, written while the next is checked
+                for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
+                    if start:
+                        await asyncio.sleep(0)  # let other peers be served during a long sync
+                    added, connected, stopped = self._process_run(peer, blocks, start, start + SYNC_RUN_BLOCKS)
+                    new += added
+                    connected_any = connected_any or connected
+                    if stopped:
+                        ignored = True
+                        break
         self.log_progress()
         if pipelined:
             return  # the next batch is on its way

@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"connmgr", "sync", "serve"},
     {"relay"},
     {"node", "client"},
-    {"explorer"},
+    {"explorer", "chainjson"},
     {"http", "http_auth"},
     {"wallet_cli", "cli", "config", "logs"},
     {"__main__"},

@@ -1,0 +1,121 @@
+"""chainjson: the tutorial's block JSON written directly is byte for byte json.dumps of the
+shape, the cache of recent blocks' JSON keeps what the chain connects within its bounds, and a
+whole-chain answer over HTTP (in-process, aiohttp's test server) is the same text whether its
+blocks come from the cache, from the store, or from both."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+from ledger_helpers import GENESIS, PARAMS, block_on, branch, feed, mem_chain, pay, wallet
+
+from p2pchain.chainjson import RecentBlocksJson, block_json, block_text, tx_json, tx_text
+from p2pchain.http import RECENT_KEY, make_app
+from p2pchain.http_auth import AuthMode, AuthSettings, Guard
+from p2pchain.ledger.block import Block
+from p2pchain.ledger.tx import Tx
+from p2pchain.node import Node, NodeConfig
+
+
+def test_block_text_is_json_dumps_of_the_tutorial_shape() -> None:
+    chain = mem_chain()
+    blocks = branch(GENESIS, 3)
+    feed(chain, blocks)
+    payment = pay(wallet(0), wallet(1), 7, fee=2)
+    with_payment = block_on(blocks[-1], [payment])
+    for block in [GENESIS, *blocks, with_payment]:
+        assert block_text(block) == json.dumps(block_json(block))
+        assert json.loads(block_text(block)) == block_json(block)
+
+
+def test_tx_text_escapes_what_json_escapes() -> None:
+    """Addresses are hex, but a transaction's strings may be any ASCII: those take json.dumps's path."""
+    for text in ['a"b', "back\\slash", "tab\there", "\x01\x7f", "a b", "0", "", "x" * 40]:
+        tx = Tx(text, text, 1, 0, 0, b"\x01", b"\x02")
+        assert tx_text(tx) == json.dumps(tx_json(tx))
+
+
+def _blocks(n: int) -> list[Block]:
+    return branch(GENESIS, n)
+
+
+def test_recent_keeps_connected_blocks_and_renders_each_once() -> None:
+    recent = RecentBlocksJson(GENESIS, max_blocks=10, max_bytes=10**6)
+    blocks = _blocks(3)
+    recent.on_chain_update(blocks[:2], [])
+    assert recent.texts([GENESIS.hash]) == [block_text(GENESIS)]  # never connected: held apart
+    first = recent.texts([b.hash for b in blocks])
+    assert first[:2] == [block_text(b) for b in blocks[:2]]
+    assert first[2] is None
+    again = recent.texts([blocks[0].hash])
+    assert again[0] is first[0], "rendered twice"
+    recent.on_chain_update([], blocks[:1])  # a block disconnected keeps its text: it never changes
+    assert recent.texts([blocks[0].hash]) == [block_text(blocks[0])]
+
+
+def test_recent_drops_the_oldest_beyond_its_bounds() -> None:
+    blocks = _blocks(6)
+    by_count = RecentBlocksJson(GENESIS, max_blocks=4, max_bytes=10**6)
+    for block in blocks:
+        by_count.on_chain_update([block], [])
+    assert len(by_count) == 4
+    assert [t is not None for t in by_count.texts([b.hash for b in blocks])] == [False] * 2 + [True] * 4
+    for _ in range(20):
+        by_count.on_chain_update(branch(blocks[-1], 1, salt=_), [])
+    assert by_count.texts([GENESIS.hash]) == [block_text(GENESIS)]  # never evicted
+    one = RecentBlocksJson(GENESIS, max_blocks=100, max_bytes=10**6)
+    one.on_chain_update(blocks[:1], [])
+    by_bytes = RecentBlocksJson(GENESIS, max_blocks=100, max_bytes=3 * one.cost)
+    by_bytes.on_chain_update(blocks, [])
+    assert len(by_bytes) == 3 and by_bytes.cost <= 3 * one.cost
+    assert by_bytes.texts([blocks[-1].hash]) == [block_text(blocks[-1])]
+
+
+def test_recent_is_fed_by_the_chain() -> None:
+    chain = mem_chain(PARAMS)
+    recent = RecentBlocksJson(GENESIS)
+    chain.subscribe(recent.on_chain_update)
+    blocks = _blocks(2)
+    feed(chain, blocks)
+    assert recent.texts(list(chain.main)) == [block_text(b) for b in (GENESIS, *blocks)]  # genesis: held apart
+    chain.unsubscribe(recent.on_chain_update)
+    feed(chain, branch(blocks[-1], 1))
+    assert len(recent) == 2
+
+
+def test_whole_chain_answer_is_the_same_from_memory_and_from_the_store(tmp_path: Path) -> None:
+    """/chain and a page of it, with the cache holding every block, only the last two, and none
+    (a restarted node's): the same bytes as json.dumps of the tutorial's shape."""
+    blocks = branch(GENESIS, 5)
+    genesis = PARAMS.genesis
+
+    async def answers(data_dir: Path, cached: int | None) -> list[bytes]:
+        node = Node(NodeConfig(data_dir=data_dir, port=0, params=PARAMS, discover=False))
+        app = make_app(node, Guard(AuthSettings(AuthMode.NONE), data_dir))
+        if cached is not None:
+            app[RECENT_KEY].max_blocks = cached
+            feed(node.chain, blocks)  # through the app's listener
+            assert len(app[RECENT_KEY]) == min(cached, len(blocks))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            bodies = []
+            for path in ("/chain", "/chain?from=2&limit=3"):
+                response = await client.get(path)
+                assert response.status == 200
+                bodies.append(await response.read())
+            return bodies
+        finally:
+            await client.close()
+            node.chain.close()
+
+    docs = [block_json(b) for b in (genesis, *blocks)]
+    whole = json.dumps({"chain": docs, "length": 6}) + "\n"
+    page = json.dumps({"chain": docs[2:5], "length": 6, "from": 2, "next": 5}) + "\n"
+    expected = [whole.encode(), page.encode()]
+    assert asyncio.run(answers(tmp_path / "a", 100)) == expected  # all from memory
+    assert asyncio.run(answers(tmp_path / "a", None)) == expected  # that store reopened: all from the store
+    assert asyncio.run(answers(tmp_path / "b", 2)) == expected  # the last two from memory, the rest stored
