@@ -45,6 +45,11 @@ from p2pchain.params import DEFAULT_BITS, DEFAULT_HALF_LIFE_BLOCKS, NetworkParam
 from p2pchain.peer import Tunables
 
 if _STARTING:
+    # what the imports made lives as long as the process: moved out of the collector's generations
+    # (no collection traverses it again), which also empties the youngest one, so enabling the
+    # collector does not start one at once (that collection of ~100,000 objects cost 8.6 M
+    # instructions, 3 % of a node's start)
+    gc.freeze()
     gc.enable()
 
 log = logging.getLogger(__name__)

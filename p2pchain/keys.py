@@ -1,28 +1,69 @@
 """Ed25519 keys, addresses and wallet files.
 
 An address is the hex of the first 20 bytes of SHA-256 over the raw 32-byte public key
-(40 lowercase hex characters). A wallet file is JSON ``{"version": 1, "seed": "<64 hex>"}``,
-mode 0600.
+(40 lowercase hex characters). A wallet file is JSON, mode 0600:
+``{"version": 1, "address": "<40 hex>", "seed": "<64 hex>", "check": "<64 hex>"}``, where
+``check`` is SHA-256 over ``WALLET_CHECK_TAG``, the seed and the address's ASCII (see
+``wallet_check``). A file without ``address`` or ``check`` (written by older versions) is
+still read: its address is then derived from the seed.
+
+pyca/cryptography (Ed25519 in OpenSSL) is loaded at the first signature, key or verification,
+not with this module: a node accepts peers before it needs one (loading it costs a start about
+16 M instructions, 5 % of spawn-to-listening), and its wallet's file is checked by ``check``,
+which needs no Ed25519.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from dataclasses import field
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from p2pchain.errors import WalletError
 from p2pchain.record import record
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ADDRESS_BYTES = 20
 PUBKEY_BYTES = 32
 SIGNATURE_BYTES = 64
 COINBASE_SENDER = "0"  # the tutorial's sender of mining rewards
 _HEX = frozenset("0123456789abcdef")
+WALLET_CHECK_TAG = b"p2pchain wallet v1\x00"  # the prefix of a wallet file's check (domain separation)
+
+
+class _Ed25519:
+    """pyca/cryptography's Ed25519 key classes and the errors of a bad signature or key, imported at
+    first use (``_ed25519()``)."""
+
+    def __init__(self) -> None:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        self.private_key: Any = ed25519.Ed25519PrivateKey
+        self.public_key: Any = ed25519.Ed25519PublicKey
+        self.errors = (InvalidSignature, ValueError)
+
+
+_lib: _Ed25519 | None = None
+
+
+def _ed25519() -> _Ed25519:
+    global _lib
+    if _lib is None:
+        _lib = _Ed25519()
+    return _lib
+
+
+def wallet_check(seed: bytes, address: str) -> str:
+    """A wallet file's ``check``: a changed or damaged seed or address no longer matches it, so a
+    node can trust the file's address without deriving it (which needs Ed25519) at every start."""
+    return hashlib.sha256(WALLET_CHECK_TAG + seed + address.encode("ascii")).hexdigest()
 
 
 def address_of(pubkey: bytes) -> str:
@@ -35,36 +76,41 @@ def is_address(text: object) -> bool:
 
 
 def verify(pubkey: bytes, signature: bytes, message: bytes) -> bool:
+    lib = _lib or _ed25519()
     try:
-        Ed25519PublicKey.from_public_bytes(pubkey).verify(signature, message)
-    except (InvalidSignature, ValueError):
+        lib.public_key.from_public_bytes(pubkey).verify(signature, message)
+    except lib.errors:
         return False
     return True
 
 
 @record
 class Wallet:
-    """A private key and what derives from it."""
+    """A private key (its 32-byte Ed25519 seed) and what derives from it: the key object, public
+    key and address are derived at first use (loading pyca/cryptography then)."""
 
-    private: Ed25519PrivateKey
+    seed: bytes = field(repr=False)  # the private key: never in a repr or log line
 
     @classmethod
     def generate(cls) -> Wallet:
-        return cls(Ed25519PrivateKey.generate())
+        return cls(os.urandom(32))  # an Ed25519 private key is 32 random bytes (RFC 8032 5.1.5)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Wallet:
-        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        return cls(seed)
 
-    @property
-    def seed(self) -> bytes:
-        return self.private.private_bytes_raw()
+    @functools.cached_property
+    def private(self) -> Ed25519PrivateKey:
+        key: Ed25519PrivateKey = _ed25519().private_key.from_private_bytes(self.seed)
+        return key
 
-    @property
+    @functools.cached_property
     def pubkey(self) -> bytes:
         return self.private.public_key().public_bytes_raw()
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         return address_of(self.pubkey)
 
@@ -81,7 +127,9 @@ class Wallet:
         except FileExistsError:
             raise WalletError(f"wallet file {path} already exists: refusing to overwrite it") from None
         with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "address": self.address, "seed": self.seed.hex()}, f)
+            address = self.address
+            doc = {"version": 1, "address": address, "seed": self.seed.hex(), "check": wallet_check(self.seed, address)}
+            json.dump(doc, f)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -100,9 +148,14 @@ class Wallet:
             if len(seed) != 32:
                 raise ValueError("seed is not 32 bytes")
             wallet = cls.from_seed(seed)
-        except (ValueError, KeyError, TypeError) as e:
+            address, check = doc.get("address"), doc.get("check")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise WalletError(f"wallet file {path} is malformed ({e}): restore it from a backup") from None
-        if "address" in doc and doc["address"] != wallet.address:
+        if is_address(address) and isinstance(check, str):  # checked without Ed25519
+            if check != wallet_check(seed, address):
+                raise WalletError(f"wallet file {path} is corrupt: its check does not match its key and address")
+            wallet.__dict__["address"] = address  # (the cached property's value, as derived)
+        elif address is not None and address != wallet.address:  # an older file: derived
             raise WalletError(f"wallet file {path} is corrupt: its address does not match its key")
         return wallet
 

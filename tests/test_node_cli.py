@@ -2,12 +2,14 @@
 
 --help names every flag the node parser has (each with a help text), --version prints the
 package version (the `p2pchain` console script too), a malformed --peer exits 2 with a message
-naming the flag and the expected form, and a data dir made for another network exits 2 with a
-message naming the store file and what to do. Each case runs the real command in a subprocess with a short deadline.
+naming the flag and the expected form, and a data dir made for another network (or with a damaged
+wallet file) exits 2 with a message naming the store (or wallet) file and what to do. Each case
+runs the real command in a subprocess with a short deadline.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from harness import TEST_BITS, free_port
 from p2pchain import __version__
 from p2pchain.chain import Chain
 from p2pchain.cli import node_parser
+from p2pchain.keys import Wallet
 from p2pchain.params import NetworkParams
 from p2pchain.store import DB_FILE
 
@@ -70,3 +73,18 @@ def test_data_dir_of_another_network_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(data_dir / DB_FILE) in result.stderr, result.stderr
     assert "--data-dir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_damaged_wallet_file_is_refused_before_listening(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    wallet_file = data_dir / "wallet.json"
+    Wallet.generate().save(wallet_file)
+    doc = json.loads(wallet_file.read_text())
+    doc["address"] = "ab" * 20  # the node would pay its rewards to an address its key does not control
+    wallet_file.write_text(json.dumps(doc))
+    port = free_port()
+    result = p2pchain("--port", str(port), "--data-dir", str(data_dir), "--difficulty", str(TEST_BITS))
+    assert result.returncode == 2
+    assert str(wallet_file) in result.stderr and "corrupt" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,7 +1,8 @@
 """start-up: a node loads only what it uses, whichever way it is started.
 
 A node without --http-port never loads the HTTP stack, nor what only the HTTP shim, a config
-file or TLS would need; with --http-port the shim is there and answers. Each case runs a real node
+file or TLS would need, nor Ed25519 (pyca/cryptography) before a signature is checked; with
+--http-port the shim is there and answers. Each case runs a real node
 process (as `python -m p2pchain` and as the `p2pchain` console script, README's two commands),
 talks to it, stops it, and reads the modules it had loaded when it exited: a sitecustomize put on
 PYTHONPATH writes ``sys.modules`` at exit (and whether the garbage collector, off while a node
@@ -22,6 +23,7 @@ import pytest
 from harness import TEST_BITS, NodeProc, run
 
 from p2pchain.cli import node_parser
+from p2pchain.keys import Wallet
 
 # module -> why a node without --http-port (or --config) must not load it
 NOT_LOADED = {
@@ -34,6 +36,7 @@ NOT_LOADED = {
     "shutil": "argparse's help formatter imports it (and zlib, bz2, lzma) for the terminal's width",
     "secrets": "the HTTP shim's cookie",
     "base64": "the HTTP shim's Basic authentication",
+    "cryptography": "Ed25519, loaded at the first signature to check or make (the wallet file has its check)",
 }
 LAUNCHERS = {
     "python -m p2pchain": [sys.executable, "-m", "p2pchain"],
@@ -54,6 +57,7 @@ def modules_of_a_run(tmp_path: Path, launcher: list[str], *flags: str) -> tuple[
     (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out = tmp_path / "modules.txt"
     node = NodeProc(tmp_path, "n0", bits=TEST_BITS, http="--http-port" in flags)
+    Wallet.generate().save(node.data_dir / "wallet.json")  # a restart's (a new one is made with Ed25519)
     cmd = launcher + node.command()[3:] + [f for f in flags if f != "--http-port"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "P2PCHAIN_TEST_MODULES": str(out)}
     with open(node.log_path, "wb") as log:
