@@ -39,7 +39,7 @@ WALLET_CHECK_TAG = b"p2pchain wallet v1\x00"  # the prefix of a wallet file's ch
 
 class _Ed25519:
     """pyca/cryptography's Ed25519 key classes and the errors of a bad signature or key, imported at
-    first use (``_ed25519()``)."""
+    first use (``ed25519()``)."""
 
     def __init__(self) -> None:
         from cryptography.exceptions import InvalidSignature
@@ -53,7 +53,9 @@ class _Ed25519:
 _lib: _Ed25519 | None = None
 
 
-def _ed25519() -> _Ed25519:
+def ed25519() -> _Ed25519:
+    """pyca/cryptography's Ed25519, imported now if it was not yet (a process that will check
+    signatures soon may load it ahead: a signature worker before it says it is ready)."""
     global _lib
     if _lib is None:
         _lib = _Ed25519()
@@ -76,7 +78,7 @@ def is_address(text: object) -> bool:
 
 
 def verify(pubkey: bytes, signature: bytes, message: bytes) -> bool:
-    lib = _lib or _ed25519()
+    lib = _lib or ed25519()
     try:
         lib.public_key.from_public_bytes(pubkey).verify(signature, message)
     except lib.errors:
@@ -103,7 +105,7 @@ class Wallet:
 
     @functools.cached_property
     def private(self) -> Ed25519PrivateKey:
-        key: Ed25519PrivateKey = _ed25519().private_key.from_private_bytes(self.seed)
+        key: Ed25519PrivateKey = ed25519().private_key.from_private_bytes(self.seed)
         return key
 
     @functools.cached_property

@@ -118,6 +118,10 @@ TX_VERIFY_PENDING_MAX = 4096  # queued or being checked, all peers; past it a pe
 TX_VERIFY_PENDING_PER_PEER = 1024  # of those, from one peer: one flooding connection cannot hold the whole queue
 VERIFY_PROC_IDLE_S = 30.0  # a signature worker process exits after this long without a batch (p2pchain/verifyprocs.py)
 VERIFY_PROC_CLOSE_S = 2.0  # seconds a stopping node waits for a worker to exit before killing it
+# a worker that has not taken a batch and answered it within this many seconds is killed (a stopped
+# or hung process) and its batch checked in the thread: ~100 x a full batch's check, so a loaded
+# machine does not trip it, and a hung worker holds a verifier thread this long at most
+VERIFY_PROC_ANSWER_S = 2.0
 
 # --- peers --------------------------------------------------------------------------------
 TARGET_OUTBOUND = 8  # outbound connections kept open (Bitcoin: 8 full-relay)

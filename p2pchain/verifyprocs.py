@@ -16,6 +16,8 @@ waits for a process to start. Workers start on the first batch, at most ``size``
 each exits after VERIFY_PROC_IDLE_S without a batch (a node that takes no transactions keeps no
 process); one that died or exited is noticed at its next batch, which the thread then checks
 itself. A worker also exits when its stdin closes, so a node killed with SIGKILL leaves none.
+A worker that does not take a batch and answer it within VERIFY_PROC_ANSWER_S (stopped by a
+signal, hung) is killed and its batch checked in the thread; a new worker starts at a later batch.
 
 The pipe protocol (private to this module): the worker writes one byte when it is ready; a
 request is a u32 big-endian length and a msgpack array of [pubkey, signature, message] triples;
@@ -32,13 +34,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgpack
 
 from p2pchain import limits
-from p2pchain.keys import verify
+from p2pchain.keys import ed25519, verify
 
 if TYPE_CHECKING:  # a worker process imports only what it checks with: it starts sooner
     from p2pchain.ledger.tx import Tx
@@ -49,9 +52,29 @@ _READY = b"R"
 _LEN = 4  # bytes of a length prefix
 
 
-def _read_exactly(fd: int, n: int) -> bytes:
+class WorkerTimeout(Exception):
+    """A worker did not take a batch or answer it in time."""
+
+
+def _ready(fd: int, events: int, timeout_s: float) -> bool:
+    """Whether ``fd`` is ready for ``events`` (or closed) within ``timeout_s`` (poll: any fd
+    number, unlike select)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(timeout_s * 1000))
+
+
+def _wait(fd: int, events: int, deadline: float | None) -> None:
+    """Return once ``fd`` is ready for ``events``; raise WorkerTimeout if ``deadline``
+    (time.monotonic) passes first. No deadline: return at once (a blocking fd)."""
+    if deadline is not None and not _ready(fd, events, max(0.0, deadline - time.monotonic())):
+        raise WorkerTimeout("no answer in time")
+
+
+def _read_exactly(fd: int, n: int, deadline: float | None = None) -> bytes:
     parts: list[bytes] = []
     while n:
+        _wait(fd, select.POLLIN, deadline)
         chunk = os.read(fd, n)
         if not chunk:
             raise EOFError("pipe closed")
@@ -61,16 +84,17 @@ def _read_exactly(fd: int, n: int) -> bytes:
 
 
 def _readable(fd: int, timeout_s: float) -> bool:
-    """Whether ``fd`` has data (or EOF) within ``timeout_s`` (poll: any fd number, unlike select)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(timeout_s * 1000))
+    return _ready(fd, select.POLLIN, timeout_s)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
+    """Write ``data``; with a deadline ``fd`` must be non-blocking (what fits is written as the
+    reader takes it)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        _wait(fd, select.POLLOUT, deadline)
+        with contextlib.suppress(BlockingIOError):
+            view = view[os.write(fd, view) :]
 
 
 class _Worker:
@@ -84,6 +108,7 @@ class _Worker:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.to_fd = self.proc.stdin.fileno()
         self.from_fd = self.proc.stdout.fileno()
+        os.set_blocking(self.to_fd, False)  # a batch larger than the pipe's buffer, to a hung worker
         self.ready = False
 
     def is_ready(self) -> bool:
@@ -94,20 +119,27 @@ class _Worker:
             self.ready = True
         return self.ready
 
-    def check(self, triples: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    def check(self, triples: list[tuple[bytes, bytes, bytes]], answer_s: float) -> list[bool]:
+        """The worker's verdicts; WorkerTimeout if it has not answered within ``answer_s``."""
+        deadline = time.monotonic() + answer_s
         request = msgpack.packb(triples, use_bin_type=True)
-        _write_all(self.to_fd, len(request).to_bytes(_LEN, "big") + request)
-        reply = _read_exactly(self.from_fd, _LEN + len(triples))  # one read: one return of the GIL
+        _write_all(self.to_fd, len(request).to_bytes(_LEN, "big") + request, deadline)
+        reply = _read_exactly(self.from_fd, _LEN + len(triples), deadline)  # poll, then one read
         n = int.from_bytes(reply[:_LEN], "big")
         if n != len(triples):
             raise EOFError(f"the worker answered {n} verdicts for {len(triples)} signatures")
         return [b == 1 for b in reply[_LEN:]]
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
+        """Close the pipes and end the process: SIGTERM, then SIGKILL after VERIFY_PROC_CLOSE_S;
+        at once with ``kill`` (a stopped process takes no SIGTERM until it is continued)."""
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
-        if self.proc.poll() is None:
+        if kill:
+            self.proc.kill()
+            self.proc.wait()
+        elif self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(limits.VERIFY_PROC_CLOSE_S)
@@ -120,9 +152,12 @@ class VerifierProcs:
     """Up to ``size`` worker processes, shared by the verifier threads (see the module's doc).
     A worker exits after ``idle_s`` without a batch."""
 
-    def __init__(self, size: int, idle_s: float = limits.VERIFY_PROC_IDLE_S) -> None:
+    def __init__(
+        self, size: int, idle_s: float = limits.VERIFY_PROC_IDLE_S, answer_s: float = limits.VERIFY_PROC_ANSWER_S
+    ) -> None:
         self.size = size
         self.idle_s = idle_s
+        self.answer_s = answer_s  # a worker that has not answered a batch within this is killed
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []  # started, not checking a batch now (ready or not yet)
         self._busy: set[_Worker] = set()  # checking a batch for a thread, which owns its pipes meanwhile
@@ -136,12 +171,20 @@ class VerifierProcs:
         triples = [(tx.pubkey, tx.signature, tx.signing_message(network_id)) for tx in txs]
         if worker is not None:
             try:
-                verdicts = worker.check(triples)
-            except (OSError, EOFError) as e:  # it died, or exited idle: this batch is checked here
-                log.info("signature worker %d is gone (%s): checking in this thread", worker.proc.pid, e)
+                verdicts = worker.check(triples, self.answer_s)
+            except (OSError, EOFError, WorkerTimeout) as e:  # died, exited idle or hung: checked here
+                hung = isinstance(e, WorkerTimeout)
+                if hung:
+                    log.warning(
+                        "signature worker %d did not answer within %g s: killed, checking in this thread",
+                        worker.proc.pid,
+                        self.answer_s,
+                    )
+                else:
+                    log.info("signature worker %d is gone (%s): checking in this thread", worker.proc.pid, e)
                 with self._lock:
                     self._busy.discard(worker)
-                worker.close()
+                worker.close(kill=hung)
             else:
                 self._give_back(worker)
                 return verdicts
@@ -224,6 +267,7 @@ def worker_main(idle_s: float) -> None:
     without one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which closes its workers
     inp, out = sys.stdin.fileno(), sys.stdout.fileno()
+    ed25519()  # loaded before the worker says it is ready, not at its first batch
     _write_all(out, _READY)
     while _readable(inp, idle_s):
         try:

@@ -1,8 +1,8 @@
 """verifyprocs: the worker processes that check signatures for the verifier threads give the
 verdicts the threads' own check gives (a bad signature, a key that is no curve point); a worker
-that dies or exits idle costs nothing but that its batch is checked in the thread; a closed pool
-leaves no process; a node process checks arriving transactions in its workers, and stopping it
-stops them.
+that dies, exits idle or hangs (killed after a deadline) costs nothing but that its batch is
+checked in the thread; a closed pool leaves no process; a node process checks arriving
+transactions in its workers, and stopping it stops them.
 
 Nothing here asserts a timing: a pool whose workers are still starting checks batches in the
 calling thread, so the tests call ``check`` until a worker has answered (``batches``), with a
@@ -81,6 +81,41 @@ def test_a_worker_that_dies_costs_only_its_batch_being_checked_in_the_thread() -
     finally:
         pool.close()
     assert gone(first)
+
+
+def test_a_hung_worker_is_killed_and_its_batch_checked_in_the_thread() -> None:
+    """A worker stopped by SIGSTOP never answers: after answer_s the thread kills it, checks the
+    batch itself, and a later batch starts a new worker."""
+    txs = batch()
+    want = signatures_ok(txs, NET)
+    pool = VerifierProcs(1, answer_s=0.5)
+    try:
+        checked_by_a_worker(pool, txs, want)
+        (first,) = pool.pids()
+        os.kill(first, signal.SIGSTOP)
+        assert pool.check(txs, NET) == want  # given to the stopped worker, then checked here
+        assert pool.pids() == [] and gone(first), "the hung worker is killed and reaped"
+        checked_by_a_worker(pool, txs, want)  # by a new worker
+        assert pool.pids() != [first]
+    finally:
+        pool.close()
+
+
+def test_a_batch_larger_than_the_pipe_to_a_hung_worker_times_out_too() -> None:
+    """Writing a batch that does not fit the pipe's buffer (64 KiB on Linux) to a stopped worker
+    would block for ever: the write has the same deadline as the answer."""
+    small = batch()
+    big = [pay(FUNDED, TO, 1, nonce=i) for i in range(1024)]
+    assert sum(len(tx.pubkey) + len(tx.signature) + len(tx.signing_message(NET)) for tx in big) > 128 * 1024
+    pool = VerifierProcs(1, answer_s=0.5)
+    try:
+        checked_by_a_worker(pool, small, signatures_ok(small, NET))
+        (first,) = pool.pids()
+        os.kill(first, signal.SIGSTOP)
+        assert pool.check(big, NET) == [True] * len(big)
+        assert gone(first)
+    finally:
+        pool.close()
 
 
 def test_a_worker_exits_when_idle_and_the_next_batch_is_checked_all_the_same() -> None:
