@@ -335,19 +335,16 @@ class Node:
 
     async def resolve(self, timeout: float = limits.RESOLVE_TIMEOUT_S) -> bool:
         """The tutorials' consensus on demand (/nodes/resolve): ask every connected node (not
-        clients: they do not listen) for its blocks beyond our tip, whatever work it claimed.
-        Its CHAIN goes through the fork choice like any other, and a long answer continues as
-        a sync. Waits, at most ``timeout`` s, until every asked peer has answered or left and
-        no sync runs; True if our tip changed meanwhile."""
+        clients: they do not listen) for its blocks beyond our tip as it has them from now on,
+        whatever work it claimed (``SyncManager.ask``: a peer the handshake's sync is talking to
+        is asked on from that sync's answer, so its blocks come once). Its CHAIN goes through
+        the fork choice like any other, and a long answer continues as a sync. Waits, at most
+        ``timeout`` s, until every asked peer has answered or left and no sync runs; True if
+        our tip changed meanwhile."""
         before = self.chain.tip.hash
         asked = [p for p in self.connmgr.ready if p.listen_addr]
-        frame = wire.GetChain(tuple(self.chain.locator()), limits.MAX_BLOCKS_PER_CHAIN).encode()
-        syncing = self.sync.peer if self.sync.active else None
         for peer in asked:
-            if peer.asked_chain > 0 or peer is syncing:
-                continue  # its GET_CHAIN is in flight or its CHAIN being checked (the sync a handshake started)
-            peer.asked_chain += 1
-            peer.send_frame(frame, wire.GetChain.TYPE)
+            self.sync.ask(peer)
 
         def settled() -> bool:
             sync = self.sync_peer

@@ -67,6 +67,10 @@ class SyncManager:
         self._log_at = 0.0
         # CHAIN blocks skipped from a block from the future on: the next batch, already asked for, builds on them
         self._skipped = RecentSet(limits.MAX_BLOCKS_PER_CHAIN)
+        # /nodes/resolve (``ask``): peers to ask again as soon as their CHAIN in flight arrives,
+        # and the last block of each CHAIN being checked (a request goes on from there)
+        self._ask_again: set[Peer] = set()
+        self._checking: dict[Peer, bytes] = {}
 
     @property
     def active(self) -> bool:
@@ -93,13 +97,32 @@ class SyncManager:
             self.progress_at = time.monotonic()
         self.peer = peer
         self.target = max(self.target, peer.best_height)
-        peer.asked_chain += 1
         self.stats["sync_requests"] += 1
         self.asked_at = time.monotonic()
+        self._get_chain(peer, start)
+
+    def _get_chain(self, peer: Peer, start: bytes | None) -> None:
+        """Send ``peer`` a GET_CHAIN for its blocks after ``start`` (None: after our tip)."""
+        peer.asked_chain += 1
+        self._ask_again.discard(peer)  # whatever it answers now, it answers from now on
         locator = self.chain.locator(start)
         if start is not None and self.chain.entry(start) is None:  # the end of a batch not checked yet
             locator = [start, *locator][: limits.MAX_LOCATOR_HASHES]
         peer.send(wire.GetChain(tuple(locator), limits.MAX_BLOCKS_PER_CHAIN))
+
+    def ask(self, peer: Peer) -> None:
+        """Ask ``peer`` for its blocks beyond ours, as it has them from now on (/nodes/resolve):
+        a GET_CHAIN now, or, if one is in flight, as soon as its CHAIN arrives (that answer may
+        have left the peer before this call: a block the peer got since would be missed, and a
+        second request now would bring the same blocks twice). While its CHAIN is being checked
+        the request goes on from that CHAIN's last block, so no block comes twice either way.
+        The caller waits until ``peer.asked_chain`` is back to 0."""
+        if peer.listen_addr is None:
+            return  # a client (HELLO port 0) serves no chain
+        if peer.asked_chain > 0:
+            self._ask_again.add(peer)
+        else:
+            self._get_chain(peer, self._checking.get(peer))
 
     def pick_next(self) -> None:
         """After a sync ends, continue with whichever peer claims the most beyond our tip."""
@@ -109,6 +132,7 @@ class SyncManager:
             self.start(max(ahead, key=lambda p: (p.best_height, -p.fruitless)))
 
     def on_peer_closed(self, peer: Peer) -> None:
+        self._ask_again.discard(peer)
         if peer is self.peer:
             self.peer = None
             self.pick_next()
@@ -143,21 +167,27 @@ class SyncManager:
         )
         if pipelined:
             self._request(peer, msg.blocks[-1].hash)
+        elif peer in self._ask_again:  # /nodes/resolve asked while this was in flight: ask on from its end
+            self._get_chain(peer, msg.blocks[-1].hash if msg.blocks else None)
         new = 0
         connected_any = False
         blocks = msg.blocks
         if blocks:  # (an empty answer, /nodes/resolve's most often, does not wait for the commit behind)
-            await self._preverify(blocks)
-            with self.chain.store.batch(behind=True):  # one commit for the batch, written while the next is checked
-                for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
-                    if start:
-                        await asyncio.sleep(0)  # let other peers be served during a long sync
-                    added, connected, stopped = self._process_run(peer, blocks, start, start + SYNC_RUN_BLOCKS)
-                    new += added
-                    connected_any = connected_any or connected
-                    if stopped:
-                        ignored = True
-                        break
+            self._checking[peer] = blocks[-1].hash
+            try:
+                await self._preverify(blocks)
+                with self.chain.store.batch(behind=True):  # one commit for the batch, written while the next is checked
+                    for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
+                        if start:
+                            await asyncio.sleep(0)  # let other peers be served during a long sync
+                        added, connected, stopped = self._process_run(peer, blocks, start, start + SYNC_RUN_BLOCKS)
+                        new += added
+                        connected_any = connected_any or connected
+                        if stopped:
+                            ignored = True
+                            break
+            finally:
+                del self._checking[peer]
         self.log_progress()
         if pipelined:
             return  # the next batch is on its way
