@@ -73,6 +73,11 @@ ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256
 # --- stored blocks: side branches and batches ------------------------------------------------
 STORE_BATCH_MAX_TXNS = 1000  # blocks a store batch holds before it commits (a sync batch of 500: once);
 # batches of two peers that keep overlapping cannot defer the commit for ever
+# s a block that arrives alone (relayed, mined) may wait to be committed, with those that follow it
+# within that time (Store.hold): the commit (~100 us of SQLite a block, most of a small block's
+# checking) leaves the path a block takes to the next hop, and blocks that come faster than one per
+# interval share one. A kill -9 loses at most this much of the chain, downloaded again by a sync.
+STORE_HOLD_S = 1.0
 SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip,
 # and to which none of the last this-many arriving blocks was added (a sync still fetching it is
 # spared), is pruned. A side block nobody asked for is not stored at all (Core's AcceptBlock)

@@ -23,7 +23,7 @@ from typing import Any
 from p2pchain import __version__, limits, wire
 from p2pchain.chain import Chain, Status
 from p2pchain.connmgr import ConnectionManager, is_loopback
-from p2pchain.errors import MempoolCode, MempoolError, RuleError
+from p2pchain.errors import MempoolCode, MempoolError, RuleError, StoreError
 from p2pchain.events import EventHub
 from p2pchain.keys import Wallet, is_address
 from p2pchain.ledger.block import Block
@@ -128,6 +128,7 @@ class Node:
         self._relay_timer: asyncio.TimerHandle | None = None  # the next relay request deadline
         self._flush_timer: asyncio.TimerHandle | None = None  # announcements queued: when they go out
         self._block_flush_timer: asyncio.TimerHandle | None = None  # the same for block announcements
+        self._release_timer: asyncio.TimerHandle | None = None  # when the held store batch commits
         self.mining = Mining(config.miner_procs)  # in-process for tiny blocks, else worker processes
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
@@ -209,7 +210,7 @@ class Node:
 
     async def stop(self) -> None:
         self.events.close()
-        for timer in (self._relay_timer, self._flush_timer, self._block_flush_timer):
+        for timer in (self._relay_timer, self._flush_timer, self._block_flush_timer, self._release_timer):
             if timer is not None:
                 timer.cancel()
         for task in self._tasks:
@@ -402,6 +403,7 @@ class Node:
         if self.chain.would_ignore(block.header):  # no more work than our tip, nobody asked: not stored
             return
         await self._preverify((block,))
+        self._hold_store()
         try:
             result = self.chain.process_block(block, now_ms(), requested=False)
         except RuleError as e:
@@ -426,6 +428,21 @@ class Node:
             # mining is: its block goes to every peer at once, not only those that asked for it
             self.relay_block(block, exclude=peer, mined=not peer.listen_addr)
             self._send_cmpct(self.relay.delivered_first(peer))
+
+    def _hold_store(self) -> None:
+        """A block that arrives alone is committed with those that follow it within STORE_HOLD_S
+        (Store.hold), after it has been relayed."""
+        if self.chain.store.hold():
+            if self._release_timer is not None:  # a sync's batch committed the last one early
+                self._release_timer.cancel()
+            self._release_timer = asyncio.get_running_loop().call_later(limits.STORE_HOLD_S, self._release_store)
+
+    def _release_store(self) -> None:
+        self._release_timer = None
+        try:
+            self.chain.store.release()
+        except StoreError as e:  # the store takes no more writes: the next block's processing says so too
+            log.error("%s", e)
 
     def relay_block(self, block: Block, exclude: Peer | None = None, *, mined: bool = False) -> None:
         """Send a new best block on (relay.block_targets says to whom and how): compact at once
@@ -684,6 +701,7 @@ class Node:
             if header is None or self.chain.tip.hash != tip.hash:
                 return None
             block = Block(header, template.txs)
+            self._hold_store()
             result = self.chain.process_block(block, now_ms())
             if result.status is not Status.CONNECTED:
                 return None

@@ -12,7 +12,9 @@ statement instead of five statements and a savepoint per block, and only the las
 key of the keyed tables (the tip record, the accounts a run of coinbases keeps paying). A read, or
 a statement not queued, first sends what is queued, so every read sees every write before it.
 A sync's batch is committed behind, by the store's own thread, while the loop checks the next
-one (``batch(behind=True)``; docs/ledger.md, "What is on disk when").
+one (``batch(behind=True)``; docs/ledger.md, "What is on disk when"). Blocks that arrive one at a
+time (relayed, mined) are queued the same way in the held batch (``hold``) and committed together
+by ``release``, STORE_HOLD_S later.
 """
 
 from __future__ import annotations
@@ -264,6 +266,7 @@ class Store:
         self._behind = False  # the outermost open batch commits behind (``batch(behind=True)``)
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # commits behind, made at first use
         self._writing: concurrent.futures.Future[None] | None = None  # the commit behind under way
+        self._held = False  # the open batch is the held one (``hold``): ``release`` commits it
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -296,6 +299,7 @@ class Store:
 
     def close(self) -> None:
         try:
+            self.release()
             self._wait()
         except StoreError as e:
             log.error("%s", e)
@@ -367,6 +371,7 @@ class Store:
         (a read, a write, the next commit, ``close``) first waits until it is done. A kill -9 in
         between loses that batch, which a sync downloads again. A failure shows at that next use
         as above (``wait_written`` waits for it on purpose)."""
+        self.release()  # a sync's batch commits behind, and a held one would make it an inner batch
         self._check_writable()
         if self._batch_depth == 0:
             self._begun = False  # BEGIN IMMEDIATE when something is first sent (a commit behind may be under way)
@@ -381,6 +386,34 @@ class Store:
                     self._commit()
             finally:
                 self._batch_depth -= 1
+
+    def hold(self) -> bool:
+        """Open the held batch unless a batch is open: the transactions that follow (blocks that
+        arrive one at a time: relayed, mined) are queued as in ``batch`` and committed together by
+        ``release``, which the caller arranges (STORE_HOLD_S later: the node's memory, and so what
+        it relays, runs that far ahead of its file; docs/ledger.md, "What is on disk when").
+        A ``batch`` or ``close`` releases it first. True if it was opened now."""
+        if self._batch_depth:
+            return False
+        self._check_writable()
+        self._begun = False
+        self._batched = 0
+        self._behind = False
+        self._batch_depth = 1
+        self._held = True
+        return True
+
+    def release(self) -> None:
+        """Commit the held batch, if one is open (StoreError if SQLite refuses it: the store then
+        takes no more writes, as for a batch)."""
+        if not self._held:
+            return
+        self._held = False
+        try:
+            if self._failed is None and (self._ops or self._begun):  # (a block ignored or a duplicate: nothing)
+                self._commit()
+        finally:
+            self._batch_depth -= 1
 
     def _open(self) -> None:
         """Before the loop's thread sends anything to SQLite: the commit behind is done, and the

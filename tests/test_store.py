@@ -440,6 +440,59 @@ def test_a_batch_behind_that_cannot_be_written_fails_the_next_use_and_keeps_the_
     assert _refuses_writes_and_keeps(chain, path) == 3
 
 
+def test_blocks_held_are_seen_by_the_node_at_once_and_in_the_file_when_released(tmp_path: Path) -> None:
+    """Blocks that arrive one at a time go into the held batch (Store.hold): the node's own reads
+    see them at once, another connection (another process, the serving thread) only once
+    ``release`` commits them, together; a sync's batch and ``close`` release it first; a
+    hold while a batch is open is refused (the block joins that batch)."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 6, miner=B.address)
+    try:
+        assert chain.store.hold()
+        assert not chain.store.hold()  # one held batch at a time
+        feed(chain, blocks[:2])
+        assert chain.store.load_main() == [GENESIS.hash, *(b.hash for b in blocks[:2])]
+        assert _committed_height(path) == 0
+        chain.store.release()
+        assert _committed_height(path) == 2
+        chain.store.release()  # nothing held: nothing to do
+        assert chain.store.hold()
+        feed(chain, blocks[2:3])
+        with chain.store.batch(behind=True):  # a sync: the held block is committed first
+            assert _committed_height(path) == 3
+            assert not chain.store.hold()
+            feed(chain, blocks[3:5])
+        chain.store.wait_written()
+        assert _committed_height(path) == 5
+        assert chain.store.hold()
+        feed(chain, blocks[5:])
+    finally:
+        chain.close()  # commits what is held
+    assert _check_store(path) == 6
+
+
+def test_a_held_batch_that_cannot_be_written_fails_its_release_and_keeps_the_last_commit(tmp_path: Path) -> None:
+    """SQLite refuses the held batch when it is released: ``release`` says so, the held blocks
+    are rolled back together, every later write is refused, and reopened, the file holds the
+    last commit."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 6)
+    chain.store.hold()
+    feed(chain, blocks[:3])
+    chain.store.release()
+    _fill_the_disk(chain)
+    chain.store.hold()
+    feed(chain, blocks[3:])
+    with pytest.raises(StoreError, match=r"could not write a batch.*disk full"):
+        chain.store.release()
+    assert chain.height == 6
+    with pytest.raises(StoreError, match="restart the node"):
+        chain.store.hold()
+    assert _refuses_writes_and_keeps(chain, path) == 3
+
+
 # --- kill -9 ----------------------------------------------------------------------------------------
 def _wait_lines(proc: subprocess.Popen[bytes], count: int, deadline: float) -> None:
     """Read the writer's stdout until it has printed ``count`` more lines."""
