@@ -265,6 +265,16 @@ def node_parser() -> argparse.ArgumentParser:
     return p
 
 
+def tune_interpreter() -> None:
+    """The process-wide interpreter settings a node runs with: the GIL switch interval
+    (limits.GIL_SWITCH_INTERVAL_S) and the garbage collector's young threshold
+    (limits.GC_YOUNG_THRESHOLD). They belong to whoever owns the process: the node command sets
+    them; tests that embed a Node keep Python's defaults, and the benches that embed one to
+    measure what a node process does set them too (docs/benchmarks.md)."""
+    sys.setswitchinterval(limits.GIL_SWITCH_INTERVAL_S)  # the store's thread gets the GIL back sooner
+    gc.set_threshold(limits.GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # a sync's batches are not promoted
+
+
 def collect_again(node: object) -> None:
     """run_node's on_ready: the garbage collector, off while a process starts, is on again."""
     gc.enable()
@@ -315,6 +325,7 @@ def run_node_command(argv: list[str]) -> int:
             start_http = functools.partial(http_starter, auth=auth)
         await run_node(config, stop, on_ready=collect_again if _STARTING else None, start_http=start_http)
 
+    tune_interpreter()
     if _STARTING:
         gc.disable()  # until the node listens (see the top of this module): its store's index loads meanwhile
     try:

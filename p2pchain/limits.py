@@ -93,13 +93,13 @@ STORE_PAGE_CACHE_KIB = 1024
 # the read-only connection that serves blocks to peers (p2pchain/serve.py): it reads runs of bodies
 # once each, which a cache seldom sees again
 SERVE_PAGE_CACHE_KIB = 256
-# the interpreter's GIL switch interval in a node (sys.setswitchinterval; Python's default is 5 ms):
+# the interpreter's GIL switch interval in a node process (cli.tune_interpreter; Python's default is 5 ms):
 # a thread that wants the GIL back waits this long for a busy event loop to give it up. The
 # store's thread writes a sync batch behind (Store.batch) in a few SQLite steps, each a wait for
 # the GIL: at 5 ms it fell behind the loop and a 20,000-block sync took 30 % longer than without it;
 # at 0.5 ms it took a third less (docs/benchmarks.md)
 GIL_SWITCH_INTERVAL_S = 0.0005
-# the cyclic garbage collector's youngest-generation threshold in a node (gc.set_threshold;
+# the cyclic garbage collector's youngest-generation threshold in a node process (cli.tune_interpreter;
 # Python's default is 700 container allocations): a CHAIN of 500 blocks is ~5,000 containers
 # alive while it is checked, so at 700 the young collections promoted every batch to the oldest
 # generation, and each batch's dead objects counted toward a full collection, which walks every

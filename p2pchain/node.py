@@ -8,11 +8,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import gc
 import itertools
 import logging
 import os
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -188,8 +186,6 @@ class Node:
 
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        sys.setswitchinterval(limits.GIL_SWITCH_INTERVAL_S)  # the store's thread gets the GIL back sooner
-        gc.set_threshold(limits.GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # a sync's batches are not promoted
         self.port = await self.connmgr.listen(self.config.host, self.config.port)
         log.info(
             "listening on %s:%d, %s, tip %s at height %d, wallet %s",

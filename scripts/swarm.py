@@ -78,7 +78,7 @@ from dataclasses import asdict, dataclass, field, fields  # noqa: E402
 from typing import Any, TextIO  # noqa: E402
 
 from p2pchain import limits, wire  # noqa: E402
-from p2pchain.cli import positive_int  # noqa: E402
+from p2pchain.cli import positive_int, tune_interpreter  # noqa: E402
 from p2pchain.client import Client, NodeUnavailable, QueryError  # noqa: E402
 from p2pchain.errors import MempoolError  # noqa: E402
 from p2pchain.keys import Wallet  # noqa: E402
@@ -624,6 +624,7 @@ class InProcessLauncher(Launcher):
                 file=sys.stderr,
             )
         params = network_params(opts)
+        tune_interpreter()  # this process runs the nodes: their interpreter settings, as the node command's
         for i in range(opts.nodes):
             config = NodeConfig(
                 data_dir=self.run_dir / f"node{i}",

@@ -6,7 +6,7 @@ file or TLS would need, nor Ed25519 (pyca/cryptography) before a signature is ch
 process (as `python -m p2pchain` and as the `p2pchain` console script, README's two commands),
 talks to it, stops it, and reads the modules it had loaded when it exited: a sitecustomize put on
 PYTHONPATH writes ``sys.modules`` at exit (and whether the garbage collector, off while a node
-starts, is on). The help text, made without shutil, is as wide as
+starts, is on, and the interpreter settings the node command sets). The help text, made without shutil, is as wide as
 argparse's own formatter makes it.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from harness import TEST_BITS, NodeProc, run
 
+from p2pchain import limits
 from p2pchain.cli import node_parser
 from p2pchain.keys import Wallet
 
@@ -45,7 +46,8 @@ LAUNCHERS = {
 SITECUSTOMIZE = """\
 import atexit, gc, os, sys
 def dump():
-    lines = [*sorted(sys.modules), f"gc:{gc.isenabled()}"]
+    lines = [*sorted(sys.modules), f"gc:{gc.isenabled()}", f"gc0:{gc.get_threshold()[0]}"]
+    lines.append(f"switch:{sys.getswitchinterval()}")
     open(os.environ["P2PCHAIN_TEST_MODULES"], "w").write("\\n".join(lines))
 atexit.register(dump)
 """
@@ -81,6 +83,8 @@ def test_a_node_without_http_loads_only_what_it_uses(tmp_path: Path, launcher: s
     loaded, _ = modules_of_a_run(tmp_path, LAUNCHERS[launcher])
     assert "p2pchain.node" in loaded and "asyncio" in loaded  # (the list is the node's)
     assert "gc:True" in loaded  # the garbage collector, off while the node started, is on again
+    # the process's interpreter settings, which the node command sets (cli.tune_interpreter)
+    assert {f"gc0:{limits.GC_YOUNG_THRESHOLD}", f"switch:{limits.GIL_SWITCH_INTERVAL_S}"} <= loaded
     wrong = {name: why for name, why in NOT_LOADED.items() if name in loaded}
     assert not wrong, f"a node without --http-port loaded: {wrong}"
 

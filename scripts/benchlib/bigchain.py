@@ -17,6 +17,7 @@ from benchlib.common import Figures, Subcommand, timed_ms
 from benchlib.ledger import CHAIN_BLOCK_TXS, CHAIN_SAMPLES, sign
 from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs, net_chain, write_chain
 from p2pchain.chain import Chain
+from p2pchain.cli import tune_interpreter
 from p2pchain.keys import Wallet
 from p2pchain.ledger.tx import Tx
 from p2pchain.miner import build_template, mine_block
@@ -80,6 +81,7 @@ async def sync_s(root: Path, source_dir: Path, height: int) -> float:
         config = NodeConfig(
             data_dir=root / "fresh", port=0, peers=[f"127.0.0.1:{procs.ports[0]}"], params=BIG_PARAMS, discover=False
         )
+        tune_interpreter()  # as the node command does (it no longer comes with Node.start)
         node = Node(config)
         caught_up = asyncio.Event()
         node.chain.subscribe(lambda connected, gone: caught_up.set() if node.chain.height >= height else None)

@@ -25,6 +25,7 @@ from benchlib.nodes import (
     write_chain,
 )
 from p2pchain import wire
+from p2pchain.cli import tune_interpreter
 from p2pchain.client import Client
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
@@ -108,6 +109,7 @@ async def sync_figures(data_dir: Path, source_port: int, height: int) -> Figures
     dir and is timed from start to the end of the handshake, after which it has nothing to fetch."""
     source = f"127.0.0.1:{source_port}"
     config = NodeConfig(data_dir=data_dir, port=0, peers=[source], params=NET_PARAMS, discover=False)
+    tune_interpreter()  # as the node command does (it no longer comes with Node.start)
     node = Node(config)
     caught_up = asyncio.Event()
     node.chain.subscribe(lambda connected, gone: caught_up.set() if node.chain.height >= height else None)
