@@ -129,6 +129,7 @@ class Chain:
         # the header of the block added last and the timestamps of it and its ancestors that its
         # child's median time past takes (newest first): in a sync the next block's parent
         self._last: tuple[Header, list[int]] | None = None
+        self._last_work = (-1, 0)  # (bits, work of that target): see _work
         self._held: tuple[list[Block], list[Block]] | None = None  # listeners' news held by notifying_once
         self._load()
 
@@ -337,6 +338,10 @@ class Chain:
         last = self._last
         if last is not None and last[0].hash == entry.hash:
             return last[1]
+        return self._walk_timestamps(entry)
+
+    def _walk_timestamps(self, entry: Entry) -> list[int]:
+        """``_timestamps`` read from the index, walking back from ``entry``."""
         index = self.index
         stamps = [entry.timestamp]
         e = entry
@@ -348,10 +353,13 @@ class Chain:
             e = parent
         return stamps
 
-    def _header(self, entry: Entry) -> Header:
-        """``entry.header``, without unpacking it again when it is the block added last."""
+    def _parent_context(self, parent: Entry) -> tuple[Header, list[int]]:
+        """The header of ``parent`` and ``_timestamps(parent)``: the block added last holds both
+        when a sync adds its child (one check of that cache, not one for each)."""
         last = self._last
-        return last[0] if last is not None and last[0].hash == entry.hash else entry.header
+        if last is not None and last[0].hash == parent.hash:
+            return last
+        return parent.header, self._walk_timestamps(parent)
 
     def locator(self, start: bytes | None = None) -> list[bytes]:
         """Bitcoin's block locator from ``start`` (default: our tip): the last 10 hashes, then
@@ -485,7 +493,7 @@ class Chain:
         return True
 
     def _more_work(self, parent: Entry, header: Header) -> bool:
-        return parent.work + work(header.target) > self.tip.work
+        return parent.work + self._work(header) > self.tip.work
 
     def _accept(
         self,
@@ -496,28 +504,26 @@ class Chain:
         disconnected: list[Block],
         requested: bool,
     ) -> Status:
-        stamps = self._timestamps(parent)
+        header = block.header
+        parent_header, stamps = self._parent_context(parent)
         try:
             rules.check_header_context(
-                block.header,
-                self._header(parent),
-                rules.median_time_past(stamps),
-                now_ms,
-                self.params,
-                parent.anchor_ms,
+                header, parent_header, rules.median_time_past(stamps), now_ms, self.params, parent.anchor_ms
             )
         except RuleError as e:
             if e.code is not RuleCode.TIME_TOO_NEW:  # it may become valid later
                 self._remember_invalid(block.hash, e.code)
             raise
         entry = Entry(
-            block.header,
-            parent.work + work(block.header.target),
+            header,
+            parent.work + self._work(header),
             self._next_seq(),
             parent.hash,
-            rules.anchor_time(block.header, parent.anchor_ms),
+            rules.anchor_time(header, parent.anchor_ms),
         )
-        if entry.work <= self.tip.work:
+        if parent.hash == self.main[-1] and self._extend(entry, block, connected):  # on the tip: every block of a sync
+            status = Status.CONNECTED
+        elif entry.work <= self.tip.work:
             if not requested:
                 return Status.IGNORED
             with self.store.transaction():
@@ -525,13 +531,21 @@ class Chain:
             self.index[block.hash] = entry
             self._add_side(block.hash, block.size)
             status = Status.SIDE
-        elif block.prev_hash == self.main[-1] and self._extend(entry, block, connected):
-            status = Status.CONNECTED
         else:
             self._activate(entry, block, connected, disconnected)
             status = Status.CONNECTED if self.main[-1] == block.hash else Status.SIDE
-        self._last = (block.header, [block.header.timestamp, *stamps[: limits.MEDIAN_TIME_SPAN - 1]])
+        self._last = (header, [header.timestamp, *stamps[: limits.MEDIAN_TIME_SPAN - 1]])
         return status
+
+    def _work(self, header: Header) -> int:
+        """``work(header.target)``, kept for the last ``bits`` seen: a chain's blocks share their
+        bits for long runs (all of them at a fixed difficulty), and the 256-bit division and the
+        target's decoding are done once a run, not once a block."""
+        bits = header.bits
+        last = self._last_work
+        if last[0] != bits:
+            last = self._last_work = (bits, work(header.target))
+        return last[1]
 
     def _connect_orphans(
         self, parent_hash: bytes, now_ms: int, connected: list[Block], disconnected: list[Block]

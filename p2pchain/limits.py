@@ -85,11 +85,14 @@ SIDE_BLOCKS_MAX_BYTES = 128 * 1024 * 1024  # stored bytes of side blocks (128 fu
 # competing branch of full blocks cannot be fetched whole (Bitcoin Core fetches headers first)
 SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it or the bytes above, the branches extended longest ago go
 # SQLite's page cache, per connection (PRAGMA cache_size; SQLite's default is 2,000 KiB). It fills as
-# the store grows and then stays full, so it is memory a node pays once its store is a few MB: the
-# soak's nodes grew by ~2 MB with it (issue 18). The node's own connection: writing a block touches
-# a few pages per table, and a 20,000-block sync costs the same CPU with 512 KiB as with 2,000
-# (docs/benchmarks.md, soak); misses are read from the OS's file cache
-STORE_PAGE_CACHE_KIB = 1024
+# the store grows and then stays full, so it is memory a node pays once its store is that large. The
+# node's own connection: a block's rows go to two B-trees keyed by hashes (the blocks' hash index and
+# the txid index, ~90 bytes a block and a transaction between them), so each block touches a random
+# page of each; once they outgrow the cache every block reads them back from the OS (at 1,024 KiB,
+# past ~10,000 blocks: at 100,000 blocks a quarter of a synced block's CPU was system time, 23 us,
+# and a 100-transaction block at the tip read ~100 pages). 16 MiB holds both for ~170,000 blocks
+# (docs/benchmarks.md, issue 14); a node with a small store never fills it
+STORE_PAGE_CACHE_KIB = 16 * 1024
 # the read-only connection that serves blocks to peers (p2pchain/serve.py): it reads runs of bodies
 # once each, which a cache seldom sees again
 SERVE_PAGE_CACHE_KIB = 256

@@ -651,3 +651,52 @@ def test_tip_is_always_the_most_work_valid_branch(data: st.DataObject) -> None:
         assert chain.store.load_main() == chain.main
         assert chain.store.load_accounts() == chain.accounts
         assert set(chain.side) == set(chain.index) - set(chain.main)
+
+
+def test_median_time_past_is_the_parents_own_branch_not_the_last_block_added() -> None:
+    """The chain keeps the timestamp window of the block added last, so that a sync's next block
+    finds it at once; a block on any other parent must get its own branch's window.
+
+        G - a1 - ... - a12          (timestamps +100 s, +200 s, ...: added last, the best chain)
+          \\
+           b1 - ... - b11           (timestamps +1 s ... +11 s: added first)
+    """
+
+    def at(seconds: int) -> int:
+        return GENESIS_TIMESTAMP_MS + seconds * 1000
+
+    chain = mem_chain()
+    bs: list[Block] = []
+    parent = GENESIS
+    for k in range(1, 12):
+        parent = block_on(parent, timestamp=at(k), salt=1)
+        bs.append(parent)
+    as_: list[Block] = []
+    parent = GENESIS
+    for k in range(1, 13):
+        parent = block_on(parent, timestamp=at(100 * k))
+        as_.append(parent)
+    feed(chain, bs + as_)
+    assert chain.tip.hash == as_[-1].hash
+    side_mtp = at(6)  # b1..b11: the 6th is b6
+    assert chain.median_time_past(chain.entry(bs[-1].hash)) == side_mtp  # type: ignore[arg-type]
+    assert chain.median_time_past(chain.tip) == at(700)  # a2..a12: the 6th is a7
+    with pytest.raises(RuleError) as err:  # at its own branch's median: too old
+        chain.process_block(block_on(bs[-1], timestamp=side_mtp, salt=1), NOW_MS)
+    assert err.value.code is RuleCode.TIME_TOO_OLD
+    b12 = block_on(bs[-1], timestamp=side_mtp + 1, salt=1)  # long before a7, and valid on its branch
+    assert chain.process_block(b12, NOW_MS).status is Status.SIDE  # equal work: the first seen stays
+    b13 = block_on(b12, timestamp=at(12), salt=1)
+    result = chain.process_block(b13, NOW_MS)  # the reorg: the b-branch is best now
+    assert chain.tip.hash == b13.hash and len(result.disconnected) == 12
+    # after the reorg, the tip's window is the b-branch's: b3..b13 at 3..11, 7 and 12 s -> 7 s
+    assert chain.median_time_past(chain.tip) == at(7)
+    with pytest.raises(RuleError) as err:
+        chain.process_block(block_on(b13, timestamp=at(7), salt=1), NOW_MS)
+    assert err.value.code is RuleCode.TIME_TOO_OLD
+    assert chain.process_block(block_on(b13, timestamp=at(7) + 1, salt=1), NOW_MS).status is Status.CONNECTED
+    # and a block on the abandoned a-branch is judged by the a-branch's window, not the tip's
+    with pytest.raises(RuleError) as err:
+        chain.process_block(block_on(as_[-1], timestamp=at(700)), NOW_MS)
+    assert err.value.code is RuleCode.TIME_TOO_OLD
+    assert chain.process_block(block_on(as_[-1], timestamp=at(700) + 1), NOW_MS).status is Status.SIDE
