@@ -444,15 +444,19 @@ class Chain:
         connected: list[Block] = []
         disconnected: list[Block] = []
         status = self._accept(block, parent, now_ms, connected, disconnected, requested)
-        self._connect_orphans(block_hash, now_ms, connected, disconnected)
-        self._prune_side()
+        if self.orphans:  # (both calls return at once without: the usual case, tested here)
+            self._connect_orphans(block_hash, now_ms, connected, disconnected)
+        if self.side:
+            self._prune_side()
         if connected or disconnected:
-            connected, disconnected = self._net_change(connected, disconnected)
-            if self._held is None:
+            if disconnected:
+                connected, disconnected = self._net_change(connected, disconnected)
+            held = self._held
+            if held is None:
                 self._tell(connected, disconnected)
             else:
-                self._held[0].extend(connected)
-                self._held[1].extend(disconnected)
+                held[0].extend(connected)
+                held[1].extend(disconnected)
         return ProcessResult(status, connected, disconnected)
 
     def _tell(self, connected: list[Block], disconnected: list[Block]) -> None:
@@ -682,16 +686,12 @@ class Chain:
         except RuleError:
             return False
         undo = {address: get(address) for address in changes}
-        store = self.store
-        with store.transaction():
-            store.put_block(block, entry.work, entry.seq, undo)
-            store.set_main(len(self.main), block)
-            store.write_accounts(changes.items())
-            store.set_meta("tip", block.hash)
+        self.store.extend_main(block, entry.work, entry.seq, undo, len(self.main), changes)
         self.index[block.hash] = entry
         self._apply_accounts(changes)
         self.main.append(block.hash)
-        self._drop_side(block.hash)
+        if self.side:
+            self._drop_side(block.hash)
         connected.append(block)
         return True
 

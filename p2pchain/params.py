@@ -45,7 +45,7 @@ class NetworkParams:
         if not 0 <= self.half_life_ms < U32:
             raise ValueError(f"half-life must be 1..{U32 - 1} ms, not {self.half_life_ms}")
 
-    @property
+    @cached_property  # (derived from frozen fields: read per block, computed once)
     def retargets(self) -> bool:
         """True when the target follows the hash rate (ASERT); False: fixed at the start target."""
         return self.block_time_ms > 0
@@ -59,7 +59,7 @@ class NetworkParams:
         """The header ``bits`` of the start target (genesis, block 1, every block if fixed)."""
         return target_to_bits(self.start_target)
 
-    @property
+    @cached_property
     def max_future_ms(self) -> int:
         """How far ahead of local time a block's timestamp may be. Fixed difficulty: 2 h as in
         Bitcoin. Retargeting: small enough that one timestamp raises the next target by at most

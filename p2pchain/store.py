@@ -136,7 +136,8 @@ def unpack_block(data: bytes) -> Block:
 
 
 def _pack_undo(undo: dict[str, Account]) -> bytes:
-    return _packer().pack({a: [acc.balance, acc.nonce] for a, acc in undo.items()})  # type: ignore[no-any-return]
+    """address -> [balance, nonce]: an Account is a tuple, which msgpack packs as that array."""
+    return _packer().pack(undo)  # type: ignore[no-any-return]
 
 
 def _work_bytes(work: int) -> bytes:
@@ -563,6 +564,17 @@ class Store:
             None if undo is None else _pack_undo(undo),
         )
         self._write("blocks", PUT_BLOCK, [row])
+
+    def extend_main(
+        self, block: Block, work: int, seq: int, undo: dict[str, Account], height: int, changes: dict[str, Account]
+    ) -> None:
+        """A block that extends the best chain at ``height``, in one transaction: the block with
+        its undo data, its best-chain and txindex rows, the accounts it changed and the tip."""
+        with self._transaction:
+            self.put_block(block, work, seq, undo)
+            self.set_main(height, block)
+            self.write_accounts(changes.items())
+            self.set_meta("tip", block.hash)
 
     def delete_blocks(self, hashes: list[bytes]) -> None:
         """Forget blocks found invalid or pruned (never on the best chain)."""

@@ -24,7 +24,8 @@ from p2pchain.record import record
 
 HEADER_PREFIX = struct.Struct(">II32s32sQI")  # everything before the nonce: 84 bytes
 NONCE = struct.Struct(">Q")
-HEADER_BYTES = HEADER_PREFIX.size + NONCE.size  # 92
+HEADER = struct.Struct(">II32s32sQIQ")  # the whole header: HEADER_PREFIX, then NONCE
+HEADER_BYTES = HEADER.size  # 92
 ZERO_HASH = bytes(32)
 U32_END = 2**32  # a header's u32 fields are below it
 U64_END = 2**64
@@ -73,8 +74,10 @@ class Header:
         )
 
     @cached
-    def raw(self) -> bytes:
-        return self.prefix + NONCE.pack(self.nonce)
+    def raw(self) -> bytes:  # (in one pack, not prefix + nonce: a received header's prefix is never read)
+        return HEADER.pack(
+            self.version, self.height, self.prev_hash, self.merkle_root, self.timestamp, self.bits, self.nonce
+        )
 
     @cached
     def hash(self) -> bytes:
@@ -161,7 +164,7 @@ class Block:
     @cached
     def size(self) -> int:
         """Canonical bytes: header plus each transaction's full bytes."""
-        return HEADER_BYTES + sum(tx.size for tx in self.txs)
+        return HEADER_BYTES + sum([len(tx.raw) for tx in self.txs])
 
     def computed_merkle_root(self) -> bytes:
         return merkle_root([tx.txid for tx in self.txs])
@@ -175,4 +178,4 @@ class Block:
             raise ProtocolError("block must be an array [header, [tx, ...]]")
         if len(obj[1]) > limits.MAX_BLOCK_TXS:
             raise ProtocolError(f"block claims {len(obj[1])} transactions, over {limits.MAX_BLOCK_TXS}")
-        return cls(Header.from_wire(obj[0]), tuple(Tx.from_wire(t) for t in obj[1]))
+        return cls(Header.from_wire(obj[0]), tuple([Tx.from_wire(t) for t in obj[1]]))

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from p2pchain import limits
 from p2pchain.errors import RuleCode, RuleError
 from p2pchain.keys import PUBKEY_BYTES, SIGNATURE_BYTES, address_of, is_address, verify
-from p2pchain.ledger.block import Block, Header
+from p2pchain.ledger.block import Block, Header, merkle_root
 from p2pchain.ledger.pow import asert_target, target_to_bits
 from p2pchain.ledger.tx import Tx
 from p2pchain.params import BLOCK_VERSION, MAX_TARGET, NetworkParams
@@ -82,22 +82,24 @@ def check_body(block: Block, params: NetworkParams, *, verified: Container[bytes
     """The transactions against the header's merkle root, and each on its own. A failure here
     says nothing about the header's hash: another body under the same header may be good."""
     h = block.header
-    if len(block.txs) > limits.MAX_BLOCK_TXS:
-        raise RuleError(RuleCode.TOO_MANY_TXS, f"{len(block.txs)} transactions, limit {limits.MAX_BLOCK_TXS}")
+    txs = block.txs
+    if len(txs) > limits.MAX_BLOCK_TXS:
+        raise RuleError(RuleCode.TOO_MANY_TXS, f"{len(txs)} transactions, limit {limits.MAX_BLOCK_TXS}")
     if block.size > limits.MAX_BLOCK_BYTES:
         raise RuleError(RuleCode.BLOCK_TOO_BIG, f"{block.size} bytes, limit {limits.MAX_BLOCK_BYTES}")
-    if block.computed_merkle_root() != h.merkle_root:
+    txids = [tx.txid for tx in txs]
+    if merkle_root(txids) != h.merkle_root:
         raise RuleError(RuleCode.BAD_MERKLE_ROOT, "merkle root does not match the transactions")
-    if not block.txs or not block.txs[0].is_coinbase:
+    if not txs or not txs[0].is_coinbase:
         raise RuleError(RuleCode.NO_COINBASE, "the first transaction must be the coinbase (sender '0')")
-    cb = block.txs[0]
+    cb = txs[0]
     if cb.fee != 0 or cb.nonce != h.height or cb.pubkey or cb.signature or not is_address(cb.recipient):
         raise RuleError(RuleCode.BAD_COINBASE, "coinbase needs fee 0, nonce = height, no key, an address")
     if cb.amount > limits.MAX_MONEY:
         raise RuleError(RuleCode.COINBASE_OVERPAYS, f"coinbase amount {cb.amount} over the money limit")
-    if len({tx.txid for tx in block.txs}) != len(block.txs):
+    if len(txids) > 1 and len(set(txids)) != len(txids):  # (one transaction cannot repeat)
         raise RuleError(RuleCode.DUPLICATE_TX, "a transaction appears twice in the block")
-    for tx in block.txs[1:]:
+    for tx in txs[1:]:
         if tx.is_coinbase:
             raise RuleError(RuleCode.DUPLICATE_COINBASE, "only the first transaction may be a coinbase")
         check_tx(tx, params.network_id, verified=verified)

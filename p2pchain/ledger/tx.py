@@ -43,17 +43,10 @@ class Tx:
     def body(self) -> bytes:
         s = self.sender.encode("ascii")
         r = self.recipient.encode("ascii")
-        return b"".join(
-            (
-                bytes((len(s),)),
-                s,
-                bytes((len(r),)),
-                r,
-                _U64.pack(self.amount, self.fee, self.nonce),
-                bytes((len(self.pubkey),)),
-                self.pubkey,
-            )
-        )
+        pubkey = self.pubkey
+        # %c of an int is that one byte (a length: each field is at most 255 bytes, from_wire checks)
+        amounts = _U64.pack(self.amount, self.fee, self.nonce)
+        return b"%c%s%c%s%s%c%s" % (len(s), s, len(r), r, amounts, len(pubkey), pubkey)
 
     @cached
     def raw(self) -> bytes:
