@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from p2pchain import limits
@@ -111,6 +112,7 @@ class RecentBlocksJson:
         self._genesis = (genesis.hash, block_text(genesis))
         self._items: OrderedDict[bytes, tuple[Block | str, int]] = OrderedDict()  # hash -> (block or text, cost)
         self._bytes = 0
+        self.waiting = 0  # answers waiting for blocks to come (``waiting_answer``)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -120,15 +122,29 @@ class RecentBlocksJson:
         return self._bytes
 
     def on_chain_update(self, connected: list[Block], disconnected: list[Block]) -> None:
-        """A chain listener: keep the connected blocks."""
+        """A chain listener: keep the connected blocks (rendered now if an answer waits for them)."""
         items = self._items
         for block in connected:
             if block.hash not in items:
                 cost = _cost(block)
-                items[block.hash] = (block, cost)
+                items[block.hash] = (block_text(block) if self.waiting else block, cost)
                 self._bytes += cost
         while items and (len(items) > self.max_blocks or self._bytes > self.max_bytes):
             self._bytes -= items.popitem(last=False)[1][1]
+
+    @contextmanager
+    def waiting_answer(self) -> Iterator[None]:
+        """Around the wait of an answer for blocks still to come (/nodes/resolve): those held are
+        rendered now and those that connect meanwhile as they do (rendered later, they would
+        share the GIL with the commit behind of the sync that brought them)."""
+        self.waiting += 1
+        try:
+            for block_hash, (held, cost) in self._items.items():
+                if not isinstance(held, str):
+                    self._items[block_hash] = (block_text(held), cost)
+            yield
+        finally:
+            self.waiting -= 1
 
     def texts(self, hashes: Sequence[bytes]) -> list[str | None]:
         """The JSON text of each block of ``hashes`` (None for those not held)."""

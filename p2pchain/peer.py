@@ -171,6 +171,13 @@ class Peer:
         else:
             self._flushed.set()
 
+    def flush(self) -> None:
+        """Write now what ``send`` holds for the end of this turn of the loop: for a request that
+        must be on its way before a long stretch of work on the loop (a sync's GET_CHAIN, sent
+        as the CHAIN before it is checked: held, it left only after the check's first run)."""
+        if self._corked:
+            self._uncork()  # (the end of the turn then finds nothing held)
+
     def _count_sent(self, kind: str, n: int) -> None:
         """A frame of ``n`` bytes leaves the queue for the socket (the writer's or _uncork's write)."""
         self.queued_bytes -= n

@@ -9,6 +9,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from ledger_helpers import GENESIS, PARAMS, block_on, branch, feed, mem_chain, pay, wallet
 
@@ -54,6 +55,22 @@ def test_recent_keeps_connected_blocks_and_renders_each_once() -> None:
     assert again[0] is first[0], "rendered twice"
     recent.on_chain_update([], blocks[:1])  # a block disconnected keeps its text: it never changes
     assert recent.texts([blocks[0].hash]) == [block_text(blocks[0])]
+
+
+def test_recent_renders_at_once_while_an_answer_waits() -> None:
+    recent = RecentBlocksJson(GENESIS)
+    blocks = _blocks(4)
+    recent.on_chain_update(blocks[:1], [])
+    with recent.waiting_answer():  # what is held is rendered at once, and what connects meanwhile
+        assert recent._items[blocks[0].hash][0] == block_text(blocks[0])
+        recent.on_chain_update(blocks[1:2], [])
+        assert recent._items[blocks[1].hash][0] == block_text(blocks[1])
+    recent.on_chain_update(blocks[2:3], [])
+    assert recent._items[blocks[2].hash][0] is blocks[2], "rendered with no answer waiting"
+    with pytest.raises(RuntimeError), recent.waiting_answer():
+        raise RuntimeError("the wait failed")
+    assert recent.waiting == 0
+    assert recent.texts([b.hash for b in blocks]) == [block_text(b) for b in blocks[:3]] + [None]
 
 
 def test_recent_drops_the_oldest_beyond_its_bounds() -> None:
