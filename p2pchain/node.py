@@ -398,7 +398,8 @@ class Node:
         peer.best_height = max(peer.best_height, block.height)
         if self.chain.would_ignore(block.header):  # no more work than our tip, nobody asked: not stored
             return
-        await self._preverify((block,))
+        if len(block.txs) > PREVERIFY_MIN_TXS:  # (fewer are not worth the threads: _preverify)
+            await self._preverify((block,))
         self._hold_store()
         try:
             result = self.chain.process_block(block, now_ms(), requested=False)

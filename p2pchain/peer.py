@@ -9,6 +9,7 @@ import contextlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
@@ -17,6 +18,16 @@ from p2pchain.metrics import INVALID, Traffic
 from p2pchain.record import record
 
 log = logging.getLogger(__name__)
+
+
+# Peers with frames corked during this turn of the loop, per loop: one callback at the end of the
+# turn writes them all (_uncork_all), not one callback per peer (a relayed block leaves for 3-24 peers)
+_corked_peers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Peer]] = weakref.WeakKeyDictionary()
+
+
+def _uncork_all(loop: asyncio.AbstractEventLoop) -> None:
+    for peer in _corked_peers.pop(loop, ()):
+        peer._uncork()
 
 
 # In the send queue: frames _uncork wrote itself, whose rest the socket has not taken yet; the
@@ -130,7 +141,12 @@ class Peer:
             return
         if not self._unflushed:  # the writer is idle: written by _uncork at the end of this turn
             if not self._corked:
-                asyncio.get_running_loop().call_soon(self._uncork)
+                loop = asyncio.get_running_loop()
+                corked = _corked_peers.get(loop)
+                if corked is None:
+                    corked = _corked_peers[loop] = []
+                    loop.call_soon(_uncork_all, loop)
+                corked.append(self)
             self._corked.append((kind, frame))
             self.queued_bytes += len(frame)
             self._flushed.clear()
