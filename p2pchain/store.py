@@ -25,7 +25,6 @@ import functools
 import logging
 import sqlite3
 import struct
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -38,6 +37,7 @@ from p2pchain.errors import ProtocolError, StoreError
 from p2pchain.keys import is_address
 from p2pchain.ledger.block import HEADER_BYTES, Block
 from p2pchain.ledger.rules import Account
+from p2pchain.packing import packb
 from p2pchain.record import record
 
 log = logging.getLogger(__name__)
@@ -107,19 +107,6 @@ class Ban:
     reason: str
 
 
-_packers = threading.local()  # one msgpack Packer per thread (a Packer is not thread-safe)
-
-
-def _packer() -> msgpack.Packer:
-    """This thread's Packer: ``msgpack.packb`` makes a new one per call, which cost as much as
-    packing a coinbase-only block (a sync packs two things a block)."""
-    try:
-        packer: msgpack.Packer = _packers.packer
-    except AttributeError:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return packer
-
-
 def stored_bodies(db: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
     """Hash -> stored body of those of ``hashes`` in the blocks table, in one query (the store's
     own reads and the serving connection's)."""
@@ -128,7 +115,7 @@ def stored_bodies(db: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes
 
 
 def pack_block(block: Block) -> bytes:
-    return _packer().pack(block.to_wire())  # type: ignore[no-any-return]
+    return packb(block.to_wire())
 
 
 def unpack_block(data: bytes) -> Block:
@@ -137,7 +124,7 @@ def unpack_block(data: bytes) -> Block:
 
 def _pack_undo(undo: dict[str, Account]) -> bytes:
     """address -> [balance, nonce]: an Account is a tuple, which msgpack packs as that array."""
-    return _packer().pack(undo)  # type: ignore[no-any-return]
+    return packb(undo)
 
 
 def _work_bytes(work: int) -> bytes:

@@ -23,6 +23,7 @@ from p2pchain import limits
 from p2pchain.errors import ProtocolError
 from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.tx import Tx
+from p2pchain.packing import packb
 from p2pchain.record import record
 
 log = logging.getLogger(__name__)
@@ -312,12 +313,12 @@ class _Message:
             value = getattr(self, name)
             if default is not _REQUIRED and value == default:
                 continue  # an optional field at its default is left out (version 1 bytes)
-            doc[name] = encode(value)
+            doc[name] = value if encode is None else encode(value)
         return doc
 
     def payload(self) -> bytes:
         """The msgpack map of ``doc``."""
-        return bytes(msgpack.packb(self.doc(), use_bin_type=True))
+        return packb(self.doc())
 
     def encode(self) -> bytes:
         """The full frame: length prefix and payload."""
@@ -637,11 +638,13 @@ Message: TypeAlias = (
 )
 MESSAGE_TYPES: Mapping[str, type[Message]] = {cls.TYPE: cls for cls in get_args(Message)}
 # class -> ((field name, encode, default), ...), so that encoding does not walk dataclass fields
-_ENCODERS: dict[type[_Message], tuple[tuple[str, Encode, Any], ...]] = {}
+_ENCODERS: dict[type[_Message], tuple[tuple[str, Encode | None, Any], ...]] = {}
 
 
-def _encoder_spec(cls: type[_Message]) -> tuple[tuple[str, Encode, Any], ...]:
-    spec = tuple((f.name, f.metadata["wire"][1], f.metadata.get("default", _REQUIRED)) for f in fields(cls))
+def _encoder_spec(cls: type[_Message]) -> tuple[tuple[str, Encode | None, Any], ...]:
+    """(name, encode, default) of each field; encode None: the value goes as it is (no call)."""
+    encoders = [(f, f.metadata["wire"][1]) for f in fields(cls)]
+    spec = tuple((f.name, None if e is _same else e, f.metadata.get("default", _REQUIRED)) for f, e in encoders)
     _ENCODERS[cls] = spec
     return spec
 

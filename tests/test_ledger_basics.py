@@ -1,6 +1,8 @@
 """Ledger types: canonical bytes, ids and the genesis block are deterministic."""
 
+from p2pchain.keys import Wallet
 from p2pchain.ledger.block import HEADER_BYTES, Block
+from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.params import NetworkParams
 
 
@@ -36,3 +38,18 @@ def test_ids_and_canonical_bytes_are_computed_once_and_kept_on_the_object():
     h = NetworkParams().genesis.header
     assert h.hash is h.hash == hashlib.sha256(h.raw).digest()
     assert Tx("ab" * 20, "cd" * 20, 6, 1, 0, bytes(32), bytes(64)).txid != first
+
+
+def test_canonical_bytes_are_the_same_whichever_is_made_first() -> None:
+    """A payment's full bytes are packed in one go (Tx.raw's fast path), other shapes field by
+    field: the body, full bytes and txid agree either way, whichever of body and raw comes first."""
+    w = Wallet.from_seed(bytes([7]) * 32)
+    shapes = [
+        make_tx(w, "ab" * 20, 5, 2, 9, bytes(32)),  # a payment: 40-char addresses, key, signature
+        make_coinbase(w.address, 50, 3),  # "0" and no key or signature
+        Tx("ab" * 20, "0" * 5, 1, 1, 1, b"k" * 31, b"s" * 63),  # malformed, but still encodable
+    ]
+    for tx in shapes:
+        raw_first, body_first = Tx(*tx.to_wire()), Tx(*tx.to_wire())
+        assert raw_first.raw == body_first.body + bytes((len(tx.signature),)) + tx.signature
+        assert (raw_first.body, raw_first.txid) == (body_first.body, body_first.txid)
