@@ -135,6 +135,19 @@ def _deferred_init(cls: type) -> Callable[..., None]:
 
 
 _DEFERRED_CODE = _deferred_init(object).__code__  # shared by every deferred __init__
+_RECORDS: list[type] = []  # every record class made, in order (compile_all)
+
+
+def compile_all() -> int:
+    """Compile now the ``__init__`` of every record class made so far that has not been built
+    yet (~0.1-0.3 ms each); how many. For a process about to answer a request whose first
+    answer would otherwise compile a dozen on its way."""
+    compiled = 0
+    for cls in _RECORDS:
+        if cls.__dict__["__init__"].__code__ is _DEFERRED_CODE:
+            _compiled_init(cls)
+            compiled += 1
+    return compiled
 
 
 class _Signature:
@@ -216,6 +229,7 @@ def _make(cls: type[_T], *, frozen: bool, eq: bool, slots: bool) -> type[_T]:
         if not own.get(name):
             setattr(cls, name, fn)
     cls.__init__ = _deferred_init(cls)  # type: ignore[method-assign]
+    _RECORDS.append(cls)
     cls.__signature__ = _Signature(cls)  # type: ignore[attr-defined]
     setattr(cls, _KEY, _key_getter(tuple(f.name for f in flds if f.compare)))
     setattr(cls, _HASH, _key_getter(tuple(f.name for f in flds if (f.compare if f.hash is None else f.hash))))

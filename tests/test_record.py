@@ -18,7 +18,7 @@ import pytest
 
 from p2pchain import wire
 from p2pchain.params import NetworkParams
-from p2pchain.record import record
+from p2pchain.record import compile_all, record
 
 # record's flavours, each beside the dataclass it stands for
 KINDS: dict[str, tuple[Any, Any]] = {
@@ -111,6 +111,14 @@ def test_the_init_compiled_at_the_first_call_is_the_same() -> None:
         assert repr(rec(1)) == repr(ref(1)) and str(inspect.signature(rec)) == str(inspect.signature(ref))
         with pytest.raises(TypeError, match="missing 1 required positional argument: 'x'"):
             rec()
+
+
+def test_compile_all_builds_every_init_not_built_yet_and_they_behave_the_same() -> None:
+    rec, ref = both(*SHAPES["defaults"])
+    assert compile_all() >= 1  # this one at least
+    assert compile_all() == 0  # nothing left
+    assert repr(rec(1)) == repr(ref(1)) and str(inspect.signature(rec)) == str(inspect.signature(ref))
+    assert wire.GetChain((), 1) == wire.GetChain((), 1)
 
 
 def test_a_factory_makes_a_new_value_for_each_instance() -> None:
