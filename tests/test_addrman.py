@@ -124,11 +124,18 @@ def test_outbound_after_an_address_flood_is_mostly_honest() -> None:
 
 
 def test_outbound_is_diverse_by_network_group() -> None:
-    book = AddrMan(rng=random.Random(3))
-    book.add([f"10.1.{n}.1:7000" for n in range(50)], "10.1.0.9")  # one group, many addresses
-    book.add([f"10.{g}.0.1:7000" for g in range(2, 9)], "10.2.0.9")
-    picks = outbound_of(book)
-    assert len({netgroup(host_of(a)) for a in picks}) == 8
+    """Outbound picks span every network group the book holds, up to TARGET_OUTBOUND of them, for
+    many keys. Each key places the buckets differently, and a collision can evict a group's only
+    address (with a random key, about 3 % of keys kept 6 or 7 of these 8 groups): the picks are
+    compared with what the book holds, not with what was offered."""
+    for seed in range(20):
+        book = AddrMan(secret=seed.to_bytes(32, "big"), rng=random.Random(seed))
+        book.add([f"10.1.{n}.1:7000" for n in range(50)], "10.1.0.9")  # one group, many addresses
+        book.add([f"10.{g}.0.1:7000" for g in range(2, 9)], "10.2.0.9")
+        held = {netgroup(host_of(a)) for a in book.sample(len(book))}
+        assert len(held) >= 6, (seed, held)
+        picks = outbound_of(book)
+        assert {netgroup(host_of(a)) for a in picks} == held, seed
 
 
 def test_a_failing_address_is_forgotten_and_a_good_one_moves_to_tried() -> None:
