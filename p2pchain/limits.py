@@ -93,6 +93,18 @@ SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it or the bytes above, the bran
 # and a 100-transaction block at the tip read ~100 pages). 16 MiB holds both for ~170,000 blocks
 # (docs/benchmarks.md, issue 14); a node with a small store never fills it
 STORE_PAGE_CACHE_KIB = 16 * 1024
+# pages of SQLite's write-ahead log past which a commit copies them into the database file (PRAGMA
+# wal_autocheckpoint; SQLite's default is 1,000): each such checkpoint syncs the log and the file
+# to disk (two fsyncs) and copies every page written since the last one. A sync's batch of 500
+# blocks writes ~1,000 pages at 100,000 blocks (mostly the same pages of the hash-keyed indexes,
+# again each batch), so at 1,000 every batch checkpointed: ~300 fsyncs in a 100,000-block sync,
+# and a 100-transaction block at that tip checkpointed every ~9 blocks. At 10,000 a checkpoint
+# copies a page written by ten batches once: 11 instead of 18 us of system time a synced block
+# (docs/benchmarks.md, issue 14). The price: the log file grows to ~40 MiB (4 KiB pages) while the
+# node runs (SQLite reuses it from its start after a checkpoint, and deletes it when the node
+# stops; cutting it back after each checkpoint cost more system time than it saved), and a power
+# cut loses at most the commits since the last checkpoint (synchronous=NORMAL; a kill -9 none)
+STORE_WAL_CHECKPOINT_PAGES = 10_000
 # the read-only connection that serves blocks to peers (p2pchain/serve.py): it reads runs of bodies
 # once each, which a cache seldom sees again
 SERVE_PAGE_CACHE_KIB = 256

@@ -260,6 +260,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last commit on kill -9
             self.db.execute(f"PRAGMA cache_size=-{limits.STORE_PAGE_CACHE_KIB}")  # negative: KiB, not pages
+            self.db.execute(f"PRAGMA wal_autocheckpoint={limits.STORE_WAL_CHECKPOINT_PAGES}")
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise StoreError(f"store {self.path} is corrupt ({ok}): move it aside and resync")
