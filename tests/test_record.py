@@ -104,10 +104,10 @@ def test_records_pickle_as_they_go_to_mining_processes() -> None:
     assert pickle.loads(pickle.dumps(params)) == params
 
 
-def test_the_init_compiled_at_the_first_call_is_the_same() -> None:
+def test_the_init_compiled_at_the_second_call_is_the_same() -> None:
     for shape in ("one field", "defaults", "factory"):
         rec, ref = both(*SHAPES[shape])
-        assert repr(rec(1)) == repr(ref(1))  # the first call compiles it
+        assert repr(rec(1)) == repr(ref(1))  # the first call binds its arguments without compiling
         assert repr(rec(1)) == repr(ref(1)) and str(inspect.signature(rec)) == str(inspect.signature(ref))
         with pytest.raises(TypeError, match="missing 1 required positional argument: 'x'"):
             rec()
@@ -119,6 +119,47 @@ def test_compile_all_builds_every_init_not_built_yet_and_they_behave_the_same() 
     assert compile_all() == 0  # nothing left
     assert repr(rec(1)) == repr(ref(1)) and str(inspect.signature(rec)) == str(inspect.signature(ref))
     assert wire.GetChain((), 1) == wire.GetChain((), 1)
+
+
+def refusal(make: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(TypeError) as e:
+        make(*args, **kwargs)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_first_call_binds_as_the_dataclass_and_refuses_alike(kind: str) -> None:
+    """The first instance of a class is made without compiling its __init__: by keyword, with
+    defaults and factories, with __post_init__; a call the dataclass refuses is refused with
+    the same message, whether it is the class's first call or a later one."""
+    body, annotations = SHAPES["defaults"]
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1,), {}),
+        ((), {"x": 1, "z": 5}),
+        ((1, b"y"), {"z": 4}),
+    ]
+    for args, kwargs in calls:
+        rec, ref = both(body, annotations, kind)
+        first, want = rec(*args, **kwargs), ref(*args, **kwargs)
+        assert repr(first) == repr(want) and dataclasses.asdict(first) == dataclasses.asdict(want)
+        if kind != "mutable, slots":
+            assert list(vars(first)) == list(vars(want))  # the fields in their order
+    bad: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), {}),
+        ((1, b"", 3, 4), {}),
+        ((1,), {"x": 2}),
+        ((1,), {"w": 2}),
+        ((), {"y": b""}),
+    ]
+    for args, kwargs in bad:
+        rec, ref = both(body, annotations, kind)
+        assert refusal(rec, *args, **kwargs) == refusal(ref, *args, **kwargs)  # as its first call
+        rec(1)
+        assert refusal(rec, *args, **kwargs) == refusal(ref, *args, **kwargs)  # compiled
+    posted = {**SHAPES["factory"][0], "__post_init__": lambda self: self.items.append(self.x)}
+    rec, ref = both(posted, SHAPES["factory"][1], kind)
+    one, two = rec(1), rec(2)
+    assert (one.items, two.items) == ([1], [2]) == (ref(1).items, ref(2).items)
 
 
 def test_a_factory_makes_a_new_value_for_each_instance() -> None:
