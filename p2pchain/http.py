@@ -107,19 +107,21 @@ def _members(doc: dict[str, Any]) -> str:
 
 
 STREAM_READ_BLOCKS = 64  # blocks a streamed chain reads from the store in one query, between writes
+JSON_TYPE = "application/json; charset=utf-8"
 
 
 async def stream_chain(
     request: web.Request, hashes: Sequence[bytes], key: str, head: dict[str, Any], tail: dict[str, Any]
 ) -> web.StreamResponse:
     """Answer ``{**head, key: [blocks], **tail}`` with the blocks of ``hashes`` (a snapshot of the
-    best chain, so the list links even if a reorg happens meanwhile), written in chunks of
-    about HTTP_STREAM_CHUNK_BYTES; the event loop serves peers and other requests between them.
-    The blocks connected last come from memory (RecentBlocksJson), older ones from the store."""
+    best chain, so the list links even if a reorg happens meanwhile). An answer longer than
+    HTTP_STREAM_CHUNK_BYTES is streamed in chunks of about that size, and the event loop serves
+    peers and other requests between them; a shorter one goes in one piece (with its length:
+    one write, not three). The blocks connected last come from memory (RecentBlocksJson), older
+    ones from the store."""
     chain = request.app[NODE_KEY].chain
     recent = request.app[RECENT_KEY]
-    resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
-    await resp.prepare(request)
+    resp: web.StreamResponse | None = None  # prepared at the first chunk
     parts = ["{", _members(head), ", " if head else "", json.dumps(key), ": ["]
     size = 0
     streaming = request.app[STREAMING_KEY]
@@ -137,16 +139,22 @@ async def stream_chain(
                 parts += [", " if i else "", text]
                 size += len(text)
             if size >= limits.HTTP_STREAM_CHUNK_BYTES:
+                if resp is None:
+                    resp = web.StreamResponse(headers={"Content-Type": JSON_TYPE})
+                    await resp.prepare(request)
                 await resp.write("".join(parts).encode())
                 parts, size = [], 0
                 await asyncio.sleep(0)  # write() yields only when the socket is full
         parts += ["]", ", " if tail else "", _members(tail), "}\n"]
+        if resp is None:
+            return web.Response(body="".join(parts).encode(), headers={"Content-Type": JSON_TYPE})
         await resp.write("".join(parts).encode())
         await resp.write_eof()
     except ConnectionError:
         log.debug("HTTP client left during %s", request.path)
     finally:
         streaming.remove(request.path)
+    assert resp is not None
     return resp
 
 
@@ -511,9 +519,11 @@ async def start_http(node: Node, host: str, port: int, auth: AuthSettings | None
         raise
     shown = f"[{host}]" if ":" in host else host
     log.info("HTTP shim on http://%s:%d/: %s", shown, port, guard.describe())
-    # The records (p2pchain/record.py) a request's work builds, compiled now rather than on its
-    # way: a first /nodes/register and /nodes/resolve built a dozen (HELLO's peers, GET_CHAIN,
-    # CHAIN, the chain's results), ~2 ms of a 200-block register_sync_200_ms. A node without the
-    # shim keeps compiling each at first use (its start-up stays short).
+    # What a first /nodes/register and /nodes/resolve would otherwise set up on their way (~2.5
+    # ms of a 200-block register_sync_200_ms), now: the records their work builds (HELLO's peers,
+    # GET_CHAIN, CHAIN, the chain's results; p2pchain/record.py), and the store's thread that
+    # commits a sync's batch. A node without the shim keeps doing both at first use (its
+    # start-up and memory stay small).
     record.compile_all()
+    node.chain.store.start_writer()
     return runner

@@ -241,13 +241,13 @@ class Node:
     def _on_hello(self, peer: Peer) -> None:
         assert peer.hello is not None
         log.info("connected %r: %s, height %d", peer, peer.hello.agent, peer.hello.height)
+        if peer.hello.work > self.chain.tip.work:  # first: its GET_CHAIN leaves at once (the peer serves it first)
+            self.sync.start(peer)
         if peer.listen_addr:
             self.connmgr.add_addresses([peer.listen_addr], peer.host)
         self.relay.add_peer(peer, peer.hello.version, peer.hello.relay, outbound=not peer.inbound)
         peer.send(wire.GetPeers())
         self._send_cmpct(self.relay.select_on_connect(peer))
-        if peer.hello.work > self.chain.tip.work:
-            self.sync.start(peer)
         if peer.listen_addr and self._push_allowed(peer):  # a node: it may have missed what we pooled while apart
             pushed = self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES)
             if self.relay.speaks(peer, FEATURE_INV_TX):

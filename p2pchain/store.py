@@ -426,9 +426,15 @@ class Store:
         begun, self._begun = self._begun, False
         if not ops and not begun:
             return
+        self._writing = self.start_writer().submit(self._write_behind, ops, begun)
+
+    def start_writer(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread that commits batches behind, started now if it was not (it starts with the
+        first such batch otherwise, ~0.5 ms on that batch's way)."""
         if self._writer is None:
             self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchain-store")
-        self._writing = self._writer.submit(self._write_behind, ops, begun)
+            self._writer.submit(int).result()  # the executor starts its thread at the first task
+        return self._writer
 
     def _write_behind(self, ops: list[Op], begun: bool) -> None:
         """In the store's thread: begin if the loop did not, send ``ops``, commit. The loop's
