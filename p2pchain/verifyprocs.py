@@ -17,7 +17,11 @@ each exits after VERIFY_PROC_IDLE_S without a batch (a node that takes no transa
 process); one that died or exited is noticed at its next batch, which the thread then checks
 itself. A worker also exits when its stdin closes, so a node killed with SIGKILL leaves none.
 A worker that does not take a batch and answer it within VERIFY_PROC_ANSWER_S (stopped by a
-signal, hung) is killed and its batch checked in the thread; a new worker starts at a later batch.
+signal, hung) is killed by the pool's watchdog thread, so the verifier thread's blocking read
+ends and it checks the batch itself; a new worker starts at a later batch. (The thread's read
+itself has no timeout: a poll before it, or a read in steps, would need the GIL back once more
+per batch, which costs a busy node's verifier threads dearly; the watchdog costs nothing per
+batch but a deadline set under the lock the pool takes anyway.)
 
 The pipe protocol (private to this module): the worker writes one byte when it is ready; a
 request is a u32 big-endian length and a msgpack array of [pubkey, signature, message] triples;
@@ -52,29 +56,9 @@ _READY = b"R"
 _LEN = 4  # bytes of a length prefix
 
 
-class WorkerTimeout(Exception):
-    """A worker did not take a batch or answer it in time."""
-
-
-def _ready(fd: int, events: int, timeout_s: float) -> bool:
-    """Whether ``fd`` is ready for ``events`` (or closed) within ``timeout_s`` (poll: any fd
-    number, unlike select)."""
-    poller = select.poll()
-    poller.register(fd, events)
-    return bool(poller.poll(timeout_s * 1000))
-
-
-def _wait(fd: int, events: int, deadline: float | None) -> None:
-    """Return once ``fd`` is ready for ``events``; raise WorkerTimeout if ``deadline``
-    (time.monotonic) passes first. No deadline: return at once (a blocking fd)."""
-    if deadline is not None and not _ready(fd, events, max(0.0, deadline - time.monotonic())):
-        raise WorkerTimeout("no answer in time")
-
-
-def _read_exactly(fd: int, n: int, deadline: float | None = None) -> bytes:
+def _read_exactly(fd: int, n: int) -> bytes:
     parts: list[bytes] = []
     while n:
-        _wait(fd, select.POLLIN, deadline)
         chunk = os.read(fd, n)
         if not chunk:
             raise EOFError("pipe closed")
@@ -84,17 +68,16 @@ def _read_exactly(fd: int, n: int, deadline: float | None = None) -> bytes:
 
 
 def _readable(fd: int, timeout_s: float) -> bool:
-    return _ready(fd, select.POLLIN, timeout_s)
+    """Whether ``fd`` has data (or EOF) within ``timeout_s`` (poll: any fd number, unlike select)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
 
 
-def _write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
-    """Write ``data``; with a deadline ``fd`` must be non-blocking (what fits is written as the
-    reader takes it)."""
+def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        _wait(fd, select.POLLOUT, deadline)
-        with contextlib.suppress(BlockingIOError):
-            view = view[os.write(fd, view) :]
+        view = view[os.write(fd, view) :]
 
 
 class _Worker:
@@ -108,8 +91,9 @@ class _Worker:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.to_fd = self.proc.stdin.fileno()
         self.from_fd = self.proc.stdout.fileno()
-        os.set_blocking(self.to_fd, False)  # a batch larger than the pipe's buffer, to a hung worker
         self.ready = False
+        self.deadline: float | None = None  # while it checks a batch: when the watchdog kills it
+        self.hung = False  # killed by the watchdog
 
     def is_ready(self) -> bool:
         """True once the worker said it is ready (without waiting for it)."""
@@ -119,12 +103,10 @@ class _Worker:
             self.ready = True
         return self.ready
 
-    def check(self, triples: list[tuple[bytes, bytes, bytes]], answer_s: float) -> list[bool]:
-        """The worker's verdicts; WorkerTimeout if it has not answered within ``answer_s``."""
-        deadline = time.monotonic() + answer_s
+    def check(self, triples: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
         request = msgpack.packb(triples, use_bin_type=True)
-        _write_all(self.to_fd, len(request).to_bytes(_LEN, "big") + request, deadline)
-        reply = _read_exactly(self.from_fd, _LEN + len(triples), deadline)  # poll, then one read
+        _write_all(self.to_fd, len(request).to_bytes(_LEN, "big") + request)
+        reply = _read_exactly(self.from_fd, _LEN + len(triples))  # one read: one return of the GIL
         n = int.from_bytes(reply[:_LEN], "big")
         if n != len(triples):
             raise EOFError(f"the worker answered {n} verdicts for {len(triples)} signatures")
@@ -159,6 +141,8 @@ class VerifierProcs:
         self.idle_s = idle_s
         self.answer_s = answer_s  # a worker that has not answered a batch within this is killed
         self._lock = threading.Lock()
+        self._watch = threading.Condition(self._lock)  # the watchdog waits on it for the next deadline
+        self._watchdog: threading.Thread | None = None  # started with the first worker
         self._idle: list[_Worker] = []  # started, not checking a batch now (ready or not yet)
         self._busy: set[_Worker] = set()  # checking a batch for a thread, which owns its pipes meanwhile
         self._starting = 0  # being spawned by a thread now
@@ -171,9 +155,11 @@ class VerifierProcs:
         triples = [(tx.pubkey, tx.signature, tx.signing_message(network_id)) for tx in txs]
         if worker is not None:
             try:
-                verdicts = worker.check(triples, self.answer_s)
-            except (OSError, EOFError, WorkerTimeout) as e:  # died, exited idle or hung: checked here
-                hung = isinstance(e, WorkerTimeout)
+                verdicts = worker.check(triples)
+            except (OSError, EOFError) as e:  # it died, exited idle or hung (killed): checked here
+                with self._lock:
+                    self._busy.discard(worker)
+                    hung = worker.hung
                 if hung:
                     log.warning(
                         "signature worker %d did not answer within %g s: killed, checking in this thread",
@@ -182,8 +168,6 @@ class VerifierProcs:
                     )
                 else:
                     log.info("signature worker %d is gone (%s): checking in this thread", worker.proc.pid, e)
-                with self._lock:
-                    self._busy.discard(worker)
                 worker.close(kill=hung)
             else:
                 self._give_back(worker)
@@ -208,6 +192,9 @@ class VerifierProcs:
                 if ready:
                     self._idle.remove(worker)
                     self._busy.add(worker)
+                    worker.deadline = time.monotonic() + self.answer_s
+                    if len(self._busy) == 1:
+                        self._watch.notify()  # the watchdog had no deadline to wait for
                     taken = worker
                     break
             start = taken is None and len(self._idle) + len(self._busy) + self._starting < self.size
@@ -231,28 +218,54 @@ class VerifierProcs:
                 return
             if not self._closed:
                 self._idle.append(worker)
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(target=self._watch_deadlines, name="p2pchain-verify-watch")
+                    self._watchdog.daemon = True
+                    self._watchdog.start()
                 return
         worker.close()
+
+    def _watch_deadlines(self) -> None:
+        """The watchdog thread: kill a worker whose batch is past its deadline (the thread reading
+        its answer then sees the pipe end); wait until the next deadline, or until a worker is
+        busy again when none is."""
+        with self._watch:
+            while not self._closed:
+                now = time.monotonic()
+                pending: list[float] = []
+                for worker in self._busy:
+                    if worker.deadline is None:
+                        continue
+                    if worker.deadline <= now:
+                        worker.deadline, worker.hung = None, True
+                        with contextlib.suppress(OSError):
+                            worker.proc.kill()
+                    else:
+                        pending.append(worker.deadline)
+                self._watch.wait(min(pending) - now if pending else None)
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
             self._busy.discard(worker)
+            worker.deadline = None
             self.batches += 1
-            if not self._closed:
+            if not self._closed and not worker.hung:  # (killed just as it answered: let it go)
                 self._idle.append(worker)
                 return
-        worker.close()
+        worker.close(kill=worker.hung)
 
     def close(self) -> None:
         """Stop every worker: the idle ones here (waiting up to VERIFY_PROC_CLOSE_S each), the
-        busy ones by a signal (the thread that owns the pipes sees them end, and closes them)."""
+        busy ones by SIGKILL (the thread that owns the pipes sees them end, checks its batch and
+        closes them; SIGTERM would wait for a stopped worker to be continued)."""
         with self._lock:
             self._closed = True
+            self._watch.notify()  # the watchdog ends
             idle, self._idle = self._idle, []
             busy = list(self._busy)
         for worker in busy:
             with contextlib.suppress(OSError):
-                worker.proc.terminate()
+                worker.proc.kill()
         for worker in idle:
             worker.close()
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import resource
 import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -84,8 +85,8 @@ def test_a_worker_that_dies_costs_only_its_batch_being_checked_in_the_thread() -
 
 
 def test_a_hung_worker_is_killed_and_its_batch_checked_in_the_thread() -> None:
-    """A worker stopped by SIGSTOP never answers: after answer_s the thread kills it, checks the
-    batch itself, and a later batch starts a new worker."""
+    """A worker stopped by SIGSTOP never answers: after answer_s the pool's watchdog kills it,
+    the thread checks the batch itself, and a later batch starts a new worker."""
     txs = batch()
     want = signatures_ok(txs, NET)
     pool = VerifierProcs(1, answer_s=0.5)
@@ -103,7 +104,7 @@ def test_a_hung_worker_is_killed_and_its_batch_checked_in_the_thread() -> None:
 
 def test_a_batch_larger_than_the_pipe_to_a_hung_worker_times_out_too() -> None:
     """Writing a batch that does not fit the pipe's buffer (64 KiB on Linux) to a stopped worker
-    would block for ever: the write has the same deadline as the answer."""
+    blocks too: the watchdog's kill ends the write as it ends a read."""
     small = batch()
     big = [pay(FUNDED, TO, 1, nonce=i) for i in range(1024)]
     assert sum(len(tx.pubkey) + len(tx.signature) + len(tx.signing_message(NET)) for tx in big) > 128 * 1024
@@ -114,6 +115,28 @@ def test_a_batch_larger_than_the_pipe_to_a_hung_worker_times_out_too() -> None:
         os.kill(first, signal.SIGSTOP)
         assert pool.check(big, NET) == [True] * len(big)
         assert gone(first)
+    finally:
+        pool.close()
+
+
+def test_closing_the_pool_ends_a_batch_given_to_a_stopped_worker() -> None:
+    """A node that stops while a stopped worker holds a batch: close() kills it (SIGTERM would
+    wait for it to be continued), and the thread's check ends, answered from the thread."""
+    txs = batch()
+    want = signatures_ok(txs, NET)
+    pool = VerifierProcs(1, answer_s=600)  # the watchdog is not what ends it here
+    try:
+        checked_by_a_worker(pool, txs, want)
+        (first,) = pool.pids()
+        os.kill(first, signal.SIGSTOP)
+        verdicts: list[list[bool]] = []
+        checking = threading.Thread(target=lambda: verdicts.append(pool.check(txs, NET)))
+        checking.start()
+        wait_until(lambda: pool._busy, 10, "the batch to go to the stopped worker")
+        pool.close()
+        checking.join(30)
+        assert not checking.is_alive() and verdicts == [want]
+        wait_until(lambda: gone(first), 10, "the stopped worker to be reaped")
     finally:
         pool.close()
 
