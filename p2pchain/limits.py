@@ -84,15 +84,18 @@ SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than
 SIDE_BLOCKS_MAX_BYTES = 128 * 1024 * 1024  # stored bytes of side blocks (128 full blocks); a deeper
 # competing branch of full blocks cannot be fetched whole (Bitcoin Core fetches headers first)
 SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it or the bytes above, the branches extended longest ago go
-# SQLite's page cache, per connection (PRAGMA cache_size; SQLite's default is 2,000 KiB). It fills as
-# the store grows and then stays full, so it is memory a node pays once its store is that large. The
-# node's own connection: a block's rows go to two B-trees keyed by hashes (the blocks' hash index and
-# the txid index, ~90 bytes a block and a transaction between them), so each block touches a random
-# page of each; once they outgrow the cache every block reads them back from the OS (at 1,024 KiB,
-# past ~10,000 blocks: at 100,000 blocks a quarter of a synced block's CPU was system time, 23 us,
-# and a 100-transaction block at the tip read ~100 pages). 16 MiB holds both for ~170,000 blocks
-# (docs/benchmarks.md, issue 14); a node with a small store never fills it
+# SQLite's page cache of the node's own connection (PRAGMA cache_size; SQLite's default is 2,000
+# KiB), sized to the store: a quarter of the file, at least STORE_PAGE_CACHE_MIN_KIB and at most
+# STORE_PAGE_CACHE_KIB (set when the store opens and after each batch's commit). It fills as the
+# store grows and then stays full, so it is memory a node pays once its store is that large: a
+# small store's node keeps 1 MiB, as the soak's memory-growth target asks (issue 18). A block's
+# rows go to two B-trees keyed by hashes (the blocks' hash index and the txid index, ~90 bytes a
+# block and a transaction between them, ~15 % of the file), so each block touches a random page
+# of each; once they outgrew a fixed 1 MiB cache (past ~10,000 blocks) every block read them back
+# from the OS: at 100,000 blocks a quarter of a synced block's CPU was system time, and a
+# 100-transaction block at that tip read ~100 pages (docs/benchmarks.md, issue 14)
 STORE_PAGE_CACHE_KIB = 16 * 1024
+STORE_PAGE_CACHE_MIN_KIB = 1024  # the least, a small store's (the fixed size before: the soak kept its memory)
 # pages of SQLite's write-ahead log past which a commit copies them into the database file (PRAGMA
 # wal_autocheckpoint; SQLite's default is 1,000): each such checkpoint syncs the log and the file
 # to disk (two fsyncs) and copies every page written since the last one. A sync's batch of 500

@@ -259,7 +259,6 @@ class Store:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last commit on kill -9
-            self.db.execute(f"PRAGMA cache_size=-{limits.STORE_PAGE_CACHE_KIB}")  # negative: KiB, not pages
             self.db.execute(f"PRAGMA wal_autocheckpoint={limits.STORE_WAL_CHECKPOINT_PAGES}")
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
@@ -271,6 +270,8 @@ class Store:
                     "use another --data-dir"
                 )
             self.db.executescript(_SCHEMA)
+            self._cache_kib = 0  # the page cache's size now (_fit_cache)
+            self._fit_cache()
             if self.get_meta("addrindex") != ADDRINDEX_VERSION:  # new, or made before this index
                 self._build_addrindex()
         except (*_DAMAGE, MemoryError) as e:  # UnicodeDecodeError: a table name that is not UTF-8;
@@ -420,6 +421,7 @@ class Store:
             if self._begun:
                 self._begun = False
                 self.db.execute("COMMIT")
+                self._fit_cache()
             return
         self._wait()
         ops, self._ops = self._ops, []
@@ -427,6 +429,15 @@ class Store:
         if not ops and not begun:
             return
         self._writing = self.start_writer().submit(self._write_behind, ops, begun)
+
+    def _fit_cache(self) -> None:
+        """Size SQLite's page cache to the file: a quarter of it, within STORE_PAGE_CACHE_MIN_KIB
+        and STORE_PAGE_CACHE_KIB (limits.py says why). Called by whichever thread commits."""
+        pages, page_size = self.db.execute("SELECT * FROM pragma_page_count(), pragma_page_size()").fetchone()
+        kib = min(limits.STORE_PAGE_CACHE_KIB, max(limits.STORE_PAGE_CACHE_MIN_KIB, pages * page_size // 4096))
+        if kib != self._cache_kib:
+            self.db.execute(f"PRAGMA cache_size=-{kib}")  # negative: KiB, not pages
+            self._cache_kib = kib
 
     def start_writer(self) -> concurrent.futures.ThreadPoolExecutor:
         """The thread that commits batches behind, started now if it was not (it starts with the
@@ -444,6 +455,7 @@ class Store:
                 self.db.execute("BEGIN IMMEDIATE")
             _send_ops(self.db, ops)
             self.db.execute("COMMIT")
+            self._fit_cache()
         except Exception:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")

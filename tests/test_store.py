@@ -421,6 +421,49 @@ def test_batches_committed_behind_are_seen_at_once_by_the_node_and_in_the_file_w
     assert _check_store(path) == 12
 
 
+@pytest.mark.parametrize("behind", [False, True])
+def test_the_page_cache_grows_with_the_file_within_its_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, behind: bool
+) -> None:
+    """SQLite's page cache is a quarter of the file, at least STORE_PAGE_CACHE_MIN_KIB and at most
+    STORE_PAGE_CACHE_KIB, refitted after each batch's commit (by whichever thread commits) and
+    when the store opens: a small store keeps the least, a long chain's hash indexes stay cached.
+    Here with bounds of 16 and 48 KiB, so that a few hundred blocks pass both."""
+    monkeypatch.setattr(limits, "STORE_PAGE_CACHE_MIN_KIB", 16)
+    monkeypatch.setattr(limits, "STORE_PAGE_CACHE_KIB", 48)
+    path = tmp_path / "chain.sqlite"
+
+    def cache_kib(store: Store) -> int:
+        store.wait_written()
+        return -int(store.db.execute("PRAGMA cache_size").fetchone()[0])
+
+    def file_kib(store: Store) -> int:
+        pages, size = store.db.execute("SELECT * FROM pragma_page_count(), pragma_page_size()").fetchone()
+        return int(pages * size // 1024)
+
+    chain = Chain.open(path, PARAMS)
+    try:
+        assert cache_kib(chain.store) == 16
+        seen = []
+        parent = GENESIS
+        for _ in range(12):
+            blocks = branch(parent, 50, miner=B.address)
+            parent = blocks[-1]
+            with chain.store.batch(behind=behind):
+                feed(chain, blocks)
+            kib = cache_kib(chain.store)
+            assert kib == min(48, max(16, file_kib(chain.store) // 4))
+            seen.append(kib)
+        assert seen[0] < 48 and seen[-1] == 48 and seen == sorted(seen), seen
+    finally:
+        chain.close()
+    reopened = Store(path)
+    try:
+        assert cache_kib(reopened) == 48
+    finally:
+        reopened.close()
+
+
 def test_a_batch_behind_that_cannot_be_written_fails_the_next_use_and_keeps_the_last_commit(tmp_path: Path) -> None:
     """SQLite refuses a batch the store's thread commits behind: the next use of the store (here
     the next batch's commit) says so, the whole batch is rolled back, what the node queued after
