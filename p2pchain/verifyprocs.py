@@ -154,6 +154,11 @@ class VerifierProcs:
         worker = self._take()
         triples = [(tx.pubkey, tx.signature, tx.signing_message(network_id)) for tx in txs]
         if worker is not None:
+            with self._lock:  # from the request's write to its answer: the worker's time, not this thread's
+                waiting = any(w.deadline is not None for w in self._busy)
+                worker.deadline = time.monotonic() + self.answer_s
+                if not waiting:
+                    self._watch.notify()  # the watchdog had no deadline to wait for
             try:
                 verdicts = worker.check(triples)
             except (OSError, EOFError) as e:  # it died, exited idle or hung (killed): checked here
@@ -192,9 +197,6 @@ class VerifierProcs:
                 if ready:
                     self._idle.remove(worker)
                     self._busy.add(worker)
-                    worker.deadline = time.monotonic() + self.answer_s
-                    if len(self._busy) == 1:
-                        self._watch.notify()  # the watchdog had no deadline to wait for
                     taken = worker
                     break
             start = taken is None and len(self._idle) + len(self._busy) + self._starting < self.size
