@@ -6,6 +6,7 @@ from genesis with every consensus rule.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import select
@@ -31,11 +32,13 @@ from ledger_helpers import (
     revalidate,
     wallet,
 )
+from node_helpers import TEST_PARAMS
 
 from p2pchain import limits
 from p2pchain.chain import Chain, Status
 from p2pchain.errors import StoreError
 from p2pchain.ledger.block import Block
+from p2pchain.node import Node, NodeConfig
 from p2pchain.params import NetworkParams
 from p2pchain.store import Ban, Store
 
@@ -534,6 +537,39 @@ def test_a_held_batch_that_cannot_be_written_fails_its_release_and_keeps_the_las
     with pytest.raises(StoreError, match="restart the node"):
         chain.store.hold()
     assert _refuses_writes_and_keeps(chain, path) == 3
+
+
+def _file_height(path: Path) -> int:
+    """The best-chain height the file holds, read as another process would (read-only: no lock
+    taken, no schema written)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM main").fetchone()[0]) - 1
+    finally:
+        db.close()
+
+
+def test_a_node_commits_the_blocks_it_holds_within_store_hold_s_and_when_it_stops(tmp_path: Path) -> None:
+    """The node's wiring of the held batch: a block it mines is in its file within STORE_HOLD_S
+    (the release timer) without anything else happening, and one mined just before it stops is
+    there after the stop."""
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
+        path = tmp_path / "n" / "chain.sqlite"
+        await node.start()
+        try:
+            await node.mine_one()
+            deadline = time.monotonic() + limits.STORE_HOLD_S + 10
+            while _file_height(path) < 1:
+                assert time.monotonic() < deadline, "the held block was not committed"
+                await asyncio.sleep(0.05)  # ok: polls another connection's view against a deadline
+            await node.mine_one()
+        finally:
+            await node.stop()
+        assert _file_height(path) == 2
+
+    asyncio.run(scenario())
 
 
 # --- kill -9 ----------------------------------------------------------------------------------------
