@@ -28,7 +28,6 @@ import msgpack
 
 from p2pchain import limits, wire
 from p2pchain.chain import Chain
-from p2pchain.errors import ProtocolError
 from p2pchain.ledger.block import HEADER_BYTES, Block, Header
 from p2pchain.ledger.tx import Tx
 from p2pchain.peer import Peer
@@ -43,10 +42,10 @@ def checked_size(body: bytes, block_hash: bytes) -> int:
     blocks were served as stored); 0 if not."""
     try:
         header, txs = msgpack.unpackb(body, raw=False)
-        if Header.from_wire(header).hash != block_hash:
+        if Header.wire_hash(header) != block_hash:
             return 0
-        return HEADER_BYTES + sum(Tx.wire_size(tx) for tx in txs)
-    except (ValueError, TypeError, IndexError, ProtocolError, msgpack.UnpackException):
+        return HEADER_BYTES + sum(map(Tx.wire_size, txs))
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
         return 0
 
 

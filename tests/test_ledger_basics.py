@@ -1,7 +1,10 @@
 """Ledger types: canonical bytes, ids and the genesis block are deterministic."""
 
+import pytest
+
+from p2pchain.errors import ProtocolError
 from p2pchain.keys import Wallet
-from p2pchain.ledger.block import HEADER_BYTES, Block
+from p2pchain.ledger.block import HEADER_BYTES, Block, Header
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.params import NetworkParams
 
@@ -18,6 +21,31 @@ def test_block_wire_round_trip():
     g = NetworkParams().genesis
     assert Block.from_wire(g.to_wire()) == g
     assert Block.from_wire(g.to_wire()).hash == g.hash
+
+
+def test_a_wire_headers_hash_without_building_it_is_from_wires_or_none() -> None:
+    """Header.wire_hash (serving a stored block checks it) agrees with Header.from_wire: the
+    same hash for a well-formed array, None wherever from_wire refuses it."""
+    wire = NetworkParams().genesis.header.to_wire()
+    assert Header.wire_hash(wire) == Header.from_wire(wire).hash
+    bad = [
+        [-1, *wire[1:]],
+        [2**32, *wire[1:]],
+        [True, *wire[1:]],
+        [*wire[:2], wire[2][:31], *wire[3:]],
+        [*wire[:3], wire[3] + b"\x00", *wire[4:]],
+        [*wire[:4], 2**64, *wire[5:]],
+        [*wire[:5], 2**32, *wire[6:]],
+        [*wire[:6], 2**64],
+        [*wire[:6], 1.0],
+        [*wire[:2], 1, *wire[3:]],
+        wire[:6],
+        {},
+    ]
+    for obj in bad:
+        assert Header.wire_hash(obj) is None
+        with pytest.raises(ProtocolError):
+            Header.from_wire(obj)
 
 
 def test_ids_and_canonical_bytes_are_computed_once_and_kept_on_the_object():

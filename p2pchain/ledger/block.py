@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Any
+from typing import Any, TypeGuard
 
 from p2pchain import limits
 from p2pchain.errors import ProtocolError
@@ -57,6 +57,25 @@ def merkle_root(txids: list[bytes]) -> bytes:
     return level[0]
 
 
+def _well_typed(obj: object) -> TypeGuard[list[Any]]:
+    """``obj`` is a list of a header's 7 fields of the right types, both hashes of 32 bytes (the
+    integers' ranges not checked)."""
+    if type(obj) is not list or len(obj) != 7:
+        return False
+    version, height, prev, merkle, ts, bits, nonce = obj
+    return (
+        type(version) is int
+        and type(height) is int
+        and type(ts) is int
+        and type(bits) is int
+        and type(nonce) is int
+        and type(prev) is bytes
+        and len(prev) == 32
+        and type(merkle) is bytes
+        and len(merkle) == 32
+    )
+
+
 @record
 class Header:
     version: int  # 1
@@ -92,6 +111,18 @@ class Header:
         header.__dict__["raw"] = raw  # the cached property's slot: no need to pack it again
         return header
 
+    @staticmethod
+    def wire_hash(obj: Any) -> bytes | None:
+        """``Header.from_wire(obj).hash`` of a list (what msgpack decodes an array to) without
+        building the header (serving a stored block checks it: ~1.8 us a block less); None where
+        ``from_wire`` raises ProtocolError, and for a tuple."""
+        if not _well_typed(obj):
+            return None
+        try:  # the ranges: struct refuses a value outside its field
+            return hashlib.sha256(HEADER.pack(*obj)).digest()
+        except struct.error:
+            return None
+
     @cached
     def target(self) -> int:
         """The target ``bits`` encodes; 0 (met by no hash) when ``bits`` is not canonical."""
@@ -105,23 +136,14 @@ class Header:
 
     @classmethod
     def from_wire(cls, obj: object) -> Header:
-        if type(obj) is list and len(obj) == 7:  # the usual case, checked in one expression
+        if _well_typed(obj):  # the usual case, checked in two expressions
             version, height, prev, merkle, ts, bits, nonce = obj
             if (
-                type(version) is int
-                and type(height) is int
-                and type(ts) is int
-                and type(bits) is int
-                and type(nonce) is int
-                and 0 <= version < U32_END
+                0 <= version < U32_END
                 and 0 <= height < U32_END
                 and 0 <= ts < U64_END
                 and 0 <= bits < U32_END
                 and 0 <= nonce < U64_END
-                and type(prev) is bytes
-                and len(prev) == 32
-                and type(merkle) is bytes
-                and len(merkle) == 32
             ):
                 return cls(version, height, prev, merkle, ts, bits, nonce)
         if not isinstance(obj, (list, tuple)) or len(obj) != 7:
