@@ -73,11 +73,11 @@ ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256
 # --- stored blocks: side branches and batches ------------------------------------------------
 STORE_BATCH_MAX_TXNS = 1000  # blocks a store batch holds before it commits (a sync batch of 500: once);
 # batches of two peers that keep overlapping cannot defer the commit for ever
-# s a block that arrives alone (relayed, mined) may wait to be committed, with those that follow it
-# within that time (Store.hold): the commit (~100 us of SQLite a block, most of a small block's
-# checking) leaves the path a block takes to the next hop, and blocks that come faster than one per
-# interval share one. A kill -9 loses at most this much of the chain, downloaded again by a sync.
-STORE_HOLD_S = 1.0
+STORE_HOLD_S = 1.0  # a block that arrives alone (relayed, mined) may wait this long to be committed,
+# with those that follow it within that time (Store.hold): the commit (~100 us of SQLite a block,
+# most of a small block's checking) leaves the path a block takes to the next hop, and blocks that
+# come faster than one per interval share one. A kill -9 loses at most this much of the chain,
+# downloaded again by a sync
 SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip,
 # and to which none of the last this-many arriving blocks was added (a sync still fetching it is
 # spared), is pruned. A side block nobody asked for is not stored at all (Core's AcceptBlock)
@@ -204,10 +204,10 @@ HTTP_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413
 HTTP_CHAIN_PAGE_MAX = 500  # blocks per /chain page
 HTTP_STREAM_CHUNK_BYTES = 256 * 1024  # a streamed /chain is written in chunks of about this many
 # bytes of JSON, and the event loop serves peers between chunks (a block is at most ~3 MB of JSON)
-# the JSON text of the blocks last connected, kept for /chain and /nodes/resolve (p2pchain/chainjson.py):
-# a fresh node's whole chain after /nodes/register is answered from memory, not read back from the store
-HTTP_JSON_CACHE_BLOCKS = 1000  # blocks (two sync batches of MAX_BLOCKS_PER_CHAIN)
-HTTP_JSON_CACHE_BYTES = 4 * 1024 * 1024  # about this many bytes of JSON at most
+HTTP_JSON_CACHE_BLOCKS = 1000  # the JSON text of the blocks last connected, kept for /chain and
+# /nodes/resolve (p2pchain/chainjson.py): blocks (two sync batches of MAX_BLOCKS_PER_CHAIN)
+HTTP_JSON_CACHE_BYTES = 4 * 1024 * 1024  # about this many bytes of JSON at most: a fresh node's whole
+# chain after /nodes/register is answered from memory, not read back from the store
 HTTP_HEAVY_MAX = 4  # /chain and /nodes/resolve requests running at once; beyond, 503 at once
 HTTP_REGISTER_MAX = 64  # addresses in one /nodes/register request
 HTTP_REGISTER_WAIT_S = 5.0  # /nodes/register waits this long for new peers to handshake, then answers

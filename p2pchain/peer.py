@@ -27,7 +27,10 @@ _corked_peers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Peer]] 
 
 def _uncork_all(loop: asyncio.AbstractEventLoop) -> None:
     for peer in _corked_peers.pop(loop, ()):
-        peer._uncork()
+        try:
+            peer._uncork()
+        except Exception:  # one peer's failure must not leave the peers after it corked for good
+            log.exception("writing to %r failed", peer)
 
 
 # In the send queue: frames _uncork wrote itself, whose rest the socket has not taken yet; the

@@ -318,7 +318,10 @@ class Store:
     def _end(self) -> None:
         if self._direct:
             self._direct = False
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise self._refuse(e) from e
             return
         self._mark = None
         if self._savepoint:  # a read sent its first writes: the rest now
@@ -420,8 +423,11 @@ class Store:
             self._sync()
             if self._begun:
                 self._begun = False
-                self.db.execute("COMMIT")
-                self._fit_cache()
+                try:  # a full disk often shows only here: the pages reach the WAL at COMMIT
+                    self.db.execute("COMMIT")
+                    self._fit_cache()
+                except sqlite3.Error as e:
+                    raise self._refuse(e) from e
             return
         self._wait()
         ops, self._ops = self._ops, []
@@ -470,12 +476,7 @@ class Store:
         try:
             writing.result()
         except Exception as e:  # sqlite3.Error: a full disk, an I/O error
-            self._failed = f"{type(e).__name__}: {e}"
-            self._ops = []  # what came after it builds on what is lost
-            raise StoreError(
-                f"store {self.path} could not write a batch ({self._failed}): it holds the chain up to its "
-                "last commit; restart the node"
-            ) from e
+            raise self._refuse(e) from e  # (what was queued after it builds on what is lost)
 
     def wait_written(self) -> None:
         """Until every commit made is in the file (a batch committed behind included)."""
@@ -513,15 +514,21 @@ class Store:
         try:
             _send_ops(self.db, ops)
         except sqlite3.Error as e:
-            self._failed = f"{type(e).__name__}: {e}"
-            self._ops = []
-            self._begun = False
-            with contextlib.suppress(sqlite3.Error):
-                self.db.execute("ROLLBACK")
-            raise StoreError(
-                f"store {self.path} could not write a batch ({self._failed}): it holds the chain up to its "
-                "last commit; restart the node"
-            ) from e
+            raise self._refuse(e) from e
+
+    def _refuse(self, e: Exception) -> StoreError:
+        """SQLite refused queued writes or their COMMIT (a full disk, an I/O error): roll back to
+        the last commit (if SQLite has not), forget what is queued, and take no more writes, since
+        the node's memory is now ahead of its file. The error to raise."""
+        self._failed = f"{type(e).__name__}: {e}"
+        self._ops = []
+        self._begun = False
+        with contextlib.suppress(sqlite3.Error):  # (no transaction open: nothing to undo)
+            self.db.execute("ROLLBACK")
+        return StoreError(
+            f"store {self.path} could not write a batch ({self._failed}): it holds the chain up to its "
+            "last commit; restart the node"
+        )
 
     def _write(self, table: str, sql: str, rows: list[Row]) -> None:
         """Run ``sql`` for each of ``rows``: queued inside a batch's transaction, else now (the

@@ -28,6 +28,7 @@ from node_helpers import TEST_PARAMS, branch, next_block
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
+from p2pchain import peer as peer_module
 from p2pchain.client import Client, NodeUnavailable
 from p2pchain.connmgr import ConnectionManager
 from p2pchain.ledger.block import Block
@@ -438,3 +439,33 @@ def test_a_silent_peer_is_pinged_after_the_ping_interval_and_dropped_without_its
     assert pinged_after >= 0.4 * 0.9, f"pinged {pinged_after:.2f} s after its last message, before the interval"
     assert dropped_after >= 0.8 * 0.9, f"dropped {dropped_after:.2f} s after its last message, before the PONG was due"
     assert still_open, "the peer that answered its PINGs was dropped"
+
+
+def test_a_peer_whose_corked_write_fails_leaves_the_other_peers_of_that_turn_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One callback at the end of a loop turn writes every peer's corked frames: a peer whose
+    write raises is logged, and the peers after it in that turn are still written (else their
+    frames would stay corked for good: a peer with corked frames does not register again)."""
+
+    class Corked:
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+            self.written = False
+
+        def _uncork(self) -> None:
+            if self.fails:
+                raise RuntimeError("transport gone")
+            self.written = True
+
+    loop = asyncio.new_event_loop()
+    try:
+        first, second = Corked(True), Corked(False)
+        peer_module._corked_peers[loop] = [first, second]  # type: ignore[list-item]
+        with caplog.at_level(logging.ERROR, logger="p2pchain.peer"):
+            peer_module._uncork_all(loop)
+        assert second.written
+        assert loop not in peer_module._corked_peers
+        assert "transport gone" in caplog.text
+    finally:
+        loop.close()

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ledger_helpers import (
@@ -537,6 +538,53 @@ def test_a_held_batch_that_cannot_be_written_fails_its_release_and_keeps_the_las
     with pytest.raises(StoreError, match="restart the node"):
         chain.store.hold()
     assert _refuses_writes_and_keeps(chain, path) == 3
+
+
+class _CommitRefused:
+    """A store's connection whose COMMIT fails as on a full disk, where the pages of a batch held
+    in SQLite's page cache reach the WAL only at COMMIT: SQLite rolls the transaction back and
+    raises. Everything else goes to the real connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            self.db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_a_held_batch_whose_commit_is_refused_fails_its_release_and_keeps_the_last_commit(tmp_path: Path) -> None:
+    """The disk fills at the held batch's COMMIT (not at an INSERT): ``release`` says so as a
+    StoreError (which the node's release timer catches), no later block is written on top of the
+    gap, and reopened, the file holds the last commit and opens cleanly."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 6)
+    real = chain.store.db
+    try:
+        chain.store.hold()
+        feed(chain, blocks[:3])
+        chain.store.release()
+        chain.store.db = _CommitRefused(real)  # type: ignore[assignment]
+        chain.store.hold()
+        feed(chain, blocks[3:5])
+        with pytest.raises(StoreError, match=r"could not write a batch.*disk is full"):
+            chain.store.release()
+        chain.store.db = real
+        assert chain.height == 5
+        with pytest.raises(StoreError, match="restart the node"):
+            chain.store.hold()
+        with pytest.raises(StoreError, match="restart the node"), chain.store.transaction():
+            pass
+    finally:
+        chain.store.db = real
+        chain.close()
+    assert _check_store(path) == 3
 
 
 def _file_height(path: Path) -> int:

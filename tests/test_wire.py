@@ -398,6 +398,9 @@ def test_protocol_doc_limits_table_has_the_code_values() -> None:
         assert ast.literal_eval(value) == getattr(limits, name), f"regenerate the table: {name} changed"
     for name in ("MAX_FRAME_BYTES", "MAX_LOCATOR_HASHES", "MAX_BLOCKS_PER_CHAIN", "HANDSHAKE_TIMEOUT_S"):
         assert name in dict(rows)
+    names = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", _load_vectors_script().limits_table(), re.MULTILINE)
+    missing = [name for name in names if name not in dict(rows)]
+    assert not missing, f"in limits.py, not in docs/protocol.md's table (regenerate it): {missing}"
 
 
 # --- per-type payload limits and the container budget (issue 12, finding 7) -----------------------
