@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -54,7 +53,7 @@ class BlockServer:
         self.chain = chain
         self._path = chain.store.path
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchain-serve")
-        self._local = threading.local()
+        self._conn: sqlite3.Connection | None = None  # the serving thread's (one thread: one connection)
         # recent answers by (type, first hash, hashes asked, best tip): a flood of the same
         # GET_CHAIN (a locator at genesis) is answered from here; at most SERVE_CACHE_BYTES held,
         # all for one best tip (_cache_tip): an answer for a tip that has moved on is never asked
@@ -64,15 +63,21 @@ class BlockServer:
         self._cache_tip = b""
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop serving: queued reads are dropped, the one under way ends (a read takes
+        milliseconds), and the serving thread's connection is closed, so that the store's close
+        after it can fold the write-ahead log into the file and delete it (docs/ledger.md)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     # --- in the serving thread ------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, isolation_level=None)
+        db = self._conn
+        if db is None:  # (closed from the loop's thread by close, once the serving thread is done)
+            db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
             db.execute(f"PRAGMA cache_size=-{limits.SERVE_PAGE_CACHE_KIB}")  # negative: KiB, not pages
-            self._local.db = db
+            self._conn = db
         return db
 
     def _read(self, hashes: Sequence[bytes], max_bytes: int) -> tuple[list[bytes], int]:

@@ -184,6 +184,30 @@ def test_chain_answers_are_cached_for_the_best_tip_only(tmp_path: Path) -> None:
         chain.close()
 
 
+def test_after_serving_the_stop_leaves_no_write_ahead_log(tmp_path: Path) -> None:
+    """The serving thread's read-only connection is closed before the store's, so the store's
+    close folds the write-ahead log into the file and deletes it (docs/ledger.md): no -wal file
+    is left beside the store after a node served blocks and stopped."""
+    path = tmp_path / store.DB_FILE
+    chain = Chain.open(path, TEST_PARAMS)
+    server = serve.BlockServer(chain)
+    taker = _Taker()
+
+    async def scenario() -> None:
+        for block in branch(TEST_PARAMS.genesis.header, 10):
+            chain.process_block(block, block.header.timestamp)
+        await server.serve(taker, chain.main[1:6], limits.CHAIN_BATCH_BYTES, lambda n: wire.Chain((), False), "CHAIN")  # type: ignore[arg-type]
+        assert taker.frames and server._conn is not None  # served from the thread's connection
+
+    try:
+        asyncio.run(scenario())
+        assert Path(f"{path}-wal").exists()  # (the WAL is there while both are open)
+    finally:
+        server.close()
+        chain.close()
+    assert not Path(f"{path}-wal").exists()
+
+
 def test_the_page_caches_of_both_sqlite_connections_are_bounded(tmp_path: Path) -> None:
     """SQLite's page cache fills as the store grows and then stays full: each connection gets the
     size limits.py gives it, not SQLite's 2,000 KiB default (issue 18); a small store's own
