@@ -444,13 +444,12 @@ class Chain:
         connected: list[Block] = []
         disconnected: list[Block] = []
         status = self._accept(block, parent, now_ms, connected, disconnected, requested)
-        if self.orphans:  # (both calls return at once without: the usual case, tested here)
+        if self.orphans:  # (none: the usual case)
             self._connect_orphans(block_hash, now_ms, connected, disconnected)
         if self.side:
             self._prune_side()
         if connected or disconnected:
-            if disconnected:
-                connected, disconnected = self._net_change(connected, disconnected)
+            connected, disconnected = self._net_change(connected, disconnected)
             held = self._held
             if held is None:
                 self._tell(connected, disconnected)
@@ -554,8 +553,6 @@ class Chain:
     def _connect_orphans(
         self, parent_hash: bytes, now_ms: int, connected: list[Block], disconnected: list[Block]
     ) -> None:
-        if not self.orphans:
-            return
         stack = [parent_hash]
         while stack:
             parent = self.index.get(stack.pop())

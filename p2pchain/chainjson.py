@@ -139,9 +139,8 @@ class RecentBlocksJson:
         share the GIL with the commit behind of the sync that brought them)."""
         self.waiting += 1
         try:
-            for block_hash, (held, cost) in self._items.items():
-                if not isinstance(held, str):
-                    self._items[block_hash] = (block_text(held), cost)
+            for block_hash, item in self._items.items():
+                self._render(block_hash, item)
             yield
         finally:
             self.waiting -= 1
@@ -155,9 +154,13 @@ class RecentBlocksJson:
             if item is None:
                 out.append(self._genesis[1] if block_hash == self._genesis[0] else None)
                 continue
-            held, cost = item
-            if not isinstance(held, str):
-                held = block_text(held)
-                items[block_hash] = (held, cost)
-            out.append(held)
+            out.append(self._render(block_hash, item))
         return out
+
+    def _render(self, block_hash: bytes, item: tuple[Block | str, int]) -> str:
+        """The text of a held item, rendered and kept now if it is still a block."""
+        held, cost = item
+        if not isinstance(held, str):
+            held = block_text(held)
+            self._items[block_hash] = (held, cost)
+        return held

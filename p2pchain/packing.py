@@ -15,20 +15,11 @@ import msgpack
 _packers = threading.local()
 
 
-def packer() -> msgpack.Packer:
-    """This thread's Packer (bin type on: bytes stay binary)."""
-    try:
-        p: msgpack.Packer = _packers.packer
-    except AttributeError:
-        p = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return p
-
-
 def packb(obj: Any) -> bytes:
     """``msgpack.packb(obj, use_bin_type=True)``, with this thread's Packer."""
     try:
         p: msgpack.Packer = _packers.packer
-    except AttributeError:
-        p = packer()
+    except AttributeError:  # this thread's first
+        p = _packers.packer = msgpack.Packer(use_bin_type=True)
     data: bytes = p.pack(obj)
     return data

@@ -46,6 +46,7 @@ import msgpack
 
 from p2pchain import limits
 from p2pchain.keys import ed25519, verify
+from p2pchain.packing import packb
 
 if TYPE_CHECKING:  # a worker process imports only what it checks with: it starts sooner
     from p2pchain.ledger.tx import Tx
@@ -104,7 +105,7 @@ class _Worker:
         return self.ready
 
     def check(self, triples: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-        request = msgpack.packb(triples, use_bin_type=True)
+        request = packb(triples)
         _write_all(self.to_fd, len(request).to_bytes(_LEN, "big") + request)
         reply = _read_exactly(self.from_fd, _LEN + len(triples))  # one read: one return of the GIL
         n = int.from_bytes(reply[:_LEN], "big")

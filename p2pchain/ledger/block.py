@@ -105,9 +105,7 @@ class Header:
     @classmethod
     def from_raw(cls, raw: bytes) -> Header:
         """The header whose canonical 92 bytes are ``raw`` (trusted: a store's or our own)."""
-        version, height, prev, merkle, ts, bits = HEADER_PREFIX.unpack_from(raw)
-        (nonce,) = NONCE.unpack_from(raw, HEADER_PREFIX.size)
-        header = cls(version, height, prev, merkle, ts, bits, nonce)
+        header = cls(*HEADER.unpack_from(raw))
         header.__dict__["raw"] = raw  # the cached property's slot: no need to pack it again
         return header
 
