@@ -32,7 +32,9 @@ RELAY_MAX_PEER_IN_FLIGHT = 1000
 # frames (Bitcoin trickles INV every 2 s outbound, 5 s inbound; here the latency a hop adds stays small)
 RELAY_INV_INTERVAL_S = 0.1
 RELAY_TX_REQUEST_TIMEOUT_S = 2.0  # a GET_TXS unanswered this long: ask the next announcer (Bitcoin: 60 s)
-RELAY_BLOCK_TXN_TIMEOUT_S = 2.0  # a GET_BLOCK_TXN unanswered this long: ask the next sender of the block
+# a GET_BLOCK_TXN (or GET_CMPCT) unanswered this long: ask the next sender of the block; with
+# none left, keep waiting for this one while it stays connected
+RELAY_BLOCK_TXN_TIMEOUT_S = 2.0
 RELAY_KNOWN_TXIDS_MAX = 4096  # txids remembered per peer as known to it (announced either way, or sent)
 # txids announced to one peer and not yet fetched by it: what its GET_TXS is answered with, each once
 RELAY_OFFERED_TXIDS_MAX = 4096

@@ -515,6 +515,9 @@ class Relay(Generic[P]):
         block_requests: list[tuple[P, wire.GetBlockTxn | wire.GetCmpct]] = []
         for block_hash, pending in list(self._pending.items()):
             if pending.deadline <= now:
+                if self._only_source(pending.source, (p for p, _ in pending.others)):
+                    pending.deadline = now + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+                    continue
                 request = self._next_source(block_hash, pending, now)
                 if request is not None:
                     block_requests.append(request)
@@ -522,9 +525,18 @@ class Relay(Generic[P]):
             if block_want.asked is not None and block_want.deadline <= now:
                 if block_want.asked in self._peers:
                     self.stats.block_fetch_timeouts += 1
+                if self._only_source(block_want.asked, block_want.announcers):
+                    block_want.deadline = now + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+                    continue
                 block_want.asked = None
                 self._ask_block(block_hash, block_want, now, block_requests)
         return out, block_requests
+
+    def _only_source(self, asked: P, others: Iterable[P]) -> bool:
+        """Whether ``asked``, past its deadline, is still connected and no other peer can be
+        asked instead: then it is waited for (TCP delivers a slow answer late, never loses it),
+        not given up, which would leave the block to the next block's orphan sync."""
+        return asked in self._peers and not any(p in self._peers for p in others)
 
     def next_deadline(self) -> float | None:
         times = [w.deadline for w in self._wants.values() if w.asked is not None]
@@ -792,8 +804,10 @@ class Relay(Generic[P]):
         if msg.txs and len(msg.txs) != len(asked):
             raise Misbehaving(f"sent {len(msg.txs)} block transactions for {len(asked)} asked")
         pending = self._pending.get(msg.hash)
-        if pending is None or pending.source != peer or pending.asked != asked:
-            return None  # late: the block came another way or from another sender
+        if pending is None:
+            return None  # late: the block came another way
+        if pending.source != peer or pending.asked != asked:
+            return self._late_answer(msg.hash, pending, asked, msg.txs)
         if not msg.txs:  # it no longer has the block
             return self._next_source(msg.hash, pending, now)
         pending.partial.put(asked, msg.txs)
@@ -810,6 +824,24 @@ class Relay(Generic[P]):
             raise Misbehaving(f"compact block {msg.hash.hex()[:16]}: its own transactions do not match its merkle root")
         self.stats.cmpct_full_fallback += 1
         return peer, self._ask(peer, pending.partial, pending.partial.all_open(), True, now)
+
+    def _late_answer(
+        self, block_hash: bytes, pending: _PendingBlock[P], asked: tuple[int, ...], txs: tuple[Tx, ...]
+    ) -> Block | None:
+        """A sender that timed out answers after all, while another is asked: its transactions
+        are welcome if they complete the block (the merkle root decides). If they do not, the
+        sender now asked ends up answering for every open slot (a mismatch asks it for all), so
+        nothing of them stays in the block; the slots its compact block prefilled are left alone,
+        so a wrong late answer cannot make an honest sender's full answer look like a lie."""
+        partial = pending.partial
+        fill = [(i, tx) for i, tx in zip(asked, txs, strict=True) if i not in partial.prefilled]
+        if not fill:
+            return None
+        partial.put(tuple(i for i, _ in fill), tuple(tx for _, tx in fill))
+        block = partial.block()
+        if block is not None:
+            del self._pending[block_hash]
+        return block
 
     def _next_source(
         self, block_hash: bytes, pending: _PendingBlock[P], now: float

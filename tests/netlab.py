@@ -163,11 +163,14 @@ class NodeHandle:
     proc: subprocess.Popen[bytes]
     log_path: Path
 
-    def log_tail(self, lines: int = 25) -> str:
+    def log_tail(self, lines: int = 40) -> str:
+        """The log's last lines, without the driver's own query connections (over mgmt, one
+        every poll), which would crowd out what the node did."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
+        return "\n".join([line for line in text.splitlines() if f" {MGMT}.{LAB}:" not in line][-lines:])
 
 
 @dataclass
@@ -421,6 +424,21 @@ def data_peers(status: dict[str, Any] | BaseException) -> list[str] | None:
     if isinstance(status, BaseException):
         return None
     return [p["addr"] for p in status["peers"] if p["addr"].startswith(f"{DATA}.")]
+
+
+def _node_states() -> list[Any]:
+    """Each node's height, tip, data peers and relay counters (or why it did not answer): what
+    a failed phase's report needs to say which node fell behind and why."""
+    try:
+        statuses = query_all(_status)
+    except Exception as e:  # the lab is failing already: report, do not mask the first error
+        return [f"{type(e).__name__}: {e}"]
+    return [
+        repr(s)
+        if isinstance(s, BaseException)
+        else {"height": s["height"], "tip": s["tip"][:16], "peers": data_peers(s), "relay": s["relay"]}
+        for s in statuses
+    ]
 
 
 def tips() -> list[str | None]:
@@ -738,6 +756,7 @@ def run_lab(workdir: Path) -> dict[str, Any]:
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()
         result["log_tails"] = {f"n{i}": node.log_tail() for i, node in lab.nodes.items()}
+        result["node_states"] = _node_states()
     finally:
         result["phases"] = scenario.phases
         result["cleanup"] = lab.close()

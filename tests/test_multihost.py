@@ -107,8 +107,9 @@ def _phase(lab: dict[str, Any], name: str) -> dict[str, Any]:
     record: dict[str, Any] | None = next((p for p in lab["phases"] if p["name"] == name), None)
     if record is None or not record.get("ok"):
         tails = "\n".join(f"--- {n} ---\n{t}" for n, t in lab.get("log_tails", {}).items())
+        states = "\n".join(f"n{i}: {state}" for i, state in enumerate(lab.get("node_states", []), 1))
         pytest.fail(
-            f"phase {name} did not pass: {lab.get('error')}\n{lab.get('traceback', '')}\n{record}\n{tails}\n"
+            f"phase {name} did not pass: {lab.get('error')}\n{lab.get('traceback', '')}\n{record}\n{states}\n{tails}\n"
             f"--- driver ---\n{lab['stderr_tail']}"
         )
     return record

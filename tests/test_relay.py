@@ -290,10 +290,73 @@ def two_senders_of_a_block() -> tuple[list[Tx], Block, Relay[str]]:
     return txs, block, relay
 
 
-def test_a_silent_sender_times_out_to_the_next() -> None:
+def test_a_silent_sender_times_out_to_the_next_and_its_late_answer_still_counts() -> None:
     txs, block, relay = two_senders_of_a_block()
     assert relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("b", wire.GetBlockTxn(block.hash, (1, 2)))])
-    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, tuple(txs)), T0 + 3) is None  # late, harmless
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, tuple(txs)), T0 + 3) == block  # slow, not wrong
+    assert relay.on_block_txn("b", wire.BlockTxn(block.hash, tuple(txs)), T0 + 3.1) is None  # late, harmless
+    assert relay.next_deadline() is None
+
+
+def test_a_late_answer_that_does_not_make_the_block_leaves_it_to_the_sender_asked_now() -> None:
+    txs, block, relay = two_senders_of_a_block()
+    relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S)  # b is asked for every transaction
+    wrong = tuple(payments(2, sender_seed=3))
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, wrong), T0 + 3) is None
+    assert relay.on_block_txn("b", wire.BlockTxn(block.hash, tuple(txs)), T0 + 3.1) == block
+
+
+def test_a_wrong_late_answer_cannot_spoil_what_the_sender_asked_now_prefilled() -> None:
+    txs = payments(2)
+    block = block_of(txs)
+    relay = relay_with("a", "b")
+    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
+    relay.on_cmpct("b", compact_block(block, 2, prefill=(1,)), lambda: (), T0)
+    assert relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("b", wire.GetBlockTxn(block.hash, (2,)))])
+    wrong = tuple(payments(2, sender_seed=3))
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, wrong), T0 + 3) is None  # ignored, not a breach
+    assert relay.on_block_txn("b", wire.BlockTxn(block.hash, (txs[1],)), T0 + 3.1) == block  # b is no liar
+
+
+def test_the_only_sender_of_a_compact_block_is_waited_for_past_the_timeout() -> None:
+    # A slow link (loss, TCP's retransmission backoff) delays an answer; it does not lose it.
+    # Giving up on the only sender would leave the block until the next block's orphan sync.
+    txs = payments(2)
+    block = block_of(txs)
+    relay = relay_with("a", "b")
+    assert relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0) == wire.GetBlockTxn(block.hash, (1, 2))
+    later = T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    assert relay.expire(later) == ({}, [])  # nobody else to ask, and nothing asked twice
+    assert relay.next_deadline() == later + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    assert relay.expire(later + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [])
+    assert relay.stats.cmpct_failed == 0
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, tuple(txs)), T0 + 7) == block
+    assert relay.next_deadline() is None
+
+
+def test_a_compact_block_whose_only_sender_left_is_given_up() -> None:
+    block = block_of(payments(2))
+    relay = relay_with("a")
+    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
+    relay.remove_peer("a", T0 + 1)  # its reconnection's handshake sync fetches the block
+    assert relay.expire(T0 + 1) == ({}, [])
+    assert relay.stats.cmpct_failed == 1
+    assert relay.next_deadline() is None
+
+
+def test_the_only_announcer_of_a_block_is_waited_for_past_the_timeout() -> None:
+    block = block_of(payments(1))
+    relay = relay_with("a", "b")
+    assert relay.on_inv_block("a", [block.hash], never, T0) == [("a", wire.GetCmpct(block.hash))]
+    later = T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    assert relay.expire(later) == ({}, [])  # not asked twice, not dropped
+    assert relay.stats.block_fetch_timeouts == 1
+    assert relay.next_deadline() == later + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    # another announcer turns up: it is asked at the next deadline
+    assert relay.on_inv_block("b", [block.hash], never, later + 1) == []
+    assert relay.expire(later + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("b", wire.GetCmpct(block.hash))])
+    # and the slow first announcer's compact block, when it comes, is the block
+    assert relay.on_cmpct("a", compact_block(block, 1), lambda: block.txs[1:], T0 + 7) == block
 
 
 def test_compact_blocks_that_cannot_be_honest_are_refused() -> None:
