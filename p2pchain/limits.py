@@ -98,8 +98,10 @@ SIDE_BLOCKS_MAX = 2000  # side blocks kept; past it or the bytes above, the bran
 # 100-transaction block at that tip read ~100 pages (docs/benchmarks.md, issue 14)
 STORE_PAGE_CACHE_KIB = 16 * 1024
 STORE_PAGE_CACHE_MIN_KIB = 1024  # the least, a small store's (the fixed size before: the soak kept its memory)
-# pages of SQLite's write-ahead log past which a commit copies them into the database file (PRAGMA
-# wal_autocheckpoint; SQLite's default is 1,000): each such checkpoint syncs the log and the file
+# pages of SQLite's write-ahead log past which the store's thread copies them into the database
+# file (a PASSIVE checkpoint on a connection of its own, Store._committed; SQLite's automatic
+# checkpoint, default 1,000 pages, is off: it runs inside a COMMIT, on the event loop's thread for
+# the held blocks, where it stalled the loop): each such checkpoint syncs the log and the file
 # to disk (two fsyncs) and copies every page written since the last one. A sync's batch of 500
 # blocks writes ~1,000 pages at 100,000 blocks (mostly the same pages of the hash-keyed indexes,
 # again each batch), so at 1,000 every batch checkpointed: ~300 fsyncs in a 100,000-block sync,

@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,6 +44,8 @@ from p2pchain.record import record
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+_WAL_MAX_FRAME = struct.Struct("=I")  # the wal-index's mxFrame (offset 16) and nBackfill (offset 96): _wal_pages
+_WAL_INDEX_BYTES = 100
 DB_FILE = "chain.sqlite"  # inside the node's data dir
 
 _SCHEMA = """
@@ -255,11 +258,14 @@ class Store:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # commits behind, made at first use
         self._writing: concurrent.futures.Future[None] | None = None  # the commit behind under way
         self._held = False  # the open batch is the held one (``hold``): ``release`` commits it
+        self._checkpointer: sqlite3.Connection | None = None  # the store thread's, for checkpoints only
+        self._checkpointing: concurrent.futures.Future[None] | None = None  # the checkpoint under way
+        self._shm: int | None = None  # the wal-index file, open for reading (_wal_pages)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable to the last commit on kill -9
-            self.db.execute(f"PRAGMA wal_autocheckpoint={limits.STORE_WAL_CHECKPOINT_PAGES}")
+            self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the store's thread (_committed)
             ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise StoreError(f"store {self.path} is corrupt ({ok}): move it aside and resync")
@@ -288,13 +294,18 @@ class Store:
             db.close()
 
     def close(self) -> None:
+        """Commit what is queued or held, and close: this connection last, so that SQLite folds
+        the write-ahead log into the file and deletes it (docs/ledger.md)."""
         try:
             self.release()
             self._wait()
         except StoreError as e:
             log.error("%s", e)
         if self._writer is not None:
-            self._writer.shutdown()
+            self._writer.submit(self._close_checkpointer)
+            self._writer.shutdown()  # (waits for the checkpoint under way, if any)
+        if self._shm is not None:
+            os.close(self._shm)
         self.db.close()
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -322,6 +333,7 @@ class Store:
                 self.db.execute("COMMIT")
             except sqlite3.Error as e:
                 raise self._refuse(e) from e
+            self._committed()
             return
         self._mark = None
         if self._savepoint:  # a read sent its first writes: the rest now
@@ -428,6 +440,7 @@ class Store:
                     self._fit_cache()
                 except sqlite3.Error as e:
                     raise self._refuse(e) from e
+                self._committed()
             return
         self._wait()
         ops, self._ops = self._ops, []
@@ -462,10 +475,58 @@ class Store:
             _send_ops(self.db, ops)
             self.db.execute("COMMIT")
             self._fit_cache()
+            self._committed()
         except Exception:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise  # to the loop's thread at its next use of the store (_wait)
+
+    def _committed(self) -> None:
+        """After each commit, in whichever thread made it: once the write-ahead log holds
+        STORE_WAL_CHECKPOINT_PAGES pages not copied into the file yet, the store's thread copies
+        them (``_checkpoint``). SQLite's own checkpoint after a commit (wal_autocheckpoint, off
+        here) would run inside the COMMIT of whichever thread made it: the event loop's for the
+        held blocks and every transaction outside a sync's batch, a stall of up to 10,000 page
+        copies and two fsyncs. Commits are never made by two threads at once (``_wait``), so
+        neither are these calls."""
+        checkpointing = self._checkpointing
+        if checkpointing is not None and not checkpointing.done():
+            return  # (the log's pages past it wait for the next commit after it)
+        if self._wal_pages() >= limits.STORE_WAL_CHECKPOINT_PAGES:
+            self._checkpointing = self.start_writer().submit(self._checkpoint)
+
+    def _wal_pages(self) -> int:
+        """Pages of the write-ahead log not copied into the file yet: mxFrame less nBackfill of
+        the wal-index (``chain.sqlite-shm``, which every connection to the file maps; the layout:
+        sqlite.org/walformat.html, 4.1 and 4.2, native byte order). A read of a few bytes, not a
+        query. If it cannot be read, every commit counts as due (a checkpoint then finds little to do)."""
+        try:
+            if self._shm is None:
+                self._shm = os.open(self.path + "-shm", os.O_RDONLY)
+            head = os.pread(self._shm, _WAL_INDEX_BYTES, 0)
+            (max_frame,) = _WAL_MAX_FRAME.unpack_from(head, 16)
+            (backfilled,) = _WAL_MAX_FRAME.unpack_from(head, 96)
+        except (OSError, struct.error):
+            return limits.STORE_WAL_CHECKPOINT_PAGES
+        return int(max_frame - backfilled)
+
+    def _checkpoint(self) -> None:
+        """In the store's thread: copy the log's pages into the file (PASSIVE: as far as no
+        reader still needs the log, never waiting for one; SQLite reuses the log from its start
+        once all of it is copied), through a connection of its own, so that the event loop's
+        commits on the store's connection go on meanwhile. A failure loses nothing (the log
+        keeps the pages): it is logged, and the next commit tries again."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as e:
+            log.warning("store %s: checkpoint of the write-ahead log failed (%s): tried again later", self.path, e)
+
+    def _close_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
 
     def _wait(self) -> None:
         """Until the commit behind (if any) is written; StoreError if SQLite refused it."""
@@ -479,8 +540,12 @@ class Store:
             raise self._refuse(e) from e  # (what was queued after it builds on what is lost)
 
     def wait_written(self) -> None:
-        """Until every commit made is in the file (a batch committed behind included)."""
+        """Until every commit made is in the file (a batch committed behind included), and the
+        checkpoint under way, if any, is done."""
         self._wait()
+        checkpointing = self._checkpointing
+        if checkpointing is not None:
+            checkpointing.result()
 
     def _check_writable(self) -> None:
         if self._failed is not None:

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -466,6 +467,54 @@ def test_the_page_cache_grows_with_the_file_within_its_bounds(
         assert cache_kib(reopened) == 48
     finally:
         reopened.close()
+
+
+def test_the_log_is_checkpointed_by_the_stores_thread_and_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own checkpoint runs inside a COMMIT, on the event loop's thread for the held
+    blocks (a stall of up to STORE_WAL_CHECKPOINT_PAGES page copies and two fsyncs): it is off,
+    and once the write-ahead log holds that many pages the store's thread copies them into the
+    file through a connection of its own. Here at 40 pages: blocks held and released one at a
+    time (the loop's commits) and sync batches committed behind (the store thread's) write many
+    times that, the log file never grows past the threshold and one commit's pages, every
+    checkpoint ran on another thread than the loop's, and the stopped store leaves no log."""
+    monkeypatch.setattr(limits, "STORE_WAL_CHECKPOINT_PAGES", 40)
+    ran_on: list[threading.Thread] = []
+    checkpoint = Store._checkpoint
+
+    def spied(store: Store) -> None:
+        ran_on.append(threading.current_thread())
+        checkpoint(store)
+
+    monkeypatch.setattr(Store, "_checkpoint", spied)
+    path = tmp_path / "chain.sqlite"
+    wal = tmp_path / "chain.sqlite-wal"
+    chain = Chain.open(path, PARAMS)
+    page = int(chain.store.db.execute("PRAGMA page_size").fetchone()[0])
+    blocks = branch(GENESIS, 120, miner=B.address)
+    largest = 0
+    try:
+        assert chain.store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for block in blocks[:60]:  # relayed blocks: one held batch each, committed by the loop
+            chain.store.hold()
+            feed(chain, [block])
+            chain.store.release()
+            chain.store.wait_written()
+            largest = max(largest, wal.stat().st_size)
+        held = len(ran_on)
+        for start in range(60, 120, 10):  # a sync: batches committed by the store's thread
+            with chain.store.batch(behind=True):
+                feed(chain, blocks[start : start + 10])
+            chain.store.wait_written()
+            largest = max(largest, wal.stat().st_size)
+        assert held >= 2 and len(ran_on) > held, (held, len(ran_on))
+        assert threading.main_thread() not in ran_on
+        assert largest <= 32 + (40 + 30) * (page + 24), largest  # header, then frames of a page each
+    finally:
+        chain.close()
+    assert not wal.exists()
+    assert _check_store(path) == 120
 
 
 def test_a_batch_behind_that_cannot_be_written_fails_the_next_use_and_keeps_the_last_commit(tmp_path: Path) -> None:
