@@ -136,6 +136,8 @@ def _work_bytes(work: int) -> bytes:
 
 ADDRINDEX_VERSION = b"3"  # meta "addrindex": the address index's layout; another one is rebuilt
 ADD_ADDRESS = "INSERT OR IGNORE INTO addrtx(address, height, pos) VALUES (?,?,?)"
+SET_MAIN = "INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)"
+SET_TXINDEX = "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)"
 PUT_BLOCK = "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body, undo) VALUES (?,?,?,?,?,?,?,?)"
 
 
@@ -631,7 +633,11 @@ class Store:
     # --- blocks -----------------------------------------------------------------------------
     def put_block(self, block: Block, work: int, seq: int, undo: dict[str, Account] | None = None) -> None:
         """Store ``block`` (with its undo data when it joins the best chain now: one row write)."""
-        row = (
+        self._write("blocks", PUT_BLOCK, [self._block_row(block, work, seq, undo)])
+
+    @staticmethod
+    def _block_row(block: Block, work: int, seq: int, undo: dict[str, Account] | None) -> Row:
+        return (
             block.hash,
             block.prev_hash,
             block.height,
@@ -641,13 +647,33 @@ class Store:
             pack_block(block),
             None if undo is None else _pack_undo(undo),
         )
-        self._write("blocks", PUT_BLOCK, [row])
 
     def extend_main(
         self, block: Block, work: int, seq: int, undo: dict[str, Account], height: int, changes: dict[str, Account]
     ) -> None:
         """A block that extends the best chain at ``height``, in one transaction: the block with
         its undo data, its best-chain and txindex rows, the accounts it changed and the tip."""
+        if self._batch_depth and self._mark is None and not self._direct and self._failed is None:
+            # Inside a batch (every block of a sync) the transaction only queues its writes: they
+            # are queued here at once, each as put_block, set_main, write_accounts and set_meta
+            # would queue it through _begin, _write, _put and _end (~40 % of this call's cost a
+            # block, a fresh node's sync of 200 blocks ~0.5 ms), and its rows are all made before
+            # the first is queued, so a failure queues none.
+            block_hash = block.hash
+            ops: list[Op] = [
+                ("blocks", PUT_BLOCK, [self._block_row(block, work, seq, undo)]),
+                ("main", SET_MAIN, [(height, block_hash)]),
+                ("txindex", SET_TXINDEX, [(tx.txid, block_hash) for tx in block.txs]),
+            ]
+            for address, acct in changes.items():
+                empty = acct.balance == 0 and acct.nonce == 0
+                ops.append(("accounts", None, (address, None if empty else (address, acct.balance, acct.nonce))))
+            ops.append(("meta", None, ("tip", ("tip", block_hash))))
+            self._ops += ops
+            self._batched += 1
+            if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # as _end
+                self._commit()
+            return
         with self._transaction:
             self.put_block(block, work, seq, undo)
             self.set_main(height, block)
@@ -720,12 +746,8 @@ class Store:
         return [bytes(h) for (h,) in self.db.execute("SELECT hash FROM main ORDER BY height")]
 
     def set_main(self, height: int, block: Block) -> None:
-        self._write("main", "INSERT OR REPLACE INTO main(height, hash) VALUES (?, ?)", [(height, block.hash)])
-        self._write(
-            "txindex",
-            "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)",
-            [(tx.txid, block.hash) for tx in block.txs],
-        )
+        self._write("main", SET_MAIN, [(height, block.hash)])
+        self._write("txindex", SET_TXINDEX, [(tx.txid, block.hash) for tx in block.txs])
 
     def unset_main(self, height: int, block: Block) -> None:
         self._write("main", "DELETE FROM main WHERE height=?", [(height,)])
