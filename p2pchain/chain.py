@@ -130,7 +130,7 @@ class Chain:
         # child's median time past takes (newest first): in a sync the next block's parent
         self._last: tuple[Header, list[int]] | None = None
         self._last_work = (-1, 0)  # (bits, work of that target): see _work
-        self._held: tuple[list[Block], list[Block]] | None = None  # listeners' news held by notifying_once
+        self._untold: tuple[list[Block], list[Block]] | None = None  # listeners' news held by notifying_once
         self._load()
 
     @classmethod
@@ -450,7 +450,7 @@ class Chain:
             self._prune_side()
         if connected or disconnected:
             connected, disconnected = self._net_change(connected, disconnected)
-            held = self._held
+            held = self._untold
             if held is None:
                 self._tell(connected, disconnected)
             else:
@@ -468,14 +468,14 @@ class Chain:
         it ends (by an exception too), the net change of them all: a sync's run of blocks makes
         one mempool update and one tip event, not one per block. The caller must not await
         inside: nothing else may see the chain ahead of its listeners."""
-        if self._held is not None:  # inside another: that one tells
+        if self._untold is not None:  # inside another: that one tells
             yield
             return
-        held = self._held = ([], [])
+        held = self._untold = ([], [])
         try:
             yield
         finally:
-            self._held = None
+            self._untold = None
             if held[0] or held[1]:
                 self._tell(*self._net_change(*held))
 

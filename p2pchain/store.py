@@ -259,7 +259,7 @@ class Store:
         self._behind = False  # the outermost open batch commits behind (``batch(behind=True)``)
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # commits behind, made at first use
         self._writing: concurrent.futures.Future[None] | None = None  # the commit behind under way
-        self._held = False  # the open batch is the held one (``hold``): ``release`` commits it
+        self._holding = False  # the open batch is the held one (``hold``): ``release`` commits it
         self._checkpointer: sqlite3.Connection | None = None  # the store thread's, for checkpoints only
         self._checkpointing: concurrent.futures.Future[None] | None = None  # the checkpoint under way
         self._shm: int | None = None  # the wal-index file, open for reading (_wal_pages)
@@ -381,18 +381,23 @@ class Store:
         self.release()  # a sync's batch commits behind, and a held one would make it an inner batch
         self._check_writable()
         if self._batch_depth == 0:
-            self._begun = False  # BEGIN IMMEDIATE when something is first sent (a commit behind may be under way)
-            self._batched = 0
-            self._behind = behind
+            self._open_batch(behind)
         self._batch_depth += 1
         try:
             yield
         finally:
             try:
-                if self._batch_depth == 1 and self._failed is None:
+                if self._batch_depth == 1:
                     self._commit()
             finally:
                 self._batch_depth -= 1
+
+    def _open_batch(self, behind: bool) -> None:
+        """Open the outermost batch (``batch``, ``hold``): its SQLite transaction is begun when
+        something is first sent (BEGIN IMMEDIATE: a commit behind may be under way till then)."""
+        self._begun = False
+        self._batched = 0
+        self._behind = behind
 
     def hold(self) -> bool:
         """Open the held batch unless a batch is open: the transactions that follow (blocks that
@@ -403,22 +408,19 @@ class Store:
         if self._batch_depth:
             return False
         self._check_writable()
-        self._begun = False
-        self._batched = 0
-        self._behind = False
+        self._open_batch(False)
         self._batch_depth = 1
-        self._held = True
+        self._holding = True
         return True
 
     def release(self) -> None:
         """Commit the held batch, if one is open (StoreError if SQLite refuses it: the store then
         takes no more writes, as for a batch)."""
-        if not self._held:
+        if not self._holding:
             return
-        self._held = False
+        self._holding = False
         try:
-            if self._failed is None and (self._ops or self._begun):  # (a block ignored or a duplicate: nothing)
-                self._commit()
+            self._commit()
         finally:
             self._batch_depth -= 1
 
@@ -431,9 +433,15 @@ class Store:
             self._begun = True
 
     def _commit(self) -> None:
-        """Commit the open batch (its queued writes and what was sent before): now, or behind."""
+        """Commit the open batch (its queued writes and what was sent before): now, or behind.
+        Nothing if the store failed, or if nothing was queued or sent (held blocks that were all
+        ignored or duplicates; a sync's CHAIN of blocks we had)."""
         self._batched = 0
+        if self._failed is not None:
+            return
         if not self._behind:
+            if not self._ops and not self._begun:
+                return
             self._sync()
             if self._begun:
                 self._begun = False
