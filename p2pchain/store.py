@@ -141,6 +141,11 @@ SET_TXINDEX = "INSERT OR REPLACE INTO txindex(txid, block) VALUES (?, ?)"
 PUT_BLOCK = "INSERT OR IGNORE INTO blocks(hash, prev, height, work, seq, header, body, undo) VALUES (?,?,?,?,?,?,?,?)"
 
 
+def _account_row(address: str, acct: Account) -> tuple[str, int, int] | None:
+    """The accounts table's row of ``address`` (None: delete it, an empty account is not stored)."""
+    return None if acct.balance == 0 and acct.nonce == 0 else (address, acct.balance, acct.nonce)
+
+
 def _address_key(address: str) -> bytes:
     """An address as the index stores it: its 20 bytes (half the hex text: fewer pages per block)."""
     return bytes.fromhex(address) if is_address(address) else address.encode()
@@ -674,8 +679,7 @@ class Store:
                 ("txindex", SET_TXINDEX, [(tx.txid, block_hash) for tx in block.txs]),
             ]
             for address, acct in changes.items():
-                empty = acct.balance == 0 and acct.nonce == 0
-                ops.append(("accounts", None, (address, None if empty else (address, acct.balance, acct.nonce))))
+                ops.append(("accounts", None, (address, _account_row(address, acct))))
             ops.append(("meta", None, ("tip", ("tip", block_hash))))
             self._ops += ops
             self._batched += 1
@@ -816,8 +820,7 @@ class Store:
 
     def write_accounts(self, changes: Iterable[tuple[str, Account]]) -> None:
         for address, acct in changes:
-            empty = acct.balance == 0 and acct.nonce == 0
-            self._put("accounts", address, None if empty else (address, acct.balance, acct.nonce))
+            self._put("accounts", address, _account_row(address, acct))
 
     # --- bans -------------------------------------------------------------------------------
     @_guarded
