@@ -75,6 +75,12 @@ ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256
 # --- stored blocks: side branches and batches ------------------------------------------------
 STORE_BATCH_MAX_TXNS = 1000  # blocks a store batch holds before it commits (a sync batch of 500: once);
 # batches of two peers that keep overlapping cannot defer the commit for ever
+# a sync's last CHAIN (no more asked for) is committed behind this much later, or at once when the
+# store is used before (a read, the next commit, the node stopping): the work that follows the end
+# of a sync (relaying the new tip, answering /nodes/resolve) keeps the GIL meanwhile, where the
+# commit's Python steps took it from the loop for ~1-2.5 ms (register_sync_200_ms, issue 14). A kill
+# -9 in between loses that batch, as before its commit was written; a sync downloads it again
+STORE_BEHIND_DELAY_S = 0.01
 STORE_HOLD_S = 1.0  # a block that arrives alone (relayed, mined) may wait this long to be committed,
 # with those that follow it within that time (Store.hold): the commit (~100 us of SQLite a block,
 # most of a small block's checking) leaves the path a block takes to the next hop, and blocks that

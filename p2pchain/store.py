@@ -26,6 +26,7 @@ import logging
 import os
 import sqlite3
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -264,6 +265,8 @@ class Store:
         self._behind = False  # the outermost open batch commits behind (``batch(behind=True)``)
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # commits behind, made at first use
         self._writing: concurrent.futures.Future[None] | None = None  # the commit behind under way
+        self._delay_s = 0.0  # the open batch's commit behind starts this much later (``batch``)
+        self._go: threading.Event | None = None  # set: that deferred commit starts at once
         self._holding = False  # the open batch is the held one (``hold``): ``release`` commits it
         self._checkpointer: sqlite3.Connection | None = None  # the store thread's, for checkpoints only
         self._checkpointing: concurrent.futures.Future[None] | None = None  # the checkpoint under way
@@ -366,7 +369,7 @@ class Store:
                 self.db.execute("RELEASE tx")
 
     @contextmanager
-    def batch(self, *, behind: bool = False) -> Iterator[None]:
+    def batch(self, *, behind: bool = False, delay_s: float = 0.0) -> Iterator[None]:
         """One commit for every transaction inside (a sync batch of blocks: one WAL write and one
         executemany per table instead of five statements per block). Each inner transaction stays
         all or nothing; what they did is committed when the outermost batch ends, by an exception
@@ -382,11 +385,13 @@ class Store:
         file is then at most that one batch behind the memory, since any later use of the store
         (a read, a write, the next commit, ``close``) first waits until it is done. A kill -9 in
         between loses that batch, which a sync downloads again. A failure shows at that next use
-        as above (``wait_written`` waits for it on purpose)."""
+        as above (``wait_written`` waits for it on purpose). With ``delay_s`` too, the store's
+        thread starts that commit ``delay_s`` later, or at once when the store is used before
+        then (the same uses: the loop's work right after the batch keeps the GIL meanwhile)."""
         self.release()  # a sync's batch commits behind, and a held one would make it an inner batch
         self._check_writable()
         if self._batch_depth == 0:
-            self._open_batch(behind)
+            self._open_batch(behind, delay_s)
         self._batch_depth += 1
         try:
             yield
@@ -397,12 +402,13 @@ class Store:
             finally:
                 self._batch_depth -= 1
 
-    def _open_batch(self, behind: bool) -> None:
+    def _open_batch(self, behind: bool, delay_s: float = 0.0) -> None:
         """Open the outermost batch (``batch``, ``hold``): its SQLite transaction is begun when
         something is first sent (BEGIN IMMEDIATE: a commit behind may be under way till then)."""
         self._begun = False
         self._batched = 0
         self._behind = behind
+        self._delay_s = delay_s
 
     def hold(self) -> bool:
         """Open the held batch unless a batch is open: the transactions that follow (blocks that
@@ -462,7 +468,8 @@ class Store:
         begun, self._begun = self._begun, False
         if not ops and not begun:
             return
-        self._writing = self.start_writer().submit(self._write_behind, ops, begun)
+        go = self._go = threading.Event() if self._delay_s > 0 else None
+        self._writing = self.start_writer().submit(self._write_behind, ops, begun, go, self._delay_s)
 
     def _fit_cache(self) -> None:
         """Size SQLite's page cache to the file: a quarter of it, within STORE_PAGE_CACHE_MIN_KIB
@@ -481,9 +488,12 @@ class Store:
             self._writer.submit(int).result()  # the executor starts its thread at the first task
         return self._writer
 
-    def _write_behind(self, ops: list[Op], begun: bool) -> None:
-        """In the store's thread: begin if the loop did not, send ``ops``, commit. The loop's
-        thread does not touch the connection until this is done (``_wait``)."""
+    def _write_behind(self, ops: list[Op], begun: bool, go: threading.Event | None, delay_s: float) -> None:
+        """In the store's thread: after ``delay_s`` or once ``go`` is set (``_wait``), begin if
+        the loop did not, send ``ops``, commit. The loop's thread does not touch the connection
+        until this is done (``_wait``)."""
+        if go is not None:
+            go.wait(delay_s)  # (the GIL is free meanwhile)
         try:
             if not begun:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -549,6 +559,9 @@ class Store:
         if writing is None:
             return
         self._writing = None
+        if self._go is not None:  # a commit deferred (batch's delay_s): it starts now
+            self._go.set()
+            self._go = None
         try:
             writing.result()
         except Exception as e:  # sqlite3.Error: a full disk, an I/O error

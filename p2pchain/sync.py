@@ -183,7 +183,10 @@ class SyncManager:
             self._checking[peer] = blocks[-1].hash
             try:
                 await self._preverify(blocks)
-                with self.chain.store.batch(behind=True):  # one commit for the batch, written while the next is checked
+                # one commit for the batch, written while the next is checked; after the last one
+                # (none asked for), a little later: what follows a sync's end goes first
+                delay = 0.0 if pipelined else limits.STORE_BEHIND_DELAY_S
+                with self.chain.store.batch(behind=True, delay_s=delay):
                     for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
                         if start:  # let other peers and requests be served during a long sync
                             for _ in range(SYNC_YIELD_TURNS):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import wait_until
 from ledger_helpers import (
     GENESIS,
     NOW_MS,
@@ -424,6 +425,33 @@ def test_batches_committed_behind_are_seen_at_once_by_the_node_and_in_the_file_w
     finally:
         chain.close()
     assert _check_store(path) == 12
+
+
+def test_a_deferred_commit_behind_waits_its_delay_unless_the_store_is_used_first(tmp_path: Path) -> None:
+    """A sync's last batch is committed by the store's thread ``delay_s`` later (Store.batch), so
+    that the loop's work right after it keeps the GIL. Nothing of the node ever waits for that
+    delay: any use of the store (a read, the next batch's commit, closing it) starts the commit
+    at once (a delay of an hour would otherwise outlast the test's timeout)."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 9, miner=B.address)
+    try:
+        with chain.store.batch(behind=True, delay_s=0.05):  # left alone: written after its delay
+            feed(chain, blocks[:3])
+        wait_until(lambda: _committed_height(path) == 3, what="the deferred batch in the file")
+        with chain.store.batch(behind=True, delay_s=3600):
+            feed(chain, blocks[3:6])
+        assert _committed_height(path) == 3  # deferred: not in the file yet
+        assert chain.store.get_meta("tip") == blocks[5].hash  # a read: committed first, at once
+        assert _committed_height(path) == 6
+        with chain.store.batch(behind=True, delay_s=3600):
+            feed(chain, blocks[6:8])
+        with chain.store.batch(behind=True, delay_s=3600):  # its commit waits for the one before
+            feed(chain, blocks[8:])
+        assert chain.height == 9
+    finally:
+        chain.close()  # commits the last one at once
+    assert _check_store(path) == 9
 
 
 @pytest.mark.parametrize("behind", [False, True])
