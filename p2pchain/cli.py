@@ -267,12 +267,17 @@ def node_parser() -> argparse.ArgumentParser:
 
 def tune_interpreter() -> None:
     """The process-wide interpreter settings a node runs with: the GIL switch interval
-    (limits.GIL_SWITCH_INTERVAL_S) and the garbage collector's young threshold
-    (limits.GC_YOUNG_THRESHOLD). They belong to whoever owns the process: the node command sets
-    them; tests that embed a Node keep Python's defaults, and the benches that embed one to
-    measure what a node process does set them too (docs/benchmarks.md)."""
+    (limits.GIL_SWITCH_INTERVAL_S), the garbage collector's young threshold
+    (limits.GC_YOUNG_THRESHOLD) and glibc's mmap threshold (limits.MALLOC_MMAP_THRESHOLD_BYTES).
+    They belong to whoever owns the process: the node command sets them; tests that embed a Node
+    keep Python's defaults, and the benches that embed one to measure what a node process does set
+    them too (docs/benchmarks.md)."""
     sys.setswitchinterval(limits.GIL_SWITCH_INTERVAL_S)  # the store's thread gets the GIL back sooner
     gc.set_threshold(limits.GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # a sync's batches are not promoted
+    # glibc raises its mmap threshold to the size of the largest mmapped block freed (mallopt(3)):
+    # one made and freed now, so that asyncio's 256 KiB socket reads come from the heap. (Not
+    # mallopt itself: ctypes would cost a start ~3 ms; another C library ignores this.)
+    bytearray(limits.MALLOC_MMAP_THRESHOLD_BYTES)
 
 
 def collect_again(node: object) -> None:

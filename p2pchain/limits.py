@@ -134,6 +134,14 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # block-index entry: 4.7 s of CPU in a 100,000-block sync, 0.05 s at this threshold. Only garbage
 # in reference cycles waits for a collection, and the node makes little
 GC_YOUNG_THRESHOLD = 50_000
+# glibc's malloc gives a request this large or larger its own mmap (and a munmap when it is freed)
+# in a node process (cli.tune_interpreter). asyncio's socket transports recv() into a fresh 256 KiB
+# buffer for every read and shrink it to what came: at glibc's starting threshold, 128 KiB, each read
+# of a 200-byte frame was an mmap, a page fault and a munmap, ~18 instead of ~1.5 us (measured), and
+# the 200-node in-process swarm reads ~1,000 frames a block. glibc raises the threshold to the size
+# of the largest such block freed so far (mallopt(3)), which msgpack.packb did by chance, making and
+# freeing a 1 MiB buffer per call, until 991c130 kept one Packer per thread; the node now does it
+MALLOC_MMAP_THRESHOLD_BYTES = 1024 * 1024
 
 # --- mempool ------------------------------------------------------------------------------
 MEMPOOL_MAX_TXS = 50_000  # pending transactions

@@ -7,7 +7,8 @@ process (as `python -m p2pchain` and as the `p2pchain` console script, README's 
 talks to it, stops it, and reads the modules it had loaded when it exited: a sitecustomize put on
 PYTHONPATH writes ``sys.modules`` at exit (and whether the garbage collector, off while a node
 starts, is on, and the interpreter settings the node command sets). The help text, made without shutil, is as wide as
-argparse's own formatter makes it.
+argparse's own formatter makes it. After the node command's interpreter settings, glibc serves
+asyncio's 256 KiB socket reads from its heap.
 """
 
 from __future__ import annotations
@@ -101,3 +102,35 @@ def test_help_is_as_wide_as_argparse_would_make_it(monkeypatch: pytest.MonkeyPat
     reference = node_parser()
     reference.formatter_class = argparse.HelpFormatter  # argparse's own, which asks shutil
     assert node_parser().format_help() == reference.format_help()
+
+
+MALLOC_CHECK = """\
+import ctypes, sys
+from p2pchain import limits
+from p2pchain.cli import tune_interpreter
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+libc = ctypes.CDLL(None)
+if not hasattr(libc, "mallinfo2"):
+    print("no glibc >= 2.33"); sys.exit(0)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1:] == ["tuned"]:
+    tune_interpreter()
+before = libc.mallinfo2().hblks
+buf = b"\\0" * (limits.MALLOC_MMAP_THRESHOLD_BYTES - 64 * 1024)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+def test_the_node_command_serves_large_allocations_from_the_heap() -> None:
+    """asyncio's socket reads each ask for 256 KiB: after tune_interpreter (what the node command
+    and the benches call), glibc serves a block of up to MALLOC_MMAP_THRESHOLD_BYTES from its heap,
+    not with a mapping of its own (an mmap, page faults and a munmap for every read)."""
+    # (without tune_interpreter the same process prints 1: the block gets a mapping of its own)
+    tuned = subprocess.run(
+        [sys.executable, "-c", MALLOC_CHECK, "tuned"], capture_output=True, text=True, timeout=60, check=True
+    )
+    if tuned.stdout.startswith("no glibc"):
+        pytest.skip("mallinfo2 needs glibc 2.33 or later")
+    assert tuned.stdout.strip() == "0", f"mapped blocks added by one allocation: {tuned.stdout!r}"
