@@ -29,7 +29,7 @@ from p2pchain.keys import Wallet
 from p2pchain.ledger.tx import Tx
 from p2pchain.node import VERIFY_THREADS, Node, NodeConfig
 from p2pchain.peer import Misbehaving
-from p2pchain.sigbatch import RUN_BATCHES, SignatureBatcher, signatures_ok
+from p2pchain.sigbatch import RUN_BATCHES, SHARE_MIN, SignatureBatcher, signatures_ok
 from p2pchain.sync import now_ms
 
 NET = TEST_PARAMS.network_id
@@ -142,6 +142,32 @@ def test_what_arrives_while_the_threads_are_busy_is_taken_as_one_batch_by_the_fi
             gate.finish(1)
             await until(lambda: len(admitted) == 6, "six admitted")
             assert admitted == [True] * 6
+
+    asyncio.run(scenario())
+
+
+def test_a_thread_free_takes_its_share_of_the_queue_so_the_end_of_a_burst_is_checked_on_every_thread() -> None:
+    """Taking the whole queue, the first thread free would check the end of a burst alone while
+    the other, finding the queue empty, stopped. A share is at least SHARE_MIN."""
+    queued = 2 * SHARE_MIN + 16
+
+    async def scenario() -> None:
+        admitted: list[bool | None] = []
+        with gated(inflight=2) as (b, gate, ex):  # (room for 100 pending)
+            for tx in txs(2 + queued):
+                await b.put(tx, admitted.append, check=True)
+            await batches(gate, 2)
+            assert gate.sizes() == [1, 1], "one each to the two idle threads; the rest wait"
+            gate.finish(0)
+            await batches(gate, 3)
+            assert gate.sizes() == [1, 1, queued // 2], "half of the queue: the other half is the busy thread's"
+            gate.finish(1)
+            await batches(gate, 4)
+            assert gate.sizes() == [1, 1, queued // 2, SHARE_MIN], "half of what is left, but not less than SHARE_MIN"
+            await until(lambda: gate.finish_all() or len(admitted) == 2 + queued, "all admitted")
+            assert gate.sizes() == [1, 1, queued // 2, SHARE_MIN, queued // 2 - SHARE_MIN]
+            assert ex.submitted == [1, 1], "the threads took them themselves"
+            assert admitted == [True] * (2 + queued)
 
     asyncio.run(scenario())
 
