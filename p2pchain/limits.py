@@ -35,6 +35,9 @@ RELAY_TX_REQUEST_TIMEOUT_S = 2.0  # a GET_TXS unanswered this long: ask the next
 # a GET_BLOCK_TXN (or GET_CMPCT) unanswered this long: ask the next sender of the block; with
 # none left, keep waiting for this one while it stays connected
 RELAY_BLOCK_TXN_TIMEOUT_S = 2.0
+# a sole sender (or announcer) of a block, connected but silent, is waited for this long in all;
+# then the block is given up and comes by sync (as SYNC_STALL_S bounds a GET_CHAIN)
+RELAY_BLOCK_WAIT_MAX_S = 30.0
 RELAY_KNOWN_TXIDS_MAX = 4096  # txids remembered per peer as known to it (announced either way, or sent)
 # txids announced to one peer and not yet fetched by it: what its GET_TXS is answered with, each once
 RELAY_OFFERED_TXIDS_MAX = 4096

@@ -221,6 +221,7 @@ class _Want(Generic[P]):
     asked: P | None = None
     deadline: float = 0.0
     first: P | None = None  # a block's first announcer: the want takes one of its RELAY_MAX_PEER_BLOCK_WANTS
+    asked_at: float = 0.0  # when ``asked`` was asked (a block's: RELAY_BLOCK_WAIT_MAX_S)
 
 
 @record(frozen=False, eq=False)
@@ -233,6 +234,7 @@ class _PendingBlock(Generic[P]):
     full: bool  # the request asks for every transaction: a wrong answer is a lie
     deadline: float
     others: deque[tuple[P, wire.CmpctBlock]] = field(default_factory=deque)  # other senders of the block
+    asked_at: float = 0.0  # when ``source`` was asked (RELAY_BLOCK_WAIT_MAX_S)
 
 
 @record(frozen=False)
@@ -515,7 +517,7 @@ class Relay(Generic[P]):
         block_requests: list[tuple[P, wire.GetBlockTxn | wire.GetCmpct]] = []
         for block_hash, pending in list(self._pending.items()):
             if pending.deadline <= now:
-                if self._only_source(pending.source, (p for p, _ in pending.others)):
+                if self._only_source(pending.source, (p for p, _ in pending.others), pending.asked_at, now):
                     pending.deadline = now + limits.RELAY_BLOCK_TXN_TIMEOUT_S
                     continue
                 request = self._next_source(block_hash, pending, now)
@@ -525,17 +527,21 @@ class Relay(Generic[P]):
             if block_want.asked is not None and block_want.deadline <= now:
                 if block_want.asked in self._peers:
                     self.stats.block_fetch_timeouts += 1
-                if self._only_source(block_want.asked, block_want.announcers):
+                if self._only_source(block_want.asked, block_want.announcers, block_want.asked_at, now):
                     block_want.deadline = now + limits.RELAY_BLOCK_TXN_TIMEOUT_S
                     continue
                 block_want.asked = None
                 self._ask_block(block_hash, block_want, now, block_requests)
         return out, block_requests
 
-    def _only_source(self, asked: P, others: Iterable[P]) -> bool:
-        """Whether ``asked``, past its deadline, is still connected and no other peer can be
-        asked instead: then it is waited for (TCP delivers a slow answer late, never loses it),
-        not given up, which would leave the block to the next block's orphan sync."""
+    def _only_source(self, asked: P, others: Iterable[P], asked_at: float, now: float) -> bool:
+        """Whether ``asked``, past its deadline, is still connected, no other peer can be asked
+        instead, and it was asked less than RELAY_BLOCK_WAIT_MAX_S ago: then it is waited for
+        (TCP delivers a slow answer late, never loses it), not given up, which would leave the
+        block to the next block's orphan sync. Past that bound it is given up all the same: a
+        peer that answers PINGs and never this holds no block (and no timer) for ever."""
+        if now - asked_at >= limits.RELAY_BLOCK_WAIT_MAX_S:
+            return False
         return asked in self._peers and not any(p in self._peers for p in others)
 
     def next_deadline(self) -> float | None:
@@ -701,7 +707,7 @@ class Relay(Generic[P]):
         while want.announcers:
             peer = want.announcers.popleft()
             if peer in self._peers:
-                want.asked = peer
+                want.asked, want.asked_at = peer, now
                 want.deadline = now + limits.RELAY_BLOCK_TXN_TIMEOUT_S
                 out.append((peer, wire.GetCmpct(block_hash)))
                 self.stats.blocks_fetched += 1
@@ -772,7 +778,7 @@ class Relay(Generic[P]):
         block_hash = partial.hash
         others = self._pending.pop(block_hash).others if block_hash in self._pending else deque()
         self._pending[block_hash] = _PendingBlock(
-            peer, partial, indexes, full, now + limits.RELAY_BLOCK_TXN_TIMEOUT_S, others
+            peer, partial, indexes, full, now + limits.RELAY_BLOCK_TXN_TIMEOUT_S, others, now
         )
         while len(self._pending) > limits.RELAY_MAX_PENDING_BLOCKS:
             self._pending.popitem(last=False)
@@ -834,6 +840,8 @@ class Relay(Generic[P]):
         nothing of them stays in the block; the slots its compact block prefilled are left alone,
         so a wrong late answer cannot make an honest sender's full answer look like a lie."""
         partial = pending.partial
+        if not txs or any(i >= len(partial.slots) for i in asked):  # "no such block", or another
+            return None  # sender's compact block of fewer slots (one of the two is not honest)
         fill = [(i, tx) for i, tx in zip(asked, txs, strict=True) if i not in partial.prefilled]
         if not fill:
             return None

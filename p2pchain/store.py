@@ -314,9 +314,11 @@ class Store:
         if self._writer is not None:
             self._writer.submit(self._close_checkpointer)
             self._writer.shutdown()  # (waits for the checkpoint under way, if any)
+            self._writer = None
         self.db.close()
         if self._shm is not None:  # only now: closing any descriptor of a file drops every POSIX
             os.close(self._shm)  # lock this process holds on it, SQLite's too (sqlite.org/howtocorrupt.html, 2.2)
+            self._shm = None  # (a second close must not close whatever file reuses the number)
 
     def transaction(self) -> AbstractContextManager[None]:
         """All or nothing. Inside ``batch`` its writes are queued (see the module's doc) and sent

@@ -334,6 +334,50 @@ def test_the_only_sender_of_a_compact_block_is_waited_for_past_the_timeout() -> 
     assert relay.next_deadline() is None
 
 
+def test_a_late_empty_answer_or_one_beyond_the_block_being_rebuilt_is_ignored() -> None:
+    # an empty BLOCK_TXN is "no longer have it": from a sender already moved on from, nothing to do
+    txs, block, relay = two_senders_of_a_block()
+    relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S)  # b is asked now
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, ()), T0 + 3) is None
+    assert relay.on_block_txn("b", wire.BlockTxn(block.hash, tuple(txs)), T0 + 3.1) == block
+    # a's compact block had more slots than b's, so a's late indexes do not fit b's: ignored
+    big = block_of(payments(3))
+    relay = relay_with("a", "b")
+    assert relay.on_cmpct("a", compact_block(big, 1), lambda: (), T0) == wire.GetBlockTxn(big.hash, (1, 2, 3))
+    fewer = replace(compact_block(big, 2), short_ids=compact_block(big, 2).short_ids[:1])
+    assert relay.on_cmpct("b", fewer, lambda: (), T0) is None
+    assert relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("b", wire.GetBlockTxn(big.hash, (1,)))])
+    assert relay.on_block_txn("a", wire.BlockTxn(big.hash, big.txs[1:]), T0 + 3) is None
+
+
+def test_a_silent_only_sender_is_given_up_after_the_wait_bound() -> None:
+    block = block_of(payments(2))
+    relay = relay_with("a")
+    relay.on_cmpct("a", compact_block(block, 1), lambda: (), T0)
+    t = T0
+    while relay.next_deadline() is not None and t < T0 + 2 * limits.RELAY_BLOCK_WAIT_MAX_S:  # bounded
+        t = relay.next_deadline() or t
+        assert relay.expire(t) == ({}, [])
+    assert relay.next_deadline() is None and relay.stats.cmpct_failed == 1
+    assert (
+        T0 + limits.RELAY_BLOCK_WAIT_MAX_S
+        <= t
+        < T0 + limits.RELAY_BLOCK_WAIT_MAX_S + 2 * limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    )
+    # and so is the only announcer of a block
+    relay.on_inv_block("a", [block.hash], never, t)
+    start = t
+    while relay.next_deadline() is not None and t < start + 2 * limits.RELAY_BLOCK_WAIT_MAX_S:
+        t = relay.next_deadline() or t
+        assert relay.expire(t) == ({}, [])
+    assert relay.next_deadline() is None
+    assert (
+        start + limits.RELAY_BLOCK_WAIT_MAX_S
+        <= t
+        < start + limits.RELAY_BLOCK_WAIT_MAX_S + 2 * limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    )
+
+
 def test_a_compact_block_whose_only_sender_left_is_given_up() -> None:
     block = block_of(payments(2))
     relay = relay_with("a")

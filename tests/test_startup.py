@@ -127,10 +127,14 @@ def test_the_node_command_serves_large_allocations_from_the_heap() -> None:
     """asyncio's socket reads each ask for 256 KiB: after tune_interpreter (what the node command
     and the benches call), glibc serves a block of up to MALLOC_MMAP_THRESHOLD_BYTES from its heap,
     not with a mapping of its own (an mmap, page faults and a munmap for every read)."""
-    # (without tune_interpreter the same process prints 1: the block gets a mapping of its own)
-    tuned = subprocess.run(
-        [sys.executable, "-c", MALLOC_CHECK, "tuned"], capture_output=True, text=True, timeout=60, check=True
+    untuned, tuned = (
+        subprocess.run(
+            [sys.executable, "-c", MALLOC_CHECK, *how], capture_output=True, text=True, timeout=60, check=True
+        )
+        for how in ([], ["tuned"])
     )
     if tuned.stdout.startswith("no glibc"):
         pytest.skip("mallinfo2 needs glibc 2.33 or later")
+    # the control: without tune_interpreter the same block gets a mapping of its own
+    assert untuned.stdout.strip() == "1", f"mapped blocks added by one allocation, untuned: {untuned.stdout!r}"
     assert tuned.stdout.strip() == "0", f"mapped blocks added by one allocation: {tuned.stdout!r}"

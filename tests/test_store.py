@@ -255,6 +255,29 @@ def test_bans_persist_until_they_expire(tmp_path: Path) -> None:
         store.close()
 
 
+def test_closing_a_store_twice_is_harmless_and_closes_nothing_else(tmp_path: Path) -> None:
+    chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
+    blocks = branch(GENESIS, 5, miner=B.address)
+    feed(chain, blocks[:3])  # commits: the store reads the wal-index through a descriptor of its own
+    with chain.store.batch(behind=True):  # and its thread is started
+        feed(chain, blocks[3:])
+    chain.store.wait_written()
+
+    def shm_descriptors() -> list[str]:
+        fds = Path("/proc/self/fd")
+        return [fd.name for fd in fds.iterdir() if os.path.realpath(fd).endswith("chain.sqlite-shm")]
+
+    assert shm_descriptors()  # (what this test is about)
+    chain.close()
+    assert not shm_descriptors()
+    unrelated = os.open(os.devnull, os.O_RDONLY)  # may well reuse the wal-index's number
+    try:
+        chain.close()
+        os.fstat(unrelated)  # still open
+    finally:
+        os.close(unrelated)
+
+
 # --- batches: writes queued and sent together ---------------------------------------------------
 def _dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every table of the file at ``path``, sorted."""
