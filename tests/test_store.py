@@ -256,16 +256,17 @@ def test_bans_persist_until_they_expire(tmp_path: Path) -> None:
 
 
 def test_closing_a_store_twice_is_harmless_and_closes_nothing_else(tmp_path: Path) -> None:
-    chain = Chain.open(tmp_path / "chain.sqlite", PARAMS)
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
     blocks = branch(GENESIS, 5, miner=B.address)
     feed(chain, blocks[:3])  # commits: the store reads the wal-index through a descriptor of its own
     with chain.store.batch(behind=True):  # and its thread is started
         feed(chain, blocks[3:])
     chain.store.wait_written()
 
-    def shm_descriptors() -> list[str]:
-        fds = Path("/proc/self/fd")
-        return [fd.name for fd in fds.iterdir() if os.path.realpath(fd).endswith("chain.sqlite-shm")]
+    def shm_descriptors() -> list[str]:  # this store's (other tests' stores may still be open)
+        shm = f"{path}-shm"  # (a deleted file reads "PATH (deleted)")
+        return [fd.name for fd in Path("/proc/self/fd").iterdir() if os.path.realpath(fd).startswith(shm)]
 
     assert shm_descriptors()  # (what this test is about)
     chain.close()
