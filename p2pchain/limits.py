@@ -160,6 +160,8 @@ MEMPOOL_PUSH_REMEMBERED = 1024  # addresses remembered for that
 TX_VERIFY_BATCH_MAX = 256  # transactions in one batch: ~20 ms of Ed25519 on one core, so a batch ends soon
 TX_VERIFY_PENDING_MAX = 4096  # queued or being checked, all peers; past it a peer's reader waits (TCP pushes back)
 TX_VERIFY_PENDING_PER_PEER = 1024  # of those, from one peer: one flooding connection cannot hold the whole queue
+TX_VERIFY_SHARE_MIN = 32  # signatures (~5 ms): a queue this short goes whole to the first thread free, not shared
+TX_VERIFY_RUN_BATCHES = 4  # batches a thread checks in a row before it queues behind the executor's other work
 VERIFY_PROC_IDLE_S = 30.0  # a signature worker process exits after this long without a batch (p2pchain/verifyprocs.py)
 VERIFY_PROC_CLOSE_S = 2.0  # seconds a stopping node waits for a worker to exit before killing it
 # a worker that has not taken a batch and answered it within this many seconds is killed (a stopped

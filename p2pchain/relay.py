@@ -209,6 +209,9 @@ class _Peer:
     requests: deque[frozenset[bytes]] = field(default_factory=deque)  # GET_TXS not yet answered, oldest first
     in_flight: int = 0  # txids in ``requests``
     block_requests: OrderedDict[bytes, tuple[int, ...]] = field(default_factory=OrderedDict)  # hash -> indexes
+    # hashes we sent it GET_CMPCT for and it has not answered (an ordered set, oldest first): a late
+    # empty BLOCK_TXN ("no such block") for one, after we moved on or gave up, is no breach
+    cmpct_asked: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     outbound: bool = False  # we dialled it: the start-up choice of high-bandwidth peers, and one is kept
     block_wants: int = 0  # announced blocks we are fetching because it announced them first
 
@@ -706,9 +709,13 @@ class Relay(Generic[P]):
     def _ask_block(self, block_hash: bytes, want: _Want[P], now: float, out: list[tuple[P, Any]]) -> None:
         while want.announcers:
             peer = want.announcers.popleft()
-            if peer in self._peers:
+            state = self._peers.get(peer)
+            if state is not None:
                 want.asked, want.asked_at = peer, now
                 want.deadline = now + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+                state.cmpct_asked[block_hash] = None
+                while len(state.cmpct_asked) > limits.RELAY_MAX_PENDING_BLOCKS:
+                    state.cmpct_asked.popitem(last=False)
                 out.append((peer, wire.GetCmpct(block_hash)))
                 self.stats.blocks_fetched += 1
                 return
@@ -744,6 +751,7 @@ class Relay(Generic[P]):
             raise Misbehaving(f"sent compact block {msg.header.hash.hex()[:16]} without its proof of work")
         block_hash = msg.header.hash
         state.known_blocks.add(block_hash)
+        state.cmpct_asked.pop(block_hash, None)
         self._drop_block_want(block_hash)  # announced, and here it is
         pending = self._pending.get(block_hash)
         if pending is not None:
@@ -800,13 +808,16 @@ class Relay(Generic[P]):
         state = self._peers.get(peer)
         asked = state.block_requests.pop(msg.hash, None) if state is not None else None
         if asked is None:
-            want = self._block_wants.get(msg.hash)
-            if want is not None and want.asked == peer and not msg.txs:  # our GET_CMPCT: it has no such block
+            if state is None or msg.txs or msg.hash not in state.cmpct_asked:
+                raise Misbehaving("sent BLOCK_TXN nobody asked for")
+            del state.cmpct_asked[msg.hash]
+            want = self._block_wants.get(msg.hash)  # our GET_CMPCT: it has no such block
+            if want is not None and want.asked == peer:
                 want.asked = None
                 out: list[tuple[P, wire.GetCmpct]] = []
                 self._ask_block(msg.hash, want, now, out)
                 return out[0] if out else None
-            raise Misbehaving("sent BLOCK_TXN nobody asked for")
+            return None  # late: we moved on to another announcer, or gave the block up
         if msg.txs and len(msg.txs) != len(asked):
             raise Misbehaving(f"sent {len(msg.txs)} block transactions for {len(asked)} asked")
         pending = self._pending.get(msg.hash)

@@ -9,11 +9,11 @@ what arrives while every thread is busy waits in a queue, and a thread that fini
 takes the next one from that queue itself, before the event loop has even heard of the
 finished one: a thread never waits for the loop, which may be busy admitting the last batch
 (that wait was a sixth of each thread's time at full load). A thread takes its share of the
-queue (an equal part for each thread, at least ``SHARE_MIN``, up to ``max_batch``): taking
+queue (an equal part for each thread, at least ``TX_VERIFY_SHARE_MIN``, up to ``max_batch``): taking
 all of it, the first thread free took the end of a burst alone while the other, finding the
 queue empty, stopped (a batch's length, a ninth of a 3,000-transaction burst, with one core
 idle). After
-``RUN_BATCHES`` batches a thread goes back to the end of the executor's queue, so that a
+``TX_VERIFY_RUN_BATCHES`` batches a thread goes back to the end of the executor's queue, so that a
 block's signature checks on the same threads wait for at most that many batches.
 
 Each transaction's ``admit`` callback is called on the event loop in arrival order, with the
@@ -36,6 +36,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from p2pchain import limits
 from p2pchain.ledger import rules
 from p2pchain.ledger.tx import Tx
 from p2pchain.pulse import Pulse
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 Admit = Callable[[bool | None], None]  # called with the verdict, on the event loop, in arrival order
 Check = Callable[[list[Tx], bytes], list[bool]]  # a batch's verdicts, in a verifier thread
-RUN_BATCHES = 4  # batches a thread checks in a row before it queues behind the executor's other work
-SHARE_MIN = 32  # signatures (~5 ms): a queue this short goes whole to the first thread free, not shared
 
 
 def signatures_ok(txs: list[Tx], network_id: bytes) -> list[bool]:
@@ -146,11 +145,11 @@ class SignatureBatcher:
 
     def _take(self) -> list[_Item]:
         """The next batch from the queue (under _lock): a thread's share of it (an equal part for
-        each of the ``max_inflight`` threads, at least SHARE_MIN, up to ``max_batch``), so that
+        each of the ``max_inflight`` threads, at least TX_VERIFY_SHARE_MIN, up to ``max_batch``), so that
         the last batches of a burst are checked side by side, not one thread's full batch after
         the other is done."""
         todo = self._todo
-        n = min(self.max_batch, max(-(-len(todo) // self.max_inflight), SHARE_MIN))
+        n = min(self.max_batch, max(-(-len(todo) // self.max_inflight), limits.TX_VERIFY_SHARE_MIN))
         if n >= len(todo):
             batch = list(todo)
             todo.clear()
@@ -159,8 +158,9 @@ class SignatureBatcher:
 
     def _run(self, batch: list[_Item]) -> None:
         """A verifier thread: check ``batch``, then the batches queued meanwhile, up to
-        RUN_BATCHES in all; wake the loop after each."""
-        for run in range(RUN_BATCHES):
+        TX_VERIFY_RUN_BATCHES in all; wake the loop after each."""
+        last = limits.TX_VERIFY_RUN_BATCHES - 1
+        for run in range(last + 1):
             verdicts: list[bool | None]
             try:
                 verdicts = list(self._check([item.tx for item in batch], self.network_id))
@@ -179,7 +179,7 @@ class SignatureBatcher:
                 batch = self._take() if not self._closed else []
                 if not batch:
                     self._threads -= 1
-                elif run == RUN_BATCHES - 1:  # to the back of the executor's queue: a block's checks go first
+                elif run == last:  # to the back of the executor's queue: a block's checks go first
                     try:
                         self.executor.submit(self._run, batch)
                     except RuntimeError:  # the executor shut down (the node is stopping)
@@ -187,7 +187,7 @@ class SignatureBatcher:
                         batch = []
             if wake:
                 self._wake()
-            if not batch or run == RUN_BATCHES - 1:
+            if not batch or run == last:
                 return
 
     def _wake(self) -> None:

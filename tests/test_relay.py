@@ -378,6 +378,24 @@ def test_a_silent_only_sender_is_given_up_after_the_wait_bound() -> None:
     )
 
 
+def test_a_late_no_such_block_to_a_get_cmpct_is_no_breach() -> None:
+    block = block_of(payments(1))
+    relay = relay_with("a", "b")
+    relay.on_inv_block("a", [block.hash], never, T0)
+    relay.on_inv_block("b", [block.hash], never, T0)
+    assert relay.expire(T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S) == ({}, [("b", wire.GetCmpct(block.hash))])
+    assert relay.on_block_txn("a", wire.BlockTxn(block.hash, ()), T0 + 3) is None  # a, moved on from: late
+    with pytest.raises(Misbehaving, match="nobody asked"):  # but only once: it was asked once
+        relay.on_block_txn("a", wire.BlockTxn(block.hash, ()), T0 + 3)
+    # b, the only one left, silent until the wait bound: given up; its late answer is no breach either
+    t = T0 + limits.RELAY_BLOCK_TXN_TIMEOUT_S
+    while relay.next_deadline() is not None and t < T0 + 2 * limits.RELAY_BLOCK_WAIT_MAX_S:  # bounded
+        t = relay.next_deadline() or t
+        relay.expire(t)
+    assert relay.next_deadline() is None
+    assert relay.on_block_txn("b", wire.BlockTxn(block.hash, ()), t + 1) is None
+
+
 def test_a_compact_block_whose_only_sender_left_is_given_up() -> None:
     block = block_of(payments(2))
     relay = relay_with("a")
