@@ -187,7 +187,7 @@ def block_rows(blocks: Iterable[Block]) -> Iterable[str]:
         h = b.hash.hex()
         yield (
             f'<tr data-key="{esc(h)}"><td>{link(f"/block/{b.height}", b.height)}</td>'
-            f'<td>{link(f"/block/{h}", short(h, 24), "mono")}</td>'
+            f"<td>{link(f'/block/{h}', short(h, 24), 'mono')}</td>"
             f"<td>{esc(utc(b.header.timestamp))}</td><td>{age_html(b.header.timestamp)} ago</td>"
             f"<td>{len(b.txs)}</td><td>{b.size:,} B</td></tr>"
         )
@@ -256,7 +256,7 @@ async def home(request: web.Request) -> web.Response:
     first = max(0, chain.height - limits.EXPLORER_BLOCKS + 1)
     blocks = [b for b in (chain.block_at(h) for h in range(chain.height, first - 1, -1)) if b is not None]
     latest = table(("height", "hash", "time", "age", "txs", "size"), block_rows(blocks), "no blocks", "blocks")
-    return page(node, "Blocks", f'{stats}<h2>Latest blocks</h2>{latest}', live="tip tx")
+    return page(node, "Blocks", f"{stats}<h2>Latest blocks</h2>{latest}", live="tip tx")
 
 
 def hash32(text: str) -> bytes | None:

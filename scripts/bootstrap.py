@@ -33,8 +33,16 @@ def ensure_venv() -> Path:
         venv.create(VENV, with_pip=True)
     print("bootstrap: installing p2pchain and its test tools into .venv", file=sys.stderr)
     subprocess.run(
-        [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-e", f"{ROOT}[test,dev]"],
+        [
+            str(venv_python()),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-e",
+            f"{ROOT}[test,dev]",
+        ],
         check=True,
     )
     STAMP.write_text(want)

@@ -150,4 +150,3 @@ async def static(request: web.Request) -> web.Response:
         return web.Response(status=404, text="no such file\n")
     resp.headers.update(SECURITY_HEADERS)
     return resp
-

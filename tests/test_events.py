@@ -155,7 +155,6 @@ def test_a_long_sync_is_one_tip_event_of_bounded_size() -> None:
     asyncio.run(go())
 
 
-
 def test_a_browser_that_stops_reading_is_dropped_and_never_blocks_publishing() -> None:
     """Over a real socket: one client reads its stream, another stops reading. Publishing 20 MB
     of events never waits; the stalled stream is dropped once its queue fills behind the full
@@ -187,7 +186,7 @@ def test_a_browser_that_stops_reading_is_dropped_and_never_blocks_publishing() -
                     hub.publish("tx", {"n": i, "pad": pad})  # returns at once: nothing to await
                     while got <= i:  # the reading client keeps up, event by event
                         line = await lines.readline()
-                        got += line.startswith(b"data: {\"n\"")
+                        got += line.startswith(b'data: {"n"')
                     if hub.dropped:
                         break
                 assert hub.dropped == 1 and len(hub.streams) == 1, "the stalled stream was not dropped"

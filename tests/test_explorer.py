@@ -150,9 +150,10 @@ def test_pages_over_http(nodes: Any) -> None:
 
     code, headers, home = get(node, "/explorer/")
     assert code == 200 and headers["Content-Type"].startswith("text/html")
-    assert "script-src 'self'" in headers["Content-Security-Policy"] and "default-src 'none'" in headers[
-        "Content-Security-Policy"
-    ]
+    assert (
+        "script-src 'self'" in headers["Content-Security-Policy"]
+        and "default-src 'none'" in headers["Content-Security-Policy"]
+    )
     assert block["hash"] in home and mined[0]["hash"] in home
     assert re.search(r'<span id="height">3</span>', home)
 
@@ -226,7 +227,6 @@ def test_event_stream_sends_hello_then_a_new_tip(nodes: Any) -> None:
         assert name == "tip" and f'"hash":"{mined["hash"]}"' in data
     finally:
         conn.close()
-
 
 
 def open_stream(port: int) -> socket.socket:

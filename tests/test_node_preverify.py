@@ -82,6 +82,7 @@ def test_a_known_block_costs_no_signature_check(tmp_path: Path, monkeypatch: pyt
         return real(txs, network_id)
 
     monkeypatch.setattr(node_module, "signatures_ok", counting)
+
     class StubPeer:  # what the NEW_BLOCK handler reads and writes of its sender (hashable, as a Peer)
         best_height = 0
         useful = False
