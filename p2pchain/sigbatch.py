@@ -9,12 +9,11 @@ what arrives while every thread is busy waits in a queue, and a thread that fini
 takes the next one from that queue itself, before the event loop has even heard of the
 finished one: a thread never waits for the loop, which may be busy admitting the last batch
 (that wait was a sixth of each thread's time at full load). A thread takes its share of the
-queue (an equal part for each thread, at least ``TX_VERIFY_SHARE_MIN``, up to ``max_batch``): taking
-all of it, the first thread free took the end of a burst alone while the other, finding the
-queue empty, stopped (a batch's length, a ninth of a 3,000-transaction burst, with one core
-idle). After
-``TX_VERIFY_RUN_BATCHES`` batches a thread goes back to the end of the executor's queue, so that a
-block's signature checks on the same threads wait for at most that many batches.
+queue (an equal part for each thread, at least ``TX_VERIFY_SHARE_MIN``, up to ``max_batch``):
+taking all of it, the first thread free took the end of a burst alone while the other, finding
+the queue empty, stopped (a batch's length, a ninth of a 3,000-transaction burst, with one core
+idle). After ``TX_VERIFY_RUN_BATCHES`` batches a thread goes back to the end of the executor's
+queue, so that a block's signature checks on the same threads wait for at most that many batches.
 
 Each transaction's ``admit`` callback is called on the event loop in arrival order, with the
 signature's verdict: True (it verifies), False (it does not) or None (not checked: the caller
@@ -145,9 +144,9 @@ class SignatureBatcher:
 
     def _take(self) -> list[_Item]:
         """The next batch from the queue (under _lock): a thread's share of it (an equal part for
-        each of the ``max_inflight`` threads, at least TX_VERIFY_SHARE_MIN, up to ``max_batch``), so that
-        the last batches of a burst are checked side by side, not one thread's full batch after
-        the other is done."""
+        each of the ``max_inflight`` threads, at least TX_VERIFY_SHARE_MIN, up to ``max_batch``),
+        so that the last batches of a burst are checked side by side, not one thread's full batch
+        after the other is done."""
         todo = self._todo
         n = min(self.max_batch, max(-(-len(todo) // self.max_inflight), limits.TX_VERIFY_SHARE_MIN))
         if n >= len(todo):

@@ -45,7 +45,7 @@ from p2pchain.record import record
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-_WAL_MAX_FRAME = struct.Struct("=I")  # the wal-index's mxFrame (offset 16) and nBackfill (offset 96): _wal_pages
+_WAL_U32 = struct.Struct("=I")  # the wal-index's mxFrame (offset 16) and nBackfill (offset 96): _wal_pages
 _WAL_INDEX_BYTES = 100
 DB_FILE = "chain.sqlite"  # inside the node's data dir
 
@@ -531,8 +531,8 @@ class Store:
             if self._shm is None:
                 self._shm = os.open(self.path + "-shm", os.O_RDONLY)
             head = os.pread(self._shm, _WAL_INDEX_BYTES, 0)
-            (max_frame,) = _WAL_MAX_FRAME.unpack_from(head, 16)
-            (backfilled,) = _WAL_MAX_FRAME.unpack_from(head, 96)
+            (max_frame,) = _WAL_U32.unpack_from(head, 16)
+            (backfilled,) = _WAL_U32.unpack_from(head, 96)
         except (OSError, struct.error):
             return limits.STORE_WAL_CHECKPOINT_PAGES
         return int(max_frame - backfilled)

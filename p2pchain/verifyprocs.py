@@ -152,14 +152,9 @@ class VerifierProcs:
 
     def check(self, txs: Sequence[Tx], network_id: bytes) -> list[bool]:
         """The verdicts of ``txs``' signatures, in order. Runs in a verifier thread."""
-        worker = self._take()
         triples = [(tx.pubkey, tx.signature, tx.signing_message(network_id)) for tx in txs]
+        worker = self._take()  # (its deadline set: from the request's write to its answer)
         if worker is not None:
-            with self._lock:  # from the request's write to its answer: the worker's time, not this thread's
-                waiting = any(w.deadline is not None for w in self._busy)
-                worker.deadline = time.monotonic() + self.answer_s
-                if not waiting:
-                    self._watch.notify()  # the watchdog had no deadline to wait for
             try:
                 verdicts = worker.check(triples)
             except (OSError, EOFError) as e:  # it died, exited idle or hung (killed): checked here
@@ -181,8 +176,8 @@ class VerifierProcs:
         return [verify(*t) for t in triples]
 
     def _take(self) -> _Worker | None:
-        """An idle ready worker, marked busy; None if there is none (one more is started when
-        fewer than ``size`` exist)."""
+        """An idle ready worker, marked busy, its answer due within ``answer_s`` (the watchdog's
+        deadline); None if there is none (one more is started when fewer than ``size`` exist)."""
         gone: list[_Worker] = []
         taken: _Worker | None = None
         with self._lock:
@@ -196,6 +191,9 @@ class VerifierProcs:
                     gone.append(worker)
                     continue
                 if ready:
+                    if not any(w.deadline is not None for w in self._busy):
+                        self._watch.notify()  # the watchdog had no deadline to wait for
+                    worker.deadline = time.monotonic() + self.answer_s
                     self._idle.remove(worker)
                     self._busy.add(worker)
                     taken = worker
