@@ -69,7 +69,6 @@ import random  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from abc import ABC, abstractmethod  # noqa: E402
@@ -89,6 +88,7 @@ from p2pchain.node import RELAY_MODES, Node, NodeConfig  # noqa: E402
 from p2pchain.params import NetworkParams  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
+from benchlib.nodes import free_ports  # noqa: E402
 from swarm_web import NodeInfo, SwarmWeb  # noqa: E402
 
 log = logging.getLogger("swarm")
@@ -157,20 +157,6 @@ def topology_dials(n: int, topology: str, rng: random.Random) -> list[list[int]]
                     break
                 link(i, rng.choice(candidates))
     return [sorted(d) for d in dials]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def raise_fd_limit(needed: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import statistics
 import subprocess
@@ -54,15 +55,42 @@ def write_chain(data_dir: Path, blocks: list[Block], params: NetworkParams = NET
         chain.close()
 
 
+PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS_SPAN = 16384  # listening ports are drawn from this many ports below the ephemeral range
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports free a moment ago."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    """``n`` distinct loopback ports free a moment ago, drawn below the kernel's ephemeral range
+    (Linux: ip_local_port_range): a free port from that range can be taken before its node
+    binds it, as the source port of an outgoing connection (nodes started earlier dialling
+    their peers), and that node then fails with "address already in use" (seen when 40 relay
+    bench nodes started one network after the other)."""
+    try:
+        low = int(PORT_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    rng = random.Random()
+    below = low > LISTEN_PORTS_SPAN + 1024  # else no usable range below: any free port (0)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(50 * n):  # a few taken ports are skipped; bounded all the same
+            if len(socks) == n:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", rng.randrange(low - LISTEN_PORTS_SPAN, low) if below else 0))
+            except OSError:  # in use (or held by one of ours): another
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < n:  # the range below was full
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def percentile_ms(times: list[float], q: int) -> float:

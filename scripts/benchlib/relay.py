@@ -4,14 +4,16 @@ one load, plus the 200-node in-process swarm with compact relay.
 
 Per mode: RELAY_NODES node processes on a random graph of RELAY_DEGREE links a node (the same
 graph and the same signed transactions in both modes), started on a pre-mined chain that funds
-RELAY_SENDERS wallets. For each of ``--blocks`` blocks, TXS_PER_BLOCK payments are submitted
-round-robin to the nodes (SUBMIT_TX), the bench waits (bounded) until every mempool holds
-them, then builds and mines the block of exactly those payments and pushes it as NEW_BLOCK to
-one node (a different one each block); the block's propagation time is until every node has
-accepted it (each pushes it to the bench's client, a peer without relay features). Bytes are
-the nodes' own per-type traffic counts (/status STATUS 'traffic', frames with their length
-prefix), received side, summed over the nodes; the bench's own SUBMIT_TX and NEW_BLOCK pushes
-are not relay bytes and are left out.
+RELAY_SENDERS wallets. Both modes' networks run at once and take turns block by block (each
+mode first in every other pair), so that the shared cores' slow and fast stretches fall on both
+alike; the idle network only answers its pings meanwhile. For each of ``--blocks`` blocks a
+mode, TXS_PER_BLOCK payments are submitted round-robin to the nodes (SUBMIT_TX), the bench waits
+(bounded) until every mempool holds them, then builds and mines the block of exactly those
+payments and pushes it as NEW_BLOCK to one node (a different one each block); the block's
+propagation time is until every node has accepted it (each pushes it to the bench's client, a
+peer without relay features). Bytes are the nodes' own per-type traffic counts (/status STATUS
+'traffic', frames with their length prefix), received side, summed over the nodes; the bench's
+own SUBMIT_TX and NEW_BLOCK pushes are not relay bytes and are left out.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import logging
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +46,7 @@ RELAY_NODES = 20  # node processes per mode
 RELAY_DEGREE = 4  # links per node in the random graph
 RELAY_SENDERS = 20  # funded wallets; each block holds TXS_PER_BLOCK / RELAY_SENDERS nonces of each
 TXS_PER_BLOCK = 100  # payments per measured block
+RELAY_BLOCKS = 20  # blocks a mode by default: the p50 of 10 moved by more than the modes differ
 MEMPOOL_WAIT_S = 20.0  # at most this long for every mempool to hold a block's payments
 SWARM_NODES, SWARM_DEGREE, SWARM_BLOCKS = 200, 8, 20  # the in-process swarm (as bench swarm)
 # every message that relays blocks: pushes, round trips, and the announcements with their fetches
@@ -91,85 +95,106 @@ async def until(check: Callable[[], Any], timeout: float, poll: float = 0.05) ->
     return True
 
 
-async def received(clients: list[Client], kinds: tuple[str, ...]) -> int:
-    total = 0
+class Network:
+    """One mode's RELAY_NODES node processes on the shared graph, timed block by block."""
+
+    def __init__(self, root: Path, mode: str, chain: list[Block]) -> None:
+        self.mode = mode
+        self.procs = NodeProcs(root / mode, RELAY_NODES)
+        self.tip = [b.header for b in chain[-11:]]
+        self.reward_to = Wallet.generate().address
+        self.times: list[float] = []
+        self.sizes: list[int] = []
+        self.txs = 0
+        self.tx_size = 0
+        self.pushed = 0  # bytes of our own NEW_BLOCK pushes, received by the nodes but not relay
+        self.pooled_in_time = 0
+        self.before: dict[str, int] = {}
+
+    @property
+    def clients(self) -> list[Client]:
+        return [self.procs.clients[i] for i in range(RELAY_NODES)]
+
+    async def start(self, store: Path, links: list[tuple[int, int]]) -> None:
+        procs = self.procs
+        for i in range(RELAY_NODES):
+            shutil.copytree(store, procs.data_dir(i))
+        flags = ("--relay", self.mode)
+        await asyncio.gather(*(procs.start(i, [b for a, b in links if a == i], flags) for i in range(RELAY_NODES)))
+        await procs.wait_linked(links)
+        self.before = await received(self.clients, BLOCK_TYPES + TX_TYPES)
+
+    async def block(self, n: int, txs: list[Tx]) -> None:
+        """Submit one block's payments (a sender's to one node, in nonce order), wait until every
+        mempool holds them, then push the block of exactly those to node ``n`` and time it."""
+        clients = self.clients
+        senders = {address: i for i, address in enumerate(dict.fromkeys(tx.sender for tx in txs))}
+        for tx in txs:
+            result = await clients[senders[tx.sender] % RELAY_NODES].submit_tx(tx)
+            if not result.accepted:
+                raise RuntimeError(f"{self.mode}: payment refused: {result.code} {result.error}")
+
+        async def pooled() -> bool:
+            counts = [int((await c.status())["mempool"]) for c in clients]
+            return min(counts) >= len(txs)
+
+        self.pooled_in_time += await until(pooled, MEMPOOL_WAIT_S)
+        block = next_block(self.tip, txs, self.reward_to)
+        msg = wire.NewBlock(block)
+        self.pushed += len(msg.encode())
+        self.sizes.append(block.size)
+        self.txs += len(txs)
+        self.tx_size += sum(tx.size for tx in txs)
+        source = clients[n % RELAY_NODES]
+        start = time.perf_counter()
+        await source.send_and_drain(msg)
+        async with asyncio.timeout(NET_TIMEOUT_S):
+            await asyncio.gather(*(gossiped(c, block.hash) for c in clients if c is not source))
+        self.times.append((time.perf_counter() - start) * 1000)
+        self.tip.append(block.header)
+
+    async def figures(self) -> Figures:
+        mode, clients = self.mode, self.clients
+        after = await received(clients, BLOCK_TYPES + TX_TYPES)
+        got = {k: after.get(k, 0) - self.before.get(k, 0) for k in after}
+        block_bytes = sum(got.get(k, 0) for k in BLOCK_TYPES) - self.pushed
+        tx_bytes = sum(got.get(k, 0) for k in TX_TYPES)
+        stats = [(await c.status())["relay"] for c in clients]
+        blocks, ntx, tx_size = len(self.times), self.txs, self.tx_size / self.txs
+        figures: Figures = {
+            f"{mode}_block_relay_bytes_ratio": block_bytes / RELAY_NODES / blocks / (sum(self.sizes) / blocks),
+            f"{mode}_tx_relay_bytes_ratio": tx_bytes / RELAY_NODES / ntx / tx_size,
+            f"{mode}_propagation_p50_ms": percentile_ms(self.times, 50),
+            f"{mode}_propagation_p99_ms": percentile_ms(self.times, 99),
+            f"{mode}_propagation_mean_ms": statistics.mean(self.times),
+            f"{mode}_blocks_pooled_before_mining": self.pooled_in_time / blocks,
+        }
+        for kind in TX_TYPES:  # where the transaction bytes go, per node per transaction
+            if got.get(kind):
+                figures[f"{mode}_tx_bytes_per_tx_{kind.lower()}"] = got[kind] / RELAY_NODES / ntx
+        figures[f"{mode}_tx_size_bytes"] = tx_size
+        if mode == "compact":
+            cmpct = sum(int(s["cmpct_received"]) for s in stats)
+            rebuilt = sum(int(s["cmpct_rebuilt"]) for s in stats)
+            figures["compact_rebuilt_without_roundtrip"] = rebuilt / cmpct if cmpct else None
+        return figures
+
+
+async def received(clients: list[Client], kinds: tuple[str, ...]) -> dict[str, int]:
+    """Bytes received by type, summed over the nodes."""
+    total = dict.fromkeys(kinds, 0)
     for client in clients:
         traffic = (await client.status())["traffic"]
-        total += sum(int(traffic[k]["bytes_received"]) for k in kinds if k in traffic)
+        for k in kinds:
+            if k in traffic:
+                total[k] += int(traffic[k]["bytes_received"])
     return total
 
 
-async def run_mode(
-    root: Path, mode: str, store: Path, links: list[tuple[int, int]], blocks: list[list[Tx]], chain: list[Block]
-) -> Figures:
-    procs = NodeProcs(root / mode, RELAY_NODES)
-    try:
-        flags = ("--relay", mode)
-        for i in range(RELAY_NODES):
-            shutil.copytree(store, procs.data_dir(i))
-        await asyncio.gather(*(procs.start(i, [b for a, b in links if a == i], flags) for i in range(RELAY_NODES)))
-        await procs.wait_linked(links)
-        clients = [procs.clients[i] for i in range(RELAY_NODES)]
-        block_before = await received(clients, BLOCK_TYPES)
-        tx_before = await received(clients, TX_TYPES)
-        tx_by_type = {k: await received(clients, (k,)) for k in TX_TYPES}
-        tip = [b.header for b in chain[-11:]]
-        times: list[float] = []
-        pushed = 0  # bytes of our own NEW_BLOCK pushes, received by the nodes but not relay
-        sizes: list[int] = []
-        pooled_in_time = 0
-        reward_to = Wallet.generate().address
-        senders = {address: i for i, address in enumerate(dict.fromkeys(tx.sender for tx in blocks[0]))}
-        for n, txs in enumerate(blocks):
-            for tx in txs:  # a sender's payments go to one node, in nonce order
-                result = await clients[senders[tx.sender] % RELAY_NODES].submit_tx(tx)
-                if not result.accepted:
-                    raise RuntimeError(f"{mode}: payment refused: {result.code} {result.error}")
-
-            async def pooled() -> bool:
-                counts = [int((await c.status())["mempool"]) for c in clients]
-                return min(counts) >= len(txs)  # noqa: B023
-
-            pooled_in_time += await until(pooled, MEMPOOL_WAIT_S)
-            block = next_block(tip, txs, reward_to)
-            msg = wire.NewBlock(block)
-            pushed += len(msg.encode())
-            sizes.append(block.size)
-            source = clients[n % RELAY_NODES]
-            start = time.perf_counter()
-            await source.send_and_drain(msg)
-            async with asyncio.timeout(NET_TIMEOUT_S):
-                await asyncio.gather(*(gossiped(c, block.hash) for c in clients if c is not source))
-            times.append((time.perf_counter() - start) * 1000)
-            tip.append(block.header)
-        block_bytes = await received(clients, BLOCK_TYPES) - block_before - pushed
-        tx_bytes = await received(clients, TX_TYPES) - tx_before
-        by_type = {k: await received(clients, (k,)) - tx_by_type[k] for k in TX_TYPES}
-        stats = [(await c.status())["relay"] for c in clients]
-    finally:
-        await procs.close()
-    ntx = sum(len(txs) for txs in blocks)
-    tx_size = sum(tx.size for txs in blocks for tx in txs) / ntx
-    figures: Figures = {
-        f"{mode}_block_relay_bytes_ratio": block_bytes / RELAY_NODES / len(blocks) / (sum(sizes) / len(sizes)),
-        f"{mode}_tx_relay_bytes_ratio": tx_bytes / RELAY_NODES / ntx / tx_size,
-        f"{mode}_propagation_p50_ms": percentile_ms(times, 50),
-        f"{mode}_propagation_p99_ms": percentile_ms(times, 99),
-        f"{mode}_blocks_pooled_before_mining": pooled_in_time / len(blocks),
-    }
-    for kind, n in by_type.items():  # where the transaction bytes go, per node per transaction
-        if n:
-            figures[f"{mode}_tx_bytes_per_tx_{kind.lower()}"] = n / RELAY_NODES / ntx
-    figures[f"{mode}_tx_size_bytes"] = tx_size
-    if mode == "compact":
-        got = sum(int(s["cmpct_received"]) for s in stats)
-        figures["compact_rebuilt_without_roundtrip"] = (
-            sum(int(s["cmpct_rebuilt"]) for s in stats) / got if got else None
-        )
-    return figures
-
-
 async def processes(args: argparse.Namespace) -> Figures:
+    """Both modes' networks up at once (idle between their turns), the blocks alternated between
+    them, each mode first in every other pair: slow and fast stretches of the shared cores fall on
+    both alike, and block n of one mode is timed next to block n of the other."""
     rng = random.Random(args.seed)
     links = random_graph(RELAY_NODES, RELAY_DEGREE, rng)
     wallets = [Wallet.generate() for _ in range(RELAY_SENDERS)]
@@ -181,8 +206,21 @@ async def processes(args: argparse.Namespace) -> Figures:
         root = Path(tmp)
         store = root / "store"
         write_chain(store, chain)
-        for mode in MODES:
-            figures.update(await run_mode(root, mode, store, links, blocks, chain))
+        nets = {mode: Network(root, mode, chain) for mode in MODES}
+        try:
+            for net in nets.values():
+                await net.start(store, links)
+            for n, txs in enumerate(blocks):
+                for mode in MODES if n % 2 == 0 else MODES[::-1]:
+                    await nets[mode].block(n, txs)
+            for net in nets.values():
+                figures.update(await net.figures())
+        finally:
+            for net in nets.values():
+                await net.procs.close()
+    compact, flood = nets["compact"].times, nets["flood"].times
+    figures["compact_faster_share"] = sum(c < f for c, f in zip(compact, flood, strict=True)) / len(compact)
+    figures["compact_over_flood_p50"] = figures["compact_propagation_p50_ms"] / figures["flood_propagation_p50_ms"]
     figures["block_relay_bytes_ratio"] = figures["compact_block_relay_bytes_ratio"]
     figures["tx_relay_bytes_ratio"] = figures["compact_tx_relay_bytes_ratio"]
     figures["propagation_p50_ms"] = figures["compact_propagation_p50_ms"]
@@ -205,7 +243,12 @@ def bench_relay(args: argparse.Namespace) -> Figures:
 
 
 def relay_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--blocks", type=int, default=10, help="blocks of 100 payments timed per mode (default 10)")
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=RELAY_BLOCKS,
+        help=f"blocks of 100 payments timed per mode (default {RELAY_BLOCKS})",
+    )
     p.add_argument(
         "--swarm-blocks", type=int, default=SWARM_BLOCKS, help="blocks timed in the 200-node swarm; 0 skips it"
     )
@@ -228,6 +271,10 @@ RELAY_NOTES = {
     "flood_propagation_p50_ms": "--relay flood: ms, median",
     "flood_propagation_p99_ms": "--relay flood: ms, 99th percentile",
     "flood_blocks_pooled_before_mining": "--relay flood: share of blocks pooled everywhere in time",
+    "compact_propagation_mean_ms": "compact: ms, mean",
+    "flood_propagation_mean_ms": "--relay flood: ms, mean",
+    "compact_faster_share": "share of block pairs (block n of each mode, timed back to back) where compact was faster",
+    "compact_over_flood_p50": "compact_propagation_p50_ms / flood_propagation_p50_ms (<= 1: compact no slower)",
     "swarm200_inprocess_propagation_p50_ms": "ms, coinbase-only block to all 200 in-process nodes (random:8), median",
     "swarm200_inprocess_propagation_p99_ms": "ms, same, 99th percentile",
     "swarm200_inprocess_propagation_p50_ms_flood": "ms, the same swarm with --relay flood, median",
