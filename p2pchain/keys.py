@@ -33,7 +33,7 @@ ADDRESS_BYTES = 20
 PUBKEY_BYTES = 32
 SIGNATURE_BYTES = 64
 COINBASE_SENDER = "0"  # the tutorial's sender of mining rewards
-_HEX = frozenset("0123456789abcdef")
+_NOT_HEX = str.maketrans("", "", "0123456789abcdef")  # is_address: deletes the hex digits
 WALLET_CHECK_TAG = b"p2pchain wallet v1\x00"  # the prefix of a wallet file's check (domain separation)
 
 
@@ -74,7 +74,8 @@ def address_of(pubkey: bytes) -> str:
 
 
 def is_address(text: object) -> bool:
-    return isinstance(text, str) and len(text) == 2 * ADDRESS_BYTES and _HEX.issuperset(text)
+    # (translate drops the hex digits: nothing left means all were; half the cost of a set's superset test)
+    return isinstance(text, str) and len(text) == 2 * ADDRESS_BYTES and not text.translate(_NOT_HEX)
 
 
 def verify(pubkey: bytes, signature: bytes, message: bytes) -> bool:

@@ -10,6 +10,7 @@ prometheus-client) is built only when scraped, and prometheus-client imported at
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -107,10 +108,9 @@ class Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        i = 0
-        while i < len(self.bounds) and value > self.bounds[i]:
-            i += 1
-        self.counts[i] += 1
+        # the first bucket whose bound is at least ``value`` (a bisection in C: a synced block
+        # is observed once, and a scan of the bounds was ~80 of its ~2,300 bytecodes)
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.count += 1
         self.total += value
 

@@ -81,3 +81,44 @@ def test_canonical_bytes_are_the_same_whichever_is_made_first() -> None:
         raw_first, body_first = Tx(*tx.to_wire()), Tx(*tx.to_wire())
         assert raw_first.raw == body_first.body + bytes((len(tx.signature),)) + tx.signature
         assert (raw_first.body, raw_first.txid) == (body_first.body, body_first.txid)
+
+
+def test_decoded_blocks_carry_the_bytes_and_ids_their_fields_give() -> None:
+    """Block.from_wire and Header.from_wire fill the header's bytes and hash (and the block's
+    hash, height and parent) as they decode: the same values a block built from its fields
+    computes when they are first read."""
+    w = Wallet.from_seed(bytes([3]) * 32)
+    g = NetworkParams().genesis
+    built = Block(g.header, (make_coinbase(w.address, 50, 0), make_tx(w, "ab" * 20, 5, 2, 0, bytes(32))))
+    decoded = Block.from_wire(built.to_wire())
+    fresh = Block(Header(*built.header.to_wire()), tuple(Tx(*t.to_wire()) for t in built.txs))
+    for attr in ("hash", "height", "prev_hash", "size"):
+        assert getattr(decoded, attr) == getattr(fresh, attr)
+    assert (decoded.header.raw, decoded.header.hash) == (fresh.header.raw, fresh.header.hash)
+    assert [t.txid for t in decoded.txs] == [t.txid for t in fresh.txs]
+    assert decoded == fresh and decoded.computed_merkle_root() == fresh.computed_merkle_root()
+
+
+def test_a_transaction_decodes_only_with_its_fields_exact_types_and_ranges() -> None:
+    """Tx.from_wire's one-expression check of the usual case refuses what its field-by-field
+    checks refuse (a bool is no integer here, bytes no text), and builds what they accept."""
+    w = Wallet.from_seed(bytes([4]) * 32)
+    good = make_tx(w, "ab" * 20, 5, 2, 9, bytes(32)).to_wire()
+    assert Tx.from_wire(good) == Tx(*good)
+    assert Tx.from_wire(make_coinbase(w.address, 50, 3).to_wire()) == make_coinbase(w.address, 50, 3)
+    bad = [
+        [*good[:2], True, *good[3:]],
+        [*good[:3], -1, *good[4:]],
+        [*good[:4], 2**64, *good[5:]],
+        [*good[:4], 1.0, *good[5:]],
+        [good[0].encode(), *good[1:]],
+        ["", *good[1:]],
+        [good[0], "é" * 3, *good[2:]],
+        [*good[:5], "k" * 32, good[6]],
+        [*good[:6], b"s" * 256],
+        good[:6],
+        (),
+    ]
+    for obj in bad:
+        with pytest.raises(ProtocolError):
+            Tx.from_wire(obj)

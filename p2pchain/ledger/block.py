@@ -27,8 +27,6 @@ NONCE = struct.Struct(">Q")
 HEADER = struct.Struct(">II32s32sQIQ")  # the whole header: HEADER_PREFIX, then NONCE
 HEADER_BYTES = HEADER.size  # 92
 ZERO_HASH = bytes(32)
-U32_END = 2**32  # a header's u32 fields are below it
-U64_END = 2**64
 WireHeader = list[Any]  # [version, height, prev_hash, merkle_root, timestamp, bits, nonce]
 WireBlock = list[Any]  # [header, [tx, ...]]
 
@@ -48,6 +46,8 @@ def merkle_root(txids: list[bytes]) -> bytes:
     if not txids:
         return EMPTY_MERKLE_ROOT
     sha = hashlib.sha256
+    if len(txids) == 1:  # a coinbase-only block: the root is the one leaf (what the loop below returns)
+        return sha(LEAF_PREFIX + txids[0]).digest()
     level = [sha(LEAF_PREFIX + txid).digest() for txid in txids]
     while len(level) > 1:
         paired = [sha(NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
@@ -55,6 +55,9 @@ def merkle_root(txids: list[bytes]) -> bytes:
             paired.append(level[-1])
         level = paired
     return level[0]
+
+
+_WIRE_HEADER_TYPES = (int, int, bytes, bytes, int, int, int)  # each field's exact type (bool is no int here)
 
 
 def _well_typed(obj: object) -> TypeGuard[list[Any]]:
@@ -134,16 +137,17 @@ class Header:
 
     @classmethod
     def from_wire(cls, obj: object) -> Header:
-        if _well_typed(obj):  # the usual case, checked in two expressions
+        if type(obj) is list and len(obj) == 7:  # the usual case: _well_typed, inlined (a sync decodes 500 a CHAIN)
             version, height, prev, merkle, ts, bits, nonce = obj
-            if (
-                0 <= version < U32_END
-                and 0 <= height < U32_END
-                and 0 <= ts < U64_END
-                and 0 <= bits < U32_END
-                and 0 <= nonce < U64_END
-            ):
-                return cls(version, height, prev, merkle, ts, bits, nonce)
+            if tuple(map(type, obj)) == _WIRE_HEADER_TYPES and len(prev) == 32 and len(merkle) == 32:
+                try:  # the canonical bytes and the hash, always read next; struct refuses a value outside its field
+                    raw = HEADER.pack(version, height, prev, merkle, ts, bits, nonce)
+                except struct.error:
+                    pass  # (the checks below name the field)
+                else:
+                    header = cls(version, height, prev, merkle, ts, bits, nonce)
+                    header.__dict__.update(raw=raw, hash=hashlib.sha256(raw).digest())  # (as ``raw`` and ``hash``)
+                    return header
         if not isinstance(obj, (list, tuple)) or len(obj) != 7:
             raise ProtocolError("block header must be an array of 7 fields")
         version, height, prev, merkle, ts, bits, nonce = obj
@@ -198,4 +202,9 @@ class Block:
             raise ProtocolError("block must be an array [header, [tx, ...]]")
         if len(obj[1]) > limits.MAX_BLOCK_TXS:
             raise ProtocolError(f"block claims {len(obj[1])} transactions, over {limits.MAX_BLOCK_TXS}")
-        return cls(Header.from_wire(obj[0]), tuple([Tx.from_wire(t) for t in obj[1]]))
+        header = Header.from_wire(obj[0])
+        block = cls(header, tuple([Tx.from_wire(t) for t in obj[1]]))
+        # what the cached properties below would copy from the header at their first read, now: a
+        # received or stored block's hash is always read (three descriptor calls fewer a block)
+        block.__dict__.update(hash=header.hash, height=header.height, prev_hash=header.prev_hash)
+        return block
