@@ -6,8 +6,9 @@ Per mode: RELAY_NODES node processes on a random graph of RELAY_DEGREE links a n
 graph and the same signed transactions in both modes), started on a pre-mined chain that funds
 RELAY_SENDERS wallets. Both modes' networks run at once and take turns block by block (each
 mode first in every other pair), so that the shared cores' slow and fast stretches fall on both
-alike; the idle network only answers its pings meanwhile. For each of ``--blocks`` blocks a
-mode, TXS_PER_BLOCK payments are submitted round-robin to the nodes (SUBMIT_TX), the bench waits
+alike; the idle network only answers its pings meanwhile, and each block is pushed SETTLE_S
+after the last (whose timers have fired by then). For each of ``--blocks`` blocks a mode,
+TXS_PER_BLOCK payments are submitted round-robin to the nodes (SUBMIT_TX), the bench waits
 (bounded) until every mempool holds them, then builds and mines the block of exactly those
 payments and pushes it as NEW_BLOCK to one node (a different one each block); the block's
 propagation time is until every node has accepted it (each pushes it to the bench's client, a
@@ -34,7 +35,7 @@ from benchlib.common import Figures, Subcommand
 from benchlib.net import random_graph
 from benchlib.nodes import NET_PARAMS, NET_TIMEOUT_S, NodeProcs, gossiped, percentile_ms, write_chain
 from benchlib.swarm import inprocess_propagation
-from p2pchain import wire
+from p2pchain import limits, wire
 from p2pchain.client import Client
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
@@ -47,7 +48,13 @@ RELAY_DEGREE = 4  # links per node in the random graph
 RELAY_SENDERS = 20  # funded wallets; each block holds TXS_PER_BLOCK / RELAY_SENDERS nonces of each
 TXS_PER_BLOCK = 100  # payments per measured block
 RELAY_BLOCKS = 20  # blocks a mode by default: the p50 of 10 moved by more than the modes differ
-MEMPOOL_WAIT_S = 20.0  # at most this long for every mempool to hold a block's payments
+MEMPOOL_WAIT_S = 20.0
+# a block is pushed at least this long after the last one (of either mode): by then that block's
+# timers have fired on every node (the held store batch's commit after STORE_HOLD_S, the block
+# announcements after RELAY_BLOCK_INV_INTERVAL_S) and do not land in this block's time
+SETTLE_S = (
+    max(limits.STORE_HOLD_S, limits.RELAY_BLOCK_INV_INTERVAL_S) + 0.5
+)  # at most this long for every mempool to hold a block's payments
 SWARM_NODES, SWARM_DEGREE, SWARM_BLOCKS = 200, 8, 20  # the in-process swarm (as bench swarm)
 # every message that relays blocks: pushes, round trips, and the announcements with their fetches
 BLOCK_TYPES = ("NEW_BLOCK", "CMPCT_BLOCK", "GET_BLOCK_TXN", "BLOCK_TXN", "SEND_CMPCT", "INV_BLOCK", "GET_CMPCT")
@@ -124,9 +131,10 @@ class Network:
         await procs.wait_linked(links)
         self.before = await received(self.clients, BLOCK_TYPES + TX_TYPES)
 
-    async def block(self, n: int, txs: list[Tx]) -> None:
+    async def block(self, n: int, txs: list[Tx], not_before: float) -> float:
         """Submit one block's payments (a sender's to one node, in nonce order), wait until every
-        mempool holds them, then push the block of exactly those to node ``n`` and time it."""
+        mempool holds them and the clock (time.monotonic) reads ``not_before``, then push the
+        block of exactly those to node ``n`` and time it; returns when it was pushed."""
         clients = self.clients
         senders = {address: i for i, address in enumerate(dict.fromkeys(tx.sender for tx in txs))}
         for tx in txs:
@@ -146,12 +154,16 @@ class Network:
         self.txs += len(txs)
         self.tx_size += sum(tx.size for tx in txs)
         source = clients[n % RELAY_NODES]
+        if (wait := not_before - time.monotonic()) > 0:
+            await asyncio.sleep(wait)  # ok: the last block's timers must have fired (SETTLE_S)
+        pushed_at = time.monotonic()
         start = time.perf_counter()
         await source.send_and_drain(msg)
         async with asyncio.timeout(NET_TIMEOUT_S):
             await asyncio.gather(*(gossiped(c, block.hash) for c in clients if c is not source))
         self.times.append((time.perf_counter() - start) * 1000)
         self.tip.append(block.header)
+        return pushed_at
 
     async def figures(self) -> Figures:
         mode, clients = self.mode, self.clients
@@ -194,7 +206,8 @@ async def received(clients: list[Client], kinds: tuple[str, ...]) -> dict[str, i
 async def processes(args: argparse.Namespace) -> Figures:
     """Both modes' networks up at once (idle between their turns), the blocks alternated between
     them, each mode first in every other pair: slow and fast stretches of the shared cores fall on
-    both alike, and block n of one mode is timed next to block n of the other."""
+    both alike, and block n of one mode is timed next to block n of the other. Blocks are
+    SETTLE_S apart, so that neither network's timers land in the other's timed block."""
     rng = random.Random(args.seed)
     links = random_graph(RELAY_NODES, RELAY_DEGREE, rng)
     wallets = [Wallet.generate() for _ in range(RELAY_SENDERS)]
@@ -210,9 +223,10 @@ async def processes(args: argparse.Namespace) -> Figures:
         try:
             for net in nets.values():
                 await net.start(store, links)
+            pushed = 0.0
             for n, txs in enumerate(blocks):
                 for mode in MODES if n % 2 == 0 else MODES[::-1]:
-                    await nets[mode].block(n, txs)
+                    pushed = await nets[mode].block(n, txs, pushed + SETTLE_S)
             for net in nets.values():
                 figures.update(await net.figures())
         finally:
