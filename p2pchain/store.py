@@ -268,6 +268,7 @@ class Store:
         self._delay_s = 0.0  # the open batch's commit behind starts this much later (``batch``)
         self._go: threading.Event | None = None  # set: that deferred commit starts at once
         self._holding = False  # the open batch is the held one (``hold``): ``release`` commits it
+        self._kept = False  # ... kept open by a sync's batch (``batch(keep=True)``): the next batch goes on with it
         self._checkpointer: sqlite3.Connection | None = None  # the store thread's, for checkpoints only
         self._checkpointing: concurrent.futures.Future[None] | None = None  # the checkpoint under way
         self._shm: int | None = None  # the wal-index file, open for reading (_wal_pages)
@@ -371,7 +372,7 @@ class Store:
                 self.db.execute("RELEASE tx")
 
     @contextmanager
-    def batch(self, *, behind: bool = False, delay_s: float = 0.0) -> Iterator[None]:
+    def batch(self, *, behind: bool = False, delay_s: float = 0.0, keep: bool = False) -> Iterator[None]:
         """One commit for every transaction inside (a sync batch of blocks: one WAL write and one
         executemany per table instead of five statements per block). Each inner transaction stays
         all or nothing; what they did is committed when the outermost batch ends, by an exception
@@ -389,20 +390,39 @@ class Store:
         between loses that batch, which a sync downloads again. A failure shows at that next use
         as above (``wait_written`` waits for it on purpose). With ``delay_s`` too, the store's
         thread starts that commit ``delay_s`` later, or at once when the store is used before
-        then (the same uses: the loop's work right after the batch keeps the GIL meanwhile)."""
-        self.release()  # a sync's batch commits behind, and a held one would make it an inner batch
-        self._check_writable()
-        if self._batch_depth == 0:
-            self._open_batch(behind, delay_s)
+        then (the same uses: the loop's work right after the batch keeps the GIL meanwhile).
+
+        With ``keep`` (a sync's CHAIN when the next one is already asked for), the outermost batch
+        that ends without an exception is not committed but kept open as the held batch (``hold``),
+        and the next ``batch`` goes on with it: a sync commits every STORE_BATCH_MAX_TXNS blocks
+        (the inner transactions' count commits it, as always), not once a CHAIN, so SQLite rewrites
+        the pages its random keys touch (the blocks' and transactions' hash indexes) half as often.
+        The file may then be that many blocks, plus the commit behind, behind the memory.
+        ``release`` (the sync's end, the node stopping, a held block's timer) commits it."""
+        if self._kept:  # a sync's batch kept open by the last one: go on with it, as the outermost batch
+            self._kept = self._holding = False
+            self._batch_depth -= 1
+            self._behind, self._delay_s = behind, delay_s
+        else:
+            self.release()  # a sync's batch commits behind, and a held one would make it an inner batch
+            self._check_writable()
+            if self._batch_depth == 0:
+                self._open_batch(behind, delay_s)
         self._batch_depth += 1
+        ended = False
         try:
             yield
+            ended = True
         finally:
             try:
                 if self._batch_depth == 1:
-                    self._commit()
+                    if ended and keep and self._failed is None and self._batched < limits.STORE_BATCH_MAX_TXNS:
+                        self._kept = self._holding = True  # (its depth stays 1: the held batch)
+                    else:
+                        self._commit()
             finally:
-                self._batch_depth -= 1
+                if not self._kept:
+                    self._batch_depth -= 1
 
     def _open_batch(self, behind: bool, delay_s: float = 0.0) -> None:
         """Open the outermost batch (``batch``, ``hold``): its SQLite transaction is begun when
@@ -426,12 +446,17 @@ class Store:
         self._holding = True
         return True
 
+    @property
+    def kept(self) -> bool:
+        """A sync's batch is kept open for the next one (``batch(keep=True)``)."""
+        return self._kept
+
     def release(self) -> None:
         """Commit the held batch, if one is open (StoreError if SQLite refuses it: the store then
         takes no more writes, as for a batch)."""
         if not self._holding:
             return
-        self._holding = False
+        self._holding = self._kept = False
         try:
             self._commit()
         finally:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from p2pchain import limits, wire
 from p2pchain.chain import Chain, Status
-from p2pchain.errors import RuleCode, RuleError
+from p2pchain.errors import RuleCode, RuleError, StoreError
 from p2pchain.ledger.block import Block
 from p2pchain.mempool import RecentSet
 from p2pchain.peer import Misbehaving, Peer
@@ -142,7 +142,17 @@ class SyncManager:
         self._ask_again.discard(peer)
         if peer is self.peer:
             self.peer = None
+            self._commit_kept()  # its next CHAIN, which the kept batch waited for, will not come
             self.pick_next()
+
+    def _commit_kept(self) -> None:
+        """Commit (behind) a sync's batch kept open for a CHAIN that is not coming."""
+        store = self.chain.store
+        if store.kept:
+            try:
+                store.release()
+            except StoreError as e:  # the store takes no more writes: the next block's processing says so too
+                log.error("%s", e)
 
     def check_stall(self) -> None:
         """Called about once a second: drop a sync peer that leaves a request unanswered."""
@@ -183,10 +193,11 @@ class SyncManager:
             self._checking[peer] = blocks[-1].hash
             try:
                 await self._preverify(blocks)
-                # one commit for the batch, written while the next is checked; after the last one
-                # (none asked for), a little later: what follows a sync's end goes first
+                # one commit every STORE_BATCH_MAX_TXNS blocks (kept open while the next CHAIN is
+                # asked for), written while the next are checked; after the last CHAIN (none asked
+                # for), a little later: what follows a sync's end goes first
                 delay = 0.0 if pipelined else limits.STORE_BEHIND_DELAY_S
-                with self.chain.store.batch(behind=True, delay_s=delay):
+                with self.chain.store.batch(behind=True, delay_s=delay, keep=pipelined):
                     for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
                         if start:  # let other peers and requests be served during a long sync
                             for _ in range(SYNC_YIELD_TURNS):
@@ -202,6 +213,7 @@ class SyncManager:
         self.log_progress()
         if pipelined:
             return  # the next batch is on its way
+        self._commit_kept()  # (a kept batch and an empty last answer: the sync ends here)
         if new:
             peer.fruitless = 0
         elif not ignored:

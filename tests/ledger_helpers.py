@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 from p2pchain.chain import Chain
@@ -25,6 +26,7 @@ from p2pchain.ledger.pow import work
 from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.params import BLOCK_VERSION, GENESIS_TIMESTAMP_MS, NetworkParams
+from p2pchain.store import Store
 
 PARAMS = NetworkParams(bits=8, reward=50)  # ~256 hashes a block: well under a millisecond to mine
 GENESIS = PARAMS.genesis
@@ -134,6 +136,15 @@ def feed(chain: Chain, blocks: Iterable[Block], now_ms: int = NOW_MS) -> None:
     """Process blocks that must all be accepted."""
     for block in blocks:
         chain.process_block(block, now_ms)
+
+
+def committed_height(path: str | Path) -> int:
+    """The best-chain height another connection (another process) sees in the store's file."""
+    other = Store(path)
+    try:
+        return len(other.load_main()) - 1
+    finally:
+        other.close()
 
 
 def main_blocks(chain: Chain) -> list[Block]:

@@ -28,6 +28,7 @@ from ledger_helpers import (
     PARAMS,
     block_on,
     branch,
+    committed_height,
     feed,
     main_blocks,
     pay,
@@ -421,15 +422,6 @@ def test_a_batch_is_written_whole_under_a_low_sqlite_parameter_limit(tmp_path: P
     assert _check_store(path) == 7
 
 
-def _committed_height(path: Path) -> int:
-    """The best-chain height another connection (another process) sees in the file."""
-    other = Store(path)
-    try:
-        return len(other.load_main()) - 1
-    finally:
-        other.close()
-
-
 def test_batches_committed_behind_are_seen_at_once_by_the_node_and_in_the_file_when_written(tmp_path: Path) -> None:
     """A sync's batches are committed by the store's thread while the next is checked: the node's
     own reads see every block at once, a batch is in the file once ``wait_written`` returns (or
@@ -444,7 +436,7 @@ def test_batches_committed_behind_are_seen_at_once_by_the_node_and_in_the_file_w
                 feed(chain, blocks[start : start + 4])
             assert chain.store.load_main() == [GENESIS.hash, *(b.hash for b in blocks[: start + 4])]
         chain.store.wait_written()
-        assert _committed_height(path) == 12
+        assert committed_height(path) == 12
         assert chain.store.get_meta("tip") == blocks[-1].hash
     finally:
         chain.close()
@@ -462,12 +454,12 @@ def test_a_deferred_commit_behind_waits_its_delay_unless_the_store_is_used_first
     try:
         with chain.store.batch(behind=True, delay_s=0.05):  # left alone: written after its delay
             feed(chain, blocks[:3])
-        wait_until(lambda: _committed_height(path) == 3, what="the deferred batch in the file")
+        wait_until(lambda: committed_height(path) == 3, what="the deferred batch in the file")
         with chain.store.batch(behind=True, delay_s=3600):
             feed(chain, blocks[3:6])
-        assert _committed_height(path) == 3  # deferred: not in the file yet
+        assert committed_height(path) == 3  # deferred: not in the file yet
         assert chain.store.get_meta("tip") == blocks[5].hash  # a read: committed first, at once
-        assert _committed_height(path) == 6
+        assert committed_height(path) == 6
         with chain.store.batch(behind=True, delay_s=3600):
             feed(chain, blocks[6:8])
         with chain.store.batch(behind=True, delay_s=3600):  # its commit waits for the one before
@@ -476,6 +468,59 @@ def test_a_deferred_commit_behind_waits_its_delay_unless_the_store_is_used_first
     finally:
         chain.close()  # commits the last one at once
     assert _check_store(path) == 9
+
+
+def test_a_kept_sync_batch_commits_every_store_batch_max_txns_blocks_and_when_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync's batch kept open for its next CHAIN (``batch(keep=True)``) is not committed at its
+    end: the next batch goes on with it, and the file takes both once STORE_BATCH_MAX_TXNS blocks
+    are queued, or when the batch is released (the sync's end), or when the store closes; the
+    node's own reads see every block at once. A batch that ends by an exception is committed, and
+    a block that arrives alone meanwhile joins the kept batch (no held batch of its own)."""
+    monkeypatch.setattr(limits, "STORE_BATCH_MAX_TXNS", 5)
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 14, miner=B.address)
+    store = chain.store
+    try:
+        with store.batch(behind=True, keep=True):
+            feed(chain, blocks[:3])
+        assert store.kept and committed_height(path) == 0
+        assert chain.store.load_main()[-1] == blocks[2].hash  # (a read sends the queued writes, in the open batch)
+        assert not store.hold()  # a block alone joins it
+        feed(chain, blocks[3:4])
+        with store.batch(behind=True, keep=True):  # goes on with it: the 5th block commits all five
+            feed(chain, blocks[4:6])
+        assert store.kept
+        store.wait_written()
+        assert committed_height(path) == 5
+        with store.batch(behind=True, keep=True):
+            feed(chain, blocks[6:8])
+        store.wait_written()
+        assert committed_height(path) == 5  # 3 kept
+        store.release()  # the sync ended: committed behind
+        assert not store.kept
+        store.wait_written()
+        assert committed_height(path) == 8
+        with pytest.raises(RuntimeError), store.batch(behind=True, keep=True):
+            feed(chain, blocks[8:10])
+            raise RuntimeError("a peer's bad block")
+        assert not store.kept
+        store.wait_written()
+        assert committed_height(path) == 10
+        with store.batch(behind=True, keep=True):
+            feed(chain, blocks[10:12])
+        with store.batch(behind=True, delay_s=3600):  # the last CHAIN: commits what was kept with it
+            feed(chain, blocks[12:13])
+        assert not store.kept and chain.store.get_meta("tip") == blocks[12].hash
+        assert committed_height(path) == 13
+        with store.batch(behind=True, keep=True):
+            feed(chain, blocks[13:])
+        assert store.kept
+    finally:
+        chain.close()  # commits what is kept
+    assert _check_store(path) == 14
 
 
 @pytest.mark.parametrize("behind", [False, True])
@@ -601,18 +646,18 @@ def test_blocks_held_are_seen_by_the_node_at_once_and_in_the_file_when_released(
         assert not chain.store.hold()  # one held batch at a time
         feed(chain, blocks[:2])
         assert chain.store.load_main() == [GENESIS.hash, *(b.hash for b in blocks[:2])]
-        assert _committed_height(path) == 0
+        assert committed_height(path) == 0
         chain.store.release()
-        assert _committed_height(path) == 2
+        assert committed_height(path) == 2
         chain.store.release()  # nothing held: nothing to do
         assert chain.store.hold()
         feed(chain, blocks[2:3])
         with chain.store.batch(behind=True):  # a sync: the held block is committed first
-            assert _committed_height(path) == 3
+            assert committed_height(path) == 3
             assert not chain.store.hold()
             feed(chain, blocks[3:5])
         chain.store.wait_written()
-        assert _committed_height(path) == 5
+        assert committed_height(path) == 5
         assert chain.store.hold()
         feed(chain, blocks[5:])
     finally:
