@@ -24,12 +24,15 @@ what dataclass itself was asked for (no init, repr, eq or frozen), not the recor
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import inspect
 import operator
 import reprlib
+import sys
+import typing
 from collections.abc import Callable
-from typing import Any, TypeVar, dataclass_transform, overload
+from typing import Any, ClassVar, TypeVar, dataclass_transform, overload
 
 _T = TypeVar("_T")
 _KEY = "__record_key__"  # per class: the compared fields' values of an instance, as a tuple
@@ -199,6 +202,89 @@ class _Signature:
         _compiled_init(self.cls)
 
 
+@dataclasses.dataclass(init=False, repr=False, eq=False)
+class _Probe:
+    """What dataclass leaves on a class it processes as record asks (no method generated): the
+    params object, and the kinds of its fields, read here rather than from dataclasses' privates."""
+
+    field: int
+    classvar: ClassVar[int] = 0
+
+
+_PARAMS = _Probe.__dataclass_params__  # type: ignore[attr-defined]  # the same for every record
+_FIELD_KIND = _Probe.__dataclass_fields__["field"]._field_type  # type: ignore[attr-defined]
+_CLASSVAR_KIND = _Probe.__dataclass_fields__["classvar"]._field_type  # type: ignore[attr-defined]
+_SPECIAL = ("ClassVar", "InitVar", "KW_ONLY")  # annotations dataclass reads by name: only ClassVar[...] here
+
+
+def _classvar(cls: type, annotation: Any) -> bool | None:
+    """Whether ``annotation`` (a string under ``from __future__ import annotations``) is a
+    ``ClassVar``; None for what dataclass itself must judge (an InitVar, KW_ONLY, a ClassVar
+    spelled otherwise than ``ClassVar[...]`` of typing's, bound so in the class's module)."""
+    if isinstance(annotation, str):
+        if not any(name in annotation for name in _SPECIAL):
+            return False
+        if annotation.startswith("ClassVar[") and annotation.endswith("]"):
+            module = sys.modules.get(cls.__module__)
+            return True if getattr(module, "ClassVar", None) is ClassVar else None
+        return None
+    if annotation is ClassVar or typing.get_origin(annotation) is ClassVar:
+        return True
+    special = annotation is dataclasses.KW_ONLY or annotation is dataclasses.InitVar
+    return None if special or isinstance(annotation, dataclasses.InitVar) else False
+
+
+def _collect_fields(cls: type) -> bool:
+    """Do what ``dataclass(init=False, repr=False, eq=False)`` does to ``cls`` (collect its fields,
+    base records' first, set ``__dataclass_fields__``, ``__dataclass_params__`` and
+    ``__match_args__``, and each field's class attribute to its default) without its per-class
+    cost (about a third of what defining a record cost: a start defines some fifty). False, having
+    changed nothing, for a class whose annotations need dataclass's own reading."""
+    annotations = inspect.get_annotations(cls)  # the class's own, as dataclass reads them
+    kinds = {}
+    for name, annotation in annotations.items():
+        kind = _classvar(cls, annotation)
+        if kind is None:
+            return False
+        kinds[name] = kind
+    flds: dict[str, Any] = {}  # name -> Field (Any: dataclasses' _field_type, which its stubs leave out)
+    for base in cls.__mro__[-1:0:-1]:
+        flds.update(getattr(base, "__dataclass_fields__", {}))
+    for name, annotation in annotations.items():
+        default = getattr(cls, name, dataclasses.MISSING)
+        f: Any = default if isinstance(default, dataclasses.Field) else dataclasses.field(default=default)
+        f.name, f.type = name, annotation
+        if kinds[name]:
+            f._field_type = _CLASSVAR_KIND
+            if f.default_factory is not dataclasses.MISSING:
+                raise TypeError(f"field {name} cannot have a default factory")
+        else:
+            f._field_type = _FIELD_KIND
+            if f.default is not dataclasses.MISSING and f.default.__class__.__hash__ is None:
+                raise ValueError(
+                    f"mutable default {type(f.default)} for field {name} is not allowed: use default_factory"
+                )
+        if f.kw_only is dataclasses.MISSING:
+            f.kw_only = False
+        flds[name] = f
+        if isinstance(default, dataclasses.Field):
+            if f.default is dataclasses.MISSING:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, f.default)
+    for name, value in cls.__dict__.items():
+        if isinstance(value, dataclasses.Field) and name not in annotations:
+            raise TypeError(f"{name!r} is a field but has no type annotation")
+    cls.__dataclass_fields__ = flds  # type: ignore[attr-defined]
+    cls.__dataclass_params__ = _PARAMS  # type: ignore[attr-defined]
+    if "__match_args__" not in cls.__dict__:
+        args = tuple(f.name for f in flds.values() if f._field_type is _FIELD_KIND and f.init and not f.kw_only)
+        setattr(cls, "__match_args__", args)  # noqa: B010  (a class's, which mypy will not let be assigned)
+    if hasattr(cls, "__abstractmethods__"):
+        abc.update_abstractmethods(cls)
+    return True
+
+
 def _signature(flds: list[dataclasses.Field[Any]]) -> str:
     """What ``inspect.signature`` shows of the ``__init__`` (dataclasses' ``__doc__`` for a class
     without a docstring), without building a Signature."""
@@ -251,7 +337,8 @@ def _make(cls: type[_T], *, frozen: bool, eq: bool, slots: bool) -> type[_T]:
     # dataclass collects the fields (and __match_args__, and makes the slots) and generates
     # nothing: no method is asked for, and the class is not frozen in its eyes (the shared
     # __setattr__ makes it so)
-    cls = dataclasses.dataclass(init=False, repr=False, eq=False, slots=slots)(cls)
+    if slots or not _collect_fields(cls):  # (slots: dataclass makes a new class)
+        cls = dataclasses.dataclass(init=False, repr=False, eq=False, slots=slots)(cls)
     flds = list(dataclasses.fields(cls))  # type: ignore[arg-type]
     for f in flds:
         if not f.init or f.kw_only is True:

@@ -11,6 +11,8 @@ import copy
 import dataclasses
 import inspect
 import pickle
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -195,3 +197,74 @@ def test_what_a_record_cannot_be_is_refused() -> None:
     frozen = record(type("Frozen", (), {"__annotations__": {"x": int}}))
     with pytest.raises(TypeError, match="frozen and mutable"):
         record(frozen=False)(type("Thawed", (frozen,), {"__annotations__": {"y": int}}))
+
+
+STRING_ANNOTATED = """
+from __future__ import annotations
+import dataclasses
+import typing
+from dataclasses import field
+from typing import ClassVar
+
+@DECORATE
+class Base:
+    TYPE: ClassVar[str]
+    x: int
+    tags: tuple[str, ...] = ()
+
+@DECORATE
+class Sub(Base):
+    TYPE: ClassVar[str] = "SUB"
+    y: bytes = field(default=b"", metadata={"wire": 1})
+    items: list[int] = field(default_factory=list, compare=False)
+
+@DECORATE
+class Spelled(Base):
+    KIND: typing.ClassVar[int] = 3  # dataclass's own reading of the annotation (record defers to it)
+    z: int = 0
+"""
+
+
+def string_annotated(decorate: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The module above (``from __future__ import annotations``, as every p2pchain module is)
+    with its classes made by ``decorate``; in sys.modules while the test runs (dataclass looks
+    up the names of annotations in the class's module)."""
+    module = types.ModuleType(f"string_annotated_{len(sys.modules)}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    module.DECORATE = decorate  # type: ignore[attr-defined]
+    exec(STRING_ANNOTATED, module.__dict__)
+    return module.__dict__
+
+
+def fields_of(cls: type) -> list[tuple[Any, ...]]:
+    return [
+        (f.name, f.type, f.default, f.default_factory, f.compare, dict(f.metadata)) for f in dataclasses.fields(cls)
+    ]
+
+
+def test_string_annotations_make_the_fields_dataclass_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """record collects a class's fields itself (dataclass's per-class work was a third of what
+    defining a record cost) and must read string annotations as dataclass does: ClassVar[...] is
+    no field, a base's fields come first, a field() default becomes the class attribute or goes."""
+    rec = string_annotated(record, monkeypatch)
+    ref = string_annotated(dataclass(frozen=True), monkeypatch)
+    for name in ("Base", "Sub", "Spelled"):
+        r, d = rec[name], ref[name]
+        assert fields_of(r) == fields_of(d), name
+        assert sorted(r.__dataclass_fields__) == sorted(d.__dataclass_fields__), name  # ClassVars too
+        assert r.__match_args__ == d.__match_args__, name
+        for attr in ("TYPE", "x", "tags", "y", "items", "KIND", "z"):
+            assert getattr(r, attr, "absent") == getattr(d, attr, "absent"), (name, attr)
+    sub, ref_sub = rec["Sub"](1), ref["Sub"](1)
+    assert repr(sub) == repr(ref_sub) and dataclasses.asdict(sub) == dataclasses.asdict(ref_sub)
+    assert dataclasses.replace(sub, y=b"a") == rec["Sub"](1, (), b"a")
+
+
+def test_a_record_refuses_what_dataclass_refuses_of_its_fields() -> None:
+    for decorate in (record, dataclass(frozen=True)):
+        with pytest.raises(ValueError, match="mutable default <class 'list'> for field x"):
+            decorate(type("Shared", (), {"__annotations__": {"x": "list[int]"}, "x": []}))
+        with pytest.raises(TypeError, match="'y' is a field but has no type annotation"):
+            decorate(type("Untyped", (), {"__annotations__": {"x": "int"}, "y": field(default=1)}))
+        with pytest.raises(TypeError, match="cannot have a default factory"):
+            decorate(type("Factory", (), {"__annotations__": {"X": ClassVar[int]}, "X": field(default_factory=int)}))
