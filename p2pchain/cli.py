@@ -33,16 +33,19 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pchain import __version__, limits, logs
 from p2pchain import config as config_file
 from p2pchain.connmgr import parse_addr
 from p2pchain.errors import StoreError, WalletError
-from p2pchain.http_auth import AuthConfigError, AuthMode, AuthSettings, read_token_file
 from p2pchain.keys import is_address
 from p2pchain.node import RELAY_MODES, VERIFY_PROCS_DEFAULT, NodeConfig, run_node
 from p2pchain.params import DEFAULT_BITS, DEFAULT_HALF_LIFE_BLOCKS, NetworkParams
 from p2pchain.peer import Tunables
+
+if TYPE_CHECKING:
+    from p2pchain.http_auth import AuthSettings
 
 if _STARTING:
     # what the imports made lives as long as the process: moved out of the collector's generations
@@ -53,6 +56,10 @@ if _STARTING:
     gc.enable()
 
 log = logging.getLogger(__name__)
+
+# --http-auth's choices: p2pchain.http_auth.AuthMode's values, as strings here, so that the module
+# (with hmac) loads only for a node that serves HTTP or reads a token file (http_auth_settings)
+AUTH_MODES = ("auto", "always", "none")
 
 
 def _port(text: str) -> int:
@@ -196,9 +203,8 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--http-auth",
-        type=AuthMode,
-        choices=list(AuthMode),
-        default=AuthMode.AUTO,
+        choices=AUTH_MODES,
+        default=AUTH_MODES[0],
         help="who needs the token for /mine, /transactions/new, /nodes/register and /nodes/resolve: "
         "auto (default: clients not on loopback), always (every client), none (nobody; loopback "
         "--http-host only). The token is in DATA_DIR/.cookie (new at each start) or --http-token-file",
@@ -285,13 +291,26 @@ def collect_again(node: object) -> None:
     gc.enable()
 
 
+def http_auth_settings(args: argparse.Namespace) -> AuthSettings | None:
+    """What --http-auth and --http-token-file ask of the HTTP shim, checked against --http-host;
+    None (p2pchain.http_auth not loaded) for a node that neither serves HTTP nor names a token
+    file. AuthConfigError (a ValueError) for settings the node must refuse."""
+    if args.http_port is None and args.http_token_file is None:
+        return None
+    from p2pchain.http_auth import AuthMode, AuthSettings, read_token_file
+
+    token = read_token_file(args.http_token_file) if args.http_token_file else None
+    auth = AuthSettings(AuthMode(args.http_auth), token)
+    if args.http_port is not None:
+        auth.check(args.http_host)
+    return auth
+
+
 def run_node_command(argv: list[str]) -> int:
     try:
         args = config_file.parse_with_config(node_parser(), argv)
-        auth = AuthSettings(args.http_auth, read_token_file(args.http_token_file) if args.http_token_file else None)
-        if args.http_port is not None:
-            auth.check(args.http_host)
-    except (config_file.ConfigError, AuthConfigError) as e:
+        auth = http_auth_settings(args)
+    except (config_file.ConfigError, ValueError) as e:  # ValueError: http_auth.AuthConfigError
         print(f"p2pchain: {e}", file=sys.stderr)
         return 2
     if args.half_life is not None and args.block_time is None:
@@ -324,7 +343,7 @@ def run_node_command(argv: list[str]) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         start_http = None
-        if config.http_port is not None:
+        if auth is not None and config.http_port is not None:
             from p2pchain.http import start_http as http_starter  # aiohttp is loaded only with --http-port
 
             start_http = functools.partial(http_starter, auth=auth)

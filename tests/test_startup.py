@@ -38,6 +38,8 @@ NOT_LOADED = {
     "shutil": "argparse's help formatter imports it (and zlib, bz2, lzma) for the terminal's width",
     "secrets": "the HTTP shim's cookie",
     "base64": "the HTTP shim's Basic authentication",
+    "p2pchain.http_auth": "the HTTP shim's authentication (--http-auth is a string until then)",
+    "hmac": "the HTTP shim's token comparison",
     "cryptography": "Ed25519, loaded at the first signature to check or make (the wallet file has its check)",
 }
 LAUNCHERS = {
