@@ -282,8 +282,10 @@ def tune_interpreter() -> None:
     gc.set_threshold(limits.GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # a sync's batches are not promoted
     # glibc raises its mmap threshold to the size of the largest mmapped block freed (mallopt(3)):
     # one made and freed now, so that asyncio's 256 KiB socket reads come from the heap. (Not
-    # mallopt itself: ctypes would cost a start ~3 ms; another C library ignores this.)
-    bytearray(limits.MALLOC_MMAP_THRESHOLD_BYTES)
+    # mallopt itself: ctypes would cost a start ~3 ms; another C library ignores this.) bytes, not
+    # bytearray: bytes(n) is calloc'd, and a fresh mapping is zero already, so none of its 256
+    # pages is touched; bytearray(n) writes zeros over all of them (page faults, ~0.5 ms of a start)
+    bytes(limits.MALLOC_MMAP_THRESHOLD_BYTES)
 
 
 def collect_again(node: object) -> None:
