@@ -887,8 +887,10 @@ class Relay(Generic[P]):
         reorg nothing counts as confirmed (an abandoned block's transaction may be wanted again)."""
         if any(True for _ in disconnected):
             self.confirmed.clear()
+        fetching = bool(self._pending or self._block_wants)  # (a sync's blocks: most often nothing is)
         for block in blocks:
-            self.block_done(block.hash)
+            if fetching:
+                self.block_done(block.hash)
             for tx in block.txs[1:]:
                 self.confirmed.add(tx.txid)
                 self._drop_want(tx.txid)
