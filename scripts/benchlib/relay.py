@@ -48,13 +48,11 @@ RELAY_DEGREE = 4  # links per node in the random graph
 RELAY_SENDERS = 20  # funded wallets; each block holds TXS_PER_BLOCK / RELAY_SENDERS nonces of each
 TXS_PER_BLOCK = 100  # payments per measured block
 RELAY_BLOCKS = 20  # blocks a mode by default: the p50 of 10 moved by more than the modes differ
-MEMPOOL_WAIT_S = 20.0
+MEMPOOL_WAIT_S = 20.0  # at most this long for every mempool to hold a block's payments
 # a block is pushed at least this long after the last one (of either mode): by then that block's
 # timers have fired on every node (the held store batch's commit after STORE_HOLD_S, the block
 # announcements after RELAY_BLOCK_INV_INTERVAL_S) and do not land in this block's time
-SETTLE_S = (
-    max(limits.STORE_HOLD_S, limits.RELAY_BLOCK_INV_INTERVAL_S) + 0.5
-)  # at most this long for every mempool to hold a block's payments
+SETTLE_S = max(limits.STORE_HOLD_S, limits.RELAY_BLOCK_INV_INTERVAL_S) + 0.5
 SWARM_NODES, SWARM_DEGREE, SWARM_BLOCKS = 200, 8, 20  # the in-process swarm (as bench swarm)
 # every message that relays blocks: pushes, round trips, and the announcements with their fetches
 BLOCK_TYPES = ("NEW_BLOCK", "CMPCT_BLOCK", "GET_BLOCK_TXN", "BLOCK_TXN", "SEND_CMPCT", "INV_BLOCK", "GET_CMPCT")
