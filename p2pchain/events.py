@@ -135,6 +135,9 @@ class EventHub:
     # --- the subscriptions node.py wires in ----------------------------------------------------
     def on_chain_update(self, connected: Sequence[Block], disconnected: Sequence[Block]) -> None:
         """A chain listener: a reorganisation (if blocks left the best chain), then the new tip."""
+        if not self.streams:  # no browser: the events are counted, their summaries not made (a sync's every run)
+            self.published += bool(disconnected) + bool(connected)
+            return
         if disconnected:
             self.publish(
                 "reorg",

@@ -194,3 +194,27 @@ def test_a_browser_that_stops_reading_is_dropped_and_never_blocks_publishing() -
             stalled.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_chain_events_without_a_stream_are_counted_and_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no browser, a chain update (a sync's every run of blocks) counts its events as
+    published and builds none of their block summaries; with one, the same update is delivered."""
+    import p2pchain.events as events
+
+    blocks = branch(GENESIS, 3)
+    hub = EventHub()
+    real = events.block_summary
+    monkeypatch.setattr(events, "block_summary", lambda block: pytest.fail("a summary built for nobody"))
+    hub.on_chain_update(blocks, blocks[:1])  # a reorg and a tip
+    assert hub.published == 2
+    monkeypatch.setattr(events, "block_summary", real)
+
+    async def go() -> None:
+        stream = hub.open()
+        hub.on_chain_update(blocks, [])
+        ((name, data),) = await events_until(stream, 1)
+        assert name == "tip" and data["height"] == blocks[-1].height and data["connected"] == 3
+        hub.close()
+
+    asyncio.run(go())
+    assert hub.published == 3
