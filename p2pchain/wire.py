@@ -649,9 +649,16 @@ def _encoder_spec(cls: type[_Message]) -> tuple[tuple[str, Encode | None, Any], 
     return spec
 
 
-# type -> (class, ((field name, decode, default), ...)), so that decoding does not walk dataclass fields
-_DECODERS: dict[str, tuple[type[Message], tuple[tuple[str, Decode, Any], ...]]] = {
-    name: (cls, tuple((f.name, f.metadata["wire"][0], f.metadata.get("default", _REQUIRED)) for f in fields(cls)))
+# type -> (class, ((field name, decode, default, where), ...)), so that decoding does not walk
+# dataclass fields nor format "TYPE.field" (what an error says) for every field of every message
+_DECODERS: dict[str, tuple[type[Message], tuple[tuple[str, Decode, Any, str], ...]]] = {
+    name: (
+        cls,
+        tuple(
+            (f.name, f.metadata["wire"][0], f.metadata.get("default", _REQUIRED), f"{name}.{f.name}")
+            for f in fields(cls)
+        ),
+    )
     for name, cls in MESSAGE_TYPES.items()
 }
 
@@ -777,7 +784,7 @@ def decode_message(payload: bytes) -> Message:
         doc = _as_map(_unpack(payload, budget=_ContainerBudget()))
     cls, spec = entry
     values: dict[str, Any] = {}
-    for name, decode, default in spec:
+    for name, decode, default, where in spec:
         try:
             value = doc[name]
         except KeyError:
@@ -785,5 +792,5 @@ def decode_message(payload: bytes) -> Message:
                 raise ProtocolError(f"{kind} has no field {name!r}") from None
             values[name] = default
             continue
-        values[name] = decode(value, f"{kind}.{name}")
+        values[name] = decode(value, where)
     return cls(**values)
