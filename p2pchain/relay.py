@@ -396,9 +396,11 @@ class Relay(Generic[P]):
         return served
 
     def mark_known(self, peer: P, txid: bytes) -> None:
-        """``peer`` has ``txid`` (it sent it or asked for it): never announce it there."""
+        """``peer`` has ``txid`` (it sent it or asked for it): never announce it there. Only
+        for an inv-tx peer: nothing is announced to the others (a wallet's SUBMIT_TX, a version
+        1 node's NEW_TX), so their known set would be a per-transaction cost and memory for nothing."""
         state = self._peers.get(peer)
-        if state is not None:
+        if state is not None and FEATURE_INV_TX in state.features:
             state.known_txs.add(txid)
 
     def delivered_by(self, peer: P, txid: bytes) -> None:
