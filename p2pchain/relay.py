@@ -885,14 +885,19 @@ class Relay(Generic[P]):
         self._drop_block_want(block_hash)
 
     def connected(self, blocks: Iterable[Block], disconnected: Iterable[Block] = ()) -> None:
-        """Blocks joined the best chain: their transactions are no longer wanted. After a
-        reorg nothing counts as confirmed (an abandoned block's transaction may be wanted again)."""
+        """Blocks joined the best chain: their transactions are no longer wanted, nor announced
+        if still queued for the next INV_TX (each peer gets them in the block; Bitcoin Core, too,
+        announces only what its mempool still holds). After a reorg nothing counts as confirmed
+        (an abandoned block's transaction may be wanted again)."""
         if any(True for _ in disconnected):
             self.confirmed.clear()
         fetching = bool(self._pending or self._block_wants)  # (a sync's blocks: most often nothing is)
+        queued = [state.to_announce for state in self._peers.values() if state.to_announce]
         for block in blocks:
             if fetching:
                 self.block_done(block.hash)
             for tx in block.txs[1:]:
                 self.confirmed.add(tx.txid)
                 self._drop_want(tx.txid)
+                for to_announce in queued:
+                    to_announce.pop(tx.txid, None)

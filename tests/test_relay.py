@@ -95,6 +95,19 @@ def test_announcements_are_batched_in_inv_sized_messages() -> None:
     assert [len(b) for b in batches] == [limits.MAX_INV_TXIDS, 5]
 
 
+def test_a_queued_announcement_of_a_transaction_a_block_confirmed_is_dropped() -> None:
+    """A block that connects before the next INV_TX flush carries its transactions to every
+    peer: announcing them after it is waste (and an INV_TX to read during the block's relay)."""
+    txs = payments(3)
+    relay = relay_with("a", "b")
+    for tx in txs:
+        relay.announce(tx.txid)
+    relay.connected([block_on(GENESIS, txs[:2])])
+    assert relay.take_announcements() == {"a": [(txs[2].txid,)], "b": [(txs[2].txid,)]}
+    relay.connected([block_on(GENESIS, txs[2:])])  # nothing queued: nothing to drop
+    assert relay.take_announcements() == {}
+
+
 # --- requesting -----------------------------------------------------------------------------
 def test_one_announcer_is_asked_at_a_time_and_not_found_moves_to_the_next() -> None:
     relay = relay_with("a", "b", "c")
