@@ -83,6 +83,11 @@ ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256
 # chain written in batches of 500, 1,000 and 2,000: 6.6, 6.0 and 5.9 s of CPU, loaded). A kill -9
 # loses at most these blocks and the commit under way, which a sync downloads again
 STORE_BATCH_MAX_TXNS = 2000
+# ... or once the blocks it stored reach this many canonical bytes, whichever comes first: its
+# queue holds them decoded (some 6 bytes of Python objects a canonical byte), so a sync of full
+# blocks kept open for 2,000 of them would hold gigabytes; this bounds the queue near 50 MiB (and
+# as much again in the commit under way) and what a kill -9 loses during a sync
+STORE_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # a sync's last CHAIN (no more asked for) is committed behind this much later, or at once when the
 # store is used before (a read, the next commit, the node stopping): the work that follows the end
 # of a sync (relaying the new tip, answering /nodes/resolve) keeps the GIL meanwhile, where the
@@ -92,7 +97,8 @@ STORE_BEHIND_DELAY_S = 0.01
 STORE_HOLD_S = 1.0  # a block that arrives alone (relayed, mined) may wait this long to be committed,
 # with those that follow it within that time (Store.hold): the commit (~100 us of SQLite a block,
 # most of a small block's checking) leaves the path a block takes to the next hop, and blocks that
-# come faster than one per interval share one. A kill -9 loses at most this much of the chain,
+# come faster than one per interval share one. A kill -9 loses at most this much of the chain
+# (during a sync, a block that arrives alone joins the sync's kept batch: STORE_BATCH_MAX_TXNS),
 # downloaded again by a sync
 SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip,
 # and to which none of the last this-many arriving blocks was added (a sync still fetching it is

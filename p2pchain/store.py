@@ -273,6 +273,7 @@ class Store:
         self.path = str(path)
         self._batch_depth = 0  # open ``batch`` contexts
         self._batched = 0  # transactions done in the open batch since its last commit
+        self._batched_bytes = 0  # ... and the canonical bytes of the blocks they stored
         self._ops: list[Op] = []  # writes queued in the open batch, not sent yet
         self._mark: int | None = None  # a transaction is open in the batch: its writes start at _ops[_mark]
         self._savepoint = False  # that transaction sent some of its writes (a savepoint is open)
@@ -372,7 +373,7 @@ class Store:
             self._send()
             self.db.execute("RELEASE tx")
         self._batched += 1
-        if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # overlapping batches never defer it longer
+        if self._full():  # overlapping batches never defer it longer
             self._commit()
 
     def _abort(self) -> None:
@@ -413,11 +414,13 @@ class Store:
         With ``keep`` (a sync's CHAIN when the next one is already asked for), the outermost batch
         that ends without an exception is not committed but kept open as the held batch (``hold``),
         and the next ``batch`` goes on with it: a sync commits every STORE_BATCH_MAX_TXNS blocks
-        (the inner transactions' count commits it, as always), not once a CHAIN, so SQLite rewrites
-        the pages its random keys touch (the blocks' and transactions' hash indexes) half as often.
-        The file may then be that many blocks, plus the commit behind, behind the memory.
+        or STORE_BATCH_MAX_BYTES of them (the inner transactions commit it, as always), not once a
+        CHAIN, so SQLite rewrites the pages its random keys touch (the blocks' and transactions'
+        hash indexes) a quarter as often. The file may then be that many blocks, plus the commit
+        behind, behind the memory.
         ``release`` (the sync's end, the node stopping, a held block's timer) commits it."""
         if self._kept:  # a sync's batch kept open by the last one: go on with it, as the outermost batch
+            self._check_writable()  # (a commit behind may have failed since)
             self._kept = self._holding = False
             self._batch_depth -= 1
             self._behind, self._delay_s = behind, delay_s
@@ -434,7 +437,7 @@ class Store:
         finally:
             try:
                 if self._batch_depth == 1:
-                    if ended and keep and self._failed is None and self._batched < limits.STORE_BATCH_MAX_TXNS:
+                    if ended and keep and self._failed is None and not self._full():
                         self._kept = self._holding = True  # (its depth stays 1: the held batch)
                     else:
                         self._commit()
@@ -442,11 +445,17 @@ class Store:
                 if not self._kept:
                     self._batch_depth -= 1
 
+    def _full(self) -> bool:
+        """The open batch has done enough to be committed now: STORE_BATCH_MAX_TXNS transactions
+        or STORE_BATCH_MAX_BYTES of blocks (its queue holds them decoded: a kept sync batch of big
+        blocks must not grow with their count alone)."""
+        return self._batched >= limits.STORE_BATCH_MAX_TXNS or self._batched_bytes >= limits.STORE_BATCH_MAX_BYTES
+
     def _open_batch(self, behind: bool, delay_s: float = 0.0) -> None:
         """Open the outermost batch (``batch``, ``hold``): its SQLite transaction is begun when
         something is first sent (BEGIN IMMEDIATE: a commit behind may be under way till then)."""
         self._begun = False
-        self._batched = 0
+        self._batched = self._batched_bytes = 0
         self._behind = behind
         self._delay_s = delay_s
 
@@ -492,7 +501,7 @@ class Store:
         """Commit the open batch (its queued writes and what was sent before): now, or behind.
         Nothing if the store failed, or if nothing was queued or sent (held blocks that were all
         ignored or duplicates; a sync's CHAIN of blocks we had)."""
-        self._batched = 0
+        self._batched = self._batched_bytes = 0
         if self._failed is not None:
             return
         if not self._behind:
@@ -705,6 +714,8 @@ class Store:
     def put_block(self, block: Block, work: int, seq: int, undo: dict[str, Account] | None = None) -> None:
         """Store ``block`` (with its undo data when it joins the best chain now: one row write)."""
         self._write("blocks", PUT_BLOCK, [_block_row(block, work, seq, undo)])
+        if self._batch_depth:
+            self._batched_bytes += block.size
 
     def extend_main(
         self, block: Block, work: int, seq: int, undo: dict[str, Account], height: int, changes: dict[str, Account]
@@ -730,7 +741,8 @@ class Store:
             ops.append(("meta", None, ("tip", ("tip", block_hash))))
             self._ops += ops
             self._batched += 1
-            if self._batched >= limits.STORE_BATCH_MAX_TXNS:  # as _end
+            self._batched_bytes += block.size
+            if self._full():  # as _end
                 self._commit()
             return
         with self._transaction:

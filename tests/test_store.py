@@ -523,6 +523,50 @@ def test_a_kept_sync_batch_commits_every_store_batch_max_txns_blocks_and_when_re
     assert _check_store(path) == 14
 
 
+def test_a_kept_sync_batch_commits_once_its_blocks_reach_store_batch_max_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch (a sync's, kept open from one CHAIN to the next) is committed once the blocks it
+    stored reach STORE_BATCH_MAX_BYTES canonical bytes, before STORE_BATCH_MAX_TXNS blocks: a sync
+    of big blocks does not hold thousands of them, decoded, in memory (nor lose them on a kill -9).
+    Here the byte bound is three blocks' bytes and the count bound out of reach."""
+    blocks = branch(GENESIS, 8, miner=B.address)
+    monkeypatch.setattr(limits, "STORE_BATCH_MAX_TXNS", 1000)
+    monkeypatch.setattr(limits, "STORE_BATCH_MAX_BYTES", sum(b.size for b in blocks[:3]))
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    store = chain.store
+    try:
+        with store.batch(behind=True, keep=True):
+            feed(chain, blocks[:2])
+        assert store.kept
+        store.wait_written()
+        assert committed_height(path) == 0  # two blocks' bytes: kept
+        with store.batch(behind=True, keep=True):  # the third block reaches the bound: the three commit
+            feed(chain, blocks[2:4])
+        assert store.kept  # (the fourth, kept)
+        store.wait_written()
+        assert committed_height(path) == 3
+        with store.batch(behind=True, keep=True):  # 4, 5, 6 reach it again
+            feed(chain, blocks[4:7])
+        store.wait_written()
+        assert committed_height(path) == 6
+        store.release()
+        store.wait_written()
+        assert committed_height(path) == 7
+        side = block_on(GENESIS, miner=B.address, salt=1)  # a block stored off the best chain counts too
+        with store.batch(behind=True, keep=True):
+            for _ in range(2):
+                with store.transaction():
+                    store.put_block(side, 1, 99)
+            feed(chain, blocks[7:8])  # two side blocks' bytes and this one's: committed
+        store.wait_written()
+        assert committed_height(path) == 8
+    finally:
+        chain.close()
+    assert _check_store(path) == 8
+
+
 @pytest.mark.parametrize("behind", [False, True])
 def test_the_page_cache_grows_with_the_file_within_its_bounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, behind: bool
