@@ -16,10 +16,12 @@ from p2pchain import limits, wire
 from p2pchain.addrman import AddrMan, ban_key, host_of, ip_bytes, netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
-from p2pchain.peer import FrameReader, Handler, Misbehaving, Peer, Tunables, open_connection, start_server
+from p2pchain.peer import Misbehaving, Peer, Tunables
 from p2pchain.store import Ban, Store
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[Peer, wire.Message], Awaitable[None]]
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -94,7 +96,7 @@ class ConnectionManager:
 
     # --- lifecycle --------------------------------------------------------------------------
     async def listen(self, host: str, port: int) -> int:
-        self.server = await start_server(self._accept, host, port)
+        self.server = await asyncio.start_server(self._accept, host, port, limit=2**16)
         sock = self.server.sockets[0]
         return int(sock.getsockname()[1])
 
@@ -250,7 +252,7 @@ class ConnectionManager:
         victim.close(f"evicted: inbound slots full, {why}")
         return True
 
-    async def _accept(self, reader: FrameReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = writer.get_extra_info("peername")[0]
         refuse = None
         if self.server is not None and not self.server.is_serving():
@@ -288,7 +290,7 @@ class ConnectionManager:
         self.dialing.add(addr)
         try:
             async with asyncio.timeout(limits.DIAL_TIMEOUT_S):
-                reader, writer = await open_connection(host, port)
+                reader, writer = await asyncio.open_connection(host, port, limit=2**16)
         except (OSError, TimeoutError) as e:
             log.debug("could not connect to %s: %s", addr, e)
             self.addrman.failed(addr)

@@ -211,8 +211,6 @@ RECONNECT_MAX_S = 30.0  # reconnect delay ceiling
 PEER_MSG_RATE = 10_000.0  # messages/s a peer may send on average (token bucket); above the ~9,000
 # signed txs/s a node can check, so one client can feed it at full speed (issue 4: >= 5,000/s)
 PEER_MSG_BURST = 4000  # token bucket depth
-PEER_READ_BUFFER_BYTES = 64 * 1024  # a peer's received bytes not yet handled: over twice this, it is not
-# read (TCP pushes back) until they are below it again (asyncio's StreamReader limit; a longer frame is read whole)
 PEER_TURN_S = 0.002  # a peer's already-buffered messages are handled this long, then the others get a turn
 SEEN_CACHE_MAX = 50_000  # recently seen block/tx ids remembered for gossip de-duplication
 MAX_INVALID_REMEMBERED = 10_000  # hashes of invalid blocks kept to refuse them again cheaply

@@ -1,16 +1,6 @@
 """One connection to another node: handshake, a reader task, a writer task with a bounded
 queue, liveness pings and flow control. What the messages mean is the node's business: the
-peer hands each decoded message to ``handler`` and sends what it is given.
-
-Reading: the connection's ``FrameReader`` (an asyncio StreamReader) buffers what the socket
-gives, and pauses the socket while more than 2 x PEER_READ_BUFFER_BYTES wait unread (TCP then
-pushes back on the sender). While the peer's reader task waits for bytes, the frames that
-arrive are decoded and handled at once, in the transport's callback (``Peer._dispatch``), as
-if the task had read them: a message costs no future, no task switch and no second turn of the
-loop (13 % of a lone message's instructions, 1-3 % of its CPU time with the system calls:
-docs/benchmarks.md). A handler that has to wait, a peer over its rate or turn, and any error
-go back to the task, which goes on exactly as it would have: until it waits for bytes again,
-arrivals are only buffered."""
+peer hands each decoded message to ``handler`` and sends what it is given."""
 
 from __future__ import annotations
 
@@ -20,9 +10,7 @@ import logging
 import random
 import time
 import weakref
-from asyncio.tasks import _enter_task, _leave_task
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
 from p2pchain.errors import ProtocolError, clip
@@ -50,117 +38,6 @@ def _uncork_all(loop: asyncio.AbstractEventLoop) -> None:
 _DRAIN: tuple[str, bytes] = ("", b"")
 
 
-class FrameReader(asyncio.StreamReader):
-    """The StreamReader of a peer connection: whole frames out (``frame``), and while its
-    reader task waits for bytes (``wait``), each arrival is first offered to ``dispatch``,
-    which handles the whole frames it can in the transport's callback and says whether the
-    waiting task must be woken (it has work: a handler that waits, an error, a pause). The
-    task is not woken for arrivals that ``dispatch`` handled: no future, no task switch.
-
-    It relies on CPython's StreamReader internals (``_buffer``, ``_waiter``, ``_exception``,
-    ``_eof``, ``_maybe_resume_transport``, ``_wait_for_data``), unchanged from 3.8 to 3.13."""
-
-    def __init__(self, limit: int = limits.PEER_READ_BUFFER_BYTES) -> None:
-        super().__init__(limit)
-        # while set: called when bytes arrive and the reader task waits in wait(); True wakes it
-        self.dispatch: Callable[[], bool] | None = None
-
-    def feed_data(self, data: bytes) -> None:  # type: ignore[override]
-        dispatch = self.dispatch
-        if dispatch is None or self._waiter is None or not data:  # type: ignore[attr-defined]
-            super().feed_data(data)  # buffered; the task, if it waits, is woken
-            return
-        buf: bytearray = self._buffer  # type: ignore[attr-defined]
-        buf.extend(data)
-        if not dispatch():  # it handled every whole frame: at most a part of one is left
-            return
-        self._wakeup_waiter()  # type: ignore[attr-defined]
-        transport = self._transport  # type: ignore[attr-defined]
-        if transport is not None and not self._paused and len(buf) > 2 * self._limit:  # type: ignore[has-type,attr-defined]
-            transport.pause_reading()  # as StreamReader.feed_data: the task has a backlog
-            self._paused = True
-
-    def frame(self, max_frame_bytes: int = limits.MAX_FRAME_BYTES) -> bytes | None:
-        """The payload of the next whole frame buffered, or None. Raises as ``wire.read_frame``
-        would on the same bytes: the error the connection met (``set_exception``),
-        ``ProtocolError`` for a bad length (before its payload is waited for),
-        ``IncompleteReadError`` when the stream ended inside a frame or before one."""
-        if self._exception is not None:  # type: ignore[attr-defined]
-            raise self._exception  # type: ignore[attr-defined]
-        buf: bytearray = self._buffer  # type: ignore[attr-defined]
-        have = len(buf)
-        if have >= limits.FRAME_HEADER_BYTES:
-            n = int.from_bytes(buf[: limits.FRAME_HEADER_BYTES], "big")
-            wire.check_frame_length(n, max_frame_bytes)
-            end = limits.FRAME_HEADER_BYTES + n
-            if have >= end:
-                payload = bytes(buf[limits.FRAME_HEADER_BYTES : end])
-                del buf[:end]
-                self._maybe_resume_transport()  # type: ignore[attr-defined]
-                return payload
-        if self._eof:  # type: ignore[attr-defined]
-            raise asyncio.IncompleteReadError(bytes(buf), None)
-        return None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet taken as frames."""
-        return len(self._buffer)  # type: ignore[attr-defined]
-
-    async def wait(self) -> None:
-        """Until bytes arrive that ``dispatch`` (if set) did not handle, the stream ends or
-        fails. Resumes a paused socket first (a frame longer than the buffer limit)."""
-        await self._wait_for_data("wait")  # type: ignore[attr-defined]
-
-
-async def open_connection(host: str, port: int) -> tuple[FrameReader, asyncio.StreamWriter]:
-    """asyncio.open_connection with a FrameReader."""
-    loop = asyncio.get_running_loop()
-    reader = FrameReader()
-    protocol = asyncio.StreamReaderProtocol(reader)
-    transport, _ = await loop.create_connection(lambda: protocol, host, port)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
-
-async def start_server(
-    accept: Callable[[FrameReader, asyncio.StreamWriter], Awaitable[None]], host: str | None, port: int
-) -> asyncio.Server:
-    """asyncio.start_server with a FrameReader per connection."""
-
-    def factory() -> asyncio.StreamReaderProtocol:
-        return asyncio.StreamReaderProtocol(FrameReader(), accept)  # type: ignore[arg-type]
-
-    return await asyncio.get_running_loop().create_server(factory, host, port)
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waits_on: Any, error: BaseException | None = None) -> None:
-    """Run ``coro`` to its end in this task, from where it stopped when it was stepped outside
-    any task (``Peer._dispatch``) and yielded ``waits_on``, as a Task would have: resumed when
-    that future is done, or after one turn of the loop for a bare yield; an exception it ends
-    with, or a cancellation of this task meanwhile, is thrown in (``error``: one that came
-    before this task could take the coroutine over, its future is then cancelled as Task does)."""
-    if error is not None and waits_on is not None:
-        waits_on.cancel()
-    while True:
-        if error is None:
-            try:
-                if waits_on is None:
-                    await asyncio.sleep(0)
-                else:
-                    waits_on._asyncio_future_blocking = False  # taken, as a Task takes it (else:
-                    await waits_on  # "await wasn't used with future")
-            except BaseException as e:  # thrown into the coroutine, as Task does
-                error = e
-        try:
-            waits_on = coro.send(None) if error is None else coro.throw(error)
-        except StopIteration:
-            return
-        error = None
-
-
-Handler = Callable[["Peer", wire.Message], Coroutine[Any, Any, None]]  # a coroutine function
-
-
 class Misbehaving(Exception):
     """The peer broke the protocol or sent consensus-invalid data: drop it, maybe ban it."""
 
@@ -186,7 +63,7 @@ class Tunables:
 class Peer:
     def __init__(
         self,
-        reader: FrameReader,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
         inbound: bool,
@@ -229,11 +106,6 @@ class Peer:
         self._tokens = float(tunables.msg_burst)
         self._refill = time.monotonic()
         self._turn_start = self._refill  # when this peer's handler last let the others run
-        self._handle: Handler | None = None  # run()'s, for _dispatch
-        self._task: asyncio.Task[None] | None = None  # the reader task (run)
-        # what _dispatch left to the reader task: a coroutine to finish and what it waits on,
-        # a pause in seconds (rate or turn), or the error that ends the connection
-        self._handover: tuple[Coroutine[Any, Any, None], Any] | float | BaseException | None = None
 
     def __repr__(self) -> str:
         return f"peer {self.addr} ({'in' if self.inbound else 'out'})"
@@ -392,18 +264,7 @@ class Peer:
 
     # --- receiving --------------------------------------------------------------------------
     async def read_message(self) -> wire.Message:
-        """The next message (the handshake's HELLO)."""
-        while True:
-            msg = self._buffered_message()
-            if msg is not None:
-                return msg
-            await self.reader.wait()
-
-    def _buffered_message(self) -> wire.Message | None:
-        """The next whole message buffered, decoded and counted; None if there is none yet."""
-        payload = self.reader.frame()
-        if payload is None:
-            return None
+        payload = await wire.read_frame(self.reader)
         self.last_recv = time.monotonic()
         n = len(payload) + limits.FRAME_HEADER_BYTES
         self.bytes_received += n
@@ -415,87 +276,23 @@ class Peer:
         self.traffic.count_received(msg.TYPE, n)
         return msg
 
-    def _message(self) -> wire.Message | None:
-        """After the handshake: the next whole message buffered, or None."""
-        msg = self._buffered_message()
-        if isinstance(msg, wire.Hello):
-            raise Misbehaving("sent a second HELLO")
-        return msg
-
-    def _pace(self) -> float | None:
-        """After a message: None to go on with its next one; else seconds to pause first (0: one
-        turn of the loop). Token bucket: a peer that sends faster than msg_rate is slowed down
-        (it is not read meanwhile, TCP pushes back), never served ahead of the others; and a
-        peer whose messages keep coming lets the others run every PEER_TURN_S."""
+    async def _throttle(self) -> None:
+        """Token bucket: a peer that sends faster than msg_rate is slowed down (we stop reading,
+        TCP pushes back), never served ahead of the others."""
         now = time.monotonic()
         self._tokens = min(self.tunables.msg_burst, self._tokens + (now - self._refill) * self.tunables.msg_rate)
         self._refill = now
         self._tokens -= 1
         if self._tokens < 0:
-            return -self._tokens / self.tunables.msg_rate
-        if now - self._turn_start < limits.PEER_TURN_S:
-            return None
-        if not self.reader.buffered:  # nothing more buffered: the next read waits,
+            await asyncio.sleep(-self._tokens / self.tunables.msg_rate)
+        elif now - self._turn_start < limits.PEER_TURN_S:
+            return
+        elif not getattr(self.reader, "_buffer", True):  # nothing more buffered: the next read waits,
             self._turn_start = now  # and the others run meanwhile (a yield here was one more task
-            return None  # switch per message: most peers send one message at a time)
-        return 0.0  # within its rate too: its next message may be buffered already, and another
-        # peer's (a block to relay) must not wait behind a whole batch of them
-
-    async def _wait(self) -> None:
-        """Until the reader has bytes the task must see; the messages that arrive meanwhile are
-        handled by _dispatch. A cancellation that comes after _dispatch handed over a handler
-        that waits (its asyncio.timeout, or the node stopping) is the handler's, as if this task
-        had been awaiting it: thrown into it."""
-        try:
-            await self.reader.wait()
-        except asyncio.CancelledError as e:
-            handover = self._handover
-            if not isinstance(handover, tuple):
-                raise
-            self._handover = None
-            await _resume(*handover, error=e)
-
-    async def _pause(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+            return  # switch per message: most peers send one message at a time)
+        else:  # within its rate too: its next message may be buffered already, and another peer's
+            await asyncio.sleep(0)  # (a block to relay) must not wait behind a whole batch of them
         self._turn_start = time.monotonic()
-
-    def _dispatch(self) -> bool:
-        """FrameReader.dispatch, called as bytes arrive while the reader task waits for them:
-        handle the whole messages buffered here and now, each in the reader task's name
-        (asyncio.current_task() is the task, so a handler's asyncio.timeout works as in the
-        task), while each handler finishes without waiting. True (wake the task) as soon as there
-        is something only the task can do, left in ``_handover``: a handler that waits, to be
-        finished by the task (``_resume``); a pause (rate, turn); an error, raised by the task."""
-        handle, task = self._handle, self._task
-        if handle is None or task is None or self.closed.is_set() or self._handover is not None:
-            return True
-        loop = task.get_loop()
-        if asyncio.current_task(loop) is not None:  # fed from inside a task, not by the transport
-            return True
-        while True:
-            try:
-                msg = self._message()
-                if msg is None:
-                    return False
-                coro = handle(self, msg)
-                _enter_task(loop, task)
-                try:
-                    waits_on = coro.send(None)
-                finally:
-                    _leave_task(loop, task)
-            except StopIteration:
-                if self.closed.is_set():
-                    return True
-                pause = self._pace()
-                if pause is None:
-                    continue
-                self._handover = pause
-                return True
-            except BaseException as e:  # the task raises it, as if it had read the message
-                self._handover = e
-                return True
-            self._handover = (coro, waits_on)
-            return True
 
     async def _watchdog(self) -> None:
         """PING after ``ping_interval`` of silence; drop the peer if the PONG does not come
@@ -540,7 +337,7 @@ class Peer:
         self,
         our_hello: wire.Hello,
         on_hello: Callable[[Peer], None],
-        handle: Handler,
+        handle: Callable[[Peer, wire.Message], Awaitable[None]],
     ) -> None:
         """Handshake, then serve until closed; never raises but CancelledError. ``on_hello`` and
         ``handle`` raise Misbehaving to drop the peer (``ban_reason`` tells the caller to ban)."""
@@ -559,28 +356,12 @@ class Peer:
             self.best_height = first.height
             on_hello(self)
             watchdog = asyncio.create_task(self._watchdog())
-            self._handle, self._task = handle, asyncio.current_task()
-            self.reader.dispatch = self._dispatch
-            while True:
-                handover, self._handover = self._handover, None
-                if handover is None:
-                    if self.closed.is_set():
-                        break
-                    msg = self._message()
-                    if msg is None:
-                        await self._wait()
-                        continue
-                    await handle(self, msg)
-                elif isinstance(handover, BaseException):
-                    raise handover
-                elif isinstance(handover, float):
-                    await self._pause(handover)
-                    continue
-                else:
-                    await _resume(*handover)  # a handler _dispatch started, which waits
-                pause = self._pace()
-                if pause is not None:
-                    await self._pause(pause)
+            while not self.closed.is_set():
+                msg = await self.read_message()
+                if isinstance(msg, wire.Hello):
+                    raise Misbehaving("sent a second HELLO")
+                await handle(self, msg)
+                await self._throttle()
         except (asyncio.IncompleteReadError, OSError) as e:  # OSError: also EHOSTUNREACH, ETIMEDOUT
             self.close(f"connection lost ({type(e).__name__})", quiet=True)
         except ProtocolError as e:
@@ -591,13 +372,6 @@ class Peer:
             log.exception("%r: internal error while serving it", self)
             self.close(f"internal error ({type(e).__name__})")
         finally:
-            self.reader.dispatch = None
-            handover, self._handover, self._handle, self._task = self._handover, None, None, None
-            if isinstance(handover, tuple):  # started by _dispatch and never resumed: let it end
-                with contextlib.suppress(BaseException):
-                    handover[0].throw(asyncio.CancelledError())
-                with contextlib.suppress(RuntimeError):
-                    handover[0].close()
             if watchdog is not None:
                 watchdog.cancel()
             self.close("closed", quiet=True)  # also wakes the writer to end
@@ -612,7 +386,7 @@ class Peer:
                 self.writer.close()
             # A cancelled task's exception holds a traceback, whose frames hold this peer: drop our
             # references so that the queue and buffers are freed now, not at a later GC pass.
-            del writer_task, watchdog, handover
+            del writer_task, watchdog
 
     def misbehaved(self, e: Misbehaving) -> None:
         if e.ban:

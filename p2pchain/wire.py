@@ -32,7 +32,7 @@ _HEADER = limits.FRAME_HEADER_BYTES
 
 
 # --- framing ------------------------------------------------------------------------------
-def check_frame_length(n: int, max_frame_bytes: int) -> None:
+def _check_length(n: int, max_frame_bytes: int) -> None:
     if n == 0:
         raise ProtocolError("zero-length frame")
     if n > max_frame_bytes:
@@ -41,7 +41,7 @@ def check_frame_length(n: int, max_frame_bytes: int) -> None:
 
 def encode_frame(payload: bytes) -> bytes:
     """The frame that carries ``payload``: its length as a big-endian u32, then the payload."""
-    check_frame_length(len(payload), limits.MAX_FRAME_BYTES)
+    _check_length(len(payload), limits.MAX_FRAME_BYTES)
     return len(payload).to_bytes(_HEADER, "big") + payload
 
 
@@ -75,7 +75,7 @@ class FrameDecoder:
         while end - pos >= _HEADER:
             n = int.from_bytes(buf[pos : pos + _HEADER], "big")
             try:
-                check_frame_length(n, self.max_frame_bytes)
+                _check_length(n, self.max_frame_bytes)
             except ProtocolError as e:
                 self._failed = str(e)
                 buf.clear()
@@ -92,7 +92,7 @@ async def read_frame(reader: asyncio.StreamReader, max_frame_bytes: int = limits
     """Read one payload; the length is checked before any payload byte is read.
     Raises ``asyncio.IncompleteReadError`` when the stream ends, ``ProtocolError`` on a bad length."""
     n = int.from_bytes(await reader.readexactly(_HEADER), "big")
-    check_frame_length(n, max_frame_bytes)
+    _check_length(n, max_frame_bytes)
     return await reader.readexactly(n)
 
 

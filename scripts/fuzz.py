@@ -58,7 +58,7 @@ from p2pchain.ledger.tx import Tx, make_tx
 from p2pchain.miner import build_template, mine_block
 from p2pchain.node import Node, NodeConfig
 from p2pchain.params import NetworkParams
-from p2pchain.peer import FrameReader, Misbehaving, Peer, Tunables
+from p2pchain.peer import Misbehaving, Peer, Tunables
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ class NodeTarget:
 
     def _connect(self) -> Peer:
         peer = _StubPeer(
-            FrameReader(),
+            asyncio.StreamReader(),
             cast(asyncio.StreamWriter, _StubWriter()),
             inbound=True,
             tunables=Tunables(),

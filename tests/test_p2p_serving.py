@@ -115,7 +115,7 @@ def test_a_peer_past_its_byte_budget_waits_for_the_refill(monkeypatch: pytest.Mo
             return ("127.0.0.1", 1)
 
     async def scenario() -> None:
-        p = peer_module.Peer(peer_module.FrameReader(), Writer(), inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
+        p = peer_module.Peer(asyncio.StreamReader(), Writer(), inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
         monkeypatch.setattr(peer_module.asyncio, "sleep", fake_sleep)
         monkeypatch.setattr(peer_module.time, "monotonic", lambda: 1000.0)  # no refill while we look
         p._serve_refill = 1000.0
@@ -256,7 +256,7 @@ def test_a_burst_of_queued_frames_leaves_whole_in_order_and_in_few_writes(monkey
 
     async def scenario() -> None:
         writer = Writer()
-        p = peer_module.Peer(peer_module.FrameReader(), writer, inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
+        p = peer_module.Peer(asyncio.StreamReader(), writer, inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
         frames = [wire.Ping(i).encode() for i in range(300)]
         for frame in frames:
             p.send_frame(frame, wire.Ping.TYPE)
@@ -367,7 +367,7 @@ def test_a_frame_the_socket_does_not_take_at_once_is_drained_by_the_writer_befor
 
     async def scenario() -> None:
         writer = Writer()
-        p = peer_module.Peer(peer_module.FrameReader(), writer, inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
+        p = peer_module.Peer(asyncio.StreamReader(), writer, inbound=True, tunables=peer_module.Tunables())  # type: ignore[arg-type]
         task = asyncio.create_task(p._writer())
         first, second = wire.Ping(1).encode(), wire.Ping(2).encode()
         p.send_frame(first, wire.Ping.TYPE)
