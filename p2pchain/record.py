@@ -30,6 +30,7 @@ import inspect
 import operator
 import reprlib
 import sys
+import types
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, dataclass_transform, overload
@@ -222,12 +223,17 @@ def _classvar(cls: type, annotation: Any) -> bool | None:
     ``ClassVar``; None for what dataclass itself must judge (an InitVar, KW_ONLY, a ClassVar
     spelled otherwise than ``ClassVar[...]`` of typing's, bound so in the class's module)."""
     if isinstance(annotation, str):
-        if not any(name in annotation for name in _SPECIAL):
-            return False
-        if annotation.startswith("ClassVar[") and annotation.endswith("]"):
-            module = sys.modules.get(cls.__module__)
-            return True if getattr(module, "ClassVar", None) is ClassVar else None
-        return None
+        # dataclass reads the leading name (``name[...]``, ``module.name[...]``) in the class's
+        # module: a special one under any name, or a module's, is left to dataclass
+        head = annotation.split("[", 1)[0].strip()
+        namespace = vars(sys.modules[cls.__module__]) if cls.__module__ in sys.modules else {}
+        if "." in head:
+            return None if namespace.get(head.split(".", 1)[0].strip()) in (typing, dataclasses) else False
+        bound = namespace.get(head)
+        if bound is ClassVar and head == "ClassVar" and annotation.endswith("]"):
+            return True
+        special = bound is ClassVar or bound is dataclasses.InitVar or bound is dataclasses.KW_ONLY
+        return None if special or head in _SPECIAL else False
     if annotation is ClassVar or typing.get_origin(annotation) is ClassVar:
         return True
     special = annotation is dataclasses.KW_ONLY or annotation is dataclasses.InitVar
@@ -252,6 +258,8 @@ def _collect_fields(cls: type) -> bool:
         flds.update(getattr(base, "__dataclass_fields__", {}))
     for name, annotation in annotations.items():
         default = getattr(cls, name, dataclasses.MISSING)
+        if isinstance(default, types.MemberDescriptorType):  # a base's slot: no default (as dataclass)
+            default = dataclasses.MISSING
         f: Any = default if isinstance(default, dataclasses.Field) else dataclasses.field(default=default)
         f.name, f.type = name, annotation
         if kinds[name]:

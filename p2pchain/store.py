@@ -342,8 +342,9 @@ class Store:
 
     def transaction(self) -> AbstractContextManager[None]:
         """All or nothing. Inside ``batch`` its writes are queued (see the module's doc) and sent
-        when the batch commits: when it ends or after STORE_BATCH_MAX_TXNS transactions,
-        whichever comes first; a failure drops this transaction's writes alone."""
+        when the batch commits: when it ends, after STORE_BATCH_MAX_TXNS transactions or once
+        its blocks reach STORE_BATCH_MAX_BYTES, whichever comes first; a failure drops this
+        transaction's writes alone."""
         return self._transaction
 
     def _begin(self) -> None:
@@ -660,8 +661,8 @@ class Store:
             ops, self._ops = self._ops, []
         try:
             _send_ops(self.db, ops)
-        except sqlite3.Error as e:
-            raise self._refuse(e) from e
+        except Exception as e:  # SQLite's refusal, or a synced block's row failing to be made here
+            raise self._refuse(e) from e  # (_PUT_BLOCK_LATER): its ops are gone, so no more writes
 
     def _refuse(self, e: Exception) -> StoreError:
         """SQLite refused queued writes or their COMMIT (a full disk, an I/O error): roll back to
@@ -726,10 +727,11 @@ class Store:
             # Inside a batch (every block of a sync) the transaction only queues its writes: they
             # are queued here at once, each as put_block, set_main, write_accounts and set_meta
             # would queue it through _begin, _write, _put and _end (~40 % of this call's cost a
-            # block, a fresh node's sync of 200 blocks ~0.5 ms), and its rows are all made before
-            # the first is queued, so a failure queues none. The block's own row is made when it
-            # is sent (_PUT_BLOCK_LATER): its packing (~4 us, a tenth of checking a coinbase-only
-            # block) is done in the commit behind, after a sync's last CHAIN is answered for.
+            # block, a fresh node's sync of 200 blocks ~0.5 ms), and its other rows are all made
+            # before the first is queued, so a failure queues none. The block's own row is made
+            # when it is sent (_PUT_BLOCK_LATER; a failure then refuses the store, as SQLite's
+            # does): its packing (~4 us, a tenth of checking a coinbase-only block) is done in the
+            # commit behind, after a sync's last CHAIN is answered for.
             block_hash = block.hash
             ops: list[Op] = [
                 ("blocks", _PUT_BLOCK_LATER, [(block, work, seq, undo)]),

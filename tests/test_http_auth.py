@@ -218,3 +218,9 @@ def test_failure_limiter_window_and_bound() -> None:
     lim.failed("c", 11.0)
     lim.failed("d", 11.0)
     assert len(lim._by_addr) == 2  # the oldest address is forgotten, not the newest
+
+
+def test_the_cli_offers_every_auth_mode_and_no_other() -> None:
+    """cli.py names --http-auth's choices as strings (so that it need not load this module for a
+    node without HTTP): they must be AuthMode's values, in its order."""
+    assert tuple(mode.value for mode in AuthMode) == cli.AUTH_MODES

@@ -222,6 +222,20 @@ class Sub(Base):
 class Spelled(Base):
     KIND: typing.ClassVar[int] = 3  # dataclass's own reading of the annotation (record defers to it)
     z: int = 0
+
+from typing import ClassVar as CV
+
+@DECORATE
+class Renamed(Base):
+    COUNT: CV[int] = 0  # a ClassVar under another name: no field (dataclass reads the name's binding)
+    w: int = 0
+
+class Slotted:
+    __slots__ = ("s",)
+
+@DECORATE
+class FromSlots(Slotted):
+    s: int  # the base's slot is no default: a required field
 """
 
 
@@ -248,13 +262,17 @@ def test_string_annotations_make_the_fields_dataclass_makes(monkeypatch: pytest.
     no field, a base's fields come first, a field() default becomes the class attribute or goes."""
     rec = string_annotated(record, monkeypatch)
     ref = string_annotated(dataclass(frozen=True), monkeypatch)
-    for name in ("Base", "Sub", "Spelled"):
+    for name in ("Base", "Sub", "Spelled", "Renamed", "FromSlots"):
         r, d = rec[name], ref[name]
         assert fields_of(r) == fields_of(d), name
         assert sorted(r.__dataclass_fields__) == sorted(d.__dataclass_fields__), name  # ClassVars too
         assert r.__match_args__ == d.__match_args__, name
-        for attr in ("TYPE", "x", "tags", "y", "items", "KIND", "z"):
+        for attr in ("TYPE", "x", "tags", "y", "items", "KIND", "z", "COUNT", "w"):
             assert getattr(r, attr, "absent") == getattr(d, attr, "absent"), (name, attr)
+    assert [f.name for f in dataclasses.fields(rec["Renamed"])] == ["x", "tags", "w"]
+    for made in (rec, ref):
+        with pytest.raises(TypeError, match="missing 1 required positional argument"):
+            made["FromSlots"]()
     sub, ref_sub = rec["Sub"](1), ref["Sub"](1)
     assert repr(sub) == repr(ref_sub) and dataclasses.asdict(sub) == dataclasses.asdict(ref_sub)
     assert dataclasses.replace(sub, y=b"a") == rec["Sub"](1, (), b"a")

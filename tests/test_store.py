@@ -39,6 +39,7 @@ from ledger_helpers import (
 from node_helpers import TEST_PARAMS
 
 from p2pchain import limits
+from p2pchain import store as store_module
 from p2pchain.chain import Chain, Status
 from p2pchain.errors import StoreError
 from p2pchain.ledger.block import Block
@@ -773,6 +774,37 @@ def test_a_held_batch_whose_commit_is_refused_fails_its_release_and_keeps_the_la
             pass
     finally:
         chain.store.db = real
+        chain.close()
+    assert _check_store(path) == 3
+
+
+def test_a_block_row_that_cannot_be_made_when_sent_refuses_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A synced or held block's row is made when its batch is sent (the packing leaves the loop's
+    check of the block): if making it fails (here a stand-in for a MemoryError), the batch's other
+    writes are gone with it, so the store refuses further writes, as for SQLite's refusal, rather
+    than writing tips and accounts without their blocks; the file keeps its last commit."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 5)
+    try:
+        chain.store.hold()
+        feed(chain, blocks[:3])
+        chain.store.release()
+
+        def fails(*args: object) -> None:
+            raise MemoryError("no room for a block's row")
+
+        monkeypatch.setattr(store_module, "_block_row", fails)
+        chain.store.hold()
+        feed(chain, blocks[3:5])
+        with pytest.raises(StoreError, match=r"could not write a batch.*no room"):
+            chain.store.release()
+        monkeypatch.undo()
+        with pytest.raises(StoreError, match="restart the node"):
+            chain.store.hold()
+    finally:
         chain.close()
     assert _check_store(path) == 3
 
