@@ -204,6 +204,15 @@ SYNC_STALL_S = 30.0  # a GET_CHAIN unanswered this long drops the sync peer (Bit
 # nothing this long (seconds): one silent or slow sync peer cannot hold the only sync slot
 SYNC_TAKEOVER_S = 2.0
 SYNC_FRUITLESS_MAX = 3  # sync rounds that bring nothing while the peer claims more: then it is dropped (no ban)
+# blocks of a CHAIN processed between two turns of the event loop (other peers are served between
+# them), and told to the chain's listeners at once: ~3 ms of work
+SYNC_RUN_BLOCKS = 64
+# turns of the event loop given to the others between two runs. A sleep(0) is one turn, and the
+# sync's next step is always first in the next one: a request needing a few steps to be answered
+# (an HTTP request: read, parsed, dispatched to its handler: 3) waited one run per step, and
+# /nodes/resolve, asked during a fresh node's sync, came in only after its last run. A turn costs
+# ~20 us when nothing else is ready.
+SYNC_YIELD_TURNS = 3
 MAX_PERSISTENT_PEERS = 64  # addresses kept connected (--peer and /nodes/register); beyond, register refuses
 REGISTER_MAX_FAILURES = 3  # dials of a registered address that never handshook before it is forgotten
 RECONNECT_BASE_S = 0.5  # first reconnect delay; doubled each failure, with jitter

@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 # Rule breaks an honest peer can send (a race, a clock a little off): ignored, no strike.
 HONEST_BLOCK_CODES = frozenset({RuleCode.TIME_TOO_NEW})
 PROGRESS_LOG_S = 1.0  # "synced H of N blocks" at most this often
-# blocks of a CHAIN processed between two turns of the event loop (other peers are served between
-# them), and told to the chain's listeners at once: ~3 ms of work
-SYNC_RUN_BLOCKS = 64
-# turns of the event loop given to the others between two runs. A sleep(0) is one turn, and
-# this task's next step is always first in the next one: a request needing a few steps to be
-# answered (an HTTP request: read, parsed, dispatched to its handler: 3) waited one run per step,
-# and /nodes/resolve, asked during a fresh node's sync, came in only after its last run. A turn
-# costs ~20 us when nothing else is ready.
-SYNC_YIELD_TURNS = 3
 
 
 def now_ms() -> int:
@@ -198,11 +189,12 @@ class SyncManager:
                 # for), a little later: what follows a sync's end goes first
                 delay = 0.0 if pipelined else limits.STORE_BEHIND_DELAY_S
                 with self.chain.store.batch(behind=True, delay_s=delay, keep=pipelined):
-                    for start in range(0, len(blocks), SYNC_RUN_BLOCKS):
+                    run = limits.SYNC_RUN_BLOCKS
+                    for start in range(0, len(blocks), run):
                         if start:  # let other peers and requests be served during a long sync
-                            for _ in range(SYNC_YIELD_TURNS):
+                            for _ in range(limits.SYNC_YIELD_TURNS):
                                 await asyncio.sleep(0)
-                        added, connected, stopped = self._process_run(peer, blocks, start, start + SYNC_RUN_BLOCKS)
+                        added, connected, stopped = self._process_run(peer, blocks, start, start + run)
                         new += added
                         connected_any = connected_any or connected
                         if stopped:
