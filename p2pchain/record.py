@@ -218,15 +218,15 @@ _CLASSVAR_KIND = _Probe.__dataclass_fields__["classvar"]._field_type  # type: ig
 _SPECIAL = ("ClassVar", "InitVar", "KW_ONLY")  # annotations dataclass reads by name: only ClassVar[...] here
 
 
-def _classvar(cls: type, annotation: Any) -> bool | None:
+def _classvar(namespace: dict[str, Any], annotation: Any) -> bool | None:
     """Whether ``annotation`` (a string under ``from __future__ import annotations``) is a
     ``ClassVar``; None for what dataclass itself must judge (an InitVar, KW_ONLY, a ClassVar
-    spelled otherwise than ``ClassVar[...]`` of typing's, bound so in the class's module)."""
+    spelled otherwise than ``ClassVar[...]`` of typing's, bound so in the class's module, whose
+    ``namespace`` is given)."""
     if isinstance(annotation, str):
         # dataclass reads the leading name (``name[...]``, ``module.name[...]``) in the class's
         # module: a special one under any name, or a module's, is left to dataclass
         head = annotation.split("[", 1)[0].strip()
-        namespace = vars(sys.modules[cls.__module__]) if cls.__module__ in sys.modules else {}
         if "." in head:
             return None if namespace.get(head.split(".", 1)[0].strip()) in (typing, dataclasses) else False
         bound = namespace.get(head)
@@ -247,9 +247,10 @@ def _collect_fields(cls: type) -> bool:
     cost (about a third of what defining a record cost: a start defines some fifty). False, having
     changed nothing, for a class whose annotations need dataclass's own reading."""
     annotations = inspect.get_annotations(cls)  # the class's own, as dataclass reads them
+    namespace = getattr(sys.modules.get(cls.__module__), "__dict__", {})  # where dataclass looks names up
     kinds = {}
     for name, annotation in annotations.items():
-        kind = _classvar(cls, annotation)
+        kind = _classvar(namespace, annotation)
         if kind is None:
             return False
         kinds[name] = kind
