@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import field
 from pathlib import Path
@@ -28,7 +28,7 @@ from p2pchain.ledger.rules import EMPTY_ACCOUNT, Account
 from p2pchain.ledger.tx import Tx
 from p2pchain.params import NetworkParams
 from p2pchain.record import record
-from p2pchain.store import Store
+from p2pchain.store import Extension, Store
 
 log = logging.getLogger(__name__)
 
@@ -458,6 +458,83 @@ class Chain:
                 held[1].extend(disconnected)
         return ProcessResult(status, connected, disconnected)
 
+    def extend_run(self, blocks: Sequence[Block], start: int, end: int, now_ms: int) -> int:
+        """``process_block(block, now_ms)`` of ``blocks[start:end]`` in turn, for as long as each is
+        its plain case: a new block (not known, held as an orphan or remembered invalid) on the
+        tip that passes every check, no orphan or side block held, the store queueing the writes
+        (a sync's batch). The same rule functions run in the same order (``ledger.rules``: no
+        rule is written twice) and leave the same entries, state and queued writes; listeners
+        are told (or the news held by ``notifying_once``) and ``on_validated`` called as
+        process_block does (each block gets the run's mean). What is paid once a run, not once a
+        block: the calls through process_block, ``_accept`` and ``_extend``, the store's
+        queueing (``Store.extend_main_run``), the clock reads and results.
+
+        Returns how many blocks it connected. It stops before the first block that is not that
+        case, leaving everything as that block found it, so the caller hands it to
+        ``process_block``, which decides it as it always does (checks it again and raises or
+        files it): which blocks are refused, with what code, and what is remembered as invalid
+        come from that one path. A run also stops where the store's batch is full
+        (``Store.batch_room``), so commits fall where one block at a time would make them."""
+        store = self.store
+        if self.orphans or self.side or not store.queues_extend:
+            return 0
+        params = self.params
+        index = self.index
+        invalid = self.invalid
+        verified = self.verified
+        main = self.main
+        get = self.get_account
+        room_blocks, room_bytes = store.batch_room()
+        parent = self.tip
+        parent_header, stamps = self._parent_context(parent)
+        run: list[Extension] = []
+        connected: list[Block] = []
+        size = 0
+        began = time.perf_counter() if self.on_validated is not None else 0.0
+        try:
+            for i in range(start, end):
+                block = blocks[i]
+                block_hash = block.hash
+                header = block.header
+                if block_hash in invalid or block_hash in index or header.prev_hash != parent.hash:
+                    break
+                try:  # process_block's checks, in its order
+                    rules.check_header(header, params)
+                    rules.check_body(block, params, verified=verified)
+                    mtp = rules.median_time_past(stamps)
+                    rules.check_header_context(header, parent_header, mtp, now_ms, params, parent.anchor_ms)
+                    changes = rules.connect_block(block, get, params)
+                except RuleError:
+                    break  # (before any change: process_block finds it again)
+                entry = self._child(header, parent)
+                undo = {address: get(address) for address in changes}
+                run.append((block, entry.work, entry.seq, undo, len(main), changes))
+                index[block_hash] = entry
+                self._apply_accounts(changes)
+                main.append(block_hash)
+                connected.append(block)
+                stamps = [header.timestamp, *stamps[: limits.MEDIAN_TIME_SPAN - 1]]
+                parent, parent_header = entry, header
+                size += block.size
+                if len(run) >= room_blocks or size >= room_bytes:
+                    break
+        finally:  # what the memory holds is queued for the store, whatever stopped the run
+            if run:
+                self._last = (parent_header, stamps)
+                store.extend_main_run(run)
+        if not run:
+            return 0
+        if self.on_validated is not None:
+            each = (time.perf_counter() - began) / len(run)
+            for _ in run:
+                self.on_validated(each)
+        held = self._untold
+        if held is None:
+            self._tell(connected, [])
+        else:
+            held[0].extend(connected)
+        return len(run)
+
     def _tell(self, connected: list[Block], disconnected: list[Block]) -> None:
         for listener in self.listeners:
             listener(connected, disconnected)
@@ -517,13 +594,7 @@ class Chain:
             if e.code is not RuleCode.TIME_TOO_NEW:  # it may become valid later
                 self._remember_invalid(block.hash, e.code)
             raise
-        entry = Entry(
-            header,
-            parent.work + self._work(header),
-            self._next_seq(),
-            parent.hash,
-            rules.anchor_time(header, parent.anchor_ms),
-        )
+        entry = self._child(header, parent)
         if parent.hash == self.main[-1] and self._extend(entry, block, connected):  # on the tip: every block of a sync
             status = Status.CONNECTED
         elif entry.work <= self.tip.work:
@@ -539,6 +610,16 @@ class Chain:
             status = Status.CONNECTED if self.main[-1] == block.hash else Status.SIDE
         self._last = (header, [header.timestamp, *stamps[: limits.MEDIAN_TIME_SPAN - 1]])
         return status
+
+    def _child(self, header: Header, parent: Entry) -> Entry:
+        """The entry of a checked block on ``parent``, the next in arrival order."""
+        return Entry(
+            header,
+            parent.work + self._work(header),
+            self._next_seq(),
+            parent.hash,
+            rules.anchor_time(header, parent.anchor_ms),
+        )
 
     def _work(self, header: Header) -> int:
         """``work(header.target)``, kept for the last ``bits`` seen: a chain's blocks share their

@@ -187,6 +187,8 @@ _KEYED = {
 Row = tuple[Any, ...]
 
 
+# a block on the best chain's tip for extend_main_run: (block, work, seq, undo, height, changes)
+Extension = tuple[Block, int, int, dict[str, Account], int, dict[str, Account]]
 Op = tuple[str, str | None, Any]  # a queued write: (table, statement, rows) or (table, None, (key, row))
 
 
@@ -723,35 +725,62 @@ class Store:
     ) -> None:
         """A block that extends the best chain at ``height``, in one transaction: the block with
         its undo data, its best-chain and txindex rows, the accounts it changed and the tip."""
-        if self._batch_depth and self._mark is None and not self._direct and self._failed is None:
-            # Inside a batch (every block of a sync) the transaction only queues its writes: they
-            # are queued here at once, each as put_block, set_main, write_accounts and set_meta
-            # would queue it through _begin, _write, _put and _end (~40 % of this call's cost a
-            # block, a fresh node's sync of 200 blocks ~0.5 ms), and its other rows are all made
-            # before the first is queued, so a failure queues none. The block's own row is made
-            # when it is sent (_PUT_BLOCK_LATER; a failure then refuses the store, as SQLite's
-            # does): its packing (~4 us, a tenth of checking a coinbase-only block) is done in the
-            # commit behind, after a sync's last CHAIN is answered for.
-            block_hash = block.hash
-            ops: list[Op] = [
-                ("blocks", _PUT_BLOCK_LATER, [(block, work, seq, undo)]),
-                ("main", SET_MAIN, [(height, block_hash)]),
-                ("txindex", SET_TXINDEX, [(tx.txid, block_hash) for tx in block.txs]),
-            ]
-            for address, acct in changes.items():
-                ops.append(("accounts", None, (address, _account_row(address, acct))))
-            ops.append(("meta", None, ("tip", ("tip", block_hash))))
-            self._ops += ops
-            self._batched += 1
-            self._batched_bytes += block.size
-            if self._full():  # as _end
-                self._commit()
+        if self.queues_extend:
+            self.extend_main_run([(block, work, seq, undo, height, changes)])
             return
         with self._transaction:
             self.put_block(block, work, seq, undo)
             self.set_main(height, block)
             self.write_accounts(changes.items())
             self.set_meta("tip", block.hash)
+
+    @property
+    def queues_extend(self) -> bool:
+        """Whether ``extend_main`` only queues its writes: inside a batch, outside its inner
+        transactions, the store taking writes (every block of a sync)."""
+        return bool(self._batch_depth) and self._mark is None and not self._direct and self._failed is None
+
+    def batch_room(self) -> tuple[int, int]:
+        """The blocks and canonical bytes the open batch takes before it is full (``_full``): a
+        run given to ``extend_main_run`` that fills it ends where one block at a time would
+        have made the commit."""
+        return limits.STORE_BATCH_MAX_TXNS - self._batched, limits.STORE_BATCH_MAX_BYTES - self._batched_bytes
+
+    def extend_main_run(self, run: Sequence[Extension]) -> None:
+        """``extend_main`` of each (block, work, seq, undo, height, changes) of ``run``, blocks
+        on the tip one after the other, while ``queues_extend``: the writes each would queue
+        through ``_begin``, ``_write``, ``_put`` and ``_end``, queued at once, one queued write a
+        table for the whole run (``_send_ops`` joins a table's rows and keeps a keyed row's last
+        value: the same statements reach SQLite, ~40 % of the cost a block of queueing each
+        transaction on its own). Every row is made before the first is queued, so a failure
+        queues none. A block's own row is made when it is sent (_PUT_BLOCK_LATER; a failure then
+        refuses the store, as SQLite's does): its packing (~4 us, a tenth of checking a
+        coinbase-only block) is done in the commit behind, after a sync's last CHAIN is
+        answered for. The batch commits after the run if it is full (``batch_room``)."""
+        blocks: list[Row] = []
+        main: list[Row] = []
+        txindex: list[Row] = []
+        accounts: dict[str, Account] = {}
+        size = 0
+        for block, work, seq, undo, height, changes in run:
+            block_hash = block.hash
+            blocks.append((block, work, seq, undo))
+            main.append((height, block_hash))
+            txindex += [(tx.txid, block_hash) for tx in block.txs]
+            accounts.update(changes)
+            size += block.size
+        ops: list[Op] = [
+            ("blocks", _PUT_BLOCK_LATER, blocks),
+            ("main", SET_MAIN, main),
+            ("txindex", SET_TXINDEX, txindex),
+        ]
+        ops += [("accounts", None, (address, _account_row(address, acct))) for address, acct in accounts.items()]
+        ops.append(("meta", None, ("tip", ("tip", main[-1][1]))))
+        self._ops += ops
+        self._batched += len(run)
+        self._batched_bytes += size
+        if self._full():  # as _end
+            self._commit()
 
     def delete_blocks(self, hashes: list[bytes]) -> None:
         """Forget blocks found invalid or pruned (never on the best chain)."""

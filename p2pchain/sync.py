@@ -223,34 +223,58 @@ class SyncManager:
     def _process_run(self, peer: Peer, blocks: Sequence[Block], start: int, end: int) -> tuple[int, bool, bool]:
         """Process ``blocks[start:end]`` (the chain tells its listeners once): how many were new,
         whether any joined the best chain, and whether the run stopped at a block from the future
-        (which, and what follows it, is then skipped for now)."""
+        (which, and what follows it, is then skipped for now). Blocks that extend the tip go
+        through ``Chain.extend_run`` (the same checks, the per-block machinery paid once a run);
+        the first it leaves, and only that one, through ``_process_one``: ``process_block``
+        decides it."""
         new = 0
         connected_any = False
         chain = self.chain
+        end = min(end, len(blocks))
+        i = start
         with chain.notifying_once():
-            for i in range(start, min(end, len(blocks))):
-                block = blocks[i]
-                try:
-                    result = chain.process_block(block, now_ms())
-                except RuleError as e:
-                    if e.code in HONEST_BLOCK_CODES:
-                        log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
-                        # what it can give us now ends below it: pick_next must not ask it again at once
-                        peer.best_height = min(peer.best_height, block.height - 1)
-                        for skipped in blocks[i:]:
-                            self._skipped.add(skipped.hash)
-                        return new, connected_any, True
-                    why = f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}"
-                    raise Misbehaving(why) from None
-                if result.status is Status.ORPHAN:
-                    raise Misbehaving("CHAIN starts at a block whose parent we never had", ban=False)
-                peer.best_height = max(peer.best_height, block.height)
-                if result.status is not Status.DUPLICATE:
-                    new += 1
-                if result.connected:
+            while i < end:
+                done = chain.extend_run(blocks, i, end, now_ms())
+                if done:
+                    i += done
+                    new += done
                     connected_any = peer.useful = True
+                    peer.best_height = max(peer.best_height, blocks[i - 1].height)
                     self.progress_at = time.monotonic()
+                    if i >= end:
+                        break
+                added, connected, stopped = self._process_one(peer, blocks, i)
+                new += added
+                connected_any = connected_any or connected
+                if stopped:
+                    return new, connected_any, True
+                i += 1
         return new, connected_any, False
+
+    def _process_one(self, peer: Peer, blocks: Sequence[Block], i: int) -> tuple[int, bool, bool]:
+        """``process_block`` of ``blocks[i]``: whether it was new (0 or 1), whether it joined the
+        best chain, and whether it is from the future (it and the blocks after it are then
+        skipped for now); Misbehaving if it is invalid or an orphan."""
+        block = blocks[i]
+        try:
+            result = self.chain.process_block(block, now_ms())
+        except RuleError as e:
+            if e.code in HONEST_BLOCK_CODES:
+                log.info("%r sent block %s from the future: ignored for now", peer, block.hash.hex()[:16])
+                # what it can give us now ends below it: pick_next must not ask it again at once
+                peer.best_height = min(peer.best_height, block.height - 1)
+                for skipped in blocks[i:]:
+                    self._skipped.add(skipped.hash)
+                return 0, False, True
+            why = f"sent invalid block {block.hash.hex()[:16]} at height {block.height}: {e}"
+            raise Misbehaving(why) from None
+        if result.status is Status.ORPHAN:
+            raise Misbehaving("CHAIN starts at a block whose parent we never had", ban=False)
+        peer.best_height = max(peer.best_height, block.height)
+        if result.connected:
+            peer.useful = True
+            self.progress_at = time.monotonic()
+        return int(result.status is not Status.DUPLICATE), bool(result.connected), False
 
     def _fruitless(self, peer: Peer, claimed_ahead: bool, more: bool) -> None:
         """A round that added nothing: whatever the peer claimed is met or false."""
