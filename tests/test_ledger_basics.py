@@ -69,12 +69,16 @@ def test_ids_and_canonical_bytes_are_computed_once_and_kept_on_the_object():
 
 
 def test_canonical_bytes_are_the_same_whichever_is_made_first() -> None:
-    """A payment's full bytes are packed in one go (Tx.raw's fast path), other shapes field by
-    field: the body, full bytes and txid agree either way, whichever of body and raw comes first."""
+    """A payment's and a coinbase's full bytes are packed in one go (Tx.raw's fast paths), other
+    shapes field by field: the body, full bytes and txid agree either way, whichever of body and
+    raw comes first."""
     w = Wallet.from_seed(bytes([7]) * 32)
     shapes = [
         make_tx(w, "ab" * 20, 5, 2, 9, bytes(32)),  # a payment: 40-char addresses, key, signature
         make_coinbase(w.address, 50, 3),  # "0" and no key or signature
+        make_coinbase("cd" * 19, 2**64 - 1, 2**64 - 1),  # a coinbase to a shorter "address"
+        Tx("x", w.address, 1, 2, 3, b"k", b""),  # a one-letter sender with a key
+        Tx("x", w.address, 1, 2, 3, b"", b"s"),  # ... with a signature
         Tx("ab" * 20, "0" * 5, 1, 1, 1, b"k" * 31, b"s" * 63),  # malformed, but still encodable
     ]
     for tx in shapes:

@@ -22,6 +22,7 @@ from p2pchain.record import record
 
 _U64 = struct.Struct(">QQQ")
 _PAYMENT = struct.Struct(">B40sB40sQQQB32sB64s")  # the full bytes of a payment (40-char addresses, key, signature)
+_COINBASE = struct.Struct(">B1sB40sQQQBB")  # ... of a coinbase (sender "0", a 40-char address, no key, no signature)
 _U64_END = 2**64  # amount, fee and nonce are below it
 WireTx = list[Any]  # [sender, recipient, amount, fee, nonce, pubkey, signature]
 _WIRE_TYPES = (str, str, int, int, int, bytes, bytes)  # each field's exact type (bool is no int here)
@@ -74,6 +75,12 @@ class Tx:
                 self.pubkey,
                 64,
                 self.signature,
+            )
+        if (
+            len(self.sender) == 1 and len(self.recipient) == 40 and not self.pubkey and not self.signature
+        ):  # a coinbase, one in every block: in one pack too (a synced coinbase-only block's txid was ~5 % of it)
+            return _COINBASE.pack(
+                1, self.sender.encode("ascii"), 40, self.recipient.encode("ascii"), self.amount, self.fee, self.nonce, 0, 0
             )
         return self.body + bytes((len(self.signature),)) + self.signature
 
