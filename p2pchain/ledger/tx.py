@@ -76,12 +76,10 @@ class Tx:
                 64,
                 self.signature,
             )
-        if (
-            len(self.sender) == 1 and len(self.recipient) == 40 and not self.pubkey and not self.signature
-        ):  # a coinbase, one in every block: in one pack too (a synced coinbase-only block's txid was ~5 % of it)
-            return _COINBASE.pack(
-                1, self.sender.encode("ascii"), 40, self.recipient.encode("ascii"), self.amount, self.fee, self.nonce, 0, 0
-            )
+        if len(self.sender) == 1 and len(self.recipient) == 40 and not self.pubkey and not self.signature:
+            # a coinbase, one in every block: in one pack too (a synced coinbase-only block's txid was ~5 % of it)
+            sender, recipient = self.sender.encode("ascii"), self.recipient.encode("ascii")
+            return _COINBASE.pack(1, sender, 40, recipient, self.amount, self.fee, self.nonce, 0, 0)
         return self.body + bytes((len(self.signature),)) + self.signature
 
     @cached
