@@ -67,6 +67,7 @@ class ConnectionManager:
         tunables: Tunables,
         ban_loopback: bool = False,
         traffic: Traffic | None = None,
+        unneeded: Callable[[Peer, bytes], str | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.network = network
@@ -74,6 +75,7 @@ class ConnectionManager:
         self.make_hello = make_hello
         self.node_on_hello = on_hello
         self.handle = handle
+        self.unneeded = unneeded  # a payload the node need not decode (Peer.run)
         self.on_close = on_close
         self.tunables = tunables
         self.ban_loopback = ban_loopback
@@ -217,7 +219,7 @@ class ConnectionManager:
     async def _serve(self, peer: Peer) -> None:
         self.peers.add(peer)
         try:
-            await peer.run(self.make_hello(), self._check_hello, self.handle)
+            await peer.run(self.make_hello(), self._check_hello, self.handle, self.unneeded)
         finally:
             self.peers.discard(peer)
             self.handshaken.pop(peer, None)

@@ -119,6 +119,7 @@ class Node:
             tunables=config.tunables,
             ban_loopback=config.ban_loopback,
             traffic=self.metrics.traffic,
+            unneeded=self._unneeded,
         )
         self._pushed: OrderedDict[str, float] = OrderedDict()  # listening address -> when its mempool push went
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
@@ -609,6 +610,16 @@ class Node:
         self._send_tx_requests(requests)
         for tx in msg.txs:
             await self._take_tx(peer, tx)
+
+    def _unneeded(self, peer: Peer, payload: bytes) -> str | None:
+        """A CMPCT_BLOCK of a block we have is dropped after its header (Peer.run): with three
+        high-bandwidth peers, two of the three copies of each block a node gets are such, and
+        decoding them whole was a tenth of the 200-node swarm's CPU (docs/benchmarks.md)."""
+        block_hash = wire.peek_cmpct_hash(payload)
+        if block_hash is None or not (self.chain.has_block(block_hash) or block_hash in self.chain.orphans):
+            return None
+        self.relay.block_known(peer, block_hash)
+        return wire.CmpctBlock.TYPE
 
     async def _on_cmpct_block(self, peer: Peer, msg: wire.CmpctBlock) -> None:
         block_hash = msg.header.hash  # its height counts for the peer once the block is rebuilt (proof of work)

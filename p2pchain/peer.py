@@ -264,10 +264,16 @@ class Peer:
 
     # --- receiving --------------------------------------------------------------------------
     async def read_message(self) -> wire.Message:
+        return self._decode(await self._read_payload())
+
+    async def _read_payload(self) -> bytes:
         payload = await wire.read_frame(self.reader)
         self.last_recv = time.monotonic()
+        self.bytes_received += len(payload) + limits.FRAME_HEADER_BYTES
+        return payload
+
+    def _decode(self, payload: bytes) -> wire.Message:
         n = len(payload) + limits.FRAME_HEADER_BYTES
-        self.bytes_received += n
         try:
             msg = wire.decode_message(payload)
         except ProtocolError:
@@ -338,9 +344,13 @@ class Peer:
         our_hello: wire.Hello,
         on_hello: Callable[[Peer], None],
         handle: Callable[[Peer, wire.Message], Awaitable[None]],
+        unneeded: Callable[[Peer, bytes], str | None] | None = None,
     ) -> None:
         """Handshake, then serve until closed; never raises but CancelledError. ``on_hello`` and
-        ``handle`` raise Misbehaving to drop the peer (``ban_reason`` tells the caller to ban)."""
+        ``handle`` raise Misbehaving to drop the peer (``ban_reason`` tells the caller to ban).
+        ``unneeded`` sees each payload after the handshake before it is decoded: the message
+        type of one the node has no use for (counted under that type, neither decoded nor
+        handled: a compact block of a block it has), else None."""
         writer_task = asyncio.create_task(self._writer())
         watchdog: asyncio.Task[None] | None = None
         try:
@@ -357,10 +367,15 @@ class Peer:
             on_hello(self)
             watchdog = asyncio.create_task(self._watchdog())
             while not self.closed.is_set():
-                msg = await self.read_message()
-                if isinstance(msg, wire.Hello):
-                    raise Misbehaving("sent a second HELLO")
-                await handle(self, msg)
+                payload = await self._read_payload()
+                kind = unneeded(self, payload) if unneeded is not None else None
+                if kind is not None:
+                    self.traffic.count_received(kind, len(payload) + limits.FRAME_HEADER_BYTES)
+                else:
+                    msg = self._decode(payload)
+                    if isinstance(msg, wire.Hello):
+                        raise Misbehaving("sent a second HELLO")
+                    await handle(self, msg)
                 await self._throttle()
         except (asyncio.IncompleteReadError, OSError) as e:  # OSError: also EHOSTUNREACH, ETIMEDOUT
             self.close(f"connection lost ({type(e).__name__})", quiet=True)

@@ -328,6 +328,36 @@ def test_malformed_payload_is_a_protocol_error(payload: bytes) -> None:
         wire.decode_message(payload)
 
 
+def test_a_compact_blocks_hash_is_read_from_its_header_alone() -> None:
+    """peek_cmpct_hash (what lets a node drop a compact block of a block it has undecoded): the
+    header's hash for a CMPCT_BLOCK as encode() lays it out, small or large; past
+    MAX_SMALL_MESSAGE_BYTES nothing after the header is even unpacked (a cut one still gives
+    it, where decode_message refuses it). None for anything else: decode_message decides."""
+    small = BY_TYPE["CMPCT_BLOCK"]
+    assert isinstance(small, wire.CmpctBlock)
+    assert wire.peek_cmpct_hash(small.payload()) == small.header.hash
+    large = replace(small, short_ids=tuple(i.to_bytes(6, "big") for i in range(2000)))
+    payload = large.payload()
+    assert len(payload) > limits.MAX_SMALL_MESSAGE_BYTES
+    assert wire.peek_cmpct_hash(payload) == large.header.hash
+    assert wire.peek_cmpct_hash(payload[:-1]) == large.header.hash
+    with pytest.raises(ProtocolError):
+        wire.decode_message(payload[:-1])
+    doc = msgpack.unpackb(small.payload(), raw=False)
+    reordered = bytes(msgpack.packb({"header": doc["header"], **doc}, use_bin_type=True))
+    assert wire.decode_message(reordered) == small  # a valid message, just not laid out as ours
+    for other in (
+        reordered,
+        MALFORMED["cmpct header short"],
+        payload_of(small, header=[*doc["header"][:5], 2**32, 0]),  # bits over u32
+        payload_of(small, extra=1),  # six entries
+        small.payload()[:40],
+        BY_TYPE["NEW_BLOCK"].payload(),
+        BY_TYPE["INV_BLOCK"].payload(),
+    ):
+        assert wire.peek_cmpct_hash(other) is None
+
+
 @pytest.mark.parametrize("name", [k for k in MALFORMED if k.startswith("huge")])
 def test_huge_claims_fail_without_allocating(name: str) -> None:
     tracemalloc.start()
