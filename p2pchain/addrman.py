@@ -8,7 +8,6 @@ about one.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import random
@@ -16,6 +15,7 @@ import socket
 from collections.abc import Container, Iterable
 
 from p2pchain import limits
+from p2pchain.digests import sha256
 from p2pchain.record import record
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"  # the first 12 bytes of an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
@@ -104,7 +104,7 @@ class AddrMan:
         self._where: dict[str, tuple[bool, int]] = {}  # addr -> (tried, bucket)
 
     def _hash(self, *parts: str) -> int:
-        digest = hashlib.sha256(self._secret + "|".join(parts).encode()).digest()
+        digest = sha256(self._secret + "|".join(parts).encode()).digest()
         return int.from_bytes(digest[:8], "big")
 
     def _new_bucket(self, group: str, source_group: str) -> int:

@@ -16,13 +16,13 @@ which needs no Ed25519.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2pchain.digests import sha256
 from p2pchain.errors import WalletError
 from p2pchain.record import record
 
@@ -65,12 +65,12 @@ def ed25519() -> _Ed25519:
 def wallet_check(seed: bytes, address: str) -> str:
     """A wallet file's ``check``: a changed or damaged seed or address no longer matches it, so a
     node can trust the file's address without deriving it (which needs Ed25519) at every start."""
-    return hashlib.sha256(WALLET_CHECK_TAG + seed + address.encode("ascii")).hexdigest()
+    return sha256(WALLET_CHECK_TAG + seed + address.encode("ascii")).hexdigest()
 
 
 def address_of(pubkey: bytes) -> str:
     """The address that a raw Ed25519 public key controls."""
-    return hashlib.sha256(pubkey).digest()[:ADDRESS_BYTES].hex()
+    return sha256(pubkey).digest()[:ADDRESS_BYTES].hex()
 
 
 def is_address(text: object) -> bool:

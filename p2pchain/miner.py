@@ -19,7 +19,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from p2pchain import limits
+from p2pchain.digests import sha256
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block, Header, merkle_root
 from p2pchain.ledger.pow import bits_to_target
@@ -76,12 +76,12 @@ def search_below(prefix: bytes, tgt: bytes, start: int, stop: int) -> int | None
     so each try is copy + update(two bytes from a table) + digest. The bench times this function
     (through the workers' chunks) against the same loop written bare."""
     endings = low_endings()
-    sha256 = hashlib.sha256
+    hash_of = sha256  # (a local: the loop looks it up once)
     n = start
     while n < stop:
         high, low = divmod(n, LOW_NONCE_SPAN)
         end = min(LOW_NONCE_SPAN, low + stop - n)
-        copy = sha256(prefix + high.to_bytes(6, "big")).copy
+        copy = hash_of(prefix + high.to_bytes(6, "big")).copy
         for ending in endings[low:end]:
             h = copy()
             h.update(ending)

@@ -22,7 +22,6 @@ transactions do not make the block has lied.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 from collections import OrderedDict, deque
@@ -31,6 +30,7 @@ from dataclasses import field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from p2pchain import limits, wire
+from p2pchain.digests import blake2b
 from p2pchain.ledger.block import Block, Header
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import RecentSet
@@ -67,7 +67,7 @@ def short_id_key(block_hash: bytes, nonce: int) -> bytes:
 
 def short_ids(key: bytes, txids: Iterable[bytes]) -> Iterator[bytes]:
     """BLAKE2b(txid, key=key, digest_size=SHORT_ID_BYTES) of each txid."""
-    base = hashlib.blake2b(key=key, digest_size=limits.SHORT_ID_BYTES)
+    base = blake2b(key=key, digest_size=limits.SHORT_ID_BYTES)
     for txid in txids:
         h = base.copy()
         h.update(txid)

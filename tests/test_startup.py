@@ -41,6 +41,7 @@ NOT_LOADED = {
     "p2pchain.http_auth": "the HTTP shim's authentication (--http-auth is a string until then)",
     "hmac": "the HTTP shim's token comparison",
     "cryptography": "Ed25519, loaded at the first signature to check or make (the wallet file has its check)",
+    "_hashlib": "OpenSSL's digests, ~10 M instructions to load: p2pchain.digests takes the interpreter's own",
 }
 LAUNCHERS = {
     "python -m p2pchain": [sys.executable, "-m", "p2pchain"],

@@ -11,11 +11,11 @@ encodes (``ledger.pow``: a compact 256-bit target).
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Any, TypeGuard
 
 from p2pchain import limits
+from p2pchain.digests import sha256
 from p2pchain.errors import ProtocolError
 from p2pchain.ledger import cached
 from p2pchain.ledger.pow import bits_to_target
@@ -33,7 +33,7 @@ WireBlock = list[Any]  # [header, [tx, ...]]
 
 LEAF_PREFIX = b"\x00"  # a merkle leaf is H(0x00 | txid)
 NODE_PREFIX = b"\x01"  # an inner node is H(0x01 | left | right)
-EMPTY_MERKLE_ROOT = hashlib.sha256(b"").digest()  # RFC 6962's root of no leaves (no valid block has none)
+EMPTY_MERKLE_ROOT = sha256(b"").digest()  # RFC 6962's root of no leaves (no valid block has none)
 
 
 def merkle_root(txids: list[bytes]) -> bytes:
@@ -45,7 +45,7 @@ def merkle_root(txids: list[bytes]) -> bytes:
     6962's tree, whose left subtree holds the largest power of two below the leaf count."""
     if not txids:
         return EMPTY_MERKLE_ROOT
-    sha = hashlib.sha256
+    sha = sha256
     if len(txids) == 1:  # a coinbase-only block: the root is the one leaf (what the loop below returns)
         return sha(LEAF_PREFIX + txids[0]).digest()
     level = [sha(LEAF_PREFIX + txid).digest() for txid in txids]
@@ -103,7 +103,7 @@ class Header:
 
     @cached
     def hash(self) -> bytes:
-        return hashlib.sha256(self.raw).digest()
+        return sha256(self.raw).digest()
 
     @classmethod
     def from_raw(cls, raw: bytes) -> Header:
@@ -120,7 +120,7 @@ class Header:
         if not _well_typed(obj):
             return None
         try:  # the ranges: struct refuses a value outside its field
-            return hashlib.sha256(HEADER.pack(*obj)).digest()
+            return sha256(HEADER.pack(*obj)).digest()
         except struct.error:
             return None
 
@@ -146,7 +146,7 @@ class Header:
                     pass  # (the checks below name the field)
                 else:
                     header = cls(version, height, prev, merkle, ts, bits, nonce)
-                    header.__dict__.update(raw=raw, hash=hashlib.sha256(raw).digest())  # (as ``raw`` and ``hash``)
+                    header.__dict__.update(raw=raw, hash=sha256(raw).digest())  # (as ``raw`` and ``hash``)
                     return header
         if not isinstance(obj, (list, tuple)) or len(obj) != 7:
             raise ProtocolError("block header must be an array of 7 fields")

@@ -10,11 +10,11 @@ txid = SHA-256(full bytes). The signature covers network_id (32 bytes) | body.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Any
 
 from p2pchain import limits
+from p2pchain.digests import sha256
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import COINBASE_SENDER, Wallet
 from p2pchain.ledger import cached
@@ -84,7 +84,7 @@ class Tx:
 
     @cached
     def txid(self) -> bytes:
-        return hashlib.sha256(self.raw).digest()
+        return sha256(self.raw).digest()
 
     @property
     def size(self) -> int:

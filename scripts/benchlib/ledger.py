@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from benchlib.common import Figures, Subcommand, rate, timed_ms
 from p2pchain import limits
 from p2pchain.chain import Chain
+from p2pchain.digests import sha256
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
 from p2pchain.ledger.block import Block, Header
@@ -52,7 +52,7 @@ def hash_ceiling(prefix: bytes, bits: int, seconds: float) -> float:
     done = 0
     start = time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        copy = hashlib.sha256(prefix + (done >> 16).to_bytes(6, "big")).copy
+        copy = sha256(prefix + (done >> 16).to_bytes(6, "big")).copy
         for ending in endings:
             h = copy()
             h.update(ending)
