@@ -121,7 +121,8 @@ class Chain:
         self.invalid: OrderedDict[bytes, RuleCode] = OrderedDict()
         self.listeners: list[ChainListener] = []
         self.verified: Container[bytes] = ()  # txids with checked signatures (the mempool's cache)
-        self.on_validated: Callable[[float], None] | None = None  # seconds each new block took (metrics)
+        # seconds each of some new blocks took, and how many (metrics): one call a block, or a run's mean
+        self.on_validated: Callable[[float, int], None] | None = None
         self.rng = random.Random()  # picks the orphan to evict (tests may seed it)
         self.side: dict[bytes, int] = {}  # stored blocks off the best chain: hash -> canonical bytes
         self._side_bytes = 0
@@ -413,10 +414,10 @@ class Chain:
         try:
             result = self._process_block(block, now_ms, requested)
         except RuleError:
-            self.on_validated(time.perf_counter() - start)
+            self.on_validated(time.perf_counter() - start, 1)
             raise
         if result.status is not Status.DUPLICATE:
-            self.on_validated(time.perf_counter() - start)
+            self.on_validated(time.perf_counter() - start, 1)
         return result
 
     def _process_block(self, block: Block, now_ms: int, requested: bool) -> ProcessResult:
@@ -464,8 +465,8 @@ class Chain:
         tip that passes every check, no orphan or side block held, the store queueing the writes
         (a sync's batch). The same rule functions run in the same order (``ledger.rules``: no
         rule is written twice) and leave the same entries, state and queued writes; listeners
-        are told (or the news held by ``notifying_once``) and ``on_validated`` called as
-        process_block does (each block gets the run's mean). What is paid once a run, not once a
+        are told (or the news held by ``notifying_once``) and ``on_validated`` given the
+        run's blocks (each with the run's mean). What is paid once a run, not once a
         block: the calls through process_block, ``_accept`` and ``_extend``, the store's
         queueing (``Store.extend_main_run``), the clock reads and results.
 
@@ -525,9 +526,7 @@ class Chain:
         if not run:
             return 0
         if self.on_validated is not None:
-            each = (time.perf_counter() - began) / len(run)
-            for _ in run:
-                self.on_validated(each)
+            self.on_validated((time.perf_counter() - began) / len(run), len(run))
         held = self._untold
         if held is None:
             self._tell(connected, [])

@@ -371,6 +371,8 @@ class Node:
         transactions the threads cost more than they save. A block already known (stored, an
         orphan, or found invalid) costs nothing: process_block answers it from a lookup, so a
         peer replaying old blocks buys no signature checks."""
+        if sum([len(b.txs) for b in blocks]) - len(blocks) < PREVERIFY_MIN_TXS:
+            return  # (a sync's coinbase-only blocks: no filtering a block at a time for nothing to check)
         chain = self.chain
         blocks = [b for b in blocks if not chain.has_block(b.hash) and b.hash not in chain.invalid]
         cache = self.mempool.verified

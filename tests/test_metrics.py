@@ -232,6 +232,7 @@ def test_reorgs_validation_and_disconnects_are_counted() -> None:
     m.on_chain_update([4, 5], [6, 7])
     m.on_validated(0.003)
     m.on_validated(7.0)
+    m.on_validated(0.0004, 64)  # a sync's run of 64 blocks, each given the run's mean
     m.on_peer_closed("shutting down", False)
     m.on_peer_closed("sent invalid block 00ab: bad-pow", True)
     m.on_peer_closed("no PONG within 30 s", False)
@@ -245,8 +246,10 @@ def test_reorgs_validation_and_disconnects_are_counted() -> None:
     assert samples[("p2pchain_reorg_depth_bucket", (("le", "1.0"),))] == 0
     assert samples[("p2pchain_reorg_depth_bucket", (("le", "2.0"),))] == 1
     assert samples[("p2pchain_reorg_depth_sum", ())] == 2
-    assert samples[("p2pchain_block_validation_seconds_bucket", (("le", "0.005"),))] == 1
-    assert samples[("p2pchain_block_validation_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert samples[("p2pchain_block_validation_seconds_bucket", (("le", "0.005"),))] == 65
+    assert samples[("p2pchain_block_validation_seconds_bucket", (("le", "+Inf"),))] == 66
+    assert samples[("p2pchain_block_validation_seconds_count", ())] == 66
+    assert samples[("p2pchain_block_validation_seconds_sum", ())] == pytest.approx(7.003 + 64 * 0.0004)
     drops = {dict(k[1])["reason"]: v for k, v in samples.items() if k[0] == "p2pchain_peer_disconnects_total"}
     assert set(drops) == set(DISCONNECT_LABELS)
     assert (drops["shutdown"], drops["banned"], drops["timeout"], drops["other"], drops["lost"]) == (1, 1, 1, 1, 0)

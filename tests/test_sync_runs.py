@@ -99,9 +99,9 @@ class Fed:
         self.sync = cls(self.chain, lambda: [], _no_preverify, lambda msg, peer: None, defaultdict(int))
         self.peer = StubPeer()
 
-    def _count(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.validated += 1
+    def _count(self, seconds: float, blocks: int) -> None:
+        assert seconds >= 0 and blocks >= 1
+        self.validated += blocks
 
     def feed(self, blocks: Sequence[Block]) -> Any:
         try:
