@@ -13,10 +13,18 @@ import sys
 # - asyncio imports ssl at its own import only to offer TLS, which neither a node nor the wallet
 #   commands speak (peers, clients and the HTTP shim are plain TCP): the ssl module costs a start
 #   about 5 ms and its memory about 1 MB. asyncio is imported with ssl hidden, then ssl is
-#   importable again for whatever wants it later (aiohttp, with --http-port, imports its own).
+#   importable again for whatever wants it later (aiohttp, with --http-port, imports its own);
+# - asyncio imports inspect (which imports ast and dis) for what a node never calls (debug checks,
+#   the reprs of callbacks; loop.add_signal_handler's check, which StopSignals does without), and
+#   so does dataclasses: ~18 M instructions, 6 % of a node's start. inspect is imported when first
+#   used (p2pchain.onfirstuse), so a node that does not use it never loads it.
 if "asyncio" not in sys.modules:
     _STARTING = gc.isenabled()  # (and so to be enabled again)
     gc.disable()
+    if "inspect" not in sys.modules:
+        from p2pchain.onfirstuse import OnFirstUse
+
+        sys.modules["inspect"] = OnFirstUse("inspect")
     sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError meanwhile
     try:
         import asyncio
@@ -32,6 +40,8 @@ import functools
 import logging
 import os
 import signal
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -293,6 +303,61 @@ def collect_again(node: object) -> None:
     gc.enable()
 
 
+class StopSignals:
+    """SIGINT and SIGTERM stop the node, by loop.add_signal_handler's mechanism without its check
+    that the callback is no coroutine function, which imports inspect (see the top of this
+    module): ``installed()``, around asyncio.run in the main thread, sets the handlers (so that
+    asyncio.run leaves SIGINT to them too) and puts the previous ones back after; ``waking(stop)``,
+    in the loop, makes a signal set ``stop``. The handler runs in the main thread; the signal
+    module's C handler writes to the wakeup fd, which wakes the loop whichever thread the signal
+    reached. A signal before ``waking`` (while the node is built) stops the node once started."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received = False
+        self._stop: Callable[[], object] | None = None
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received = True
+        if self._stop is not None:
+            self._stop()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def waking(self, stop: asyncio.Event) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        wake_r, wake_w = socket.socketpair()
+        with wake_r, wake_w:
+            wake_r.setblocking(False)
+            wake_w.setblocking(False)
+            loop.add_reader(wake_r, _drain, wake_r)
+            previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+            self._stop = functools.partial(loop.call_soon_threadsafe, stop.set)
+            if self.received:
+                stop.set()
+            try:
+                yield
+            finally:
+                self._stop = None
+                signal.set_wakeup_fd(previous_fd)
+                loop.remove_reader(wake_r)
+
+
+def _drain(sock: socket.socket) -> None:
+    """Empty the wakeup socket (one byte per signal): waking the loop was its only purpose."""
+    with contextlib.suppress(OSError):
+        sock.recv(4096)
+
+
 def http_auth_settings(args: argparse.Namespace) -> AuthSettings | None:
     """What --http-auth and --http-token-file ask of the HTTP shim, checked against --http-host;
     None (p2pchain.http_auth not loaded) for a node that neither serves HTTP nor names a token
@@ -339,23 +404,24 @@ def run_node_command(argv: list[str]) -> int:
         tunables=Tunables(ping_interval=args.ping_interval, pong_timeout=args.ping_interval),
     )
 
+    signals = StopSignals()
+
     async def serve() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         start_http = None
         if auth is not None and config.http_port is not None:
             from p2pchain.http import start_http as http_starter  # aiohttp is loaded only with --http-port
 
             start_http = functools.partial(http_starter, auth=auth)
-        await run_node(config, stop, on_ready=collect_again if _STARTING else None, start_http=start_http)
+        with signals.waking(stop):
+            await run_node(config, stop, on_ready=collect_again if _STARTING else None, start_http=start_http)
 
     tune_interpreter()
     if _STARTING:
         gc.disable()  # until the node listens (see the top of this module): its store's index loads meanwhile
     try:
-        asyncio.run(serve())
+        with signals.installed():
+            asyncio.run(serve())
     except (StoreError, WalletError) as e:
         print(f"p2pchain: {e}", file=sys.stderr)
         return 2

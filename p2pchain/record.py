@@ -246,7 +246,9 @@ def _collect_fields(cls: type) -> bool:
     ``__match_args__``, and each field's class attribute to its default) without its per-class
     cost (about a third of what defining a record cost: a start defines some fifty). False, having
     changed nothing, for a class whose annotations need dataclass's own reading."""
-    annotations = inspect.get_annotations(cls)  # the class's own, as dataclass reads them
+    # the class's own, as 3.11's dataclass reads them: not through inspect, which a node's start
+    # otherwise never loads (p2pchain.cli)
+    annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
     namespace = getattr(sys.modules.get(cls.__module__), "__dict__", {})  # where dataclass looks names up
     kinds = {}
     for name, annotation in annotations.items():
@@ -299,7 +301,8 @@ def _signature(flds: list[dataclasses.Field[Any]]) -> str:
     without a docstring), without building a Signature."""
     parts = []
     for f in flds:
-        part = f"{f.name}: {inspect.formatannotation(f.type)}"
+        # (a string annotation, as under ``from __future__ import annotations``, shows as its repr)
+        part = f"{f.name}: {f.type!r}" if isinstance(f.type, str) else f"{f.name}: {inspect.formatannotation(f.type)}"
         if f.default is not dataclasses.MISSING:
             part += f" = {f.default!r}"
         elif f.default_factory is not dataclasses.MISSING:

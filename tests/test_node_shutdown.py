@@ -8,14 +8,19 @@ node must report in /status.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import signal
+import threading
 import time
 
 import pytest
 from conftest import NodeFactory
 from harness import wait_until
 from node_helpers import MINER_ARGS, status
+
+from p2pchain.cli import StopSignals
 
 STOP_DEADLINE_S = 2.0  # the issue's promise: SIGTERM to exit in at most this long
 STOPPED = re.compile(r"stopped at height (\d+), tip ([0-9a-f]+)")
@@ -38,3 +43,38 @@ def test_signal_exits_zero_quickly_and_restart_keeps_the_tip(nodes: NodeFactory,
     node.start()
     st = status(node)
     assert (st["height"], st["tip"][: len(tip)]) == (int(height), tip)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_from_any_thread_wakes_the_loop_and_handlers_are_put_back(sig: signal.Signals) -> None:
+    """cli.StopSignals (the node command's SIGINT/SIGTERM): a signal sent while the loop sleeps
+    with nothing to do sets the stop event, also when another thread sends it (the wakeup fd
+    wakes the loop); a signal before the loop runs stops it as soon as it does; afterwards the
+    process's handlers are what they were."""
+    before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
+
+    async def serve(signals: StopSignals) -> None:
+        stop = asyncio.Event()
+        with signals.waking(stop):
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), sig))
+            sender.start()
+            async with asyncio.timeout(10):
+                await stop.wait()
+            sender.join()
+
+    signals = StopSignals()
+    with signals.installed():
+        asyncio.run(serve(signals))
+    assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
+
+    early = StopSignals()  # a signal while the node is built, before the loop runs
+
+    async def stopped_at_once() -> bool:
+        stop = asyncio.Event()
+        with early.waking(stop):
+            return stop.is_set()
+
+    with early.installed():
+        os.kill(os.getpid(), sig)
+        assert asyncio.run(stopped_at_once())
+    assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before

@@ -26,6 +26,7 @@ from harness import TEST_BITS, NodeProc, run
 from p2pchain import limits
 from p2pchain.cli import node_parser
 from p2pchain.keys import Wallet
+from p2pchain.onfirstuse import OnFirstUse
 
 # module -> why a node without --http-port (or --config) must not load it
 NOT_LOADED = {
@@ -41,6 +42,8 @@ NOT_LOADED = {
     "p2pchain.http_auth": "the HTTP shim's authentication (--http-auth is a string until then)",
     "hmac": "the HTTP shim's token comparison",
     "cryptography": "Ed25519, loaded at the first signature to check or make (the wallet file has its check)",
+    "ast": "inspect's: asyncio and dataclasses import inspect, which a node never uses (p2pchain.onfirstuse)",
+    "dis": "inspect's, as ast",
     "_hashlib": "OpenSSL's digests, ~10 M instructions to load: p2pchain.digests takes the interpreter's own",
 }
 LAUNCHERS = {
@@ -141,3 +144,24 @@ def test_the_node_command_serves_large_allocations_from_the_heap() -> None:
     # the control: without tune_interpreter the same block gets a mapping of its own
     assert untuned.stdout.strip() == "1", f"mapped blocks added by one allocation, untuned: {untuned.stdout!r}"
     assert tuned.stdout.strip() == "0", f"mapped blocks added by one allocation: {tuned.stdout!r}"
+
+
+def test_a_module_on_first_use_is_imported_then_and_is_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """p2pchain.onfirstuse (how a node defers inspect): ``import`` gives the stand-in without
+    running the module; the first name read imports it, and the stand-in then has the module's
+    names, as the module in sys.modules has; a name the module lacks is an AttributeError."""
+    name = "colorsys"  # a small stdlib module that nothing here imports
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    stand_in = OnFirstUse(name)
+    monkeypatch.setitem(sys.modules, name, stand_in)
+    import colorsys
+
+    assert colorsys is stand_in and "rgb_to_hsv" not in vars(stand_in)  # not run yet
+    assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+    real = sys.modules[name]
+    assert real is not stand_in and real.rgb_to_hsv is stand_in.rgb_to_hsv
+    from colorsys import hls_to_rgb
+
+    assert hls_to_rgb is real.hls_to_rgb
+    with pytest.raises(AttributeError):
+        stand_in.no_such_name  # noqa: B018

@@ -1,0 +1,27 @@
+"""A module imported on its first use: what a process may import but never use.
+
+``OnFirstUse(name)`` stands in ``sys.modules`` for a module not imported yet: ``import name``
+gives the stand-in, and its first attribute read (``name.x``, ``from name import x``) imports
+the module and takes over its namespace, so that every holder of the stand-in reads the module's
+own names from then on, directly. importlib.util.LazyLoader cannot do this in Python 3.11: an
+``import`` statement reads the module's ``__spec__``, which runs a lazily loaded module at once.
+p2pchain.cli puts ``inspect`` so while asyncio loads (a node never calls it).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+
+class OnFirstUse(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:  # (called only for what the namespace lacks)
+        import importlib
+
+        if sys.modules.get(self.__name__) is self:
+            sys.modules.pop(self.__name__, None)
+        module = importlib.import_module(self.__name__)  # (thread-safe: the import's module lock)
+        self.__dict__.update(module.__dict__)
+        self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module now: a name it lacks is an AttributeError
+        return getattr(module, name)
