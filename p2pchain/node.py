@@ -450,8 +450,7 @@ class Node:
         compact blocks, announced at the next flush to the others."""
         compact, full, announce = self.relay.block_targets(block, exclude, mined=mined)
         if announce and self._block_flush_timer is None:
-            loop = asyncio.get_running_loop()
-            self._block_flush_timer = loop.call_later(limits.RELAY_BLOCK_INV_INTERVAL_S, self._announce_blocks)
+            self._start_block_announcements()
         if compact:
             msg: wire.Message = self.relay.compact(block)
             frame = msg.encode()
@@ -547,12 +546,24 @@ class Node:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(limits.RELAY_INV_INTERVAL_S, self._flush_announcements)
 
-    def _announce_blocks(self) -> None:
+    def _start_block_announcements(self) -> None:
+        loop = asyncio.get_running_loop()
+        first = limits.RELAY_BLOCK_INV_INTERVAL_S - limits.RELAY_BLOCK_INV_OUTBOUND_DELAY_S
+        self._block_flush_timer = loop.call_later(first, self._announce_blocks, "inbound")
+
+    def _announce_blocks(self, part: str) -> None:
+        """A round of block announcements: the peers that dialled us, then the ones we dialled
+        (relay.take_block_announcements says why)."""
         self._block_flush_timer = None
+        if part == "inbound":
+            delay = limits.RELAY_BLOCK_INV_OUTBOUND_DELAY_S
+            self._block_flush_timer = asyncio.get_running_loop().call_later(delay, self._announce_blocks, "outbound")
         frame = None  # every peer is told of the same newest block: encoded once
-        for peer, hashes in self.relay.take_block_announcements().items():
+        for peer, hashes in self.relay.take_block_announcements(part).items():
             frame = frame or wire.InvBlock(hashes).encode()
             peer.send_frame(frame, wire.InvBlock.TYPE)
+        if part == "outbound" and self.relay.announcing():  # a newer block came meanwhile
+            self._start_block_announcements()
 
     def _flush_announcements(self) -> None:
         self._flush_timer = None

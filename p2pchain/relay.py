@@ -291,6 +291,7 @@ class Relay(Generic[P]):
         self._hb: list[P] = []  # peers we asked to push new blocks at once, the least recently useful first
         self._block_wants: OrderedDict[bytes, _Want[P]] = OrderedDict()
         self._to_announce: bytes | None = None  # the newest block for the next INV_BLOCKs
+        self._told_inbound: bytes | None = None  # what this round's first part announced
         # (an ordered set) peers that get each new block at once: those without cmpct-hb and
         # those that asked (SEND_CMPCT); every other peer speaks cmpct-hb (counted)
         self._at_once: dict[P, None] = {}
@@ -664,21 +665,42 @@ class Relay(Generic[P]):
         else:
             self._at_once.pop(peer, None)
 
-    def take_block_announcements(self) -> dict[P, tuple[bytes, ...]]:
-        """Peer -> the INV_BLOCK to send it: the newest block block_targets left to announce
-        since the last call, to each cmpct-hb peer that has not shown it knows it (it sent,
-        announced or was sent it). The newest alone: a peer that has a block has its ancestors,
-        and one that lacks them fetches them by sync (Bitcoin Core's inv of the tip)."""
-        newest, self._to_announce = self._to_announce, None
+    def take_block_announcements(self, part: str = "all") -> dict[P, tuple[bytes, ...]]:
+        """Peer -> the INV_BLOCK to send it: the newest block block_targets left to announce,
+        to each cmpct-hb peer that has not shown it knows it (it sent, announced or was sent
+        it). The newest alone: a peer that has a block has its ancestors, and one that lacks
+        them fetches them by sync (Bitcoin Core's inv of the tip).
+
+        A round has two parts (``part``): "inbound" tells the peers that dialled us, "outbound"
+        (RELAY_BLOCK_INV_OUTBOUND_DELAY_S later) the peers we dialled, and ends the round. Each
+        link's dialler is thus told first, and its own announcement, due later, finds the
+        block known and is not sent: one INV_BLOCK a link, not one each way (both ends used to
+        announce before hearing from the other). The second part announces the first part's
+        block (what the other ends announced to us), and a newer block that came meanwhile is
+        left for the next round (``announcing``). "all" is both parts at once."""
+        newest = self._to_announce
         out: dict[P, tuple[bytes, ...]] = {}
+        if part == "inbound":
+            self._told_inbound = newest
+        elif part == "outbound":
+            newest, self._told_inbound = self._told_inbound, None
+            if newest == self._to_announce:
+                self._to_announce = None
+        else:
+            self._to_announce = self._told_inbound = None
         if newest is None:
             return out
+        outbound = {"inbound": (False,), "outbound": (True,)}.get(part, (False, True))
         for peer, state in self._peers.items():
-            if FEATURE_HB in state.features and newest not in state.known_blocks:
+            if FEATURE_HB in state.features and newest not in state.known_blocks and state.outbound in outbound:
                 state.known_blocks.add(newest)
                 out[peer] = (newest,)
         self.stats.blocks_announced += len(out)
         return out
+
+    def announcing(self) -> bool:
+        """Whether a block is left to announce (a round is to be started)."""
+        return self._to_announce is not None
 
     def on_inv_block(
         self, peer: P, hashes: Iterable[bytes], have: Callable[[bytes], bool], now: float

@@ -486,6 +486,27 @@ def test_a_new_block_goes_at_once_only_to_peers_that_asked_and_is_announced_to_t
     assert relay.stats.blocks_announced == 1
 
 
+def test_a_round_of_announcements_tells_the_peers_that_dialled_us_first() -> None:
+    """Each link's dialler hears first (the round's "inbound" part); RELAY_BLOCK_INV_OUTBOUND_DELAY_S
+    later the peers we dialled are told the same block, but not one that announced it to us
+    meanwhile (its own first part: one INV_BLOCK on that link, not one each way). A block newer
+    than the first part's is left for the next round, which then skips whoever knows it."""
+    first, second = block_of(payments(1)), block_on(GENESIS, payments(1, sender_seed=3))
+    relay = relay_with("in")
+    for p in ("out", "out2"):
+        relay.add_peer(p, 2, FEATURES, outbound=True)
+    relay.block_targets(first)
+    assert relay.take_block_announcements("inbound") == {"in": (first.hash,)}
+    assert relay.on_inv_block("out", [first.hash], lambda h: True, T0) == []  # its first part, to us
+    relay.block_targets(second)  # newer, between the parts
+    assert relay.take_block_announcements("outbound") == {"out2": (first.hash,)}
+    assert relay.announcing()
+    assert relay.take_block_announcements("inbound") == {"in": (second.hash,)}
+    assert relay.take_block_announcements("outbound") == {"out": (second.hash,), "out2": (second.hash,)}
+    assert not relay.announcing() and relay.take_block_announcements("inbound") == {}
+    assert relay.stats.blocks_announced == 5
+
+
 def test_a_block_we_mined_goes_at_once_to_every_compact_peer() -> None:
     block = block_of(payments(1))
     relay = relay_with("a", "b")
