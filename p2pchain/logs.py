@@ -23,7 +23,9 @@ from typing import Any
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXTRA_FIELDS = ("peer", "height", "reason", "block", "txid", "addr")  # taken from ``extra={...}``
-_HEIGHT = re.compile(r"\bheight (\d+)\b")
+# a "height N" in a message: re.search compiles it once, at the first JSON line (not at every
+# node's start: only --log-format json reads it)
+_HEIGHT = r"\bheight (\d+)\b"
 
 
 def _peer_of(args: Any) -> str | None:
@@ -48,7 +50,7 @@ class JsonFormatter(logging.Formatter):
         peer = _peer_of(record.args)
         if peer is not None:
             doc["peer"] = peer
-        height = _HEIGHT.search(message)
+        height = re.search(_HEIGHT, message)
         if height is not None:
             doc["height"] = int(height.group(1))
         for name in EXTRA_FIELDS:
