@@ -21,10 +21,11 @@ import sys
 if "asyncio" not in sys.modules:
     _STARTING = gc.isenabled()  # (and so to be enabled again)
     gc.disable()
-    if "inspect" not in sys.modules:
-        from p2pchain.onfirstuse import OnFirstUse
+    from p2pchain.onfirstuse import UNUSED_AT_START, OnFirstUse
 
-        sys.modules["inspect"] = OnFirstUse("inspect")
+    for _name in UNUSED_AT_START:
+        if _name not in sys.modules:
+            sys.modules[_name] = OnFirstUse(_name)
     sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError meanwhile
     try:
         import asyncio

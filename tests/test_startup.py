@@ -42,7 +42,8 @@ NOT_LOADED = {
     "p2pchain.http_auth": "the HTTP shim's authentication (--http-auth is a string until then)",
     "hmac": "the HTTP shim's token comparison",
     "cryptography": "Ed25519, loaded at the first signature to check or make (the wallet file has its check)",
-    "ast": "inspect's: asyncio and dataclasses import inspect, which a node never uses (p2pchain.onfirstuse)",
+    "ast": "inspect's: asyncio and dataclasses import inspect, which a node never uses (UNUSED_AT_START)",
+    "token": "tokenize's, which linecache imports to read source lines for a traceback (UNUSED_AT_START)",
     "dis": "inspect's, as ast",
     "_hashlib": "OpenSSL's digests, ~10 M instructions to load: p2pchain.digests takes the interpreter's own",
 }
@@ -165,3 +166,35 @@ def test_a_module_on_first_use_is_imported_then_and_is_the_module(monkeypatch: p
     assert hls_to_rgb is real.hls_to_rgb
     with pytest.raises(AttributeError):
         stand_in.no_such_name  # noqa: B018
+
+
+DEFERRED_CHECK = """\
+import sys
+import p2pchain.cli as cli
+from p2pchain.onfirstuse import UNUSED_AT_START, OnFirstUse
+assert all(type(sys.modules[name]) is OnFirstUse for name in UNUSED_AT_START)
+assert not {"ast", "dis", "token"} & set(sys.modules)
+import traceback
+def fails():
+    raise ValueError("the source line of this raise shows in the traceback")
+try:
+    fails()
+except ValueError:
+    print(traceback.format_exc())  # linecache reads the lines with tokenize
+cli.node_parser().print_help()  # argparse wraps the help with textwrap
+import inspect
+print(inspect.signature(fails))
+print(sorted(name for name in UNUSED_AT_START if type(sys.modules[name]) is OnFirstUse))
+"""
+
+
+def test_what_the_node_command_defers_works_when_used(tmp_path: Path) -> None:
+    """UNUSED_AT_START (inspect, textwrap, tokenize): importing p2pchain.cli in a fresh process
+    leaves them unloaded (and ast, dis and token with them), and each works when first used: a
+    traceback shows its source lines, --help is wrapped, inspect answers."""
+    script = tmp_path / "deferred_check.py"  # a file: a traceback shows the lines of files
+    script.write_text(DEFERRED_CHECK)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert 'raise ValueError("the source line of this raise shows in the traceback")' in out
+    assert "--ping-interval PING_INTERVAL" in out and "show this help message and exit" in out
+    assert out.rstrip().endswith("()\n[]")
