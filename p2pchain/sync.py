@@ -205,7 +205,8 @@ class SyncManager:
         self.log_progress()
         if pipelined:
             return  # the next batch is on its way
-        self._commit_kept()  # (a kept batch and an empty last answer: the sync ends here)
+        if peer is self.peer or not self.active:  # (another peer's empty answer leaves the sync's batch kept)
+            self._commit_kept()  # (a kept batch and an empty last answer: the sync ends here)
         if new:
             peer.fruitless = 0
         elif not ignored:

@@ -117,3 +117,33 @@ def test_a_sync_batch_that_ends_with_an_invalid_block_is_committed_up_to_it(tmp_
         asyncio.run(scenario())
     finally:
         chain.close()
+
+
+def test_an_empty_answer_from_another_peer_leaves_the_sync_batch_kept(tmp_path: Path) -> None:
+    """A peer other than the sync peer answering with an empty CHAIN (a /nodes/resolve answer
+    from a peer at our height) is no end of the sync: the sync's batch stays open for its next
+    CHAIN, which commits it, rather than being committed early."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 6)
+    sync = _manager(chain)
+    peer, other = StubPeer(len(blocks)), StubPeer(0)
+
+    async def scenario() -> None:
+        sync.start(peer)
+        await sync.on_chain(peer, wire.Chain(tuple(blocks[:3]), True))
+        assert chain.store.kept
+        sync.ask(other)
+        await sync.on_chain(other, wire.Chain((), False))
+        assert chain.store.kept and sync.peer is peer
+        chain.store.wait_written()
+        assert committed_height(path) == 0
+        await sync.on_chain(peer, wire.Chain(tuple(blocks[3:]), False))  # the sync's end commits all
+        assert not chain.store.kept
+        chain.store.wait_written()
+        assert committed_height(path) == 6
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        chain.close()
