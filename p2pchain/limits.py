@@ -102,7 +102,7 @@ STORE_HOLD_S = 1.0  # a block that arrives alone (relayed, mined) may wait this 
 # with those that follow it within that time (Store.hold): the commit (~100 us of SQLite a block,
 # most of a small block's checking) leaves the path a block takes to the next hop, and blocks that
 # come faster than one per interval share one. A kill -9 loses at most this much of the chain
-# (during a sync, a block that arrives alone joins the sync's kept batch: STORE_BATCH_MAX_TXNS/_BYTES),
+# (during a sync too: it is committed with the blocks of the sync's kept batch, Store.hold),
 # downloaded again by a sync
 SIDE_KEEP_DEPTH = 1000  # blocks: a side branch whose highest block is more than this below the tip,
 # and to which none of the last this-many arriving blocks was added (a sync still fetching it is

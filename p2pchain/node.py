@@ -439,6 +439,8 @@ class Node:
 
     def _release_store(self) -> None:
         self._release_timer = None
+        if self.chain.store.kept:  # a sync's batch committed the held blocks and is kept for its next CHAIN
+            return
         try:
             self.chain.store.release()
         except StoreError as e:  # the store takes no more writes: the next block's processing says so too

@@ -290,6 +290,7 @@ class Store:
         self._go: threading.Event | None = None  # set: that deferred commit starts at once
         self._holding = False  # the open batch is the held one (``hold``): ``release`` commits it
         self._kept = False  # ... kept open by a sync's batch (``batch(keep=True)``): the next batch goes on with it
+        self._lone = False  # a block that arrived alone is in the open batch (``hold``): not kept at its end
         self._checkpointer: sqlite3.Connection | None = None  # the store thread's, for checkpoints only
         self._checkpointing: concurrent.futures.Future[None] | None = None  # the checkpoint under way
         self._shm: int | None = None  # the wal-index file, open for reading (_wal_pages)
@@ -440,7 +441,7 @@ class Store:
         finally:
             try:
                 if self._batch_depth == 1:
-                    if ended and keep and self._failed is None and not self._full():
+                    if ended and keep and not self._lone and self._failed is None and not self._full():
                         self._kept = self._holding = True  # (its depth stays 1: the held batch)
                     else:
                         self._commit()
@@ -461,14 +462,22 @@ class Store:
         self._batched = self._batched_bytes = 0
         self._behind = behind
         self._delay_s = delay_s
+        self._lone = False
 
     def hold(self) -> bool:
         """Open the held batch unless a batch is open: the transactions that follow (blocks that
         arrive one at a time: relayed, mined) are queued as in ``batch`` and committed together by
         ``release``, which the caller arranges (STORE_HOLD_S later: the node's memory, and so what
         it relays, runs that far ahead of its file; docs/ledger.md, "What is on disk when").
-        A ``batch`` or ``close`` releases it first. True if it was opened now."""
+        A ``batch`` or ``close`` releases it first. True if the caller must arrange that release:
+        the held batch was opened now, or a sync's kept batch became it (the block is committed
+        with the sync's blocks so far, not one sync CHAIN or SYNC_STALL_S later). In a sync's
+        batch still open, the block makes that batch commit at its end rather than be kept."""
+        if self._kept:
+            self._kept = False
+            return True
         if self._batch_depth:
+            self._lone = not self._holding
             return False
         self._check_writable()
         self._open_batch(False)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from harness import until
+from ledger_helpers import committed_height
 from node_helpers import TEST_PARAMS, branch
 from p2p_peer import RawPeer
 
@@ -118,3 +119,37 @@ def test_an_orphan_from_another_peer_takes_over_a_silent_sync(tmp_path: Path) ->
     victim, _ = asyncio.run(attack(tmp_path, lambda victim: None, mine_on_honest=True))
     assert victim.chain.height > 10 + BEHIND
     assert limits.SYNC_TAKEOVER_S < DEADLINE_S < limits.SYNC_STALL_S
+
+
+def test_a_block_relayed_while_the_sync_peer_is_silent_is_committed_within_store_hold_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync keeps its store batch open for its next CHAIN; a block relayed meanwhile (here one
+    on the tip the sync reached) must not wait for that CHAIN: if the sync peer goes silent, the
+    block (which the node has relayed on) is in the file within STORE_HOLD_S, as any lone block
+    is, not when the stalled sync peer is dropped (SYNC_STALL_S, out of reach here)."""
+    monkeypatch.setattr(limits, "SYNC_STALL_S", 3600.0)
+    path = tmp_path / "victim" / DB_FILE
+
+    async def scenario() -> None:
+        victim = make_node(tmp_path, "victim", list(CHAIN[:10]))
+        await victim.start()
+        syncer = await RawPeer.connect(victim.port, "127.0.0.9")
+        relayer = await RawPeer.connect(victim.port, "127.0.0.10")
+        try:
+            await syncer.handshake(port=1, height=10**6, work=2**200)
+            await syncer.expect(wire.GetChain)
+            syncer.send(wire.Chain(tuple(CHAIN[10:14]), True))  # and then nothing more
+            await syncer.expect(wire.GetChain)  # the next CHAIN is asked for: the batch is kept open
+            await until(lambda: victim.chain.height == 14, "the victim to take the sync peer's CHAIN")
+            await relayer.handshake()
+            relayer.send(wire.NewBlock(CHAIN[14]))
+            await relayer.sync_with_ping()
+            assert victim.chain.height == 15
+            await until(lambda: committed_height(path) == 15, "the relayed block to be in the file", DEADLINE_S)
+        finally:
+            await relayer.close()
+            await syncer.close()
+            await victim.stop()
+
+    asyncio.run(scenario())

@@ -477,8 +477,7 @@ def test_a_kept_sync_batch_commits_every_store_batch_max_txns_blocks_and_when_re
     """A sync's batch kept open for its next CHAIN (``batch(keep=True)``) is not committed at its
     end: the next batch goes on with it, and the file takes both once STORE_BATCH_MAX_TXNS blocks
     are queued, or when the batch is released (the sync's end), or when the store closes; the
-    node's own reads see every block at once. A batch that ends by an exception is committed, and
-    a block that arrives alone meanwhile joins the kept batch (no held batch of its own)."""
+    node's own reads see every block at once. A batch that ends by an exception is committed."""
     monkeypatch.setattr(limits, "STORE_BATCH_MAX_TXNS", 5)
     path = tmp_path / "chain.sqlite"
     chain = Chain.open(path, PARAMS)
@@ -489,10 +488,8 @@ def test_a_kept_sync_batch_commits_every_store_batch_max_txns_blocks_and_when_re
             feed(chain, blocks[:3])
         assert store.kept and committed_height(path) == 0
         assert chain.store.load_main()[-1] == blocks[2].hash  # (a read sends the queued writes, in the open batch)
-        assert not store.hold()  # a block alone joins it
-        feed(chain, blocks[3:4])
         with store.batch(behind=True, keep=True):  # goes on with it: the 5th block commits all five
-            feed(chain, blocks[4:6])
+            feed(chain, blocks[3:6])
         assert store.kept
         store.wait_written()
         assert committed_height(path) == 5
@@ -522,6 +519,42 @@ def test_a_kept_sync_batch_commits_every_store_batch_max_txns_blocks_and_when_re
     finally:
         chain.close()  # commits what is kept
     assert _check_store(path) == 14
+
+
+def test_a_block_that_arrives_alone_during_a_sync_is_not_kept_for_the_syncs_next_chain(tmp_path: Path) -> None:
+    """A block that arrives alone (relayed, mined) while a sync's batch is kept open turns that
+    batch into the held one (``hold`` says to arrange its release): it is committed with the sync's
+    blocks by ``release`` or the sync's next batch, not when the sync's next CHAIN ends it. One
+    that arrives while a sync's batch is open makes that batch commit at its end."""
+    path = tmp_path / "chain.sqlite"
+    chain = Chain.open(path, PARAMS)
+    blocks = branch(GENESIS, 6, miner=B.address)
+    store = chain.store
+    try:
+        with store.batch(behind=True, keep=True):
+            feed(chain, blocks[:2])
+        assert store.kept
+        assert store.hold()  # a block alone: the caller releases it (the node: STORE_HOLD_S later)
+        feed(chain, blocks[2:3])
+        assert not store.kept
+        store.release()
+        store.wait_written()
+        assert committed_height(path) == 3
+        with store.batch(behind=True, keep=True):
+            feed(chain, blocks[3:4])
+        assert store.hold()
+        feed(chain, blocks[4:5])
+        with store.batch(behind=True, keep=True):  # the sync's next batch first commits the held one
+            store.wait_written()
+            assert committed_height(path) == 5
+            assert not store.hold()  # in a sync's open batch: it is committed at the batch's end
+            feed(chain, blocks[5:6])
+        assert not store.kept
+        store.wait_written()
+        assert committed_height(path) == 6
+    finally:
+        chain.close()
+    assert _check_store(path) == 6
 
 
 def test_a_kept_sync_batch_commits_once_its_blocks_reach_store_batch_max_bytes(
