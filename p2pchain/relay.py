@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import field
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -284,6 +284,8 @@ class Relay(Generic[P]):
         self._waiting: dict[bytes, None] = {}
         self._pending: OrderedDict[bytes, _PendingBlock[P]] = OrderedDict()
         self._recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
+        self._recent_heads: OrderedDict[bytes, bytes] = OrderedDict()  # their wire.cmpct_head -> hash
+        self._head_lengths: Counter[int] = Counter()  # how many of those heads have each length
         # block hash -> indexes we had to fetch to rebuild it: our peers likely lack them too, so
         # our compact block of it sends them whole (BIP152's "transactions the sender guesses the
         # receiver lacks")
@@ -588,6 +590,28 @@ class Relay(Generic[P]):
         self._recent_blocks[block.hash] = block
         while len(self._recent_blocks) > limits.RELAY_RECENT_BLOCKS:
             self._recent_blocks.popitem(last=False)
+        head, heads, lengths = wire.cmpct_head(block.header), self._recent_heads, self._head_lengths
+        if head not in heads:
+            heads[head] = block.hash
+            lengths[len(head)] += 1
+        while len(heads) > limits.RELAY_RECENT_BLOCKS:
+            n = len(heads.popitem(last=False)[0])
+            lengths[n] -= 1
+            if not lengths[n]:
+                del lengths[n]
+
+    def known_compact(self, payload: bytes) -> bytes | None:
+        """The hash of the block a CMPCT_BLOCK ``payload`` carries when that is one of the last
+        blocks we relayed, read from its first bytes (wire.cmpct_head), None otherwise: so that
+        the copies of a block we have are dropped unread (with three high-bandwidth peers, two
+        of every three compact blocks a node gets). A lookup per length of those heads (they
+        differ by the header's varying integers: a few), not a comparison per head."""
+        heads = self._recent_heads
+        for n in self._head_lengths:
+            block_hash = heads.get(payload[:n])
+            if block_hash is not None:
+                return block_hash
+        return None
 
     def block_known(self, peer: P, block_hash: bytes) -> None:
         state = self._peers.get(peer)

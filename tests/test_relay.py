@@ -507,6 +507,18 @@ def test_a_round_of_announcements_tells_the_peers_that_dialled_us_first() -> Non
     assert relay.stats.blocks_announced == 5
 
 
+def test_a_compact_block_of_a_block_relayed_lately_is_known_by_its_first_bytes() -> None:
+    blocks = [block_on(GENESIS, payments(1, sender_seed=s)) for s in range(limits.RELAY_RECENT_BLOCKS + 1)]
+    relay = relay_with("a")
+    relay.block_targets(blocks[0])
+    assert relay.known_compact(compact_block(blocks[0], 5).payload()) == blocks[0].hash
+    assert relay.known_compact(compact_block(blocks[1], 5).payload()) is None
+    for block in blocks[1:]:
+        relay.block_targets(block)
+    assert relay.known_compact(compact_block(blocks[-1], 9, prefill=(1,)).payload()) == blocks[-1].hash
+    assert relay.known_compact(compact_block(blocks[0], 5).payload()) is None  # the oldest was forgotten
+
+
 def test_a_block_we_mined_goes_at_once_to_every_compact_peer() -> None:
     block = block_of(payments(1))
     relay = relay_with("a", "b")
