@@ -11,8 +11,11 @@ p2pchain.cli puts UNUSED_AT_START so before asyncio loads.
 from __future__ import annotations
 
 import sys
+import threading
 import types
 from typing import Any
+
+_LOADING = threading.RLock()  # one stand-in's swap at a time (RLock: an import may read another's)
 
 # Modules that a node's imports import but that a node does not call (p2pchain.cli defers them):
 # - inspect (with ast and dis): asyncio's debug checks and callback reprs, dataclasses' class
@@ -28,9 +31,11 @@ class OnFirstUse(types.ModuleType):
     def __getattr__(self, name: str) -> Any:  # (called only for what the namespace lacks)
         import importlib
 
-        if sys.modules.get(self.__name__) is self:
-            sys.modules.pop(self.__name__, None)
-        module = importlib.import_module(self.__name__)  # (thread-safe: the import's module lock)
-        self.__dict__.update(module.__dict__)
-        self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module now: a name it lacks is an AttributeError
-        return getattr(module, name)
+        with _LOADING:  # (the check, the pop and the import as one: another thread may be here too)
+            if self.__class__ is OnFirstUse:
+                if sys.modules.get(self.__name__) is self:
+                    sys.modules.pop(self.__name__, None)
+                module = importlib.import_module(self.__name__)
+                self.__dict__.update(module.__dict__)
+                self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module now: a name it lacks is an AttributeError
+        return getattr(self, name)  # (a plain module by now: its own attribute lookup)

@@ -48,7 +48,7 @@ def test_signal_exits_zero_quickly_and_restart_keeps_the_tip(nodes: NodeFactory,
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_from_any_thread_wakes_the_loop_and_handlers_are_put_back(sig: signal.Signals) -> None:
     """cli.StopSignals (the node command's SIGINT/SIGTERM): a signal sent while the loop sleeps
-    with nothing to do sets the stop event, also when another thread sends it (the wakeup fd
+    with nothing to do sets the stop event, also when the signal reaches another thread (the wakeup fd
     wakes the loop); a signal before the loop runs stops it as soon as it does; afterwards the
     process's handlers are what they were."""
     before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
@@ -56,11 +56,18 @@ def test_a_signal_from_any_thread_wakes_the_loop_and_handlers_are_put_back(sig: 
     async def serve(signals: StopSignals) -> None:
         stop = asyncio.Event()
         with signals.waking(stop):
-            sender = threading.Thread(target=os.kill, args=(os.getpid(), sig))
-            sender.start()
-            async with asyncio.timeout(10):
-                await stop.wait()
-            sender.join()
+            # delivered to another thread, blocked in C, not to the main thread (a signal there
+            # would interrupt the loop's epoll anyway): only the wakeup fd wakes the loop
+            release = threading.Event()
+            other = threading.Thread(target=release.wait, args=(10,))
+            other.start()
+            try:
+                signal.pthread_kill(other.ident or 0, sig)
+                async with asyncio.timeout(10):
+                    await stop.wait()
+            finally:
+                release.set()
+                other.join()
 
     signals = StopSignals()
     with signals.installed():
