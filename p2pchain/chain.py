@@ -519,19 +519,19 @@ class Chain:
                 size += block.size
                 if len(run) >= room_blocks or size >= room_bytes:
                     break
-        finally:  # what the memory holds is queued for the store, whatever stopped the run
+        finally:  # what the memory holds is queued for the store and told, whatever stopped the run
             if run:
                 self._last = (parent_header, stamps)
-                store.extend_main_run(run)
-        if not run:
-            return 0
-        if self.on_validated is not None:
-            self.on_validated((time.perf_counter() - began) / len(run), len(run))
-        held = self._untold
-        if held is None:
-            self._tell(connected, [])
-        else:
-            held[0].extend(connected)
+                try:
+                    store.extend_main_run(run)
+                finally:  # (a store that fails here leaves the run in memory: told, as one block at a time)
+                    if self.on_validated is not None:
+                        self.on_validated((time.perf_counter() - began) / len(run), len(run))
+                    held = self._untold
+                    if held is None:
+                        self._tell(connected, [])
+                    else:
+                        held[0].extend(connected)
         return len(run)
 
     def _tell(self, connected: list[Block], disconnected: list[Block]) -> None:

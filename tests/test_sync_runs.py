@@ -27,6 +27,7 @@ from ledger_helpers import GENESIS, MINER, NOW_MS, PARAMS, assemble, block_on, b
 
 from p2pchain import limits, wire
 from p2pchain.chain import Chain
+from p2pchain.errors import StoreError
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx, make_coinbase
 from p2pchain.peer import Misbehaving
@@ -98,6 +99,15 @@ class Fed:
         self.chain.store._commit = counted  # type: ignore[method-assign]
         self.sync = cls(self.chain, lambda: [], _no_preverify, lambda msg, peer: None, defaultdict(int))
         self.peer = StubPeer()
+        self.extended = 0  # blocks connected through Chain.extend_run (the oracle never calls it)
+        extend_run = self.chain.extend_run
+
+        def counted_run(blocks: Sequence[Block], start: int, end: int, now_ms: int) -> int:
+            n = extend_run(blocks, start, end, now_ms)
+            self.extended += n
+            return n
+
+        self.chain.extend_run = counted_run  # type: ignore[method-assign]
 
     def _count(self, seconds: float, blocks: int) -> None:
         assert seconds >= 0 and blocks >= 1
@@ -207,6 +217,7 @@ def test_a_valid_chain_is_connected_alike(tmp_path: Path) -> None:
     blocks = _chain_with_payments()
     outcomes, fast = _both(tmp_path, [blocks])
     assert outcomes == ["ok"] and fast.chain.height == 12
+    assert fast.extended == 12  # every block through the runs' path: the comparison is not the oracle with itself
     assert fast.told == [([b.hash for b in blocks[i : i + RUN]], []) for i in range(0, 12, RUN)]
 
 
@@ -220,6 +231,41 @@ def test_a_bad_block_anywhere_in_a_run_is_refused_alike(tmp_path: Path, kind: st
     assert outcomes[0] != "ok" or kind == "timestamp too new"  # (an honest clock skew: skipped, no strike)
     # (a block that does not link to the one before it makes on_chain refuse the whole CHAIN)
     assert fast.chain.height == (0 if kind == "unknown parent" else at)
+    assert fast.extended == fast.chain.height  # the good blocks before it went through the runs' path
+
+
+@pytest.mark.parametrize("kind", ["timestamp too old", "overspend"])
+def test_a_block_remembered_invalid_sent_again_is_refused_alike(tmp_path: Path, kind: str) -> None:
+    """The same CHAIN twice: the second time its first blocks are known and the bad one is in
+    the set of blocks remembered invalid (the runs' path stops at it before any rule)."""
+    good = _chain_with_payments()
+    blocks = _rebuilt_after(good, 5, BAD[kind](good[4], good[5]))
+    outcomes, fast = _both(tmp_path, [blocks, blocks])
+    assert outcomes[0] != "ok" and outcomes[1] != "ok"
+    assert fast.chain.height == 5 and blocks[5].hash in fast.chain.invalid
+
+
+def test_a_store_that_fails_mid_sync_leaves_every_connected_block_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's blocks are in memory before the store queues them: if the store fails there (a
+    full disk reported by the commit behind), the listeners (mempool, relay, events) are still
+    told of every block the chain holds, as they are of the blocks before a failing one when
+    blocks are connected one at a time."""
+    fed = Fed(tmp_path / "runs.sqlite", SyncManager, ())
+    try:
+
+        def full_disk(run: object) -> None:
+            raise StoreError("disk full")
+
+        monkeypatch.setattr(fed.chain.store, "extend_main_run", full_disk)
+        with pytest.raises(StoreError):
+            fed.feed(_chain_with_payments())
+        assert fed.chain.height >= 1
+        assert [h for connected, _ in fed.told for h in connected] == list(fed.chain.main[1:])
+    finally:
+        monkeypatch.undo()
+        fed.chain.close()
 
 
 def test_known_blocks_then_new_ones_and_a_fork_are_handled_alike(tmp_path: Path) -> None:
