@@ -57,6 +57,7 @@ def write_chain(data_dir: Path, blocks: list[Block], params: NetworkParams = NET
 
 PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LISTEN_PORTS_SPAN = 16384  # listening ports are drawn from this many ports below the ephemeral range
+_given: set[int] = set()  # ports free_ports handed out in this process: never handed out again
 
 
 def free_ports(n: int) -> list[int]:
@@ -64,7 +65,10 @@ def free_ports(n: int) -> list[int]:
     (Linux: ip_local_port_range): a free port from that range can be taken before its node
     binds it, as the source port of an outgoing connection (nodes started earlier dialling
     their peers), and that node then fails with "address already in use" (seen when 40 relay
-    bench nodes started one network after the other)."""
+    bench nodes started one network after the other). Never a port handed out before in this
+    process, even if its node has not bound it yet (bench relay draws both networks' ports before
+    starting either: about one run in 40 drew a port twice, the second node could not listen, the
+    bench's client reached the first in its place, and wait_linked failed a minute later)."""
     try:
         low = int(PORT_RANGE_FILE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -76,9 +80,12 @@ def free_ports(n: int) -> list[int]:
         for _ in range(50 * n):  # a few taken ports are skipped; bounded all the same
             if len(socks) == n:
                 break
+            port = rng.randrange(low - LISTEN_PORTS_SPAN, low) if below else 0
+            if port in _given:
+                continue
             s = socket.socket()
             try:
-                s.bind(("127.0.0.1", rng.randrange(low - LISTEN_PORTS_SPAN, low) if below else 0))
+                s.bind(("127.0.0.1", port))
             except OSError:  # in use (or held by one of ours): another
                 s.close()
                 continue
@@ -87,7 +94,9 @@ def free_ports(n: int) -> list[int]:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
+        ports = [int(s.getsockname()[1]) for s in socks]
+        _given.update(ports)
+        return ports
     finally:
         for s in socks:
             s.close()
@@ -107,6 +116,7 @@ class NodeProcs:
         root.mkdir(parents=True, exist_ok=True)
         self.ports = free_ports(n)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.node_of: dict[subprocess.Popen[bytes], int] = {}  # each process's node number
         self.clients: dict[int, Client] = {}
 
     def data_dir(self, i: int) -> Path:
@@ -121,6 +131,7 @@ class NodeProcs:
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(proc)
+        self.node_of[proc] = i
         deadline = time.monotonic() + NET_TIMEOUT_S
         while True:
             try:
@@ -140,10 +151,20 @@ class NodeProcs:
             want[b].add(f"127.0.0.1:{self.ports[a]}")
         deadline = time.monotonic() + NET_TIMEOUT_S
         for i, client in self.clients.items():
-            while not want[i] <= {p["addr"] for p in (await client.status())["peers"]}:
+            while not want[i] <= (have := {p["addr"] for p in (await client.status())["peers"]}):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"node{i} did not connect to all of {sorted(want[i])}")
+                    why = f"node{i} did not connect to {sorted(want[i] - have)} (its peers: {sorted(have)})"
+                    raise RuntimeError(why + self.exited())
                 await asyncio.sleep(0.05)
+
+    def exited(self) -> str:
+        """The nodes that have exited, each with the end of its log (why a node was not reached)."""
+        lines = []
+        for proc, i in self.node_of.items():
+            if proc.poll() is not None:
+                tail = (self.root / f"node{i}.log").read_text(errors="replace")[-500:]
+                lines.append(f"\nnode{i} (port {self.ports[i]}) exited with {proc.returncode}:\n{tail}")
+        return "".join(lines)
 
     async def close(self) -> None:
         for client in self.clients.values():
