@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,15 +88,17 @@ def block_text(block: Block) -> str:
     )
 
 
-def _cost(block: Block) -> int:
-    """What a cached block is counted as: about the size of its JSON text (some 3 bytes for each
-    canonical byte: hex doubles the keys, ids and signatures, and the field names come on top)."""
-    return 3 * block.size + 400
+def _cost(held: Block | str) -> int:
+    """The memory a cache entry counts: a block held as it came, its decoded objects; once
+    rendered, its JSON text (less)."""
+    if isinstance(held, str):
+        return limits.HTTP_JSON_CACHE_ENTRY_BYTES + sys.getsizeof(held)
+    return limits.HTTP_JSON_CACHE_ENTRY_BYTES + limits.DECODED_BYTES_PER_BYTE * held.size + limits.DECODED_BLOCK_BYTES
 
 
 class RecentBlocksJson:
     """The JSON text of the blocks most recently connected to the best chain, at most
-    HTTP_JSON_CACHE_BLOCKS blocks and about HTTP_JSON_CACHE_BYTES (the oldest go first). A block
+    HTTP_JSON_CACHE_BLOCKS blocks and about HTTP_JSON_CACHE_BYTES of memory (the oldest go first). A block
     is kept as it came (rendered when first asked for): a sync costs a dict entry a block. Keyed
     by hash, a block's text never goes stale: a reorg needs no invalidation. The ``genesis``
     block, which is never connected and begins every chain, is held apart, for good (reading it
@@ -126,8 +129,9 @@ class RecentBlocksJson:
         items = self._items
         for block in connected:
             if block.hash not in items:
-                cost = _cost(block)
-                items[block.hash] = (block_text(block) if self.waiting else block, cost)
+                held: Block | str = block_text(block) if self.waiting else block
+                cost = _cost(held)
+                items[block.hash] = (held, cost)
                 self._bytes += cost
         while items and (len(items) > self.max_blocks or self._bytes > self.max_bytes):
             self._bytes -= items.popitem(last=False)[1][1]
@@ -162,5 +166,7 @@ class RecentBlocksJson:
         held, cost = item
         if not isinstance(held, str):
             held = block_text(held)
-            self._items[block_hash] = (held, cost)
+            text_cost = _cost(held)  # (less than the block's: the cache only shrinks)
+            self._items[block_hash] = (held, text_cost)
+            self._bytes += text_cost - cost
         return held

@@ -6,9 +6,12 @@ blocks come from the cache, from the store, or from both."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import tracemalloc
 from pathlib import Path
 
+import msgpack
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from ledger_helpers import GENESIS, PARAMS, block_on, branch, feed, mem_chain, pay, wallet
@@ -89,6 +92,30 @@ def test_recent_drops_the_oldest_beyond_its_bounds() -> None:
     by_bytes.on_chain_update(blocks, [])
     assert len(by_bytes) == 3 and by_bytes.cost <= 3 * one.cost
     assert by_bytes.texts([blocks[-1].hash]) == [block_text(blocks[-1])]
+
+
+def test_recent_counts_at_least_the_memory_its_blocks_hold() -> None:
+    """HTTP_JSON_CACHE_BYTES bounds memory: what the cache counts covers what it holds (tracemalloc),
+    blocks decoded as they came (coinbase-only ones, and one of 200 payments), then their JSON text."""
+    payer = wallet(1)
+    made = [*_blocks(5), block_on(GENESIS, [pay(payer, wallet(2), 1, nonce=i) for i in range(200)])]
+    frames = [msgpack.packb(block.to_wire()) for block in made]
+    recent = RecentBlocksJson(GENESIS, max_blocks=100, max_bytes=10**9)
+    block_text(made[0])  # (the difficulty's text, cached for the module, is not the cache's)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        recent.on_chain_update([Block.from_wire(msgpack.unpackb(frame)) for frame in frames], [])
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        assert 0 < held <= recent.cost
+        assert all(recent.texts([block.hash for block in made]))
+        gc.collect()  # (what the blocks held in cycles is freed)
+        rendered = tracemalloc.get_traced_memory()[0] - before
+        assert 0 < rendered <= recent.cost
+    finally:
+        tracemalloc.stop()
 
 
 def test_recent_is_fed_by_the_chain() -> None:
