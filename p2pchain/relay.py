@@ -606,6 +606,8 @@ class Relay(Generic[P]):
         the copies of a block we have are dropped unread (with three high-bandwidth peers, two
         of every three compact blocks a node gets). A lookup per length of those heads (they
         differ by the header's varying integers: a few), not a comparison per head."""
+        if len(payload) > wire.MAX_PAYLOAD_BYTES[wire.CmpctBlock.TYPE]:  # decoding refuses it (a breach)
+            return None
         heads = self._recent_heads
         for n in self._head_lengths:
             block_hash = heads.get(payload[:n])

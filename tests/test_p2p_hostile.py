@@ -744,6 +744,14 @@ async def cmpct_known_malformed(ctx: Ctx, peer: RawPeer) -> None:
     peer.send_payload(payload(doc))
 
 
+@case("compact block of the node's tip over CMPCT_BLOCK's payload limit (decoded and refused)", BAN, hello=False)
+async def cmpct_known_oversize(ctx: Ctx, peer: RawPeer) -> None:
+    tip = (await ctx.blocks())[-1]
+    doc = doc_of(await compact_of(ctx, peer, tip))
+    doc["short_ids"] = [bytes(6)] * (wire.MAX_PAYLOAD_BYTES["CMPCT_BLOCK"] // 7 + 1)  # 7 bytes an id
+    peer.send_payload(payload(doc))
+
+
 @case("compact block that rebuilds to an invalid block", BAN, hello=False, code=RuleCode.COINBASE_OVERPAYS)
 async def cmpct_invalid(ctx: Ctx, peer: RawPeer) -> None:
     blocks = await ctx.blocks()

@@ -517,6 +517,8 @@ def test_a_compact_block_of_a_block_relayed_lately_is_known_by_its_first_bytes()
         relay.block_targets(block)
     assert relay.known_compact(compact_block(blocks[-1], 9, prefill=(1,)).payload()) == blocks[-1].hash
     assert relay.known_compact(compact_block(blocks[0], 5).payload()) is None  # the oldest was forgotten
+    oversize = compact_block(blocks[-1], 9).payload() + bytes(wire.MAX_PAYLOAD_BYTES["CMPCT_BLOCK"])
+    assert relay.known_compact(oversize) is None  # over CMPCT_BLOCK's payload limit: decoded, and refused
 
 
 def test_a_block_we_mined_goes_at_once_to_every_compact_peer() -> None:
