@@ -12,12 +12,13 @@ format string (~6x cheaper than building the dict and dumping it). The text is e
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from p2pchain import limits
@@ -136,15 +137,24 @@ class RecentBlocksJson:
         while items and (len(items) > self.max_blocks or self._bytes > self.max_bytes):
             self._bytes -= items.popitem(last=False)[1][1]
 
-    @contextmanager
-    def waiting_answer(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def waiting_answer(self) -> AsyncIterator[None]:
         """Around the wait of an answer for blocks still to come (/nodes/resolve): those held are
         rendered now and those that connect meanwhile as they do (rendered later, they would
-        share the GIL with the commit behind of the sync that brought them)."""
+        share the GIL with the commit behind of the sync that brought them). Those held, up to
+        HTTP_JSON_CACHE_BLOCKS of them, about HTTP_STREAM_CHUNK_BYTES of text a loop turn:
+        other peers are served between."""
         self.waiting += 1
         try:
-            for block_hash, item in self._items.items():
-                self._render(block_hash, item)
+            items = self._items
+            rendered = 0
+            for block_hash in [h for h, (held, _) in items.items() if not isinstance(held, str)]:
+                if rendered >= limits.HTTP_STREAM_CHUNK_BYTES:
+                    rendered = 0
+                    await asyncio.sleep(0)
+                item = items.get(block_hash)
+                if item is not None:  # (not evicted meanwhile)
+                    rendered += len(self._render(block_hash, item))
             yield
         finally:
             self.waiting -= 1

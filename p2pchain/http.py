@@ -339,7 +339,7 @@ async def register_nodes(request: web.Request) -> web.Response:
 async def resolve(request: web.Request, kept_key: str) -> web.StreamResponse:
     """GET /nodes/resolve: ask every peer for its best chain; the most-work valid one wins."""
     node = request.app[NODE_KEY]
-    with request.app[RECENT_KEY].waiting_answer():  # the blocks it brings are rendered as they connect
+    async with request.app[RECENT_KEY].waiting_answer():  # the blocks it brings are rendered as they connect
         replaced = await node.resolve()
     main = list(node.chain.main)
     if replaced:

@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from ledger_helpers import GENESIS, PARAMS, block_on, branch, feed, mem_chain, pay, wallet
 
+from p2pchain import limits
 from p2pchain.chainjson import RecentBlocksJson, block_json, block_text, tx_json, tx_text
 from p2pchain.http import RECENT_KEY, make_app
 from p2pchain.http_auth import AuthMode, AuthSettings, Guard
@@ -64,16 +65,50 @@ def test_recent_renders_at_once_while_an_answer_waits() -> None:
     recent = RecentBlocksJson(GENESIS)
     blocks = _blocks(4)
     recent.on_chain_update(blocks[:1], [])
-    with recent.waiting_answer():  # what is held is rendered at once, and what connects meanwhile
-        assert recent._items[blocks[0].hash][0] == block_text(blocks[0])
-        recent.on_chain_update(blocks[1:2], [])
-        assert recent._items[blocks[1].hash][0] == block_text(blocks[1])
-    recent.on_chain_update(blocks[2:3], [])
-    assert recent._items[blocks[2].hash][0] is blocks[2], "rendered with no answer waiting"
-    with pytest.raises(RuntimeError), recent.waiting_answer():
-        raise RuntimeError("the wait failed")
+
+    async def scenario() -> None:
+        async with recent.waiting_answer():  # what is held is rendered at once, and what connects meanwhile
+            assert recent._items[blocks[0].hash][0] == block_text(blocks[0])
+            recent.on_chain_update(blocks[1:2], [])
+            assert recent._items[blocks[1].hash][0] == block_text(blocks[1])
+        recent.on_chain_update(blocks[2:3], [])
+        assert recent._items[blocks[2].hash][0] is blocks[2], "rendered with no answer waiting"
+        with pytest.raises(RuntimeError):
+            async with recent.waiting_answer():
+                raise RuntimeError("the wait failed")
+
+    asyncio.run(scenario())
     assert recent.waiting == 0
     assert recent.texts([b.hash for b in blocks]) == [block_text(b) for b in blocks[:3]] + [None]
+
+
+def test_recent_renders_what_it_holds_a_chunk_a_loop_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks held when an answer starts waiting (up to HTTP_JSON_CACHE_BLOCKS) are rendered
+    about HTTP_STREAM_CHUNK_BYTES of text a loop turn, so other work (peers) runs between: here a
+    task started with the wait finds the cache part rendered (its count shrinks as it renders).
+    A block that connects meanwhile is rendered, and one evicted meanwhile skipped."""
+    blocks = _blocks(10)
+    monkeypatch.setattr(limits, "HTTP_STREAM_CHUNK_BYTES", 2 * len(block_text(blocks[0])))
+    recent = RecentBlocksJson(GENESIS, max_blocks=10, max_bytes=10**6)
+    recent.on_chain_update(blocks, [])
+    held_cost = recent.cost
+
+    async def scenario() -> None:
+        seen: list[int] = []
+
+        async def other() -> None:
+            seen.append(recent.cost)
+            recent.on_chain_update(branch(blocks[-1], 3), [])  # evicts blocks[:3], the third not rendered yet
+
+        async def answer() -> None:
+            async with recent.waiting_answer():
+                pass
+
+        await asyncio.gather(answer(), other())
+        assert held_cost > seen[0] > recent.cost
+
+    asyncio.run(scenario())
+    assert recent.texts([b.hash for b in blocks]) == [None] * 3 + [block_text(b) for b in blocks[3:]]
 
 
 def test_recent_drops_the_oldest_beyond_its_bounds() -> None:
