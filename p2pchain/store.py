@@ -837,6 +837,8 @@ class Store:
             for h, w, seq in self.db.execute("SELECT header, work, seq FROM blocks ORDER BY seq"):
                 if len(h) != HEADER_BYTES:
                     raise ValueError(f"a stored header of {len(h)} bytes")
+                if type(seq) is not int:  # (SQLite keeps a blob or text in an INTEGER column as it is)
+                    raise ValueError(f"a stored block's arrival order is {type(seq).__name__}, not an integer")
                 yield bytes(h), int.from_bytes(w, "big"), seq
         except _DAMAGE as e:
             raise _damaged(self.path, e) from e

@@ -177,6 +177,8 @@ DAMAGES = {
     "header-wrong-type": _edited_store("UPDATE blocks SET header = 'text' WHERE height = 1"),
     "header-cut-short": _edited_store("UPDATE blocks SET header = X'0102' WHERE height = 1"),
     "work-wrong-type": _edited_store("UPDATE blocks SET work = 7 WHERE height = 1"),
+    # was a TypeError in Chain._load (fuzz/store.py, corpus file 187903e7...)
+    "seq-wrong-type": _edited_store("UPDATE blocks SET seq = X'07' WHERE height = 1"),
     "side-row-hash": _side_row_renamed,  # was a KeyError in Chain._load (fuzz/store.py)
 }
 
