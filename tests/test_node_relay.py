@@ -154,3 +154,39 @@ def test_a_block_from_a_client_goes_to_every_peer_at_once(nodes: NodeFactory) ->
     v_in, v_out = traffic_types(v)
     assert "CMPCT_BLOCK" in v_in and "GET_CMPCT" not in v_out, (v_in, v_out)
     assert status(v)["relay"]["blocks_fetched"] == 0
+
+
+def test_a_block_that_comes_between_the_parts_of_a_round_is_announced_in_the_next(nodes: NodeFactory) -> None:
+    """A round of block announcements tells the peers that dialled the node, then (0.5 s later)
+    the peers it dialled, of the block that was newest when the round began. A block that comes
+    between the two parts is left for the next round, which the end of this one starts: W (a
+    peer that dialled V, speaks cmpct-hb, never asked V to push) is told of it too, not only of
+    the first. (Should the second block come after the round ended, a round starts for it
+    anyway: the test then passes without telling the two apart; it cannot fail wrongly.)"""
+    start = branch(TEST_PARAMS.genesis.header, 2)
+    v = nodes("v")
+    write_store(v, start)
+    v.start(LINE)
+    first = next_block(start[-1].header)
+    second = next_block(first.header)
+
+    async def scenario() -> None:
+        watcher = await RawPeer.connect(v.port)
+        sender = await RawPeer.connect(v.port)
+        try:
+            await watcher.handshake(relay=relay.FEATURES, port=1)  # listening (port 1: not dialled back in time)
+            await sender.handshake(port=1)  # version 1: blocks in full, no announcements
+            await watcher.sync_with_ping()
+            sender.send(wire.NewBlock(first))
+            await sender.drain()
+            told = await watcher.expect(wire.InvBlock, timeout=20)  # the round's first part
+            assert told.hashes == (first.hash,)
+            sender.send(wire.NewBlock(second))  # before its second part, RELAY_BLOCK_INV_OUTBOUND_DELAY_S later
+            await sender.drain()
+            told = await watcher.expect(wire.InvBlock, timeout=20)
+            assert told.hashes == (second.hash,)
+        finally:
+            await sender.close()
+            await watcher.close()
+
+    run(scenario())
