@@ -103,17 +103,15 @@ def load(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], d
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` if given (flags win).
-    ConfigError if the file cannot be used."""
-    if not any(arg == "--config" or arg.startswith("--config=") for arg in argv):
-        # what the pre-parser below would find (it takes --config exactly): a start builds no
-        # second parser when no file is named
-        return parser.parse_args(argv)
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, formatter_class=parser.formatter_class)
-    pre.add_argument("--config", type=Path)
-    known, _ = pre.parse_known_args(argv)
-    if known.config is None:
-        return parser.parse_args(argv)
-    values, lists = load(known.config, parser)
+    ConfigError if the file cannot be used. The command line is parsed first to find the file
+    the way every other flag is found (an abbreviation such as ``--conf`` included: a pre-parser
+    of its own once took ``--config`` only, and ``--conf FILE`` was accepted but not read), then
+    again over the file's values."""
+    args = parser.parse_args(argv)
+    path = getattr(args, "config", None)
+    if path is None:
+        return args
+    values, lists = load(path, parser)
     parser.set_defaults(**values)
     args = parser.parse_args(argv)
     for dest, items in lists.items():

@@ -67,6 +67,15 @@ ping-interval = 2.5
     assert parse(["--port", "7002"]).peer == []  # no file, nothing carried over
 
 
+@pytest.mark.parametrize("flag", ["--config", "--conf", "--config="])
+def test_the_file_is_read_whatever_form_of_the_flag_names_it(tmp_path: Path, flag: str) -> None:
+    """argparse takes an unambiguous abbreviation of a long flag (``--conf``) and ``--flag=value``:
+    the file is read however the command line names it, not only as ``--config FILE``."""
+    conf = write(tmp_path, "port = 7003\n")
+    argv = [flag + str(conf)] if flag.endswith("=") else [flag, str(conf)]
+    assert parse([*argv, "--mine"]).port == 7003
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [
