@@ -62,7 +62,9 @@ RELAY_BLOCK_INV_INTERVAL_S = 2.0
 # much later (all within RELAY_BLOCK_INV_INTERVAL_S): each link's dialler hears first and its own
 # announcement, due later, finds the block known (at once, both ends announced: ~1.8 a link in the swarm)
 RELAY_BLOCK_INV_OUTBOUND_DELAY_S = 0.5
-RELAY_RECENT_BLOCKS = 8  # the last blocks we relayed, kept decoded: the only ones GET_BLOCK_TXN is answered for
+# the last blocks we relayed, kept decoded: the only ones GET_BLOCK_TXN is answered for, and the only
+# ones whose CMPCT_BLOCK copies are known by their first bytes and dropped unread
+RELAY_RECENT_BLOCKS = 8
 
 # --- ledger -------------------------------------------------------------------------------
 MAX_BLOCK_BYTES = 1024 * 1024  # canonical bytes of a block (Bitcoin: 1 MB before segwit)
@@ -250,7 +252,8 @@ SHUTDOWN_GRACE_S = 1.5  # graceful close before a forced abort on SIGTERM
 HTTP_MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413
 HTTP_CHAIN_PAGE_MAX = 500  # blocks per /chain page
 HTTP_STREAM_CHUNK_BYTES = 256 * 1024  # a streamed /chain is written in chunks of about this many
-# bytes of JSON, and the event loop serves peers between chunks (a block is at most ~3 MB of JSON)
+# bytes of JSON, and the event loop serves peers between chunks (a block is at most ~3 MB of JSON);
+# /nodes/resolve renders the JSON cache's held blocks about this much text a loop turn
 HTTP_JSON_CACHE_BLOCKS = 1000  # the JSON text of the blocks last connected, kept for /chain and
 # /nodes/resolve (p2pchain/chainjson.py): blocks (two sync batches of MAX_BLOCKS_PER_CHAIN)
 HTTP_JSON_CACHE_BYTES = 4 * 1024 * 1024  # about this many bytes of memory at most (a block held as

@@ -89,11 +89,21 @@ def free_ports(n: int) -> list[int]:
             except OSError:  # in use (or held by one of ours): another
                 s.close()
                 continue
+            if s.getsockname()[1] in _given:  # (port 0: the kernel may pick one handed out before)
+                s.close()
+                continue
             socks.append(s)
-        while len(socks) < n:  # the range below was full
+        for _ in range(50 * n):  # the range below was full: any free port not handed out before
+            if len(socks) == n:
+                break
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in _given:
+                s.close()
+                continue
             socks.append(s)
+        if len(socks) < n:
+            raise RuntimeError(f"no {n} free ports not handed out before")
         ports = [int(s.getsockname()[1]) for s in socks]
         _given.update(ports)
         return ports
