@@ -122,20 +122,38 @@ class Wallet:
 
     # --- files ------------------------------------------------------------------------------
     def save(self, path: Path, *, overwrite: bool = False) -> None:
-        """Write the wallet with mode 0600; refuse to replace an existing file unless asked."""
+        """Write the wallet with mode 0600; refuse to replace an existing file unless asked. The
+        file appears whole or not at all: written and synced under a temporary name beside it,
+        then linked (or, with ``overwrite``, renamed) into place. A node killed while it creates
+        its wallet on its first start used to leave an empty file, which every later start
+        refused as malformed."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        if not overwrite and path.exists():
+            raise WalletError(f"wallet file {path} already exists: refusing to overwrite it")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # (a dead process's leftover: replaced)
+        tmp.unlink(missing_ok=True)
         try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise WalletError(f"wallet file {path} already exists: refusing to overwrite it") from None
-        with os.fdopen(fd, "w") as f:
-            address = self.address
-            doc = {"version": 1, "address": address, "seed": self.seed.hex(), "check": wallet_check(self.seed, address)}
-            json.dump(doc, f)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                address, seed = self.address, self.seed
+                doc = {"version": 1, "address": address, "seed": seed.hex(), "check": wallet_check(seed, address)}
+                json.dump(doc, f)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # (fails if the path exists: never a replace)
+                except FileExistsError:
+                    raise WalletError(f"wallet file {path} already exists: refusing to overwrite it") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the new name survives a power loss too
+        finally:
+            os.close(directory)
 
     @classmethod
     def load(cls, path: Path) -> Wallet:

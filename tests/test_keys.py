@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,33 @@ def test_a_saved_wallet_loads_with_its_key_and_address(tmp_path: Path) -> None:
     assert loaded == wallet and loaded.address == wallet.address == address_of(wallet.pubkey)
     message = b"pay bob"
     assert verify(loaded.pubkey, loaded.sign(message), message)  # the key is the file's
+
+
+def test_a_wallet_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node killed while it creates its wallet (its first start) must not leave an empty or
+    partial wallet.json, which every later start refuses as malformed: a failure while writing
+    leaves no file (and no temporary one), and the next save writes it. The file is 0600, and an
+    existing one is never replaced unless asked."""
+    path = tmp_path / "wallet.json"
+
+    def dies_mid_write(doc: object, f: Any) -> None:
+        f.write('{"version": 1, "seed": "')
+        f.flush()
+        raise KeyboardInterrupt  # (as a signal would)
+
+    with monkeypatch.context() as m:
+        m.setattr(json, "dump", dies_mid_write)
+        with pytest.raises(KeyboardInterrupt):
+            Wallet.generate().save(path)
+    assert list(tmp_path.iterdir()) == []
+    wallet = Wallet.load_or_create(path)
+    assert Wallet.load(path) == wallet and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["wallet.json"]
+    with pytest.raises(WalletError, match="already exists"):
+        Wallet.generate().save(path)
+    other = Wallet.generate()
+    other.save(path, overwrite=True)
+    assert Wallet.load(path) == other and path.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("part", ["seed", "address", "check"])
