@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import field
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -285,7 +285,7 @@ class Relay(Generic[P]):
         self._pending: OrderedDict[bytes, _PendingBlock[P]] = OrderedDict()
         self._recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self._recent_heads: OrderedDict[bytes, bytes] = OrderedDict()  # their wire.cmpct_head -> hash
-        self._head_lengths: Counter[int] = Counter()  # how many of those heads have each length
+        self._head_lengths: frozenset[int] = frozenset()  # the lengths of those heads (a few)
         # block hash -> indexes we had to fetch to rebuild it: our peers likely lack them too, so
         # our compact block of it sends them whole (BIP152's "transactions the sender guesses the
         # receiver lacks")
@@ -590,15 +590,11 @@ class Relay(Generic[P]):
         self._recent_blocks[block.hash] = block
         while len(self._recent_blocks) > limits.RELAY_RECENT_BLOCKS:
             self._recent_blocks.popitem(last=False)
-        head, heads, lengths = wire.cmpct_head(block.header), self._recent_heads, self._head_lengths
-        if head not in heads:
-            heads[head] = block.hash
-            lengths[len(head)] += 1
+        heads = self._recent_heads
+        heads.setdefault(wire.cmpct_head(block.header), block.hash)
         while len(heads) > limits.RELAY_RECENT_BLOCKS:
-            n = len(heads.popitem(last=False)[0])
-            lengths[n] -= 1
-            if not lengths[n]:
-                del lengths[n]
+            heads.popitem(last=False)
+        self._head_lengths = frozenset(map(len, heads))  # (once a relayed block, not once a copy received)
 
     def known_compact(self, payload: bytes) -> bytes | None:
         """The hash of the block a CMPCT_BLOCK ``payload`` carries when that is one of the last
