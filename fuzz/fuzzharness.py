@@ -4,6 +4,7 @@ A target file (fuzz/frames.py, ...) defines ``build() -> Target`` and ends with
 ``sys.exit(fuzzharness.main(build))``. Then, from the repository's root:
 
     .venv/bin/python fuzz/frames.py --seconds 60            # atheris (libFuzzer) for a minute
+    .venv/bin/python fuzz/frames.py --runs 20000            # atheris for 20,000 inputs (as CI)
     .venv/bin/python fuzz/frames.py --seconds 60 --engine generator   # the same seconds, no feedback
     .venv/bin/python fuzz/frames.py --replay FILE_OR_DIR...  # plain Python: a traceback per crash
     .venv/bin/python fuzz/frames.py -- -runs=1000 -only_ascii=1   # anything after -- goes to libFuzzer
@@ -181,6 +182,10 @@ def main(build: Callable[[], Target], argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--engine", choices=("atheris", "generator"), default="atheris")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: never)")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="atheris: stop after this many inputs, the seeds included "
+        "(libFuzzer's -runs): the same inputs on any machine, however fast, where --seconds runs as many as fit"
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None, help="corpus and seeds (default /tmp/p2pchain-fuzz/T)")
     parser.add_argument("--crash-dir", type=Path, default=DEFAULT_CRASH_DIR, help="where crashing inputs go")
     parser.add_argument("--seed", type=int, default=1, help="random seed of either engine")
@@ -238,6 +243,8 @@ def main(build: Callable[[], Target], argv: list[str] | None = None) -> int:
     ]
     if args.seconds is not None:
         flags.append(f"-max_total_time={max(1, round(args.seconds))}")
+    if args.runs is not None:
+        flags.append(f"-runs={args.runs}")
     dirs = [str(corpus), str(seeds)]
     regression = CORPUS_DIR / target.name
     if regression.is_dir():
