@@ -630,14 +630,17 @@ class Node:
         """A CMPCT_BLOCK of a block we relayed lately is dropped by its first bytes, unread
         (Peer.run): with three high-bandwidth peers, two of the three copies of each block a
         node gets are such, and decoding them whole was a tenth of the 200-node swarm's CPU
-        (docs/benchmarks.md)."""
+        (docs/benchmarks.md). Only from a peer that speaks cmpct-block: from any other, the
+        message is decoded and refused as a breach (_on_cmpct_block)."""
         block_hash = self.relay.known_compact(payload)
-        if block_hash is None:
+        if block_hash is None or not self.relay.speaks(peer, FEATURE_CMPCT):
             return None
         self.relay.block_known(peer, block_hash)
         return wire.CmpctBlock.TYPE
 
     async def _on_cmpct_block(self, peer: Peer, msg: wire.CmpctBlock) -> None:
+        if not self.relay.speaks(peer, FEATURE_CMPCT):  # before any shortcut: a known block's too
+            raise Misbehaving("sent CMPCT_BLOCK without the cmpct-block feature")
         block_hash = msg.header.hash  # its height counts for the peer once the block is rebuilt (proof of work)
         if self.chain.has_block(block_hash) or block_hash in self.chain.orphans:
             self.relay.block_known(peer, block_hash)

@@ -722,6 +722,18 @@ async def cmpct_without_feature(ctx: Ctx, peer: RawPeer) -> None:
     peer.send(relay.compact_block(await ctx.block(), 1))
 
 
+@case("CMPCT_BLOCK of the node's tip (known by its first bytes) from a peer without cmpct-block", BAN)
+async def cmpct_known_without_feature(ctx: Ctx, peer: RawPeer) -> None:
+    """A copy of a block the node relayed lately is dropped unread, but only from a peer that
+    may send it: from one that did not name the feature it is a breach like any other."""
+    peer.send(relay.compact_block((await ctx.blocks())[-1], 1))
+
+
+@case("CMPCT_BLOCK of an old block the node has from a peer without cmpct-block", BAN)
+async def cmpct_old_without_feature(ctx: Ctx, peer: RawPeer) -> None:
+    peer.send(relay.compact_block((await ctx.honest.blocks(1, 1)).blocks[0], 1))
+
+
 @case("compact block without proof of work", BAN, hello=False)
 async def cmpct_bad_pow(ctx: Ctx, peer: RawPeer) -> None:
     block = ctx.reject(without_pow(await ctx.block()))
