@@ -403,7 +403,8 @@ class Node:
             return
         if len(block.txs) > PREVERIFY_MIN_TXS:  # (fewer are not worth the threads: _preverify)
             await self._preverify((block,))
-        self._hold_store()
+        if block.prev_hash in self.chain.index:  # an orphan waits in memory: only a block on a known
+            self._hold_store()  # parent writes, and only a write may take a sync's kept batch over
         try:
             result = self.chain.process_block(block, now_ms(), requested=False)
         except RuleError as e:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -121,6 +121,31 @@ def test_an_orphan_from_another_peer_takes_over_a_silent_sync(tmp_path: Path) ->
     assert limits.SYNC_TAKEOVER_S < DEADLINE_S < limits.SYNC_STALL_S
 
 
+MidSync = Callable[[Node, RawPeer, RawPeer], Awaitable[None]]
+
+
+async def mid_sync(tmp_path: Path, then: MidSync) -> None:
+    """A victim at height 10 syncs from a peer claiming far more work, takes its first CHAIN (to
+    height 14) and asks for the next (its store batch kept open for it); ``then(victim, syncer,
+    relayer)`` runs, ``relayer`` a second handshaken peer."""
+    victim = make_node(tmp_path, "victim", list(CHAIN[:10]))
+    await victim.start()
+    syncer = await RawPeer.connect(victim.port, "127.0.0.9")
+    relayer = await RawPeer.connect(victim.port, "127.0.0.10")
+    try:
+        await syncer.handshake(port=1, height=10**6, work=2**200)
+        await syncer.expect(wire.GetChain)
+        syncer.send(wire.Chain(tuple(CHAIN[10:14]), True))
+        await syncer.expect(wire.GetChain)  # the next CHAIN is asked for: the batch is kept open
+        await until(lambda: victim.chain.height == 14, "the victim to take the sync peer's CHAIN")
+        await relayer.handshake()
+        await then(victim, syncer, relayer)
+    finally:
+        await relayer.close()
+        await syncer.close()
+        await victim.stop()
+
+
 def test_a_block_relayed_while_the_sync_peer_is_silent_is_committed_within_store_hold_s(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,25 +156,32 @@ def test_a_block_relayed_while_the_sync_peer_is_silent_is_committed_within_store
     monkeypatch.setattr(limits, "SYNC_STALL_S", 3600.0)
     path = tmp_path / "victim" / DB_FILE
 
-    async def scenario() -> None:
-        victim = make_node(tmp_path, "victim", list(CHAIN[:10]))
-        await victim.start()
-        syncer = await RawPeer.connect(victim.port, "127.0.0.9")
-        relayer = await RawPeer.connect(victim.port, "127.0.0.10")
-        try:
-            await syncer.handshake(port=1, height=10**6, work=2**200)
-            await syncer.expect(wire.GetChain)
-            syncer.send(wire.Chain(tuple(CHAIN[10:14]), True))  # and then nothing more
-            await syncer.expect(wire.GetChain)  # the next CHAIN is asked for: the batch is kept open
-            await until(lambda: victim.chain.height == 14, "the victim to take the sync peer's CHAIN")
-            await relayer.handshake()
-            relayer.send(wire.NewBlock(CHAIN[14]))
-            await relayer.sync_with_ping()
-            assert victim.chain.height == 15
-            await until(lambda: committed_height(path) == 15, "the relayed block to be in the file", DEADLINE_S)
-        finally:
-            await relayer.close()
-            await syncer.close()
-            await victim.stop()
+    async def then(victim: Node, syncer: RawPeer, relayer: RawPeer) -> None:  # the syncer says nothing more
+        relayer.send(wire.NewBlock(CHAIN[14]))
+        await relayer.sync_with_ping()
+        assert victim.chain.height == 15
+        await until(lambda: committed_height(path) == 15, "the relayed block to be in the file", DEADLINE_S)
 
-    asyncio.run(scenario())
+    asyncio.run(mid_sync(tmp_path, then))
+
+
+def test_an_orphan_relayed_during_a_sync_leaves_the_sync_batch_kept_for_its_next_chain(tmp_path: Path) -> None:
+    """Only a block the node stores takes a sync's kept batch over (the test above): an orphan,
+    which waits in memory, sent twice, leaves the batch kept, so the sync's blocks so far are
+    committed with its next CHAIN, not also STORE_HOLD_S after the orphan (an extra commit)."""
+    path = tmp_path / "victim" / DB_FILE
+    kept: list[bool] = []
+
+    async def then(victim: Node, syncer: RawPeer, relayer: RawPeer) -> None:
+        assert victim.chain.store.kept
+        for _ in range(2):  # new, then a duplicate
+            relayer.send(wire.NewBlock(CHAIN[15]))  # its parent CHAIN[14] is unknown: an orphan
+        await relayer.sync_with_ping()
+        assert CHAIN[15].hash in victim.chain.orphans
+        kept.append(victim.chain.store.kept)
+        syncer.send(wire.Chain((CHAIN[14],), False))  # the sync's end: its batch commits
+        await until(lambda: victim.chain.height == 16, "the sync's last block and the orphan to connect")
+        await until(lambda: committed_height(path) == 16, "the blocks to be in the file", DEADLINE_S)
+
+    asyncio.run(mid_sync(tmp_path, then))
+    assert kept == [True], "an orphan took the sync's kept store batch over (committed one STORE_HOLD_S later)"
