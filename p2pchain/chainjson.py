@@ -58,20 +58,20 @@ def block_json(block: Block) -> dict[str, Any]:
     }
 
 
-def _string(text: str) -> str:
-    """``text`` as a JSON string, as json.dumps writes it (an address needs no escaping)."""
-    return f'"{text}"' if text.isascii() and text.isalnum() else json.dumps(text)
-
-
 @functools.lru_cache(maxsize=64)  # a chain has few distinct targets at a time
 def _difficulty(bits: int) -> str:
     return json.dumps(round(difficulty_bits(bits_to_target(bits)), 4))
 
 
 def tx_text(tx: Tx) -> str:
-    """``json.dumps(tx_json(tx))``, written directly."""
+    """``json.dumps(tx_json(tx))``, written directly. An address needs no escaping (any other
+    string goes through json.dumps); both tests inline, as a function call each cost a tenth of
+    a coinbase's text."""
+    sender, recipient = tx.sender, tx.recipient
+    sender = f'"{sender}"' if sender.isascii() and sender.isalnum() else json.dumps(sender)
+    recipient = f'"{recipient}"' if recipient.isascii() and recipient.isalnum() else json.dumps(recipient)
     return (
-        f'{{"sender": {_string(tx.sender)}, "recipient": {_string(tx.recipient)}, "amount": {tx.amount}, '
+        f'{{"sender": {sender}, "recipient": {recipient}, "amount": {tx.amount}, '
         f'"fee": {tx.fee}, "nonce": {tx.nonce}, "pubkey": "{tx.pubkey.hex()}", '
         f'"signature": "{tx.signature.hex()}", "txid": "{tx.txid.hex()}"}}'
     )
@@ -80,9 +80,10 @@ def tx_text(tx: Tx) -> str:
 def block_text(block: Block) -> str:
     """``json.dumps(block_json(block))``, written directly (a float's repr is what json writes)."""
     h = block.header
-    txs = ", ".join([tx_text(tx) for tx in block.txs])
+    txs = block.txs
+    texts = tx_text(txs[0]) if len(txs) == 1 else ", ".join([tx_text(tx) for tx in txs])  # (a synced block's one)
     return (
-        f'{{"index": {h.height + 1}, "timestamp": {h.timestamp / 1000!r}, "transactions": [{txs}], '
+        f'{{"index": {h.height + 1}, "timestamp": {h.timestamp / 1000!r}, "transactions": [{texts}], '
         f'"proof": {h.nonce}, "previous_hash": "{h.prev_hash.hex()}", "hash": "{block.hash.hex()}", '
         f'"height": {h.height}, "merkle_root": "{h.merkle_root.hex()}", "difficulty": {_difficulty(h.bits)}, '
         f'"bits": {h.bits}}}'

@@ -793,7 +793,10 @@ def decode_message(payload: bytes) -> Message:
     if len(payload) > MAX_PAYLOAD_BYTES[kind]:
         raise ProtocolError(f"{kind} of {len(payload)} bytes is over its {MAX_PAYLOAD_BYTES[kind]}-byte limit")
     if not small:
-        doc = _as_map(_unpack(payload, budget=_ContainerBudget()))
+        # every array or map takes at least one byte, so a payload no longer than the containers'
+        # limit cannot pass it: unpacked without the per-container hooks (a 200-block CHAIN: 28 KB)
+        budget = _ContainerBudget() if len(payload) > limits.MAX_WIRE_CONTAINERS else None
+        doc = _as_map(_unpack(payload, budget=budget))
     cls, spec = entry
     values: dict[str, Any] = {}
     for name, decode, default, where in spec:

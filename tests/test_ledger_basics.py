@@ -103,6 +103,30 @@ def test_decoded_blocks_carry_the_bytes_and_ids_their_fields_give() -> None:
     assert decoded == fresh and decoded.computed_merkle_root() == fresh.computed_merkle_root()
 
 
+def test_decoded_transactions_carry_the_bytes_and_txid_of_their_fields() -> None:
+    """Tx.from_wire packs a payment's and a coinbase's full bytes and hashes its txid as it
+    decodes (Block.from_wire then sums the block's size): the same bytes, body and txid as a
+    transaction built from the same fields computes on first read, for every shape."""
+    w = Wallet.from_seed(bytes([8]) * 32)
+    shapes = [
+        make_tx(w, "ab" * 20, 5, 2, 9, bytes(32)),  # a payment
+        make_coinbase(w.address, 50, 3),  # a coinbase
+        make_coinbase("cd" * 19, 2**64 - 1, 2**64 - 1),  # shorter recipient: no fast path
+        Tx("x", w.address, 1, 2, 3, b"k", b""),
+        Tx("0", w.address, 1, 0, 3, b"", b"s"),
+        Tx("ab" * 20, "cd" * 20, 1, 1, 1, b"k" * 31, b"s" * 64),  # a key one byte short
+        Tx("ab" * 20, "cd" * 20, 1, 1, 1, b"k" * 32, b"s" * 65),
+    ]
+    for tx in shapes:
+        decoded, fresh = Tx.from_wire(tx.to_wire()), Tx(*tx.to_wire())
+        assert (decoded.raw, decoded.txid, decoded.body) == (fresh.raw, fresh.txid, fresh.body)
+        assert decoded.size == fresh.size
+    g = NetworkParams().genesis
+    for txs in ([shapes[1]], shapes[1:], []):
+        block = Block.from_wire(Block(g.header, tuple(txs)).to_wire())
+        assert block.__dict__["size"] == Block(g.header, tuple(Tx(*t.to_wire()) for t in txs)).size
+
+
 def test_a_transaction_decodes_only_with_its_fields_exact_types_and_ranges() -> None:
     """Tx.from_wire's one-expression check of the usual case refuses what its field-by-field
     checks refuse (a bool is no integer here, bytes no text), and builds what they accept."""

@@ -467,6 +467,36 @@ def test_a_ping_padded_with_ignored_fields_is_refused_before_it_is_unpacked(monk
         wire.decode_message(data)
 
 
+def test_a_payload_no_longer_than_the_containers_limit_is_unpacked_without_counting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every array or map takes at least a byte, so a payload of at most MAX_WIRE_CONTAINERS bytes
+    cannot pass that limit: it is unpacked without the per-container hooks (a sync's usual
+    CHAIN), a longer one with them, and both decode alike. Checked at the boundary with payloads
+    of empty maps (one byte each)."""
+    made: list[object] = []
+    budget = wire._ContainerBudget
+
+    def counted() -> object:
+        made.append(budget())
+        return made[-1]
+
+    monkeypatch.setattr(wire, "_ContainerBudget", counted)
+
+    def padded(maps: int) -> bytes:  # in arrays of 2,000 (under MAX_WIRE_ARRAY_ITEMS)
+        return payload_of(wire.Chain((), False), ignored=[[{}] * 2000] * (maps // 2000) + [[{}] * (maps % 2000)])
+
+    for length, hooked in ((limits.MAX_WIRE_CONTAINERS, False), (limits.MAX_WIRE_CONTAINERS + 1, True)):
+        maps = length
+        for _ in range(5):  # each map is one byte: a few steps find the count of the right length
+            maps += length - len(padded(maps))
+        data = padded(maps)
+        assert len(data) == length
+        made.clear()
+        assert wire.decode_message(data) == wire.Chain((), False)
+        assert len(made) == hooked
+
+
 def test_a_container_bomb_in_a_large_message_is_refused_within_bounded_memory() -> None:
     """A CHAIN may be 4 MiB, but 4 MiB of empty maps (one byte each) would decode to 4 million
     dicts: the decoder stops at MAX_WIRE_CONTAINERS, with little memory used."""

@@ -11,6 +11,7 @@ encodes (``ledger.pow``: a compact 256-bit target).
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, TypeGuard
 
@@ -57,6 +58,8 @@ def merkle_root(txids: list[bytes]) -> bytes:
     return level[0]
 
 
+# bits_to_target, remembered for the last few ``bits``: a chain's blocks share theirs for long runs
+_target_of = functools.lru_cache(maxsize=64)(bits_to_target)
 _WIRE_HEADER_TYPES = (int, int, bytes, bytes, int, int, int)  # each field's exact type (bool is no int here)
 
 
@@ -127,7 +130,7 @@ class Header:
     @cached
     def target(self) -> int:
         """The target ``bits`` encodes; 0 (met by no hash) when ``bits`` is not canonical."""
-        return bits_to_target(self.bits)
+        return _target_of(self.bits)
 
     def meets_target(self) -> bool:
         return int.from_bytes(self.hash, "big") < self.target
@@ -203,8 +206,11 @@ class Block:
         if len(obj[1]) > limits.MAX_BLOCK_TXS:
             raise ProtocolError(f"block claims {len(obj[1])} transactions, over {limits.MAX_BLOCK_TXS}")
         header = Header.from_wire(obj[0])
-        block = cls(header, tuple([Tx.from_wire(t) for t in obj[1]]))
-        # what the cached properties below would copy from the header at their first read, now: a
-        # received or stored block's hash is always read (three descriptor calls fewer a block)
-        block.__dict__.update(hash=header.hash, height=header.height, prev_hash=header.prev_hash)
+        txs = tuple([Tx.from_wire(t) for t in obj[1]])
+        block = cls(header, txs)
+        # what the cached properties below would copy from the header (and sum) at their first
+        # read, now: a received or stored block's hash and size are always read (four descriptor
+        # calls fewer a block)
+        size = HEADER_BYTES + (len(txs[0].raw) if len(txs) == 1 else sum([len(tx.raw) for tx in txs]))
+        block.__dict__.update(hash=header.hash, height=header.height, prev_hash=header.prev_hash, size=size)
         return block

@@ -120,7 +120,21 @@ class Tx:
                 and len(pubkey) <= 255
                 and len(signature) <= 255
             ):
-                return cls(sender, recipient, amount, fee, nonce, pubkey, signature)
+                tx = cls(sender, recipient, amount, fee, nonce, pubkey, signature)
+                # the canonical bytes and the txid, always read next (a block's merkle root, a
+                # relayed transaction's seen-check), made here from the fields at hand, in the
+                # usual two shapes as ``raw`` packs them
+                if len(recipient) == 40:
+                    if len(sender) == 40 and len(pubkey) == 32 and len(signature) == 64:
+                        raw = _PAYMENT.pack(
+                            40, sender.encode(), 40, recipient.encode(), amount, fee, nonce, 32, pubkey, 64, signature
+                        )
+                    elif len(sender) == 1 and not pubkey and not signature:
+                        raw = _COINBASE.pack(1, sender.encode(), 40, recipient.encode(), amount, fee, nonce, 0, 0)
+                    else:
+                        return tx
+                    tx.__dict__.update(raw=raw, txid=sha256(raw).digest())  # (as ``raw`` and ``txid``)
+                return tx
         if not isinstance(obj, (list, tuple)) or len(obj) != 7:
             raise ProtocolError("transaction must be an array of 7 fields")
         sender, recipient, amount, fee, nonce, pubkey, signature = obj
