@@ -90,9 +90,10 @@ ORPHAN_POOL_MAX_BYTES = 16 * 1024 * 1024  # canonical bytes of those blocks: 256
 # loses at most these blocks and the commit under way, which a sync downloads again
 STORE_BATCH_MAX_TXNS = 2000
 # ... or once the blocks it stored reach this many canonical bytes, whichever comes first: its
-# queue holds them decoded (some 6 bytes of Python objects a canonical byte), so a sync of full
-# blocks kept open for 2,000 of them would hold gigabytes; this bounds the queue near 50 MiB (and
-# as much again in the commit under way) and what a kill -9 loses during a sync
+# queue holds them decoded (up to DECODED_BYTES_PER_BYTE, 7, bytes of Python objects a canonical
+# byte, plus DECODED_BLOCK_BYTES a block), so a sync of full blocks kept open for 2,000 of them
+# would hold gigabytes; this bounds the queue near 56 MiB (and as much again in the commit under
+# way) and what a kill -9 loses during a sync
 STORE_BATCH_MAX_BYTES = 8 * 1024 * 1024
 # a sync's last CHAIN (no more asked for) is committed behind this much later, or at once when the
 # store is used before (a read, the next commit, the node stopping): the work that follows the end
