@@ -561,10 +561,12 @@ class Node:
         if part == "inbound":
             delay = limits.RELAY_BLOCK_INV_OUTBOUND_DELAY_S
             self._block_flush_timer = asyncio.get_running_loop().call_later(delay, self._announce_blocks, "outbound")
-        frame = None  # every peer is told of the same newest block: encoded once
-        for peer, hashes in self.relay.take_block_announcements(part).items():
-            frame = frame or wire.InvBlock(hashes).encode()
-            peer.send_frame(frame, wire.InvBlock.TYPE)
+        announced = self.relay.take_block_announcements(part)
+        if announced is not None:
+            block_hash, peers = announced
+            frame = wire.InvBlock((block_hash,)).encode()  # every peer is told of that block: encoded once
+            for peer in peers:
+                peer.send_frame(frame, wire.InvBlock.TYPE)
         if part == "outbound" and self.relay.announcing():  # a newer block came meanwhile
             self._start_block_announcements()
 

@@ -687,11 +687,12 @@ class Relay(Generic[P]):
         else:
             self._at_once.pop(peer, None)
 
-    def take_block_announcements(self, part: str = "all") -> dict[P, tuple[bytes, ...]]:
-        """Peer -> the INV_BLOCK to send it: the newest block block_targets left to announce,
-        to each cmpct-hb peer that has not shown it knows it (it sent, announced or was sent
-        it). The newest alone: a peer that has a block has its ancestors, and one that lacks
-        them fetches them by sync (Bitcoin Core's inv of the tip).
+    def take_block_announcements(self, part: str = "all") -> tuple[bytes, list[P]] | None:
+        """(the block to announce, the peers to send its INV_BLOCK), None if there are none: the
+        newest block block_targets left to announce, and each cmpct-hb peer that has not shown it
+        knows it (it sent, announced or was sent it). The newest alone: a peer that has a block
+        has its ancestors, and one that lacks them fetches them by sync (Bitcoin Core's inv of
+        the tip); so every peer of a round is told the same block, one frame for all.
 
         A round has two parts (``part``): "inbound" tells the peers that dialled us, "outbound"
         (RELAY_BLOCK_INV_OUTBOUND_DELAY_S later) the peers we dialled, and ends the round. Each
@@ -701,7 +702,6 @@ class Relay(Generic[P]):
         block (what the other ends announced to us), and a newer block that came meanwhile is
         left for the next round (``announcing``). "all" is both parts at once."""
         newest = self._to_announce
-        out: dict[P, tuple[bytes, ...]] = {}
         if part == "inbound":
             self._told_inbound = newest
         elif part == "outbound":
@@ -711,14 +711,15 @@ class Relay(Generic[P]):
         else:
             self._to_announce = self._told_inbound = None
         if newest is None:
-            return out
+            return None
         outbound = {"inbound": (False,), "outbound": (True,)}.get(part, (False, True))
+        told: list[P] = []
         for peer, state in self._peers.items():
             if FEATURE_HB in state.features and newest not in state.known_blocks and state.outbound in outbound:
                 state.known_blocks.add(newest)
-                out[peer] = (newest,)
-        self.stats.blocks_announced += len(out)
-        return out
+                told.append(peer)
+        self.stats.blocks_announced += len(told)
+        return (newest, told) if told else None
 
     def announcing(self) -> bool:
         """Whether a block is left to announce (a round is to be started)."""

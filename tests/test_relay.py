@@ -481,8 +481,8 @@ def test_a_new_block_goes_at_once_only_to_peers_that_asked_and_is_announced_to_t
     assert relay.block_targets(second) == (["hb"], [], True)
     relay.block_known("told", second.hash)  # it sent us the newest meanwhile
     # the newest queued block only (a peer that has it has its ancestors), once
-    assert relay.take_block_announcements() == {"lb": (second.hash,)}
-    assert relay.take_block_announcements() == {}
+    assert relay.take_block_announcements() == (second.hash, ["lb"])
+    assert relay.take_block_announcements() is None
     assert relay.stats.blocks_announced == 1
 
 
@@ -496,14 +496,14 @@ def test_a_round_of_announcements_tells_the_peers_that_dialled_us_first() -> Non
     for p in ("out", "out2"):
         relay.add_peer(p, 2, FEATURES, outbound=True)
     relay.block_targets(first)
-    assert relay.take_block_announcements("inbound") == {"in": (first.hash,)}
+    assert relay.take_block_announcements("inbound") == (first.hash, ["in"])
     assert relay.on_inv_block("out", [first.hash], lambda h: True, T0) == []  # its first part, to us
     relay.block_targets(second)  # newer, between the parts
-    assert relay.take_block_announcements("outbound") == {"out2": (first.hash,)}
+    assert relay.take_block_announcements("outbound") == (first.hash, ["out2"])
     assert relay.announcing()
-    assert relay.take_block_announcements("inbound") == {"in": (second.hash,)}
-    assert relay.take_block_announcements("outbound") == {"out": (second.hash,), "out2": (second.hash,)}
-    assert not relay.announcing() and relay.take_block_announcements("inbound") == {}
+    assert relay.take_block_announcements("inbound") == (second.hash, ["in"])
+    assert relay.take_block_announcements("outbound") == (second.hash, ["out", "out2"])
+    assert not relay.announcing() and relay.take_block_announcements("inbound") is None
     assert relay.stats.blocks_announced == 5
 
 
@@ -525,7 +525,7 @@ def test_a_block_we_mined_goes_at_once_to_every_compact_peer() -> None:
     block = block_of(payments(1))
     relay = relay_with("a", "b")
     assert relay.block_targets(block, mined=True) == (["a", "b"], [], False)
-    assert relay.take_block_announcements() == {}
+    assert relay.take_block_announcements() is None
 
 
 def test_a_peer_that_announces_first_is_not_announced_to() -> None:
@@ -533,7 +533,7 @@ def test_a_peer_that_announces_first_is_not_announced_to() -> None:
     relay = relay_with("a")
     relay.block_targets(block)
     assert relay.on_inv_block("a", [block.hash], lambda h: True, T0) == []
-    assert relay.take_block_announcements() == {}
+    assert relay.take_block_announcements() is None
 
 
 def test_start_up_choice_takes_three_peers_and_keeps_an_outbound_one() -> None:
