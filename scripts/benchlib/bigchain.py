@@ -15,14 +15,13 @@ from pathlib import Path
 
 from benchlib.common import Figures, Subcommand, timed_ms
 from benchlib.ledger import CHAIN_BLOCK_TXS, CHAIN_SAMPLES, sign
-from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs, net_chain, write_chain
+from benchlib.nodes import NET_SPACING_MS, NET_TIMEOUT_S, NodeProcs, embedded_node, net_chain, write_chain
 from p2pchain.chain import Chain
-from p2pchain.cli import tune_interpreter
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.miner import build_template, mine_block
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import NodeConfig
 from p2pchain.params import NetworkParams
 from p2pchain.store import DB_FILE
 
@@ -98,8 +97,7 @@ async def sync_s(root: Path, source_dir: Path, height: int) -> float:
         config = NodeConfig(
             data_dir=root / "fresh", port=0, peers=[f"127.0.0.1:{procs.ports[0]}"], params=BIG_PARAMS, discover=False
         )
-        tune_interpreter()  # as the node command does (it no longer comes with Node.start)
-        node = Node(config)
+        node = embedded_node(config)
         caught_up = asyncio.Event()
         node.chain.subscribe(lambda connected, gone: caught_up.set() if node.chain.height >= height else None)
         try:

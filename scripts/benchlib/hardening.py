@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.common import Figures
-from benchlib.nodes import NET_PARAMS, NET_TIMEOUT_S, NodeProcs, net_chain, propagation_ms, write_chain
+from benchlib.nodes import NET_PARAMS, NET_TIMEOUT_S, NodeProcs, embedded_node, net_chain, propagation_ms, write_chain
 from p2pchain import limits, wire
 from p2pchain.addrman import AddrMan, host_of, netgroup
-from p2pchain.cli import tune_interpreter
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block
 
@@ -46,9 +45,8 @@ async def _sync_seconds(root: Path, blocks: list[Block], attack: bool) -> float:
 
     def node(name: str, n: int) -> Node:
         write_chain(root / name, blocks[:n])
-        return Node(NodeConfig(data_dir=root / name, port=0, params=NET_PARAMS, discover=False))
+        return embedded_node(NodeConfig(data_dir=root / name, port=0, params=NET_PARAMS, discover=False))
 
-    tune_interpreter()  # as the node command does (it no longer comes with Node.start)
     victim = node("victim", len(blocks) - FAKE_WORK_BEHIND)
     honest = [node(f"honest{i}", len(blocks)) for i in range(2)]
     await victim.start()

@@ -19,6 +19,7 @@ from benchlib.nodes import (
     NET_PARAMS,
     NET_TIMEOUT_S,
     NodeProcs,
+    embedded_node,
     free_ports,
     net_chain,
     percentile_ms,
@@ -26,7 +27,6 @@ from benchlib.nodes import (
     write_chain,
 )
 from p2pchain import wire
-from p2pchain.cli import tune_interpreter
 from p2pchain.client import Client
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
@@ -111,8 +111,7 @@ async def sync_figures(data_dir: Path, source_port: int, height: int) -> Figures
     dir and is timed from start to the end of the handshake, after which it has nothing to fetch."""
     source = f"127.0.0.1:{source_port}"
     config = NodeConfig(data_dir=data_dir, port=0, peers=[source], params=NET_PARAMS, discover=False)
-    tune_interpreter()  # as the node command does (it no longer comes with Node.start)
-    node = Node(config)
+    node = embedded_node(config)
     caught_up = asyncio.Event()
     node.chain.subscribe(lambda connected, gone: caught_up.set() if node.chain.height >= height else None)
     try:
@@ -126,7 +125,7 @@ async def sync_figures(data_dir: Path, source_port: int, height: int) -> Figures
         await node.stop()
     noop: list[float] = []
     for _ in range(RESYNC_ROUNDS):
-        node = Node(config)
+        node = embedded_node(config)
         handshaken = handshake_event(node)
         try:
             start = time.perf_counter()

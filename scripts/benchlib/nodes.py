@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pchain import limits, wire
 from p2pchain.chain import Chain
@@ -20,6 +21,9 @@ from p2pchain.ledger.block import Block
 from p2pchain.miner import build_template, mine_block
 from p2pchain.params import NetworkParams
 from p2pchain.store import DB_FILE
+
+if TYPE_CHECKING:
+    from p2pchain.node import Node, NodeConfig
 
 NET_PARAMS = NetworkParams(bits=8)  # the nodes' network: blocks pre-mine in ~0.2 ms each; relaying
 # and syncing a block cost the same at any difficulty (one hash checks the proof of work)
@@ -36,6 +40,18 @@ def net_chain(n: int, reward_to: str, params: NetworkParams = NET_PARAMS) -> lis
         blocks.append(mine_block(build_template(params, parent, parent.timestamp, [], reward_to, stamp)))
         parent = blocks[-1].header
     return blocks
+
+
+def embedded_node(config: NodeConfig) -> Node:
+    """A Node in the bench's own process, which then runs with the interpreter settings that the
+    node command gives its process (cli.tune_interpreter: GIL switch interval, young GC threshold,
+    malloc's mmap threshold), so that a bench measures what a node process does; Node itself
+    leaves them to whoever owns the process."""
+    from p2pchain.cli import tune_interpreter
+    from p2pchain.node import Node
+
+    tune_interpreter()
+    return Node(config)
 
 
 def write_chain(data_dir: Path, blocks: list[Block], params: NetworkParams = NET_PARAMS) -> float:
