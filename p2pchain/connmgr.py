@@ -16,7 +16,7 @@ from p2pchain import limits, wire
 from p2pchain.addrman import AddrMan, ban_key, host_of, ip_bytes, netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
-from p2pchain.peer import Misbehaving, Peer, Tunables
+from p2pchain.peer import Misbehaving, Peer, RunHandler, Tunables
 from p2pchain.store import Ban, Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class ConnectionManager:
         ban_loopback: bool = False,
         traffic: Traffic | None = None,
         unneeded: Callable[[Peer, bytes], str | None] | None = None,
+        handle_run: RunHandler | None = None,
     ) -> None:
         self.node_id = node_id
         self.network = network
@@ -76,6 +77,7 @@ class ConnectionManager:
         self.node_on_hello = on_hello
         self.handle = handle
         self.unneeded = unneeded  # a payload the node need not decode (Peer.run)
+        self.handle_run = handle_run  # runs of consecutive transactions, in one call (Peer.run)
         self.on_close = on_close
         self.tunables = tunables
         self.ban_loopback = ban_loopback
@@ -219,7 +221,7 @@ class ConnectionManager:
     async def _serve(self, peer: Peer) -> None:
         self.peers.add(peer)
         try:
-            await peer.run(self.make_hello(), self._check_hello, self.handle, self.unneeded)
+            await peer.run(self.make_hello(), self._check_hello, self.handle, self.unneeded, self.handle_run)
         finally:
             self.peers.discard(peer)
             self.handshaken.pop(peer, None)

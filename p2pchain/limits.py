@@ -203,6 +203,9 @@ SERVE_BURST_BYTES = 32 * 1024 * 1024
 SERVE_BYTES_PER_S = 4 * 1024 * 1024
 SERVE_CACHE_BYTES = 8 * 1024 * 1024  # recent CHAIN answers kept encoded: a flood of one GET_CHAIN costs one read
 SEND_DRAIN_TIMEOUT_S = 10.0  # a write that cannot drain this long drops the peer
+# bytes a peer's reader takes from its socket's buffer at once; every frame complete in them is
+# handled before the next read (~130 SUBMIT_TX: a run of transactions goes to the threads in one go)
+READ_CHUNK_BYTES = 32 * 1024
 SEND_WRITE_MAX_BYTES = 256 * 1024  # queued frames joined into one socket write, at most (one system call a burst)
 CLOSE_FLUSH_S = 1.0  # a closing peer's last frames get this long to be sent; then they are dropped
 DIAL_TIMEOUT_S = 5.0  # seconds to open an outbound TCP connection

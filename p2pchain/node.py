@@ -31,7 +31,7 @@ from p2pchain.metrics import Gauges, NodeMetrics
 from p2pchain.miner import build_template
 from p2pchain.mining import Mining
 from p2pchain.params import NetworkParams
-from p2pchain.peer import Misbehaving, Peer, Tunables
+from p2pchain.peer import Misbehaving, Peer, RunHandler, Tunables
 from p2pchain.pulse import Pulse
 from p2pchain.record import record
 from p2pchain.relay import FEATURE_CMPCT, FEATURE_HB, FEATURE_INV_TX, FEATURES, Relay
@@ -120,6 +120,7 @@ class Node:
             ban_loopback=config.ban_loopback,
             traffic=self.metrics.traffic,
             unneeded=self._unneeded,
+            handle_run=RunHandler((wire.NewTx, wire.SubmitTx), self._on_tx_run),
         )
         self._pushed: OrderedDict[str, float] = OrderedDict()  # listening address -> when its mempool push went
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
@@ -465,12 +466,42 @@ class Node:
                 peer.send_frame(frame, wire.NewBlock.TYPE)
 
     async def _on_new_tx(self, peer: Peer, msg: wire.NewTx) -> None:
-        await self._take_tx(peer, msg.tx)
+        await self._on_tx_run(peer, [msg])
+
+    async def _on_tx_run(self, peer: Peer, msgs: list[wire.Message]) -> None:
+        """A run of NEW_TX and SUBMIT_TX read from ``peer`` at once (Peer.run), in order: each
+        into the signature batcher as if it came alone, and the run handed to the verifier
+        threads in one go. Stops after a message that got the peer dropped."""
+        batcher = self.tx_batcher
+        try:
+            for msg in msgs:
+                if peer.closed.is_set():
+                    return
+                if isinstance(msg, wire.SubmitTx):
+                    tx, admit = msg.tx, self._submit_admit(peer, msg)
+                else:
+                    assert isinstance(msg, wire.NewTx)
+                    tx = msg.tx
+                    self.relay.delivered_by(peer, tx.txid)
+                    admit = self._new_tx_admit(peer, tx)
+                check = self._needs_check(tx)
+                if not batcher.put_nowait(tx, admit, check=check, owner=peer):
+                    batcher.hand_off()  # what is queued goes to the threads before this waits
+                    await batcher.room(peer)
+                    batcher.put_nowait(tx, admit, check=check, owner=peer)
+        finally:
+            batcher.hand_off()
+            self.changed.pulse()
 
     async def _take_tx(self, peer: Peer, tx: Tx) -> None:
-        """A transaction a peer sent whole (NEW_TX, or TXS when asked): through the signature
-        batcher into the mempool, and relayed on if it is taken."""
+        """A transaction a peer sent whole (TXS, when asked): through the signature batcher into
+        the mempool, and relayed on if it is taken."""
         self.relay.delivered_by(peer, tx.txid)
+        await self.tx_batcher.put(tx, self._new_tx_admit(peer, tx), check=self._needs_check(tx), owner=peer)
+
+    def _new_tx_admit(self, peer: Peer, tx: Tx) -> Callable[[bool | None], None]:
+        """What admits a transaction ``peer`` sent whole (NEW_TX, TXS) once its signature's
+        verdict is in: into the mempool and relayed on; an invalid one gets the peer dropped."""
 
         def admit(verdict: bool | None) -> None:
             if peer.ban_reason is not None:
@@ -483,16 +514,33 @@ class Node:
                 if e.code not in HONEST_TX_CODES:
                     self._misbehaved(peer, Misbehaving(f"sent invalid transaction {tx.txid.hex()[:16]}: {e}"))
 
-        await self._queue_tx(peer, tx, admit)
+        return admit
 
-    async def _queue_tx(self, peer: Peer, tx: Tx, admit: Callable[[bool | None], None]) -> None:
-        """Into the signature batcher; a transaction refused before its signature counts (or
-        already checked) skips the threads, and on an idle node is admitted at once."""
+    def _submit_admit(self, peer: Peer, msg: wire.SubmitTx) -> Callable[[bool | None], None]:
+        """What admits a client's SUBMIT_TX once its signature's verdict is in, and answers it."""
+
+        def admit(verdict: bool | None) -> None:
+            if verdict:
+                self.mempool.verified.add(msg.tx.txid)
+            try:
+                self.submit_tx(msg.tx, source=peer)
+            except MempoolError as e:
+                cause = e.__cause__
+                code = cause.code.value if isinstance(cause, RuleError) else e.code.value
+                peer.send(wire.SubmitResult(msg.id, msg.tx.txid, False, code, e.description))
+                return
+            peer.send(wire.SubmitResult(msg.id, msg.tx.txid, True, "", ""))
+
+        return admit
+
+    def _needs_check(self, tx: Tx) -> bool:
+        """Whether ``tx``'s signature goes to the threads: not when it is checked already or
+        will be refused before its signature counts (it then skips the threads, and on an
+        idle node is admitted at once)."""
         txid = tx.txid
-        check = not (
+        return not (
             txid in self.mempool.verified or txid in self.seen_bad_txs or self.mempool.refused_before_signature(tx)
         )
-        await self.tx_batcher.put(tx, admit, check=check, owner=peer)
 
     def _misbehaved(self, peer: Peer, e: Misbehaving) -> None:
         """As a handler's Misbehaving, for a verdict that came after the handler returned: the
@@ -862,19 +910,7 @@ class Node:
         await peer.flushed()
 
     async def _on_submit_tx(self, peer: Peer, msg: wire.SubmitTx) -> None:
-        def admit(verdict: bool | None) -> None:
-            if verdict:
-                self.mempool.verified.add(msg.tx.txid)
-            try:
-                self.submit_tx(msg.tx, source=peer)
-            except MempoolError as e:
-                cause = e.__cause__
-                code = cause.code.value if isinstance(cause, RuleError) else e.code.value
-                peer.send(wire.SubmitResult(msg.id, msg.tx.txid, False, code, e.description))
-                return
-            peer.send(wire.SubmitResult(msg.id, msg.tx.txid, True, "", ""))
-
-        await self._queue_tx(peer, msg.tx, admit)
+        await self._on_tx_run(peer, [msg])
 
     async def _on_get_blocks(self, peer: Peer, msg: wire.GetBlocks) -> None:
         hashes = self.chain.main[msg.start : msg.start + min(msg.limit, limits.MAX_BLOCKS_PER_CHAIN)]

@@ -38,6 +38,16 @@ def _uncork_all(loop: asyncio.AbstractEventLoop) -> None:
 _DRAIN: tuple[str, bytes] = ("", b"")
 
 
+@record
+class RunHandler:
+    """Takes a run of consecutive messages of ``types`` read from one peer, in order, in one
+    call (the node's transactions: one hand-off to the signature threads, not one per message).
+    ``handle`` stops at the first message after which the peer is closed."""
+
+    types: tuple[type[wire.Message], ...]
+    handle: Callable[[Peer, list[wire.Message]], Awaitable[None]]
+
+
 class Misbehaving(Exception):
     """The peer broke the protocol or sent consensus-invalid data: drop it, maybe ban it."""
 
@@ -272,6 +282,21 @@ class Peer:
         self.bytes_received += len(payload) + limits.FRAME_HEADER_BYTES
         return payload
 
+    async def _read_payloads(self, decoder: wire.FrameDecoder) -> list[bytes]:
+        """The payloads of every frame complete in what the socket has delivered, at least one
+        (waiting for it): a burst of small messages is read in a few calls, not two awaited
+        reads a frame. Each length is checked as soon as its 4 bytes are in (FrameDecoder)."""
+        while True:
+            data = await self.reader.read(limits.READ_CHUNK_BYTES)
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(decoder.buffered), None)
+            payloads = decoder.feed(data)
+            if payloads:
+                self.last_recv = time.monotonic()
+                for payload in payloads:
+                    self.bytes_received += len(payload) + limits.FRAME_HEADER_BYTES
+                return payloads
+
     def _decode(self, payload: bytes) -> wire.Message:
         n = len(payload) + limits.FRAME_HEADER_BYTES
         try:
@@ -282,20 +307,21 @@ class Peer:
         self.traffic.count_received(msg.TYPE, n)
         return msg
 
-    async def _throttle(self) -> None:
+    async def _throttle(self, n: int = 1, more: bool = False) -> None:
         """Token bucket: a peer that sends faster than msg_rate is slowed down (we stop reading,
-        TCP pushes back), never served ahead of the others."""
+        TCP pushes back), never served ahead of the others. ``n`` messages were just handled;
+        ``more``: more of its messages are read and not yet handled."""
         now = time.monotonic()
         self._tokens = min(self.tunables.msg_burst, self._tokens + (now - self._refill) * self.tunables.msg_rate)
         self._refill = now
-        self._tokens -= 1
+        self._tokens -= n
         if self._tokens < 0:
             await asyncio.sleep(-self._tokens / self.tunables.msg_rate)
         elif now - self._turn_start < limits.PEER_TURN_S:
             return
-        elif not getattr(self.reader, "_buffer", True):  # nothing more buffered: the next read waits,
-            self._turn_start = now  # and the others run meanwhile (a yield here was one more task
-            return  # switch per message: most peers send one message at a time)
+        elif not more and not getattr(self.reader, "_buffer", True):  # nothing more buffered: the next
+            self._turn_start = now  # read waits, and the others run meanwhile (a yield here was one
+            return  # more task switch per message: most peers send one message at a time)
         else:  # within its rate too: its next message may be buffered already, and another peer's
             await asyncio.sleep(0)  # (a block to relay) must not wait behind a whole batch of them
         self._turn_start = time.monotonic()
@@ -345,12 +371,14 @@ class Peer:
         on_hello: Callable[[Peer], None],
         handle: Callable[[Peer, wire.Message], Awaitable[None]],
         unneeded: Callable[[Peer, bytes], str | None] | None = None,
+        handle_run: RunHandler | None = None,
     ) -> None:
         """Handshake, then serve until closed; never raises but CancelledError. ``on_hello`` and
         ``handle`` raise Misbehaving to drop the peer (``ban_reason`` tells the caller to ban).
         ``unneeded`` sees each payload after the handshake before it is decoded: the message
         type of one the node has no use for (counted under that type, neither decoded nor
-        handled: a compact block of a block it has), else None."""
+        handled: a compact block of a block it has), else None. ``handle_run`` takes runs of
+        consecutive messages of its ``types`` in one call (``_serve``)."""
         writer_task = asyncio.create_task(self._writer())
         watchdog: asyncio.Task[None] | None = None
         try:
@@ -366,17 +394,9 @@ class Peer:
             self.best_height = first.height
             on_hello(self)
             watchdog = asyncio.create_task(self._watchdog())
+            decoder = wire.FrameDecoder()
             while not self.closed.is_set():
-                payload = await self._read_payload()
-                kind = unneeded(self, payload) if unneeded is not None else None
-                if kind is not None:
-                    self.traffic.count_received(kind, len(payload) + limits.FRAME_HEADER_BYTES)
-                else:
-                    msg = self._decode(payload)
-                    if isinstance(msg, wire.Hello):
-                        raise Misbehaving("sent a second HELLO")
-                    await handle(self, msg)
-                await self._throttle()
+                await self._serve(await self._read_payloads(decoder), handle, unneeded, handle_run)
         except (asyncio.IncompleteReadError, OSError) as e:  # OSError: also EHOSTUNREACH, ETIMEDOUT
             self.close(f"connection lost ({type(e).__name__})", quiet=True)
         except ProtocolError as e:
@@ -402,6 +422,62 @@ class Peer:
             # A cancelled task's exception holds a traceback, whose frames hold this peer: drop our
             # references so that the queue and buffers are freed now, not at a later GC pass.
             del writer_task, watchdog
+
+    async def _serve(
+        self,
+        payloads: list[bytes],
+        handle: Callable[[Peer, wire.Message], Awaitable[None]],
+        unneeded: Callable[[Peer, bytes], str | None] | None,
+        handle_run: RunHandler | None,
+    ) -> None:
+        """Handle ``payloads`` in order, as if each were read and handled alone: consecutive
+        messages of ``handle_run``'s types (transactions) go to it in one call (a run); a
+        message that ends the run, or one that cannot be decoded, is dealt with after the
+        run is handled, and nothing is handled once the peer is closed (a frame after the
+        one that got it dropped is never looked at, as when frames were read one at a time)."""
+        run: list[wire.Message] = []
+        run_types = handle_run.types if handle_run is not None else ()
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            if self.closed.is_set():
+                return
+            kind = unneeded(self, payload) if unneeded is not None else None
+            if kind is not None:
+                if run:
+                    await self._handle_run(handle_run, run, True)
+                    run = []
+                    if self.closed.is_set():
+                        return
+                self.traffic.count_received(kind, len(payload) + limits.FRAME_HEADER_BYTES)
+                await self._throttle(1, i < last)
+                continue
+            try:
+                msg = self._decode(payload)
+            except ProtocolError:
+                if run:
+                    await self._handle_run(handle_run, run, True)
+                    if self.closed.is_set():
+                        return  # dropped for what came before: this frame is never read
+                raise
+            if type(msg) in run_types:
+                run.append(msg)
+                continue
+            if run:
+                await self._handle_run(handle_run, run, True)
+                run = []
+                if self.closed.is_set():
+                    return
+            if isinstance(msg, wire.Hello):
+                raise Misbehaving("sent a second HELLO")
+            await handle(self, msg)
+            await self._throttle(1, i < last)
+        if run:
+            await self._handle_run(handle_run, run, False)
+
+    async def _handle_run(self, handle_run: RunHandler | None, run: list[wire.Message], more: bool) -> None:
+        assert handle_run is not None
+        await handle_run.handle(self, run)
+        await self._throttle(len(run), more)
 
     def misbehaved(self, e: Misbehaving) -> None:
         if e.ban:

@@ -4,8 +4,10 @@ transactions handed back in the order they arrived.
 Ed25519 releases the GIL, so while the event loop reads, decodes and admits transactions, the
 threads check the signatures of the next ones: every core works. Batching is driven by the
 threads, not by a clock: a transaction that arrives while fewer than ``max_inflight`` threads
-are checking goes to a thread at once (a single transaction on an idle node waits for nothing);
-what arrives while every thread is busy waits in a queue, and a thread that finishes a batch
+are checking goes to a thread at once (a single transaction on an idle node waits for nothing;
+a run of them read from a peer at once is queued with ``put_nowait`` and handed over at its end,
+in the same turn of the loop, the idle threads sharing it); what arrives while every thread is
+busy waits in a queue, and a thread that finishes a batch
 takes the next one from that queue itself, before the event loop has even heard of the
 finished one: a thread never waits for the loop, which may be busy admitting the last batch
 (that wait was a sixth of each thread's time at full load). A thread takes its share of the
@@ -81,6 +83,7 @@ class SignatureBatcher:
         self.max_per_owner = max_per_owner
         self._check = check
         self._order: deque[_Item] = deque()  # every item not yet admitted, in arrival order (the loop's)
+        self._new: list[_Item] = []  # queued by put_nowait for a check, not yet handed to the threads
         # Shared with the threads, under _lock: the items to check, the threads checking, and
         # whether a wake-up of the loop is already on its way.
         self._lock = threading.Lock()
@@ -107,6 +110,7 @@ class SignatureBatcher:
         self._closed = True
         with self._lock:
             self._todo.clear()
+        self._new.clear()
         self._order.clear()
         self._per_owner.clear()
         self._space.pulse()
@@ -115,40 +119,67 @@ class SignatureBatcher:
         """Queue ``tx``; ``admit(verdict)`` follows once every earlier transaction is admitted.
         A transaction that needs no check on an idle batcher is admitted before this returns."""
         if not self._has_room(owner):
+            await self.room(owner)
+        self.put_nowait(tx, admit, check=check, owner=owner)
+        self.hand_off()
+
+    async def room(self, owner: Hashable) -> None:
+        """Until ``owner`` may queue one more transaction (or the batcher is closed)."""
+        if not self._has_room(owner):
             await self._space.wait_for(lambda: self._has_room(owner), timeout=None)
+
+    def put_nowait(self, tx: Tx, admit: Admit, *, check: bool, owner: Hashable = None) -> bool:
+        """``put`` without waiting: False (nothing queued) when there is no room for ``owner``
+        now. What it queues for a check reaches the threads at the next ``hand_off``, which the
+        caller makes before it next waits (a run of transactions read at once: one hand-off)."""
         if self._closed:
-            return
+            return True
+        if not self._has_room(owner):
+            return False
         if not check and not self._order:
             admit(None)  # nothing ahead of it: no queue, no thread
-            return
+            return True
         item = _Item(tx, admit, owner)
         self._order.append(item)
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
-        if not check:
+        if check:
+            self._new.append(item)
+        else:
             item.done = True  # admitted as soon as what is ahead of it is
+        return True
+
+    def hand_off(self) -> None:
+        """What ``put_nowait`` queued for a check goes to the threads: to a free thread at once
+        (at most ``max_inflight`` busy), else a busy thread takes it when it ends its batch."""
+        new = self._new
+        if not new:
             return
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        starts: list[list[_Item]] = []
         with self._lock:
-            self._todo.append(item)
-            if self._threads >= self.max_inflight:
-                return  # a busy thread takes it when it finishes its batch
-            self._threads += 1
-            batch = self._take()
-        self.executor.submit(self._run, batch)
+            self._todo.extend(new)
+            new.clear()
+            idle = self.max_inflight - self._threads
+            while self._todo and idle > 0:  # the queue shared among the idle threads
+                starts.append(self._take(idle))
+                self._threads += 1
+                idle -= 1
+        for batch in starts:
+            self.executor.submit(self._run, batch)
 
     def _has_room(self, owner: Hashable) -> bool:
         if self._closed:
             return True
         return len(self._order) < self.max_pending and self._per_owner.get(owner, 0) < self.max_per_owner
 
-    def _take(self) -> list[_Item]:
+    def _take(self, parts: int = 0) -> list[_Item]:
         """The next batch from the queue (under _lock): a thread's share of it (an equal part for
-        each of the ``max_inflight`` threads, at least TX_VERIFY_SHARE_MIN, up to ``max_batch``),
-        so that the last batches of a burst are checked side by side, not one thread's full batch
-        after the other is done."""
+        each of the ``max_inflight`` threads, or of ``parts``, at least TX_VERIFY_SHARE_MIN, up
+        to ``max_batch``), so that the last batches of a burst are checked side by side, not one
+        thread's full batch after the other is done."""
         todo = self._todo
-        n = min(self.max_batch, max(-(-len(todo) // self.max_inflight), limits.TX_VERIFY_SHARE_MIN))
+        n = min(self.max_batch, max(-(-len(todo) // (parts or self.max_inflight)), limits.TX_VERIFY_SHARE_MIN))
         if n >= len(todo):
             batch = list(todo)
             todo.clear()

@@ -242,6 +242,52 @@ def test_put_waits_while_its_owner_has_too_many_pending_and_resumes_when_they_ar
     asyncio.run(scenario())
 
 
+def test_a_run_queued_without_waiting_goes_to_the_threads_in_shares_at_its_hand_off() -> None:
+    """A peer's reader queues a run of transactions read at once (put_nowait) and hands them to
+    the threads once, at the end of the run (hand_off): each idle thread takes its share then,
+    so the first transaction of a burst is checked within the same turn of the loop."""
+    run = 2 * limits.TX_VERIFY_SHARE_MIN + 10
+
+    async def scenario() -> None:
+        admitted: list[int] = []
+        with gated(inflight=2) as (b, gate, ex):
+            for i, tx in enumerate(txs(run)):
+                assert b.put_nowait(tx, lambda verdict, i=i: admitted.append(i), check=i != 3)
+            assert ex.submitted == [], "nothing reaches a thread before the hand-off"
+            b.hand_off()
+            assert ex.submitted == [run // 2, run - 1 - run // 2], "a share to each idle thread at once"
+            await batches(gate, 2)
+            gate.finish_all()
+            await until(lambda: len(admitted) == run, "all admitted")
+            assert admitted == list(range(run))
+
+    asyncio.run(scenario())
+
+
+def test_put_nowait_refuses_past_its_owners_bound_and_room_waits_until_one_is_admitted() -> None:
+    async def scenario() -> None:
+        admitted: list[bool | None] = []
+        with gated(inflight=1, batch=8, per_owner=2) as (b, gate, _):
+            made = txs(3)
+            assert b.put_nowait(made[0], admitted.append, check=True, owner="p")
+            assert b.put_nowait(made[1], admitted.append, check=True, owner="p")
+            assert not b.put_nowait(made[2], admitted.append, check=True, owner="p"), "a third one of one owner"
+            assert b.pending == 2, "the refused one is not queued"
+            assert b.put_nowait(txs(1)[0], admitted.append, check=False, owner="q"), "another owner is not held up"
+            b.hand_off()
+            room = asyncio.create_task(b.room("p"))
+            await asyncio.sleep(0)  # ok: one turn for the task to reach its wait
+            assert not room.done()
+            await batches(gate, 1)
+            gate.finish(0)
+            await until(room.done, "room for p once its first two are admitted")
+            assert b.put_nowait(made[2], admitted.append, check=True, owner="p")
+            b.hand_off()
+            await until(lambda: gate.finish_all() or len(admitted) == 4, "all admitted")
+
+    asyncio.run(scenario())
+
+
 def test_a_stream_of_puts_against_busy_threads_is_all_admitted_in_order() -> None:
     """put() hands work to the threads without a lock while they take and finish batches: many
     small batches on two threads, with puts arriving in between, leave nothing behind and keep
