@@ -353,14 +353,20 @@ def test_hash_rate_is_the_work_of_recent_blocks_over_their_time_span() -> None:
 
 
 # --- the swarm launcher with --block-time -------------------------------------------------------
-SWARM_SECONDS = 60  # with a half-life of 8 blocks, the second half's mean interval is within +-50 %
-# in 997 of 1,000 simulated runs even when the start difficulty is 3x off (scripts/retarget_sim.py)
+SWARM_SECONDS = 60
+# the second half's mean interval over the block time, in a 60 s run with a half-life of 8 blocks:
+# scripts/retarget_sim.py, random solve times, 10,000 runs at each hash rate over the estimated one
+# (the start difficulty's estimate is rounded to whole bits and made on a machine that then also
+# runs the nodes: about 0.5-1.4 x): outside 0.5-1.5 in 18, 6, 2 and 0 runs at 0.5, 0.7, 1 and 1.4 x
+# (80 at 1/3 x); outside LATE_RATIO_BOUNDS in none of them (6 at 1/3 x). Without retargeting a start
+# 3 x off gives 3 or 1/3, outside these bounds too.
+LATE_RATIO_BOUNDS = (0.4, 1.75)
 
 
 def test_a_swarm_with_block_time_1_converges_to_the_block_time(tmp_path: Path) -> None:
     """`swarm.py --nodes 3 --miners 2 --block-time 1 --half-life 8 --duration 60 --json`: the
     start difficulty estimated from this machine's hash rate, the retargeting does the rest: the
-    mean interval of the run's second half of blocks is within +-50 % of 1 s."""
+    mean interval of the run's second half of blocks is within LATE_RATIO_BOUNDS of 1 s."""
     run_dir = tmp_path / "run"
     args = ["--nodes", "3", "--miners", "2", "--block-time", "1", "--half-life", "8"]
     args += ["--duration", str(SWARM_SECONDS), "--json", "--run-dir", str(run_dir)]
@@ -375,7 +381,8 @@ def test_a_swarm_with_block_time_1_converges_to_the_block_time(tmp_path: Path) -
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["block_time_s"] == 1.0 and summary["alive"] == 3 and summary["agreed"] is True
     assert summary["height"] >= 20, summary  # blocks came, about one a second
-    assert 0.5 <= summary["interval_ratio_late"] <= 1.5, summary
+    low, high = LATE_RATIO_BOUNDS
+    assert low <= summary["interval_ratio_late"] <= high, summary
     assert "mean block interval" in proc.stdout
 
 
