@@ -408,8 +408,10 @@ def test_a_broken_miner_fails_a_waiting_mine_request_instead_of_hanging_it(
 def test_a_silent_peer_is_pinged_after_the_ping_interval_and_dropped_without_its_pong(tmp_path: Path) -> None:
     """The watchdog sleeps until its next deadline (no fixed tick): a peer that talks is not
     pinged, a silent one gets a PING once ``ping_interval`` has passed since its last message,
-    and is dropped ``pong_timeout`` after an unanswered PING; one that answers stays."""
-    tunables = Tunables(ping_interval=0.4, pong_timeout=0.4)
+    and is dropped ``pong_timeout`` after an unanswered PING; one that answers stays (its PONG
+    is due within ``pong_timeout``: a second, so that a loaded machine's stall of this process
+    does not make it late)."""
+    tunables = Tunables(ping_interval=0.4, pong_timeout=1.0)
 
     async def scenario() -> tuple[float, float, bool]:
         config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, tunables=tunables)
@@ -437,7 +439,7 @@ def test_a_silent_peer_is_pinged_after_the_ping_interval_and_dropped_without_its
 
     pinged_after, dropped_after, still_open = asyncio.run(scenario())
     assert pinged_after >= 0.4 * 0.9, f"pinged {pinged_after:.2f} s after its last message, before the interval"
-    assert dropped_after >= 0.8 * 0.9, f"dropped {dropped_after:.2f} s after its last message, before the PONG was due"
+    assert dropped_after >= 1.4 * 0.9, f"dropped {dropped_after:.2f} s after its last message, before the PONG was due"
     assert still_open, "the peer that answered its PINGs was dropped"
 
 
