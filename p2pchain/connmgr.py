@@ -93,6 +93,7 @@ class ConnectionManager:
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[object]] = set()
         self.bans: dict[str, Ban] = {b.host: b for b in store.bans(self._now_ms())}
+        self._pushed: OrderedDict[str, float] = OrderedDict()  # listening address -> when its mempool push went
 
     @staticmethod
     def _now_ms() -> int:
@@ -181,6 +182,29 @@ class ConnectionManager:
         can add is bounded). Only IP literals: a peer must not make us resolve names it chose
         (Bitcoin's addr messages carry IPs too)."""
         self.addrman.add((a for a in addrs if a not in self.self_addrs and is_ip_addr(a)), source_host)
+
+    def mempool_push_allowed(self, listen_addr: str | None, host: str) -> bool:
+        """Whether a peer listening at ``listen_addr`` (None: a client) and connected from ``host``
+        gets our mempool pushed on connect now (counted as done if so). The push costs 4-8 ms and
+        ~25 KB: a listening address gets it once per MEMPOOL_PUSH_INTERVAL_S, and one host at
+        most MEMPOOL_PUSHES_PER_HOST times in it (a client reconnecting with claimed ports got it
+        every time, without limit). Loopback is exempt from the per-host bound, as from bans,
+        unless --ban-loopback."""
+        now = time.monotonic()
+        pushed = self._pushed
+        while pushed and next(iter(pushed.values())) < now - limits.MEMPOOL_PUSH_INTERVAL_S:
+            pushed.popitem(last=False)
+        if not listen_addr or listen_addr in pushed:
+            return False
+        shared = is_loopback(host) and not self.ban_loopback  # a local swarm shares 127.0.0.1
+        if not shared and sum(1 for a in pushed if a.rpartition(":")[0].strip("[]") == host) >= (
+            limits.MEMPOOL_PUSHES_PER_HOST
+        ):
+            return False
+        pushed[listen_addr] = now
+        while len(pushed) > limits.MEMPOOL_PUSH_REMEMBERED:
+            pushed.popitem(last=False)
+        return True
 
     def known_addresses(self) -> list[str]:
         """What GET_PEERS answers: our peers' listening addresses, then a random sample of the book."""

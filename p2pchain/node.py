@@ -11,8 +11,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import field
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 from p2pchain import __version__, limits, wire
 from p2pchain.chain import Chain, Status
-from p2pchain.connmgr import ConnectionManager, is_loopback
+from p2pchain.connmgr import ConnectionManager
 from p2pchain.errors import MempoolCode, MempoolError, RuleError, StoreError
 from p2pchain.events import EventHub
 from p2pchain.keys import Wallet, is_address
@@ -122,7 +120,6 @@ class Node:
             unneeded=self._unneeded,
             handle_run=RunHandler((wire.NewTx, wire.SubmitTx), self._on_tx_run),
         )
-        self._pushed: OrderedDict[str, float] = OrderedDict()  # listening address -> when its mempool push went
         self.seen_bad_txs = RecentSet(limits.SEEN_CACHE_MAX)  # txids refused for good: not re-checked
         self.relay: Relay[Peer] = Relay(FEATURES if config.relay == "compact" else ())
         self._relay_timer: asyncio.TimerHandle | None = None  # the next relay request deadline
@@ -250,7 +247,8 @@ class Node:
         self.relay.add_peer(peer, peer.hello.version, peer.hello.relay, outbound=not peer.inbound)
         peer.send(wire.GetPeers())
         self._send_cmpct(self.relay.select_on_connect(peer))
-        if peer.listen_addr and self._push_allowed(peer):  # a node: it may have missed what we pooled while apart
+        # a node (a listening address) may have missed what we pooled while apart
+        if self.connmgr.mempool_push_allowed(peer.listen_addr, peer.host):
             pushed = self.mempool.select(limits.MEMPOOL_PUSH_MAX_TXS, limits.MEMPOOL_PUSH_MAX_BYTES)
             if self.relay.speaks(peer, FEATURE_INV_TX):
                 self.relay.announce_to(peer, [tx.txid for tx in pushed])
@@ -259,28 +257,6 @@ class Node:
                 for tx in pushed:
                     peer.send(wire.NewTx(tx))
         self.changed.pulse()
-
-    def _push_allowed(self, peer: Peer) -> bool:
-        """The mempool push on connect costs 4-8 ms and ~25 KB: a listening address gets it once
-        per MEMPOOL_PUSH_INTERVAL_S, and one host at most MEMPOOL_PUSHES_PER_HOST times in it
-        (a client reconnecting with claimed ports got it every time, without limit). Loopback is
-        exempt from the per-host bound, as from bans, unless --ban-loopback."""
-        now = time.monotonic()
-        pushed = self._pushed
-        while pushed and next(iter(pushed.values())) < now - limits.MEMPOOL_PUSH_INTERVAL_S:
-            pushed.popitem(last=False)
-        addr = peer.listen_addr
-        if addr is None or addr in pushed:
-            return False
-        shared = is_loopback(peer.host) and not self.config.ban_loopback  # a local swarm shares 127.0.0.1
-        if not shared and sum(1 for a in pushed if a.rpartition(":")[0].strip("[]") == peer.host) >= (
-            limits.MEMPOOL_PUSHES_PER_HOST
-        ):
-            return False
-        pushed[addr] = now
-        while len(pushed) > limits.MEMPOOL_PUSH_REMEMBERED:
-            pushed.popitem(last=False)
-        return True
 
     def _on_peer_closed(self, peer: Peer) -> None:
         self.metrics.on_peer_closed(peer.close_reason, peer.ban_reason is not None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from p2pchain.connmgr import ConnectionManager, is_ip_addr, is_loopback, parse_addr
@@ -86,4 +88,35 @@ def test_an_ipv6_ban_covers_the_addresses_64(tmp_path) -> None:  # type: ignore[
     assert not cm.is_banned("2001:db8:1:3::5")
     assert not cm.is_banned("10.0.0.2")
     assert sorted(b.host for b in cm.current_bans()) == ["10.0.0.1", "2001:db8:1:2::/64"]
+    store.close()
+
+
+def test_the_mempool_push_goes_once_per_address_and_a_bounded_number_of_times_per_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, finding 10 (tests/test_p2p_mempool_push.py runs it through a node): an address
+    gets the push once per MEMPOOL_PUSH_INTERVAL_S, a host at most MEMPOOL_PUSHES_PER_HOST times
+    in it whatever ports it claims, loopback without the host bound unless --ban-loopback; a
+    client (no listening address) never."""
+    from p2pchain import connmgr, limits
+
+    now = [1000.0]
+    monkeypatch.setattr(connmgr.time, "monotonic", lambda: now[0])
+    store = Store(tmp_path / "chain.sqlite")
+    cm = bare_connmgr(store)
+    allowed = cm.mempool_push_allowed
+    assert not allowed(None, "10.0.0.1")
+    assert [allowed("10.0.0.1:7000", "10.0.0.1") for _ in range(3)] == [True, False, False]
+    ports = range(7001, 7001 + limits.MEMPOOL_PUSHES_PER_HOST)
+    assert [allowed(f"10.0.0.1:{p}", "10.0.0.1") for p in ports] == [True] * (limits.MEMPOOL_PUSHES_PER_HOST - 1) + [
+        False
+    ]
+    assert allowed("[2001:db8::1]:7000", "2001:db8::1") and allowed("10.0.0.2:7000", "10.0.0.2")  # other hosts
+    loopback = [allowed(f"127.0.0.1:{p}", "127.0.0.1") for p in range(8000, 8000 + 2 * limits.MEMPOOL_PUSHES_PER_HOST)]
+    assert all(loopback)  # a local swarm shares 127.0.0.1
+    now[0] += limits.MEMPOOL_PUSH_INTERVAL_S + 1
+    assert allowed("10.0.0.1:7000", "10.0.0.1")  # the interval passed
+    cm.ban_loopback = True  # (the pushes above are forgotten: the interval passed)
+    assert all(allowed(f"127.0.0.1:{p}", "127.0.0.1") for p in ports)
+    assert not allowed("127.0.0.1:9999", "127.0.0.1")  # --ban-loopback: the host bound applies
     store.close()
