@@ -5,9 +5,10 @@
   the halves), both halves mine apart, then one node is restarted with a peer in each half:
   every node converges on the most-work tip, and every transaction accepted during the split is
   in the final chain or back in a mempool (and then mined).
-- crash: a mining node is SIGKILLed at random moments (seeded; the seed is printed and can be
-  replayed with P2PCHAIN_TEST_SEED) and restarted on the same data dir each time: its store opens,
-  it catches up, its chain re-validates under the ledger rules, and its wallet file is unchanged.
+- crash: a mining node is SIGKILLed at random moments (seeded: harness.random_seed, fixed under
+  CI=true; the seed is printed and can be replayed with P2PCHAIN_TEST_SEED) and restarted on the
+  same data dir each time: its store opens, it catches up, its chain re-validates under the
+  ledger rules, and its wallet file is unchanged.
 - churn: nodes join (some with an empty data dir) and leave (SIGTERM or SIGKILL) while two
   others mine: every node converges.
 
@@ -18,14 +19,13 @@ crash test mines at TEST_BITS to make the store write all the time.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
-from harness import TEST_BITS, NodeProc, wait_until
+from harness import TEST_BITS, NodeProc, random_seed, wait_until
 from node_helpers import MINER_ARGS, ask, peer_addrs
 
 from p2pchain import limits
@@ -43,7 +43,7 @@ CRASH_MINED_EVERY = 5  # every 5th of them comes once the victim has mined in th
 
 
 def seed_for(test: str) -> int:
-    seed = int(os.environ.get("P2PCHAIN_TEST_SEED") or random.randrange(2**32))
+    seed = random_seed("P2PCHAIN_TEST_SEED")
     print(f"{test}: seed {seed} (replay with P2PCHAIN_TEST_SEED={seed})")
     return seed
 

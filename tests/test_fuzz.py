@@ -3,7 +3,8 @@ a node's message handler. The only allowed outcomes are a message, ProtocolError
 dropped (Misbehaving); never another exception, never a dead node.
 
 How: a short bounded run of the engine in scripts/fuzz.py (a real in-process Node fed through a
-stub Peer; a random seed, printed, so every CI run explores new inputs), hypothesis-generated
+stub Peer; a random seed, printed, so every developer's run explores new inputs, and a fixed one
+under CI=true, harness.random_seed), hypothesis-generated
 maps of every message type, fuzzed streams written at a real node on a loopback socket (before
 and after HELLO), and two planted bugs the harness must catch (so a silent harness fails)."""
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from harness import random_seed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import fuzz  # scripts/fuzz.py: the engine that bench.py runs too
 
 CI_INPUTS = 12_000  # about a second of one core
-SEED = int(os.environ.get("FUZZ_SEED", int.from_bytes(os.urandom(4), "big")))
+SEED = random_seed("FUZZ_SEED")  # fixed under CI=true; each developer's run explores new inputs
 
 
 def _explain(report: fuzz.Report) -> str:

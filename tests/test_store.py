@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import wait_until
+from harness import random_seed, wait_until
 from ledger_helpers import (
     GENESIS,
     NOW_MS,
@@ -938,7 +938,7 @@ def test_overlapping_batches_do_not_defer_the_commit_for_ever(tmp_path: Path, mo
 
 
 def test_kill_9_mid_write_leaves_a_valid_store(tmp_path: Path) -> None:
-    seed = int(os.environ.get("P2PCHAIN_KILL_SEED", random.randrange(2**32)))
+    seed = random_seed("P2PCHAIN_KILL_SEED")
     print(f"kill -9 test seed: {seed} (rerun with P2PCHAIN_KILL_SEED={seed})")
     rng = random.Random(seed)
     path = tmp_path / "chain.sqlite"
