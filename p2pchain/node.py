@@ -5,7 +5,6 @@ handler runs to completion between awaits, as btcd's sync manager does with one 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -37,6 +36,7 @@ from p2pchain.serve import BlockServer, send_metered
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
 from p2pchain.store import DB_FILE
 from p2pchain.sync import HONEST_BLOCK_CODES, SyncManager, now_ms
+from p2pchain.threadpool import ThreadPoolOnFirstUse
 from p2pchain.verifyprocs import VerifierProcs
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []  # set by start(); stop() may follow a failed start
         self._mined: list[asyncio.Future[Block]] = []  # /mine callers waiting for our next block
         self._mining_stopped: str | None = None  # why the --mine task ended, if it did
-        self._verifier = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
+        self._verifier = ThreadPoolOnFirstUse(VERIFY_THREADS, thread_name_prefix="p2pchain-verify")
         # what the verifier threads call with a batch of transactions: the workers' check, or their own
         self._verify_procs = VerifierProcs(config.verify_procs) if config.verify_procs else None
         self._check_signatures = self._verify_procs.check if self._verify_procs else signatures_ok

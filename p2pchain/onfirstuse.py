@@ -22,9 +22,10 @@ _LOADING = threading.RLock()  # one stand-in's swap at a time (RLock: an import 
 #   docstrings (records have theirs), loop.add_signal_handler's check (cli.StopSignals does
 #   without): ~18 M instructions of a start;
 # - textwrap: traceback formats exception groups with it; argparse imports it for --help itself;
-# - tokenize (with token): linecache reads source lines with it, for a traceback.
-# textwrap and tokenize together: ~8 M instructions of a start (3 %).
-UNUSED_AT_START = ("inspect", "textwrap", "tokenize")
+# - tokenize (with token): linecache reads source lines with it, for a traceback;
+# - copy: dataclasses' asdict and astuple, argparse's append actions (--peer).
+# textwrap and tokenize together: ~8 M instructions of a start (3 %); copy ~1 M.
+UNUSED_AT_START = ("inspect", "textwrap", "tokenize", "copy")
 
 
 class OnFirstUse(types.ModuleType):

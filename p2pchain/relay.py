@@ -27,7 +27,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import field
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 from p2pchain import limits, wire
 from p2pchain.digests import blake2b
@@ -263,10 +263,11 @@ class RelayStats:
 Requests = dict[P, list[bytes]]  # peer -> txids to ask it for (GET_TXS), or to announce (INV_TX)
 
 
-class BlockTargets(NamedTuple, Generic[P]):
-    compact: list[P]  # CMPCT_BLOCK now
-    full: list[P]  # NEW_BLOCK now
-    announce: bool  # some peers get it in the next INV_BLOCK instead
+# (compact, full, announce): the peers sent CMPCT_BLOCK now, those sent NEW_BLOCK now, and whether
+# some get it in the next INV_BLOCK instead. A plain tuple: a typing.NamedTuple class here compiles
+# its annotations (strings in this module) at import, and a process's first compile() costs a
+# node's start ~9 M instructions (ledger.rules.Account)
+BlockTargets = tuple[list[P], list[P], bool]
 
 
 class Relay(Generic[P]):
@@ -581,7 +582,7 @@ class Relay(Generic[P]):
         announce = self._hb_peers > 0 and not mined  # a mined block went to every cmpct-hb peer
         if announce:
             self._to_announce = block_hash
-        return BlockTargets(compact, full, announce)
+        return compact, full, announce
 
     def compact(self, block: Block) -> wire.CmpctBlock:
         return compact_block(block, self._rng.getrandbits(64), self._fetched.get(block.hash, ()))

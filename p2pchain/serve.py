@@ -18,7 +18,6 @@ loop; 8 flooders took honest propagation from 1.8 ms to 314 ms).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from p2pchain.ledger.block import HEADER_BYTES, Block, Header
 from p2pchain.ledger.tx import Tx
 from p2pchain.peer import Peer
 from p2pchain.store import pack_block, stored_bodies, unpack_block
+from p2pchain.threadpool import ThreadPoolOnFirstUse
 
 MakeAnswer = Callable[[int], wire.Chain | wire.Blocks]  # the answer (without its blocks) to send n blocks in
 
@@ -52,7 +52,7 @@ class BlockServer:
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
         self._path = chain.store.path
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p2pchain-serve")
+        self._pool = ThreadPoolOnFirstUse(1, thread_name_prefix="p2pchain-serve")
         self._conn: sqlite3.Connection | None = None  # the serving thread's (one thread: one connection)
         # recent answers by (type, first hash, hashes asked, best tip): a flood of the same
         # GET_CHAIN (a locator at genesis) is answered from here; at most SERVE_CACHE_BYTES held,

@@ -19,7 +19,7 @@ PKG = ROOT / "p2pchain"
 
 # Lower layers first. A module may import modules of its own layer or any layer before it.
 LAYERS: list[set[str]] = [
-    {"limits", "errors", "record", "metrics", "packing", "digests", "onfirstuse", "__init__"},
+    {"limits", "errors", "record", "metrics", "packing", "digests", "onfirstuse", "threadpool", "__init__"},
     {"pulse"},
     {"keys"},
     {"ledger.pow"},

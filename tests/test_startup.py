@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from p2pchain import limits
 from p2pchain.cli import node_parser
 from p2pchain.keys import Wallet
 from p2pchain.onfirstuse import OnFirstUse
+from p2pchain.threadpool import ThreadPoolOnFirstUse
 
 # module -> why a node without --http-port (or --config) must not load it
 NOT_LOADED = {
@@ -52,9 +54,15 @@ LAUNCHERS = {
     "p2pchain": [str(Path(sys.executable).parent / "p2pchain")],  # the console script bootstrap.py installs
 }
 SITECUSTOMIZE = """\
-import atexit, gc, os, sys
+import atexit, builtins, gc, os, sys
+compiled = []
+def compile(source, *args, __compile=builtins.compile, **kwargs):
+    compiled.append(repr(source)[:40].replace(" ", "_"))
+    return __compile(source, *args, **kwargs)
+builtins.compile = compile
 def dump():
     lines = [*sorted(sys.modules), f"gc:{gc.isenabled()}", f"gc0:{gc.get_threshold()[0]}"]
+    lines += [f"compiled:{source}" for source in compiled]
     lines.append(f"switch:{sys.getswitchinterval()}")
     open(os.environ["P2PCHAIN_TEST_MODULES"], "w").write("\\n".join(lines))
 atexit.register(dump)
@@ -95,6 +103,9 @@ def test_a_node_without_http_loads_only_what_it_uses(tmp_path: Path, launcher: s
     assert {f"gc0:{limits.GC_YOUNG_THRESHOLD}", f"switch:{limits.GIL_SWITCH_INTERVAL_S}"} <= loaded
     wrong = {name: why for name, why in NOT_LOADED.items() if name in loaded}
     assert not wrong, f"a node without --http-port loaded: {wrong}"
+    # a process's first compile() builds every AST type (~9 M instructions, 3 % of a start): a
+    # node compiles nothing (typing.NamedTuple's class form compiles its string annotations)
+    assert not [line for line in loaded if line.startswith("compiled:")], "a node without --http-port called compile()"
 
 
 def test_with_http_port_the_shim_is_loaded_and_answers(tmp_path: Path) -> None:
@@ -184,17 +195,39 @@ except ValueError:
 cli.node_parser().print_help()  # argparse wraps the help with textwrap
 import inspect
 print(inspect.signature(fails))
+import copy
+assert copy.deepcopy({"a": [1]}) == {"a": [1]}
 print(sorted(name for name in UNUSED_AT_START if type(sys.modules[name]) is OnFirstUse))
 """
 
 
 def test_what_the_node_command_defers_works_when_used(tmp_path: Path) -> None:
-    """UNUSED_AT_START (inspect, textwrap, tokenize): importing p2pchain.cli in a fresh process
+    """UNUSED_AT_START (inspect, textwrap, tokenize, copy): importing p2pchain.cli in a fresh process
     leaves them unloaded (and ast, dis and token with them), and each works when first used: a
-    traceback shows its source lines, --help is wrapped, inspect answers."""
+    traceback shows its source lines, --help is wrapped, inspect answers, copy copies."""
     script = tmp_path / "deferred_check.py"  # a file: a traceback shows the lines of files
     script.write_text(DEFERRED_CHECK)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True).stdout
     assert 'raise ValueError("the source line of this raise shows in the traceback")' in out
     assert "--ping-interval PING_INTERVAL" in out and "show this help message and exit" in out
     assert out.rstrip().endswith("()\n[]")
+
+
+def test_a_thread_pool_on_first_use_is_made_at_its_first_task() -> None:
+    """p2pchain.threadpool (a node's signature checkers and block server): no pool, no thread,
+    until the first submit; then it runs tasks as ThreadPoolExecutor does; after shutdown a
+    submit is refused with RuntimeError (what SignatureBatcher expects), made or not."""
+    unused = ThreadPoolOnFirstUse(2, thread_name_prefix="p2pchain-test-unused")
+    unused.shutdown(wait=True)  # never made: nothing to stop
+    with pytest.raises(RuntimeError):
+        unused.submit(print)
+    pool = ThreadPoolOnFirstUse(2, thread_name_prefix="p2pchain-test-pool")
+    assert pool._pool is None
+    try:
+        names = {pool.submit(lambda: threading.current_thread().name).result(timeout=10) for _ in range(4)}
+        assert pool._pool is not None and all(name.startswith("p2pchain-test-pool") for name in names)
+        assert pool.submit(pow, 2, 10).result(timeout=10) == 1024
+    finally:
+        pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        pool.submit(print)
