@@ -57,7 +57,8 @@ SITECUSTOMIZE = """\
 import atexit, builtins, gc, os, sys
 compiled = []
 def compile(source, *args, __compile=builtins.compile, **kwargs):
-    compiled.append(repr(source)[:40].replace(" ", "_"))
+    if isinstance(source, str):  # (not a module's source bytes, which importlib compiles when its bytecode is stale)
+        compiled.append(repr(source)[:40].replace(" ", "_"))
     return __compile(source, *args, **kwargs)
 builtins.compile = compile
 def dump():
