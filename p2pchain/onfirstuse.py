@@ -15,7 +15,10 @@ import threading
 import types
 from typing import Any
 
-_LOADING = threading.RLock()  # one stand-in's swap at a time (RLock: an import may read another's)
+# held while a stand-in is checked and taken out of sys.modules, never across the import: an
+# import may wait for another thread's import (importlib's module locks) whose module reads a
+# stand-in, which must not then wait for this lock (a deadlock)
+_LOADING = threading.Lock()
 
 # Modules that a node's imports import but that a node does not call (p2pchain.cli defers them):
 # - inspect (with ast and dis): asyncio's debug checks and callback reprs, dataclasses' class
@@ -32,11 +35,13 @@ class OnFirstUse(types.ModuleType):
     def __getattr__(self, name: str) -> Any:  # (called only for what the namespace lacks)
         import importlib
 
-        with _LOADING:  # (the check, the pop and the import as one: another thread may be here too)
-            if self.__class__ is OnFirstUse:
+        if self.__class__ is OnFirstUse:
+            with _LOADING:  # the check and the pop as one: another thread may be here too, and must
+                # not pop the real module this one's import has put in sys.modules meanwhile
                 if sys.modules.get(self.__name__) is self:
-                    sys.modules.pop(self.__name__, None)
-                module = importlib.import_module(self.__name__)
-                self.__dict__.update(module.__dict__)
-                self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module now: a name it lacks is an AttributeError
+                    del sys.modules[self.__name__]
+            # importlib imports it once, whichever threads ask, and hands each the whole module
+            module = importlib.import_module(self.__name__)
+            self.__dict__.update(module.__dict__)
+            self.__class__ = types.ModuleType  # type: ignore[assignment]  # a plain module now: a name it lacks is an AttributeError
         return getattr(self, name)  # (a plain module by now: its own attribute lookup)

@@ -232,3 +232,50 @@ def test_a_thread_pool_on_first_use_is_made_at_its_first_task() -> None:
         pool.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         pool.submit(print)
+
+
+DEADLOCK_CHECK = """\
+import os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from p2pchain.onfirstuse import OnFirstUse
+import shared
+for name in ("mod_a", "mod_b"):
+    sys.modules[name] = OnFirstUse(name)
+import mod_a
+got = []
+importer = threading.Thread(target=lambda: got.append(__import__("m_slow").VALUE))
+importer.start()
+shared.m_started.wait(10)
+def first_read():
+    shared.reading.set()
+    got.append(mod_a.X)
+reader = threading.Thread(target=first_read)
+reader.start()
+reader.join(10)
+importer.join(10)
+print("stuck" if reader.is_alive() or importer.is_alive() else sorted(got), flush=True)
+os._exit(0)  # (threads stuck for good would keep the process alive)
+"""
+DEADLOCK_MODULES = {
+    "shared.py": "import threading\nm_started, reading = threading.Event(), threading.Event()\n",
+    # imported by one thread: it holds m_slow's import lock while its body reads stand-in mod_b
+    "m_slow.py": "import time, shared\nshared.m_started.set()\nshared.reading.wait(10)\n"
+    "time.sleep(0.3)  # ok: the other thread is in its first read of mod_a by now, waiting for m_slow\n"
+    "import mod_b\nVALUE = mod_b.Y\n",
+    "mod_a.py": "import m_slow\nX = 1\n",  # its import waits for m_slow's
+    "mod_b.py": "Y = 2\n",
+}
+
+
+def test_two_threads_each_in_an_import_that_needs_the_others_do_not_deadlock(tmp_path: Path) -> None:
+    """One thread imports m_slow, whose body reads stand-in mod_b; meanwhile another makes the
+    first read of stand-in mod_a, whose module imports m_slow, and so waits for the first
+    thread's import. The stand-ins' lock (onfirstuse._LOADING) must not be held across that
+    import (it was: the first thread then waited for it for good, a deadlock). In a child
+    process, which exits even if its threads are stuck."""
+    for name, text in DEADLOCK_MODULES.items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run([sys.executable, "-c", DEADLOCK_CHECK, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[1, 2]", f"{proc.stdout.strip()}: a thread waits for the stand-ins' lock for good"
