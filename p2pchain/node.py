@@ -553,12 +553,13 @@ class Node:
 
     def _relay_tx(self, tx: Tx, source: Peer | None) -> None:
         """Announce a pooled transaction to inv-tx peers, send it whole to the others."""
-        self.relay.have_tx(tx.txid)
-        self.relay.announce(tx.txid, exclude=source)
-        self._schedule_flush()
+        relay, txid = self.relay, tx.txid
+        relay.have_tx(txid)
+        if relay.announce(txid, exclude=source):
+            self._schedule_flush()
         frame: bytes | None = None
-        for peer in self.connmgr.ready:
-            if peer is not source and not self.relay.speaks(peer, FEATURE_INV_TX):
+        for peer in self.connmgr.handshaken:  # (connmgr.ready, without a list a transaction)
+            if peer is not source and not peer.closed.is_set() and not relay.speaks(peer, FEATURE_INV_TX):
                 frame = frame or wire.NewTx(tx).encode()
                 peer.send_frame(frame, wire.NewTx.TYPE)
 

@@ -348,15 +348,18 @@ class Relay(Generic[P]):
         return out
 
     # --- announcing -------------------------------------------------------------------------
-    def announce(self, txid: bytes, exclude: P | None = None) -> None:
+    def announce(self, txid: bytes, exclude: P | None = None) -> bool:
         """Queue ``txid`` for every inv-tx peer that does not know it (take_announcements
-        sends); ``exclude``, the peer it came from, knows it."""
+        sends); ``exclude``, the peer it came from, knows it. True if any peer was queued it."""
         if exclude is not None:
             self.mark_known(exclude, txid)
+        queued = False
         for state in self._peers.values():
             if FEATURE_INV_TX in state.features and txid not in state.known_txs:
                 state.known_txs.add(txid)
                 state.to_announce[txid] = None
+                queued = True
+        return queued
 
     def announce_to(self, peer: P, txids: Iterable[bytes]) -> None:
         state = self._peers.get(peer)

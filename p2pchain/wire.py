@@ -569,6 +569,20 @@ class SubmitResult(_Message):
     code: str = field(metadata=TEXT)  # "" if accepted, else a RuleCode or MempoolCode value
     error: str = field(metadata=TEXT)  # "" if accepted, else a human-readable reason
 
+    def payload(self) -> bytes:
+        """``_Message.payload``'s bytes, the map written out rather than walked field by field:
+        a node answers every SUBMIT_TX (the ingest's loop)."""
+        return packb(
+            {
+                "type": "SUBMIT_RESULT",
+                "id": self.id,
+                "txid": self.txid,
+                "accepted": self.accepted,
+                "code": self.code,
+                "error": self.error,
+            }
+        )
+
 
 @record
 class GetBlocks(_Message):
@@ -785,6 +799,16 @@ def decode_message(payload: bytes) -> Message:
         kind = doc.get("type")
         if type(kind) is not str:
             raise ProtocolError("payload has no 'type' string")
+        # a transaction's message (the ingest) well formed but for its tx: decoded without the
+        # table's walk; anything else about it is left to the walk below, which says what is wrong
+        if kind == "SUBMIT_TX":
+            msg_id, tx = doc.get("id"), doc.get("tx", _REQUIRED)
+            if type(msg_id) is int and 0 <= msg_id <= U32_MAX and tx is not _REQUIRED:
+                return SubmitTx(msg_id, _tx(tx, "SUBMIT_TX.tx"))
+        elif kind == "NEW_TX":
+            tx = doc.get("tx", _REQUIRED)
+            if tx is not _REQUIRED:
+                return NewTx(_tx(tx, "NEW_TX.tx"))
     else:
         kind = peek_type(payload)
     entry = _DECODERS.get(kind)

@@ -13,6 +13,7 @@ import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import msgpack
 import pytest
@@ -115,6 +116,49 @@ def test_message_round_trip(msg: wire.Message) -> None:
     assert decoded == msg
     assert type(decoded) is type(msg)
     assert decoded.encode() == frame
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.TYPE)
+def test_a_message_with_its_own_payload_encodes_the_fields_as_doc_says(msg: wire.Message) -> None:
+    """SUBMIT_RESULT writes its map out (the answer to every SUBMIT_TX); every type's payload
+    must still be the msgpack of ``doc()``, accepted or refused."""
+    variants = [msg]
+    if isinstance(msg, wire.SubmitResult):
+        variants += [replace(msg, accepted=True, code="", error=""), replace(msg, id=2**32 - 1, accepted=False)]
+    for m in variants:
+        assert m.payload() == msgpack.packb(m.doc(), use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"type": "SUBMIT_TX", "id": 7, "tx": TX.to_wire()},
+        {"type": "SUBMIT_TX", "tx": TX.to_wire()},
+        {"type": "SUBMIT_TX", "id": True, "tx": TX.to_wire()},
+        {"type": "SUBMIT_TX", "id": -1, "tx": TX.to_wire()},
+        {"type": "SUBMIT_TX", "id": 2**32, "tx": TX.to_wire()},
+        {"type": "SUBMIT_TX", "id": 7},
+        {"type": "SUBMIT_TX", "id": 7, "tx": TX.to_wire()[:6]},
+        {"type": "SUBMIT_TX", "id": 7, "tx": [*TX.to_wire()[:2], -1, *TX.to_wire()[3:]]},
+        {"type": "NEW_TX", "tx": TX.to_wire()},
+        {"type": "NEW_TX"},
+        {"type": "NEW_TX", "tx": "x"},
+    ],
+)
+def test_transaction_messages_decode_alike_through_the_short_path_and_the_table(fields: dict[str, Any]) -> None:
+    """A small SUBMIT_TX or NEW_TX is decoded without the table's walk (the ingest); the same
+    fields padded past MAX_SMALL_MESSAGE_BYTES take the walk: same message, or same error."""
+
+    def outcome(data: bytes) -> object:
+        try:
+            return wire.decode_message(data)
+        except ProtocolError as e:
+            return str(e)
+
+    small = msgpack.packb(fields, use_bin_type=True)
+    padded = msgpack.packb({**fields, "pad": "p" * limits.MAX_SMALL_MESSAGE_BYTES}, use_bin_type=True)
+    assert len(small) <= limits.MAX_SMALL_MESSAGE_BYTES < len(padded)
+    assert outcome(small) == outcome(padded)
 
 
 def test_a_frame_built_from_stored_block_bytes_is_the_encoded_message() -> None:
