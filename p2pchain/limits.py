@@ -206,6 +206,9 @@ SEND_DRAIN_TIMEOUT_S = 10.0  # a write that cannot drain this long drops the pee
 # bytes a peer's reader takes from its socket's buffer at once; every frame complete in them is
 # handled before the next read (~130 SUBMIT_TX: a run of transactions goes to the threads in one go)
 READ_CHUNK_BYTES = 32 * 1024
+# messages of one run (consecutive transactions from a chunk) handed over in one call, at most; then the
+# peer's turn (PEER_TURN_S) is checked, so a chunk of duplicates cannot hold the loop for its whole length
+PEER_RUN_MAX = 32
 SEND_WRITE_MAX_BYTES = 256 * 1024  # queued frames joined into one socket write, at most (one system call a burst)
 CLOSE_FLUSH_S = 1.0  # a closing peer's last frames get this long to be sent; then they are dropped
 DIAL_TIMEOUT_S = 5.0  # seconds to open an outbound TCP connection

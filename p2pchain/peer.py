@@ -286,10 +286,12 @@ class Peer:
         """The payloads of every frame complete in what the socket has delivered, at least one
         (waiting for it): a burst of small messages is read in a few calls, not two awaited
         reads a frame. Each length is checked as soon as its 4 bytes are in (FrameDecoder)."""
+        if decoder.pending:  # a bad length behind the frames handled last: the peer is dropped now
+            decoder.feed(b"")
         while True:
             data = await self.reader.read(limits.READ_CHUNK_BYTES)
             if not data:
-                raise asyncio.IncompleteReadError(bytes(decoder.buffered), None)
+                raise asyncio.IncompleteReadError(b"", None)
             payloads = decoder.feed(data)
             if payloads:
                 self.last_recv = time.monotonic()
@@ -461,6 +463,11 @@ class Peer:
                 raise
             if type(msg) in run_types:
                 run.append(msg)
+                if len(run) >= limits.PEER_RUN_MAX:  # handed over, then the peer's turn is checked
+                    await self._handle_run(handle_run, run, i < last)
+                    run = []
+                    if self.closed.is_set():
+                        return
                 continue
             if run:
                 await self._handle_run(handle_run, run, True)

@@ -49,9 +49,12 @@ class FrameDecoder:
     """Bytes in, complete payloads out, in order, however the stream was split.
 
     The buffer never holds more than one incomplete frame (at most header + limit bytes) beyond
-    the chunk being fed. A length prefix over the limit raises as soon as its 4 bytes arrive,
-    before any of its payload is buffered. After an error the decoder stays failed: the stream
-    has lost its framing and the connection must be closed.
+    the chunk being fed. A length prefix over the limit is refused as soon as its 4 bytes
+    arrive, before any of its payload is buffered: ``feed`` raises at once if no frame before it
+    completed in the same chunk; otherwise it returns those frames (a peer's messages before
+    the bad prefix are handled, as if read one at a time) and the error is ``pending``: the next
+    ``feed`` (``feed(b"")`` will do) raises it. After an error the decoder stays failed: the
+    stream has lost its framing and the connection must be closed.
     """
 
     max_frame_bytes: int = limits.MAX_FRAME_BYTES  # longest payload accepted; tests may shrink it
@@ -59,6 +62,12 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
         self._failed: str | None = None
+        self._pending: str | None = None  # a bad length met after complete frames, not yet raised
+
+    @property
+    def pending(self) -> bool:
+        """A bad length was met and its error is raised by the next ``feed``."""
+        return self._pending is not None
 
     @property
     def buffered(self) -> int:
@@ -66,6 +75,9 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self._pending is not None:
+            reason, self._pending = self._pending, None
+            raise ProtocolError(reason)
         if self._failed is not None:
             raise ProtocolError(f"frame decoder already failed ({self._failed})")
         buf = self._buf
@@ -79,7 +91,10 @@ class FrameDecoder:
             except ProtocolError as e:
                 self._failed = str(e)
                 buf.clear()
-                raise
+                if not frames:
+                    raise
+                self._pending = self._failed
+                return frames
             if end - pos - _HEADER < n:
                 break
             frames.append(bytes(buf[pos + _HEADER : pos + _HEADER + n]))

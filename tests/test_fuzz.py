@@ -94,7 +94,7 @@ def test_framing_oracle_agrees_with_the_decoder_on_a_bad_length_after_good_frame
     data = good + good + b"\x00\x00\x00\x00" + good
     assert fuzz.reference_frames(data) == ([good[4:], good[4:]], True)
     payloads, failed = fuzz.feed_split(data, [len(good) + 2])
-    assert failed and payloads == [good[4:]]  # frames in the failing chunk are lost with it
+    assert failed and payloads == [good[4:], good[4:]]  # the frames before the bad length, all of them
 
 
 # --- hypothesis: generated maps of every message type ---------------------------------------

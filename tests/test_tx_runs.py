@@ -23,7 +23,7 @@ from harness import random_seed, until
 from node_helpers import FUNDED, TEST_PARAMS, branch, next_block, pay
 from p2p_peer import RawPeer, frame, payload
 
-from p2pchain import wire
+from p2pchain import limits, wire
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import Wallet
 from p2pchain.ledger.tx import Tx
@@ -190,6 +190,47 @@ def test_an_invalid_new_tx_is_punished_before_the_malformed_frame_after_it_is_re
     asyncio.run(with_node(tmp_path, scenario))
 
 
+BAD_LENGTH = b"\xff\xff\xff\xff"  # a frame length over MAX_FRAME_BYTES: the stream's framing is lost
+
+
+def test_a_bad_length_prefix_behind_a_burst_of_submit_tx_bans_after_taking_the_burst(tmp_path: Path) -> None:
+    """The frames complete before a bad length prefix in the same write are handled, as when
+    frames were read one at a time: the three payments are pooled, then the peer is banned for
+    the length."""
+    before = payments(3)
+
+    async def scenario(node: Node) -> None:
+        peer = await RawPeer.connect(node.port, "127.0.8.6")
+        try:
+            await peer.handshake()
+            peer.send_raw(submits(before) + BAD_LENGTH)
+            await peer.wait_closed()
+        finally:
+            await peer.close()
+        reason = ban_reason(node, "127.0.8.6")
+        assert reason is not None and "frame" in reason, reason
+        await until(lambda: all(tx.txid in node.mempool for tx in before), "the three before it pooled")
+
+    asyncio.run(with_node(tmp_path, scenario))
+
+
+def test_an_invalid_new_tx_before_a_bad_length_prefix_is_the_reason_of_the_ban(tmp_path: Path) -> None:
+    zero = pay(FUNDED, TO, 0)  # amount 0: tx-bad-amount
+
+    async def scenario(node: Node) -> None:
+        peer = await RawPeer.connect(node.port, "127.0.8.7")
+        try:
+            await peer.handshake()
+            peer.send_raw(new_txs([zero]) + BAD_LENGTH)
+            await peer.wait_closed()
+        finally:
+            await peer.close()
+        reason = ban_reason(node, "127.0.8.7")
+        assert reason is not None and "tx-bad-amount" in reason, reason
+
+    asyncio.run(with_node(tmp_path, scenario))
+
+
 # --- Peer._serve alone: which calls a list of payloads makes, in which order ---------------------
 class _Stub:
     """The reader, writer and transport a Peer is built with: _serve reads none of them, and
@@ -266,3 +307,15 @@ def test_serve_looks_at_nothing_after_the_message_that_dropped_the_peer() -> Non
     peer, calls, error = serve([ping.payload(), MALFORMED[4:], a.payload()], close_on=wire.Ping)
     assert calls == [ping] and error is None
     assert peer.ban_reason == "told to go"
+
+
+def test_serve_hands_over_a_long_run_in_pieces_of_peer_run_max() -> None:
+    """A chunk of many transactions is handed over PEER_RUN_MAX at a time, the peer's turn checked
+    after each piece (a chunk of duplicates cannot hold the loop for its whole length)."""
+    n = 2 * limits.PEER_RUN_MAX + 3
+    msgs = [wire.SubmitTx(i, tx) for i, tx in enumerate(payments(n))]
+    _, calls, error = serve([m.payload() for m in msgs])
+    assert error is None
+    sizes = [len(c) for c in calls if isinstance(c, list)]
+    assert sizes == [limits.PEER_RUN_MAX, limits.PEER_RUN_MAX, 3]
+    assert [m for c in calls if isinstance(c, list) for m in c] == msgs

@@ -229,6 +229,18 @@ def test_frame_decoder_refuses_bad_length_from_header_alone(length: int) -> None
         decoder.feed(wire.Ping(1).encode())
 
 
+def test_frame_decoder_gives_the_frames_before_a_bad_length_then_raises() -> None:
+    ping, pong = wire.Ping(1).encode(), wire.Pong(2).encode()
+    decoder = wire.FrameDecoder()
+    assert decoder.feed(ping + pong + struct.pack(">I", 2**32 - 1)) == [ping[4:], pong[4:]]
+    assert decoder.pending
+    with pytest.raises(ProtocolError, match="frame"):  # the bad length's own error, at the next feed
+        decoder.feed(b"")
+    assert not decoder.pending
+    with pytest.raises(ProtocolError, match="already failed"):  # and the decoder stays failed
+        decoder.feed(ping)
+
+
 def test_frame_decoder_limit_is_a_tunable() -> None:
     decoder = wire.FrameDecoder()
     decoder.max_frame_bytes = 10
