@@ -16,7 +16,7 @@ from p2pchain import limits, wire
 from p2pchain.addrman import AddrMan, ban_key, host_of, ip_bytes, netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
-from p2pchain.peer import Misbehaving, Peer, RunHandler, Tunables
+from p2pchain.peer import Misbehaving, Peer, RunHandler, Tunables, open_connection, start_server
 from p2pchain.store import Ban, Store
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class ConnectionManager:
 
     # --- lifecycle --------------------------------------------------------------------------
     async def listen(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._accept, host, port, limit=2**16)
+        self.server = await start_server(self._accept, host, port)
         sock = self.server.sockets[0]
         return int(sock.getsockname()[1])
 
@@ -318,7 +318,7 @@ class ConnectionManager:
         self.dialing.add(addr)
         try:
             async with asyncio.timeout(limits.DIAL_TIMEOUT_S):
-                reader, writer = await asyncio.open_connection(host, port, limit=2**16)
+                reader, writer = await open_connection(host, port)
         except (OSError, TimeoutError) as e:
             log.debug("could not connect to %s: %s", addr, e)
             self.addrman.failed(addr)
