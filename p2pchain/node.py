@@ -659,12 +659,19 @@ class Node:
         (Peer.run): with three high-bandwidth peers, two of the three copies of each block a
         node gets are such, and decoding them whole was a tenth of the 200-node swarm's CPU
         (docs/benchmarks.md). Only from a peer that speaks cmpct-block: from any other, the
-        message is decoded and refused as a breach (_on_cmpct_block)."""
+        message is decoded and refused as a breach (_on_cmpct_block). Likewise an INV_BLOCK that
+        is exactly the announcement of such a block (relay.known_inv) from a cmpct-hb peer: a
+        round of announcements sends some 11 a node, nearly all of blocks their receivers have.
+        Called by the peer's FrameReader as frames arrive (Peer._sieve), and by its reader."""
         block_hash = self.relay.known_compact(payload)
-        if block_hash is None or not self.relay.speaks(peer, FEATURE_CMPCT):
-            return None
-        self.relay.block_known(peer, block_hash)
-        return wire.CmpctBlock.TYPE
+        if block_hash is not None and self.relay.speaks(peer, FEATURE_CMPCT):
+            self.relay.block_known(peer, block_hash)
+            return wire.CmpctBlock.TYPE
+        block_hash = self.relay.known_inv(payload)  # a round's announcement of a block we relayed
+        if block_hash is not None and self.relay.speaks(peer, FEATURE_HB):
+            self.relay.block_known(peer, block_hash)
+            return wire.InvBlock.TYPE
+        return None
 
     async def _on_cmpct_block(self, peer: Peer, msg: wire.CmpctBlock) -> None:
         if not self.relay.speaks(peer, FEATURE_CMPCT):  # before any shortcut: a known block's too

@@ -287,6 +287,7 @@ class Relay(Generic[P]):
         self._recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self._recent_heads: OrderedDict[bytes, bytes] = OrderedDict()  # their wire.cmpct_head -> hash
         self._head_lengths: frozenset[int] = frozenset()  # the lengths of those heads (a few)
+        self._recent_invs: OrderedDict[bytes, bytes] = OrderedDict()  # their INV_BLOCK payload -> hash
         # block hash -> indexes we had to fetch to rebuild it: our peers likely lack them too, so
         # our compact block of it sends them whole (BIP152's "transactions the sender guesses the
         # receiver lacks")
@@ -599,6 +600,10 @@ class Relay(Generic[P]):
         while len(heads) > limits.RELAY_RECENT_BLOCKS:
             heads.popitem(last=False)
         self._head_lengths = frozenset(map(len, heads))  # (once a relayed block, not once a copy received)
+        invs = self._recent_invs
+        invs.setdefault(wire.InvBlock((block.hash,)).payload(), block.hash)
+        while len(invs) > limits.RELAY_RECENT_BLOCKS:
+            invs.popitem(last=False)
 
     def known_compact(self, payload: bytes) -> bytes | None:
         """The hash of the block a CMPCT_BLOCK ``payload`` carries when that is one of the last
@@ -614,6 +619,13 @@ class Relay(Generic[P]):
             if block_hash is not None:
                 return block_hash
         return None
+
+    def known_inv(self, payload: bytes) -> bytes | None:
+        """The hash of the block an INV_BLOCK ``payload`` announces when it is exactly the
+        announcement of one of the last blocks we relayed, as p2pchain encodes it; None otherwise.
+        Such an announcement only tells us that its sender has the block (on_inv_block fetches
+        nothing we have): it need not be decoded."""
+        return self._recent_invs.get(payload)
 
     def block_known(self, peer: P, block_hash: bytes) -> None:
         state = self._peers.get(peer)
@@ -941,7 +953,9 @@ class Relay(Generic[P]):
         if any(True for _ in disconnected):
             self.confirmed.clear()
         fetching = bool(self._pending or self._block_wants)  # (a sync's blocks: most often nothing is)
-        queued = [state.to_announce for state in self._peers.values() if state.to_announce]
+        blocks = list(blocks)
+        paid = any(len(block.txs) > 1 for block in blocks)  # (a coinbase-only block confirms nothing queued)
+        queued = [state.to_announce for state in self._peers.values() if state.to_announce] if paid else []
         for block in blocks:
             if fetching:
                 self.block_done(block.hash)

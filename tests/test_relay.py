@@ -521,6 +521,23 @@ def test_a_compact_block_of_a_block_relayed_lately_is_known_by_its_first_bytes()
     assert relay.known_compact(oversize) is None  # over CMPCT_BLOCK's payload limit: decoded, and refused
 
 
+def test_an_announcement_of_a_block_relayed_lately_is_known_by_its_bytes() -> None:
+    """An INV_BLOCK that is exactly the announcement of one of the last blocks relayed, as
+    p2pchain encodes it, is known without decoding (what on_inv_block does with it: the sender
+    has it, nothing is fetched); any other payload is left to decoding."""
+    blocks = [block_on(GENESIS, payments(1, sender_seed=s)) for s in range(limits.RELAY_RECENT_BLOCKS + 1)]
+    relay = relay_with("a")
+    relay.block_targets(blocks[0])
+    assert relay.known_inv(wire.InvBlock((blocks[0].hash,)).payload()) == blocks[0].hash
+    assert relay.known_inv(wire.InvBlock((blocks[1].hash,)).payload()) is None  # not relayed
+    assert relay.known_inv(wire.InvBlock((blocks[0].hash, blocks[1].hash)).payload()) is None  # two hashes
+    assert relay.known_inv(wire.InvBlock((blocks[0].hash,)).payload() + bytes(1)) is None  # a byte more
+    for block in blocks[1:]:
+        relay.block_targets(block)
+    assert relay.known_inv(wire.InvBlock((blocks[-1].hash,)).payload()) == blocks[-1].hash
+    assert relay.known_inv(wire.InvBlock((blocks[0].hash,)).payload()) is None  # the oldest was forgotten
+
+
 def test_a_block_we_mined_goes_at_once_to_every_compact_peer() -> None:
     block = block_of(payments(1))
     relay = relay_with("a", "b")
