@@ -46,6 +46,8 @@ FEATURES = (FEATURE_INV_TX, FEATURE_CMPCT, FEATURE_HB)
 RELAY_VERSION = 2  # the first protocol version whose HELLO carries ``relay``
 
 P = TypeVar("P", bound=Hashable)
+# INV_BLOCK of one hash as p2pchain encodes it: these bytes, then the hash (Relay.known_inv)
+_INV_BLOCK_HEAD = wire.InvBlock((bytes(32),)).payload()[:-32]
 
 
 def negotiate(ours: Iterable[str], version: int, theirs: Iterable[str]) -> frozenset[str]:
@@ -601,7 +603,7 @@ class Relay(Generic[P]):
             heads.popitem(last=False)
         self._head_lengths = frozenset(map(len, heads))  # (once a relayed block, not once a copy received)
         invs = self._recent_invs
-        invs.setdefault(wire.InvBlock((block.hash,)).payload(), block.hash)
+        invs.setdefault(_INV_BLOCK_HEAD + block.hash, block.hash)
         while len(invs) > limits.RELAY_RECENT_BLOCKS:
             invs.popitem(last=False)
 

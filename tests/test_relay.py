@@ -11,6 +11,7 @@ import pytest
 from ledger_helpers import GENESIS, block_on, pay, unmine, wallet
 
 from p2pchain import limits, wire
+from p2pchain import relay as relay_module
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.peer import Misbehaving
@@ -536,6 +537,8 @@ def test_an_announcement_of_a_block_relayed_lately_is_known_by_its_bytes() -> No
         relay.block_targets(block)
     assert relay.known_inv(wire.InvBlock((blocks[-1].hash,)).payload()) == blocks[-1].hash
     assert relay.known_inv(wire.InvBlock((blocks[0].hash,)).payload()) is None  # the oldest was forgotten
+    for h in (bytes(32), blocks[3].hash, b"\xff" * 32):  # the head the relay keeps, plus the hash
+        assert relay_module._INV_BLOCK_HEAD + h == wire.InvBlock((h,)).payload()
 
 
 def test_a_block_we_mined_goes_at_once_to_every_compact_peer() -> None:
