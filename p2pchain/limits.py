@@ -175,7 +175,9 @@ MEMPOOL_PUSH_INTERVAL_S = 60.0  # a listening address gets that push at most onc
 MEMPOOL_PUSHES_PER_HOST = 16  # and one host (its addresses, whatever ports they claim) at most this many times in it
 MEMPOOL_PUSH_REMEMBERED = 1024  # addresses remembered for that
 # Arriving NEW_TX/SUBMIT_TX signatures, checked in batches on the verifier threads (p2pchain/sigbatch.py):
-TX_VERIFY_BATCH_MAX = 256  # transactions in one batch: ~20 ms of Ed25519 on one core, so a batch ends soon
+TX_VERIFY_BATCH_MAX = 128  # transactions in one batch: ~15 ms of Ed25519 on one core, so a batch ends soon
+# and the last batches of a burst end close together on the threads (at 256 a core idled ~3 % more of the
+# ingest bench's 2,000-transaction bursts, waiting for the other thread's last batch: docs/benchmarks.md)
 TX_VERIFY_PENDING_MAX = 4096  # queued or being checked, all peers; past it a peer's reader waits (TCP pushes back)
 TX_VERIFY_PENDING_PER_PEER = 1024  # of those, from one peer: one flooding connection cannot hold the whole queue
 TX_VERIFY_SHARE_MIN = 32  # signatures (~5 ms): a queue this short goes whole to the first thread free, not shared
