@@ -69,6 +69,7 @@ class ConnectionManager:
         traffic: Traffic | None = None,
         unneeded: Callable[[Peer, bytes], str | None] | None = None,
         handle_run: RunHandler | None = None,
+        sieves: Callable[[Peer], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.network = network
@@ -78,6 +79,7 @@ class ConnectionManager:
         self.handle = handle
         self.unneeded = unneeded  # a payload the node need not decode (Peer.run)
         self.handle_run = handle_run  # runs of consecutive transactions, in one call (Peer.run)
+        self.sieves = sieves  # whether a peer's frames may be dropped by unneeded as they arrive (Peer.run)
         self.on_close = on_close
         self.tunables = tunables
         self.ban_loopback = ban_loopback
@@ -245,7 +247,9 @@ class ConnectionManager:
     async def _serve(self, peer: Peer) -> None:
         self.peers.add(peer)
         try:
-            await peer.run(self.make_hello(), self._check_hello, self.handle, self.unneeded, self.handle_run)
+            await peer.run(
+                self.make_hello(), self._check_hello, self.handle, self.unneeded, self.handle_run, self.sieves
+            )
         finally:
             self.peers.discard(peer)
             self.handshaken.pop(peer, None)

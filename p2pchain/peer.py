@@ -66,10 +66,16 @@ class FrameReader(asyncio.StreamReader):
     def __init__(self, limit: int = STREAM_LIMIT, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(limit=limit, loop=loop)
         self.sieve: Callable[[bytes], bool] | None = None
+        # False once the handshake shows nothing will be sieved (a client, a peer without compact
+        # relay): chunks then go straight to the buffer, no frame walked
+        self.walk = True
         self._left = 0  # bytes of the current frame still to come (0: the next byte starts a frame)
         self._prefix = b""  # the bytes of a length prefix split between two chunks
 
     def feed_data(self, chunk: Iterable[SupportsIndex]) -> None:
+        if not self.walk:
+            super().feed_data(chunk)
+            return
         data = chunk if isinstance(chunk, bytes) else bytes(chunk)  # (the transport's recv: bytes)
         sieve = self.sieve
         left, prefix = self._left, self._prefix
@@ -476,13 +482,17 @@ class Peer:
         handle: Callable[[Peer, wire.Message], Awaitable[None]],
         unneeded: Callable[[Peer, bytes], str | None] | None = None,
         handle_run: RunHandler | None = None,
+        sieves: Callable[[Peer], bool] | None = None,
     ) -> None:
         """Handshake, then serve until closed; never raises but CancelledError. ``on_hello`` and
         ``handle`` raise Misbehaving to drop the peer (``ban_reason`` tells the caller to ban).
         ``unneeded`` sees each payload after the handshake before it is decoded: the message
         type of one the node has no use for (counted under that type, neither decoded nor
         handled: a compact block of a block it has), else None. ``handle_run`` takes runs of
-        consecutive messages of its ``types`` in one call (``_serve``)."""
+        consecutive messages of its ``types`` in one call (``_serve``). ``sieves``, asked once
+        after the handshake: whether ``unneeded`` may drop any of this peer's frames (it speaks a
+        feature whose copies are dropped); only then does its FrameReader look at them as they
+        arrive (``_sieve``), else it stops following the frames."""
         writer_task = asyncio.create_task(self._writer())
         watchdog: asyncio.Task[None] | None = None
         try:
@@ -497,8 +507,11 @@ class Peer:
             self.hello = first
             self.best_height = first.height
             on_hello(self)
-            if unneeded is not None and isinstance(self.reader, FrameReader):
-                self.reader.sieve = partial(self._sieve, unneeded)
+            if isinstance(self.reader, FrameReader):
+                if unneeded is not None and sieves is not None and sieves(self):
+                    self.reader.sieve = partial(self._sieve, unneeded)
+                else:  # nothing of this peer's will be sieved: its chunks need no walk
+                    self.reader.walk = False
             watchdog = asyncio.create_task(self._watchdog())
             decoder = wire.FrameDecoder()
             while not self.closed.is_set():
@@ -526,8 +539,11 @@ class Peer:
             else:
                 self.writer.close()
             # A cancelled task's exception holds a traceback, whose frames hold this peer: drop our
-            # references so that the queue and buffers are freed now, not at a later GC pass.
+            # references so that the queue and buffers are freed now, not at a later GC pass. The
+            # sieve (a bound method of this peer, held by its reader) is such a cycle too.
             del writer_task, watchdog
+            if isinstance(self.reader, FrameReader):
+                self.reader.sieve = None
 
     async def _serve(
         self,

@@ -8,13 +8,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 from functools import partial
+from pathlib import Path
 
+from harness import until
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from node_helpers import TEST_PARAMS
+from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
 from p2pchain.metrics import Traffic
+from p2pchain.node import Node, NodeConfig
 from p2pchain.peer import FrameReader, Peer, Tunables
+from p2pchain.relay import FEATURES
 
 PAYLOADS = [
     b"keep-hello",
@@ -111,5 +117,38 @@ def test_a_peer_sieves_within_its_message_rate_and_counts_what_it_drops() -> Non
         assert read == [b"copy3", b"copy4", b"other"]  # three dropped (the burst), the rest read
         assert traffic.by_type()["CMPCT_BLOCK"]["messages_received"] == 3
         assert peer.bytes_received == 3 * (len(b"copy0") + limits.FRAME_HEADER_BYTES)
+
+    asyncio.run(scenario())
+
+
+def test_a_node_sieves_only_the_frames_of_a_peer_that_speaks_compact_relay(tmp_path: Path) -> None:
+    """A client's or an old peer's frames are never looked at as they arrive (nothing of theirs
+    can be a copy: the per-frame walk would be pure cost, e.g. to every SUBMIT_TX); a compact
+    relay peer's are; and a closed peer's reader lets go of its sieve (a bound method of the
+    peer: a reference cycle), so the peer and its buffers need no GC pass to be freed."""
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        await node.start()
+        try:
+            client = await RawPeer.connect(node.port, "127.0.9.1")
+            relayer = await RawPeer.connect(node.port, "127.0.9.2")
+            try:
+                await client.handshake()
+                await relayer.handshake(relay=FEATURES)
+                await client.sync_with_ping()
+                await relayer.sync_with_ping()
+                by_host = {p.host: p for p in node.connmgr.peers}
+                client_reader, relay_reader = by_host["127.0.9.1"].reader, by_host["127.0.9.2"].reader
+                assert isinstance(client_reader, FrameReader) and isinstance(relay_reader, FrameReader)
+                assert client_reader.sieve is None and not client_reader.walk
+                assert relay_reader.sieve is not None and relay_reader.walk
+                await relayer.close()
+                await until(lambda: relay_reader.sieve is None, "the closed peer's reader let go of its sieve")
+            finally:
+                await client.close()
+                await relayer.close()
+        finally:
+            await node.stop()
 
     asyncio.run(scenario())
