@@ -56,30 +56,12 @@ class Tx:
 
     @cached
     def raw(self) -> bytes:
-        if (
-            len(self.sender) == 40
-            and len(self.recipient) == 40
-            and len(self.pubkey) == 32
-            and len(self.signature) == 64
-            and "body" not in self.__dict__
-        ):  # a payment, the usual shape: all of it in one pack (a third of the cost of the txid)
-            return _PAYMENT.pack(
-                40,
-                self.sender.encode("ascii"),
-                40,
-                self.recipient.encode("ascii"),
-                self.amount,
-                self.fee,
-                self.nonce,
-                32,
-                self.pubkey,
-                64,
-                self.signature,
+        if "body" not in self.__dict__:  # the usual shapes, all of it in one pack (a third of the cost of the txid)
+            packed = _packed(
+                self.sender, self.recipient, self.amount, self.fee, self.nonce, self.pubkey, self.signature
             )
-        if len(self.sender) == 1 and len(self.recipient) == 40 and not self.pubkey and not self.signature:
-            # a coinbase, one in every block: in one pack too (a synced coinbase-only block's txid was ~5 % of it)
-            sender, recipient = self.sender.encode("ascii"), self.recipient.encode("ascii")
-            return _COINBASE.pack(1, sender, 40, recipient, self.amount, self.fee, self.nonce, 0, 0)
+            if packed is not None:
+                return packed
         return self.body + bytes((len(self.signature),)) + self.signature
 
     @cached
@@ -122,17 +104,9 @@ class Tx:
             ):
                 tx = cls(sender, recipient, amount, fee, nonce, pubkey, signature)
                 # the canonical bytes and the txid, always read next (a block's merkle root, a
-                # relayed transaction's seen-check), made here from the fields at hand, in the
-                # usual two shapes as ``raw`` packs them
-                if len(recipient) == 40:
-                    if len(sender) == 40 and len(pubkey) == 32 and len(signature) == 64:
-                        raw = _PAYMENT.pack(
-                            40, sender.encode(), 40, recipient.encode(), amount, fee, nonce, 32, pubkey, 64, signature
-                        )
-                    elif len(sender) == 1 and not pubkey and not signature:
-                        raw = _COINBASE.pack(1, sender.encode(), 40, recipient.encode(), amount, fee, nonce, 0, 0)
-                    else:
-                        return tx
+                # relayed transaction's seen-check), made here from the fields at hand
+                raw = _packed(sender, recipient, amount, fee, nonce, pubkey, signature)
+                if raw is not None:
                     tx.__dict__.update(raw=raw, txid=sha256(raw).digest())  # (as ``raw`` and ``txid``)
                 return tx
         if not isinstance(obj, (list, tuple)) or len(obj) != 7:
@@ -148,6 +122,23 @@ class Tx:
             if not isinstance(blob, bytes) or len(blob) > 255:
                 raise ProtocolError(f"transaction {name} must be binary of at most 255 bytes")
         return cls(sender, recipient, amount, fee, nonce, pubkey, signature)
+
+
+def _packed(
+    sender: str, recipient: str, amount: int, fee: int, nonce: int, pubkey: bytes, signature: bytes
+) -> bytes | None:
+    """A transaction's full bytes in one struct pack for its two usual shapes (a payment: 40-char
+    addresses, a 32-byte key, a 64-byte signature; a coinbase: sender "0", no key, no signature),
+    else None. The addresses are ASCII (from_wire checks), so a character is a byte."""
+    if len(recipient) != 40:
+        return None
+    if len(sender) == 40 and len(pubkey) == 32 and len(signature) == 64:
+        return _PAYMENT.pack(
+            40, sender.encode("ascii"), 40, recipient.encode("ascii"), amount, fee, nonce, 32, pubkey, 64, signature
+        )
+    if len(sender) == 1 and not pubkey and not signature:
+        return _COINBASE.pack(1, sender.encode("ascii"), 40, recipient.encode("ascii"), amount, fee, nonce, 0, 0)
+    return None
 
 
 def make_tx(wallet: Wallet, recipient: str, amount: int, fee: int, nonce: int, network_id: bytes) -> Tx:
