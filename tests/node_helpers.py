@@ -8,6 +8,7 @@ process starts. The protocol client (``ask``) reads what a user would read from 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -23,8 +24,10 @@ from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block, Header, merkle_root
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.miner import mine_block
+from p2pchain.node import Node, NodeConfig
 from p2pchain.params import BLOCK_VERSION, NetworkParams
 from p2pchain.store import DB_FILE
+from p2pchain.sync import now_ms
 
 T = TypeVar("T")
 
@@ -138,3 +141,19 @@ def push_blocks(client: Client, blocks: Iterable[Block]) -> Awaitable[None]:
 
 def peer_addrs(node: NodeProc) -> list[str]:
     return sorted(p["addr"] for p in status(node)["peers"])
+
+
+async def with_node(
+    tmp_path: Path, scenario: Callable[[Node], Awaitable[T]], *, blocks: Iterable[Block] = (), deadline_s: float = 30.0
+) -> T:
+    """``scenario`` run against an in-process node (loopback, port 0, no discovery, banning
+    loopback peers) whose chain has ``blocks``, within ``deadline_s``; the node stopped after."""
+    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, ban_loopback=True))
+    for block in blocks:
+        node.chain.process_block(block, now_ms())
+    await node.start()
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await scenario(node)
+    finally:
+        await node.stop()

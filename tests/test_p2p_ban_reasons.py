@@ -19,24 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_helpers import TEST_PARAMS
+from node_helpers import with_node
 from p2p_peer import RawPeer, connect_client, payload, refused
 
 from p2pchain import limits
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 
 DEADLINE_S = 20.0
 LONG_KEY = "k" * (limits.MAX_WIRE_STR_BYTES - 8)
-
-
-async def with_node(tmp_path: Path, scenario: Any) -> Any:
-    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, ban_loopback=True))
-    await node.start()
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            return await scenario(node)
-    finally:
-        await node.stop()
 
 
 def test_a_long_error_text_makes_a_short_ban_reason_and_status_still_decodes(tmp_path: Path) -> None:
@@ -53,7 +43,7 @@ def test_a_long_error_text_makes_a_short_ban_reason_and_status_still_decodes(tmp
             status: dict[str, Any] = await client.status()
         return status
 
-    status = asyncio.run(with_node(tmp_path, scenario))
+    status = asyncio.run(with_node(tmp_path, scenario, deadline_s=DEADLINE_S))
     (ban,) = [b for b in status["bans"] if b["host"] == "127.0.9.7"]
     assert 0 < len(ban["reason"]) <= limits.MAX_REASON_CHARS
     assert status["bans_total"] == 1
@@ -69,7 +59,7 @@ def test_status_lists_a_bounded_number_of_bans_with_their_count(tmp_path: Path) 
             status: dict[str, Any] = await client.status()
         return status
 
-    status = asyncio.run(with_node(tmp_path, scenario))
+    status = asyncio.run(with_node(tmp_path, scenario, deadline_s=DEADLINE_S))
     assert status["bans_total"] == many
     assert len(status["bans"]) == limits.MAX_STATUS_BANS
     assert all(len(b["reason"]) <= limits.MAX_REASON_CHARS for b in status["bans"])
@@ -92,6 +82,6 @@ def test_an_answer_the_node_cannot_encode_does_not_ban_the_client(
         return node.connmgr.is_banned("127.0.9.10"), not await refused(node.port, "127.0.9.10")
 
     caplog.set_level(logging.ERROR, logger="p2pchain")
-    banned, let_in = asyncio.run(with_node(tmp_path, scenario))
+    banned, let_in = asyncio.run(with_node(tmp_path, scenario, deadline_s=DEADLINE_S))
     assert not banned and let_in, "the client was banned for the node's own encoding failure"
     assert any("could not encode" in r.getMessage() for r in caplog.records)

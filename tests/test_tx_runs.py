@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+import node_helpers
 from harness import random_seed, until
 from node_helpers import FUNDED, TEST_PARAMS, branch, next_block, pay
 from p2p_peer import RawPeer, frame, payload
@@ -27,9 +28,8 @@ from p2pchain import limits, wire
 from p2pchain.errors import ProtocolError
 from p2pchain.keys import Wallet
 from p2pchain.ledger.tx import Tx
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 from p2pchain.peer import Misbehaving, Peer, RunHandler, Tunables
-from p2pchain.sync import now_ms
 
 T = TypeVar("T")
 DEADLINE_S = 30.0
@@ -38,20 +38,12 @@ SECOND = Wallet.generate()  # funded with one coin: its forged payment is refuse
 MALFORMED = frame(payload({"type": "PING"}))  # a PING without its nonce: a protocol error (ban)
 
 
-async def with_node(tmp_path: Path, scenario: Callable[[Node], Awaitable[T]]) -> T:
+def with_node(tmp_path: Path, scenario: Callable[[Node], Awaitable[T]]) -> Awaitable[T]:
     """A node whose chain pays FUNDED 50 rewards (a coin each: 50 payments) and SECOND one,
     listening on loopback, banning loopback peers."""
-    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, ban_loopback=True))
     blocks = branch(TEST_PARAMS.genesis.header, 50)
     blocks.append(next_block(blocks[-1].header, reward_to=SECOND.address))
-    for block in blocks:
-        node.chain.process_block(block, now_ms())
-    await node.start()
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            return await scenario(node)
-    finally:
-        await node.stop()
+    return node_helpers.with_node(tmp_path, scenario, blocks=blocks, deadline_s=DEADLINE_S)
 
 
 def payments(n: int, first_nonce: int = 0) -> list[Tx]:
