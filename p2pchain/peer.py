@@ -563,48 +563,44 @@ class Peer:
         for i, payload in enumerate(payloads):
             if self.closed.is_set():
                 return
+            more = i < last
             kind = unneeded(self, payload) if unneeded is not None else None
             if kind is not None:
-                if run:
-                    await self._handle_run(handle_run, run, True)
-                    run = []
-                    if self.closed.is_set():
-                        return
+                if not await self._flush_run(handle_run, run, True):
+                    return
                 self.traffic.count_received(kind, len(payload) + limits.FRAME_HEADER_BYTES)
-                await self._throttle(1, i < last)
+                await self._throttle(1, more)
                 continue
             try:
                 msg = self._decode(payload)
             except ProtocolError:
-                if run:
-                    await self._handle_run(handle_run, run, True)
-                    if self.closed.is_set():
-                        return  # dropped for what came before: this frame is never read
+                if not await self._flush_run(handle_run, run, True):
+                    return  # dropped for what came before: this frame is never read
                 raise
             if type(msg) in run_types:
                 run.append(msg)
-                if len(run) >= limits.PEER_RUN_MAX:  # handed over, then the peer's turn is checked
-                    await self._handle_run(handle_run, run, i < last)
-                    run = []
-                    if self.closed.is_set():
-                        return
-                continue
-            if run:
-                await self._handle_run(handle_run, run, True)
-                run = []
-                if self.closed.is_set():
+                # handed over PEER_RUN_MAX at a time, then the peer's turn is checked
+                if len(run) >= limits.PEER_RUN_MAX and not await self._flush_run(handle_run, run, more):
                     return
+                continue
+            if not await self._flush_run(handle_run, run, True):
+                return
             if isinstance(msg, wire.Hello):
                 raise Misbehaving("sent a second HELLO")
             await handle(self, msg)
-            await self._throttle(1, i < last)
-        if run:
-            await self._handle_run(handle_run, run, False)
+            await self._throttle(1, more)
+        await self._flush_run(handle_run, run, False)
 
-    async def _handle_run(self, handle_run: RunHandler | None, run: list[wire.Message], more: bool) -> None:
-        assert handle_run is not None
-        await handle_run.handle(self, run)
-        await self._throttle(len(run), more)
+    async def _flush_run(self, handle_run: RunHandler | None, run: list[wire.Message], more: bool) -> bool:
+        """Hand ``run`` (if any) to ``handle_run`` and empty it, then throttle; whether the peer is
+        still open after it (``more``: more of its messages are read and not yet handled)."""
+        if run:
+            assert handle_run is not None
+            await handle_run.handle(self, run)
+            n = len(run)
+            run.clear()
+            await self._throttle(n, more)
+        return not self.closed.is_set()
 
     def misbehaved(self, e: Misbehaving) -> None:
         if e.ban:
