@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness import TEST_BITS, NodeProc, random_seed, wait_until
-from node_helpers import MINER_ARGS, ask, peer_addrs
+from node_helpers import MINER_ARGS, ask, hash_at, peer_addrs
 
 from p2pchain import limits
 from p2pchain.client import Client
@@ -52,12 +52,18 @@ def peer_args(peers: list[NodeProc]) -> list[str]:
     return [arg for p in peers for arg in ("--peer", p.addr)]
 
 
-def common_tip(nodes: list[NodeProc]) -> dict[str, Any] | None:
-    """The status of the tip every node shows, or None while they differ (or one is down)."""
+def on_one_chain(nodes: list[NodeProc]) -> dict[str, Any] | None:
+    """The status of the most-work tip any node shows, once every node's best chain holds that
+    block (a node may already be past it: miners go on mining while this is asked, one node after
+    the other), or None while one lacks it, holds another block at its height, or is down."""
     statuses = [n.status() for n in nodes]
-    if any(s is None for s in statuses) or len({s["tip"] for s in statuses if s}) != 1:
+    if any(s is None for s in statuses):
         return None
-    return statuses[0]
+    best = max((s for s in statuses if s), key=lambda s: int(s["work"]))
+    height = int(best["height"])
+    if all(hash_at(n, height) == best["tip"] for n in nodes):
+        return best
+    return None
 
 
 def linked_to(node: NodeProc, others: list[NodeProc]) -> set[str]:
@@ -153,7 +159,7 @@ def test_partition_heals_to_the_most_work_tip_and_loses_no_transaction(nodes: An
     a[2].stop()
     start(a[2], [a[1], b[2]])
     a[2].wait_ready()
-    healed = wait_until(lambda: common_tip(everyone), CONVERGE_S, "every node to converge after the heal")
+    healed = wait_until(lambda: on_one_chain(everyone), CONVERGE_S, "every node to converge after the heal")
     assert int(healed["work"]) >= max(works), "the swarm settled on less work than a half had"
 
     assert any(int(s["forks_resolved"]) for s in map(NodeProc.status, everyone) if s), "no node reorganised"
@@ -260,7 +266,7 @@ def test_crash_at_random_moments_keeps_store_chain_and_wallet(nodes: Any) -> Non
     other.start()
     other_height = other.height()
     victim.start(extra=peer_args([other]))
-    settled = wait_until(lambda: common_tip([victim, other]), 30, f"the victim to catch up (seed {seed})")
+    settled = wait_until(lambda: on_one_chain([victim, other]), 30, f"the victim to catch up (seed {seed})")
     assert int(settled["height"]) >= other_height
 
     blocks = ask(victim, lambda c: _all_blocks(c))
@@ -324,7 +330,7 @@ def test_churn_nodes_join_and_leave_while_others_mine(nodes: Any) -> None:
     for node in everyone:
         node.wait_ready()
     detail = f"seed {seed}; events: {'; '.join(events)}"
-    final = wait_until(lambda: common_tip(everyone), 30, f"every node to converge ({detail})")
+    final = wait_until(lambda: on_one_chain(everyone), 30, f"every node to converge ({detail})")
     assert int(final["height"]) > start_height, f"mining stopped during the churn ({detail})"
     for node in miners:
         assert node.proc is not None and node.proc.poll() is None, f"{node.name} died ({detail})"
