@@ -492,7 +492,8 @@ class Peer:
         consecutive messages of its ``types`` in one call (``_serve``). ``sieves``, asked once
         after the handshake: whether ``unneeded`` may drop any of this peer's frames (it speaks a
         feature whose copies are dropped); only then does its FrameReader look at them as they
-        arrive (``_sieve``), else it stops following the frames."""
+        arrive (``_sieve``), else it stops following the frames and ``unneeded`` is not asked
+        about any of them (a client's SUBMIT_TX: a call and two lookups a frame saved)."""
         writer_task = asyncio.create_task(self._writer())
         watchdog: asyncio.Task[None] | None = None
         try:
@@ -507,8 +508,10 @@ class Peer:
             self.hello = first
             self.best_height = first.height
             on_hello(self)
+            if sieves is not None and not sieves(self):
+                unneeded = None  # nothing of this peer's can be dropped: no frame is looked at (_serve's too)
             if isinstance(self.reader, FrameReader):
-                if unneeded is not None and sieves is not None and sieves(self):
+                if unneeded is not None and sieves is not None:
                     self.reader.sieve = partial(self._sieve, unneeded)
                 else:  # nothing of this peer's will be sieved: its chunks need no walk
                     self.reader.walk = False

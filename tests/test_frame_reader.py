@@ -124,11 +124,22 @@ def test_a_peer_sieves_within_its_message_rate_and_counts_what_it_drops() -> Non
 def test_a_node_sieves_only_the_frames_of_a_peer_that_speaks_compact_relay(tmp_path: Path) -> None:
     """A client's or an old peer's frames are never looked at as they arrive (nothing of theirs
     can be a copy: the per-frame walk would be pure cost, e.g. to every SUBMIT_TX); a compact
-    relay peer's are; and a closed peer's reader lets go of its sieve (a bound method of the
-    peer: a reference cycle), so the peer and its buffers need no GC pass to be freed."""
+    relay peer's are; nor is the node asked whether a client's frame is unneeded once it is
+    read (its reader's call a frame, e.g. to every SUBMIT_TX); and a closed peer's reader lets go
+    of its sieve (a bound method of the peer: a reference cycle), so the peer and its buffers
+    need no GC pass to be freed."""
 
     async def scenario() -> None:
         node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
+        asked: list[str] = []  # the hosts whose payloads the node was asked about
+        unneeded = node.connmgr.unneeded
+        assert unneeded is not None
+
+        def counting(peer: Peer, payload: bytes) -> str | None:
+            asked.append(peer.host)
+            return unneeded(peer, payload)
+
+        node.connmgr.unneeded = counting
         await node.start()
         try:
             client = await RawPeer.connect(node.port, "127.0.9.1")
@@ -143,6 +154,7 @@ def test_a_node_sieves_only_the_frames_of_a_peer_that_speaks_compact_relay(tmp_p
                 assert isinstance(client_reader, FrameReader) and isinstance(relay_reader, FrameReader)
                 assert client_reader.sieve is None and not client_reader.walk
                 assert relay_reader.sieve is not None and relay_reader.walk
+                assert "127.0.9.1" not in asked and "127.0.9.2" in asked
                 await relayer.close()
                 await until(lambda: relay_reader.sieve is None, "the closed peer's reader let go of its sieve")
             finally:
