@@ -3,6 +3,7 @@
 submit_pipelined tells an accepted SUBMIT_RESULT by its payload's fixed head and tail (the sender's
 CPU is spent on the node's cores) and unpacks everything else: every answer must be counted once,
 and only the accepted ones as accepted, whatever their ids and however the replies are split.
+The ceiling's stretches run held to one core each (on_core), and the thread's mask is put back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from benchlib.net import submit_pipelined
+from benchlib.net import ingest_cores, on_core, submit_pipelined
 
 from p2pchain import wire
 
@@ -45,3 +46,16 @@ def test_the_sender_counts_each_answer_once_and_only_accepted_ones_as_accepted()
     accepted, written = asyncio.run(scenario())
     assert accepted == sum(1 for i in ids if i % 3 != 0)
     assert written.endswith(wire.Pong(9).encode())
+
+
+def test_the_ceiling_runs_on_the_core_it_is_given_and_the_mask_is_put_back() -> None:
+    """The one-core ceiling is timed on each core in turn (on_core); the bench's thread may run
+    anywhere again after each stretch."""
+    before = os.sched_getaffinity(0)
+    assert ingest_cores() == sorted(before)
+    seen: list[set[int]] = []
+    for core in ingest_cores():
+        assert on_core(core, lambda: seen.append(os.sched_getaffinity(0)) or 1.5) == 1.5
+        assert os.sched_getaffinity(0) == before
+    assert seen == [{core} for core in sorted(before)]
+    assert on_core(None, lambda: 2.5) == 2.5

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
 import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ RESYNC_ROUNDS = 5  # reconnections of an up-to-date node; the median is reported
 INGEST_TXS = 10_000  # transactions of ingest_tx_per_s, nonces 0.. of one wallet, 1 coin each
 INGEST_WINDOW = 1000  # SUBMIT_TX queries in flight on the one connection
 INGEST_WARMUP_TXS = 1000  # untimed first: a node's signature workers start on its first transactions
-INGEST_ROUNDS = 5  # parts of the ingest, each timed just after the one-core ceiling's run of it (drift)
+INGEST_ROUNDS = 5  # parts of the ingest, each timed between two halves of the one-core ceiling's run of it (drift)
 REGISTER_BLOCKS = 200  # register_sync_200_ms: the chain a fresh node joins through /nodes/register
 REGISTER_ROUNDS = 5  # fresh nodes that register; the median is reported
 
@@ -183,6 +186,23 @@ async def submit_pipelined(
     return accepted
 
 
+def ingest_cores() -> list[int]:
+    """The cores this process may run on, in order (the one-core ceiling runs on each in turn)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def on_core(core: int | None, fn: Callable[[], float]) -> float:
+    """``fn()`` with this thread held to ``core`` (None: anywhere), its mask put back after."""
+    if core is None:
+        return fn()
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        return fn()
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
 async def ingest_figures(port: int, wallet: Wallet, count: int) -> Figures:
     """``count`` signed payments of 1 coin from ``wallet`` (nonces 0..), pipelined as SUBMIT_TX over
     one connection to the node at ``port``; every one must be accepted. Before the clock starts,
@@ -193,23 +213,34 @@ async def ingest_figures(port: int, wallet: Wallet, count: int) -> Figures:
     written in bulk, and the replies read in bulk (a few us a transaction).
 
     The in-process figure (the ceiling) is Mempool.add of the same payments, freshly decoded, on
-    one core. The core's speed on this shared machine drifts by tens of percent within seconds,
-    so the two are measured in turns: the payments go in INGEST_ROUNDS parts, and each part is
-    added to the ceiling's pool just before it is sent to the node, so both pools hold the same
-    transactions when a part goes in; each figure is its transactions over its summed time."""
+    one core. The speed of this shared machine's cores drifts by tens of percent within a second
+    or two, and each core on its own (docs/benchmarks.md, "Issue 14, tenth session"), so the two
+    are measured in turns and under the same drift: the payments go in INGEST_ROUNDS parts; half
+    of each part is added to the ceiling's pool just before the part is sent to the node, on one
+    core, and the other half just after, on the next core (the node runs on all of them: its one-
+    core reference is each core in turn, not whichever core the ceiling happened to run on); each
+    figure is its transactions over its summed time. Before each timed stretch, of either side,
+    this process collects its garbage (untimed): the bench's own heap (the chain it built, the
+    frames) is not walked inside either clock."""
     to = Wallet.generate().address
     txs = [make_tx(wallet, to, 1, 0, n, NET_PARAMS.network_id) for n in range(count)]
     funded, payer = rules.Account(count, 0), wallet.address  # (the address derives from the key: once)
     pool = Mempool(NET_PARAMS, lambda a: funded if a == payer else rules.EMPTY_ACCOUNT)
     part = -(-count // INGEST_ROUNDS)
     parts = [txs[i : i + part] for i in range(0, count, part)]
+    cores: list[int | None] = list(ingest_cores()) or [None]
 
-    def inprocess_s(payments: list[Tx]) -> float:
+    def inprocess_s(payments: list[Tx], core: int | None) -> float:
         fresh = [Tx.from_wire(tx.to_wire()) for tx in payments]
-        start = time.perf_counter()
-        for tx in fresh:
-            pool.add(tx)
-        return time.perf_counter() - start
+        gc.collect()
+
+        def add_all() -> float:
+            start = time.perf_counter()
+            for tx in fresh:
+                pool.add(tx)
+            return time.perf_counter() - start
+
+        return on_core(core, add_all)
 
     frames = [wire.SubmitTx(i, tx).encode() for i, tx in enumerate(txs, start=1)]
     # warm-up: payments the node refuses only after checking their signatures (nonces from 1 of
@@ -224,11 +255,14 @@ async def ingest_figures(port: int, wallet: Wallet, count: int) -> Figures:
         if await submit_pipelined(reader, writer, warm_frames, INGEST_WINDOW):
             raise RuntimeError("the node accepted a warm-up transaction with a nonce gap")
         done = 0
-        for payments in parts:
-            ceiling_s += inprocess_s(payments)
+        for k, payments in enumerate(parts):
+            half = len(payments) // 2
+            ceiling_s += inprocess_s(payments[:half], cores[(2 * k) % len(cores)])
+            gc.collect()
             start = time.perf_counter()
             accepted += await submit_pipelined(reader, writer, frames[done : done + len(payments)], INGEST_WINDOW)
             node_s += time.perf_counter() - start
+            ceiling_s += inprocess_s(payments[half:], cores[(2 * k + 1) % len(cores)])
             done += len(payments)
     finally:
         writer.close()
@@ -340,7 +374,8 @@ NET_NOTES = {
     "ingest_tx_per_s": f"txs/s a node accepts over one TCP connection, its only one (pipelined SUBMIT_TX, after "
     f"{INGEST_WARMUP_TXS:,} warm-up transactions); target >= 5,000",
     "ingest_inprocess_tx_per_s": "txs/s, Mempool.add of the same transactions on one core, no network (measured "
-    f"in turns with the node's: {INGEST_ROUNDS} parts, each added here just before it is sent to the node)",
+    f"in turns with the node's: {INGEST_ROUNDS} parts, half of each added here just before it is sent to the node "
+    "and half just after, on each core in turn)",
     "ingest_vs_inprocess": "ingest_tx_per_s / ingest_inprocess_tx_per_s: signatures on every core; target >= 1.5",
 }
 
