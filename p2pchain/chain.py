@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import field
-from pathlib import Path
 from typing import Any
 
 from p2pchain import limits
@@ -135,7 +135,7 @@ class Chain:
         self._load()
 
     @classmethod
-    def open(cls, path: str | Path, params: NetworkParams) -> Chain:
+    def open(cls, path: str | os.PathLike[str], params: NetworkParams) -> Chain:
         """Open (or create) the store at ``path`` (":memory:" for tests) for ``params``."""
         return cls(params, Store(path))
 

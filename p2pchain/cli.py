@@ -43,7 +43,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pchain import __version__, limits, logs
@@ -162,9 +161,8 @@ def node_parser() -> argparse.ArgumentParser:
         epilog="Wallet and query commands: p2pchain wallet|balance|send|status|chain|tx --help",
     )
     p.add_argument("--version", action="version", version=f"p2pchain {__version__}")
-    p.add_argument(
+    p.add_argument(  # (paths are str: a node starts without pathlib, see NodeConfig.data_dir)
         "--config",
-        type=Path,
         metavar="FILE",
         help="read flags from this TOML file, keys named as the long flags (port = 7000, peer = [...]); "
         "flags given here override it",
@@ -188,7 +186,7 @@ def node_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="dial only the --peer addresses, never addresses learnt from other peers (fixed topologies)",
     )
-    p.add_argument("--data-dir", type=Path, help="where the chain, wallet and bans live (default ./node<PORT>)")
+    p.add_argument("--data-dir", help="where the chain, wallet and bans live (default ./node<PORT>)")
     p.add_argument("--mine", action="store_true", help="mine blocks continuously")
     p.add_argument("--miner-procs", type=positive_int, help="mining processes (default: one per core)")
     p.add_argument(
@@ -222,7 +220,6 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--http-token-file",
-        type=Path,
         metavar="FILE",
         help="a fixed token (one line, at least 16 characters) instead of the cookie",
     )
@@ -386,7 +383,7 @@ def run_node_command(argv: list[str]) -> int:
         return 2
     logs.setup(args.log_level, args.log_format)
     config = NodeConfig(
-        data_dir=args.data_dir or Path(f"node{args.port}"),
+        data_dir=args.data_dir or f"node{args.port}",
         host=args.host,
         port=args.port,
         peers=args.peer,

@@ -18,7 +18,7 @@ from the working directory, as on the command line.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
 from typing import Any
 
 NOT_IN_FILE = frozenset({"config", "help", "version"})
@@ -68,12 +68,12 @@ def _toml_type(value: Any) -> str:
     return {int: "an integer", float: "a float", str: "a string"}.get(type(value), type(value).__name__)
 
 
-def load(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+def load(path: str | os.PathLike[str], parser: argparse.ArgumentParser) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """(defaults for the parser by dest, lists of the repeatable flags by dest) from ``path``."""
     import tomllib  # only with --config: a node started without one never loads the TOML parser
 
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             doc = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None

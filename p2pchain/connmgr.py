@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 import time
@@ -13,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pchain import limits, wire
-from p2pchain.addrman import AddrMan, ban_key, host_of, ip_bytes, netgroup
+from p2pchain.addrman import V4_MAPPED, V6_LOOPBACK, AddrMan, ban_key, host_of, ip_bytes, netgroup
 from p2pchain.errors import clip
 from p2pchain.metrics import Traffic
 from p2pchain.peer import Misbehaving, Peer, RunHandler, Tunables, open_connection, start_server
@@ -45,12 +44,12 @@ def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1, an IPv4-mapped 127.x (a dual-stack socket's view of it), or localhost."""
     if host == "localhost":
         return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    packed = ip_bytes(host)
+    if packed is None:
         return False
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+    if packed[:12] == V4_MAPPED:
+        packed = packed[12:]
+    return packed[0] == 127 if len(packed) == 4 else packed == V6_LOOPBACK
 
 
 class ConnectionManager:

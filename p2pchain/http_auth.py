@@ -65,10 +65,10 @@ class AuthConfigError(ValueError):
     """Settings the node must refuse to start with; the message is one line saying what to do."""
 
 
-def read_token_file(path: Path) -> str:
+def read_token_file(path: str | os.PathLike[str]) -> str:
     """The token in ``path`` (surrounding whitespace stripped); AuthConfigError if unusable."""
     try:
-        token = path.read_text().strip()
+        token = Path(path).read_text().strip()
     except (OSError, UnicodeDecodeError) as e:
         raise AuthConfigError(f"cannot read --http-token-file {path}: {getattr(e, 'strerror', None) or e}") from None
     if len(token) < TOKEN_MIN_CHARS or not token.isprintable() or any(c.isspace() for c in token):
@@ -145,12 +145,12 @@ class FailureLimiter:
 class Guard:
     """The shim's authentication: the token, the cookie file it wrote, the failure limiter."""
 
-    def __init__(self, settings: AuthSettings, data_dir: Path) -> None:
+    def __init__(self, settings: AuthSettings, data_dir: str | os.PathLike[str]) -> None:
         self.mode = settings.mode
         self.cookie: Path | None = None
         self.token: str | None = settings.token
         if self.token is None and self.mode is not AuthMode.NONE:
-            self.cookie = data_dir / COOKIE_FILE
+            self.cookie = Path(data_dir) / COOKIE_FILE
             self.token = write_cookie(self.cookie)
         self.limiter = FailureLimiter(
             limits.HTTP_AUTH_MAX_FAILURES, limits.HTTP_AUTH_FAILURE_WINDOW_S, limits.HTTP_AUTH_TRACKED_MAX

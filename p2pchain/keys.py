@@ -15,11 +15,11 @@ which needs no Ed25519.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 from dataclasses import field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pchain.digests import sha256
@@ -87,6 +87,12 @@ def verify(pubkey: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
+def _unlink(path: str) -> None:
+    """Remove ``path`` if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 @record
 class Wallet:
     """A private key (its 32-byte Ed25519 seed) and what derives from it: the key object, public
@@ -121,17 +127,18 @@ class Wallet:
         return self.private.sign(message)
 
     # --- files ------------------------------------------------------------------------------
-    def save(self, path: Path, *, overwrite: bool = False) -> None:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the wallet with mode 0600; refuse to replace an existing file unless asked. The
         file appears whole or not at all: written and synced under a temporary name beside it,
         then linked (or, with ``overwrite``, renamed) into place. A node killed while it creates
         its wallet on its first start used to leave an empty file, which every later start
         refused as malformed."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not overwrite and path.exists():
+        parent, name = os.path.split(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        if not overwrite and os.path.exists(path):
             raise WalletError(f"wallet file {path} already exists: refusing to overwrite it")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # (a dead process's leftover: replaced)
-        tmp.unlink(missing_ok=True)
+        tmp = os.path.join(parent, f".{name}.{os.getpid()}.tmp")  # (a dead process's leftover: replaced)
+        _unlink(tmp)
         try:
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 address, seed = self.address, self.seed
@@ -148,17 +155,18 @@ class Wallet:
                 except FileExistsError:
                     raise WalletError(f"wallet file {path} already exists: refusing to overwrite it") from None
         finally:
-            tmp.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY)
+            _unlink(tmp)
+        directory = os.open(parent, os.O_RDONLY)
         try:
             os.fsync(directory)  # the new name survives a power loss too
         finally:
             os.close(directory)
 
     @classmethod
-    def load(cls, path: Path) -> Wallet:
+    def load(cls, path: str | os.PathLike[str]) -> Wallet:
         try:
-            raw = path.read_text()
+            with open(path) as f:
+                raw = f.read()
         except FileNotFoundError:
             raise WalletError(f"wallet file {path} not found: create one with 'p2pchain wallet new'") from None
         except OSError as e:
@@ -181,8 +189,8 @@ class Wallet:
         return wallet
 
     @classmethod
-    def load_or_create(cls, path: Path) -> Wallet:
-        if path.exists():
+    def load_or_create(cls, path: str | os.PathLike[str]) -> Wallet:
+        if os.path.exists(path):
             return cls.load(path)
         wallet = cls.generate()
         wallet.save(path)

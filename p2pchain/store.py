@@ -29,7 +29,6 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgpack
@@ -271,8 +270,8 @@ class _Transaction:
 class Store:
     """A thin, typed layer over one SQLite file. Not thread-safe: the node's event loop owns it."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
         self._batch_depth = 0  # open ``batch`` contexts
         self._batched = 0  # transactions done in the open batch since its last commit
         self._batched_bytes = 0  # ... and the canonical bytes of the blocks they stored

@@ -10,7 +10,8 @@ outbound picks a bucket uniformly and prefers network groups not yet used.
 
 Unit tests on AddrMan, and one in-process node that learns honest addresses from seven peers,
 then takes a 1,000-address flood. IP literals are read by the C parser when in canonical form;
-a test checks that netgroups and what counts as an IP literal are exactly ipaddress's.
+tests check that netgroups, ban keys, loopback and what counts as an IP literal are exactly
+ipaddress's.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from node_helpers import TEST_PARAMS
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
-from p2pchain.addrman import AddrMan, host_of, ip_bytes, netgroup
-from p2pchain.connmgr import is_ip_addr
+from p2pchain.addrman import AddrMan, ban_key, host_of, ip_bytes, netgroup
+from p2pchain.connmgr import is_ip_addr, is_loopback
 from p2pchain.node import Node, NodeConfig
 
 SOURCE_CAP = limits.ADDRMAN_SOURCE_BUCKETS * limits.ADDRMAN_BUCKET_SIZE
@@ -74,7 +75,8 @@ def reference_netgroup(host: str) -> str:
     return f"{high[:4]}:{high[4:]}::/32"
 
 
-def test_ip_literals_and_netgroups_are_ipaddress_s() -> None:
+def literal_hosts() -> list[str]:
+    """IP literals in every form ipaddress reads or refuses, names, and random canonical ones."""
     rng = random.Random(7)
     hosts = [
         *("1.2.3.4", "255.255.255.255", "0.0.0.0", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "1.2.3.256"),
@@ -88,6 +90,34 @@ def test_ip_literals_and_netgroups_are_ipaddress_s() -> None:
     hosts += [str(ipaddress.IPv6Address(rng.randbytes(16))) for _ in range(300)]
     hosts += [ipaddress.IPv6Address(rng.randbytes(16)).exploded.upper() for _ in range(100)]
     hosts += [f"::ffff:{rng.randrange(256)}.{rng.randrange(256)}.1.2" for _ in range(100)]
+    return hosts
+
+
+def reference_ban_key(host: str) -> str:
+    """ban_key as written with ipaddress alone (before the C parser read canonical literals)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None and not ip.is_loopback:
+        return ipaddress.IPv6Network((ip, 64), strict=False).compressed
+    return host
+
+
+def reference_is_loopback(host: str) -> bool:
+    """connmgr.is_loopback as written with ipaddress alone."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_ip_literals_and_netgroups_are_ipaddress_s() -> None:
+    hosts = literal_hosts()
     for host in hosts:
         try:
             want: bytes | None = ipaddress.ip_address(host).packed
@@ -100,6 +130,23 @@ def test_ip_literals_and_netgroups_are_ipaddress_s() -> None:
         except ValueError:
             literal = False
         assert is_ip_addr(f"[{host}]:7000") == literal, host
+
+
+def test_ban_keys_and_loopback_are_ipaddress_s() -> None:
+    """ban_key (an IPv6 address's /64) and is_loopback read canonical literals with the C parser
+    (a node loads ipaddress only for other text): both answer as ipaddress did, for every form."""
+    rng = random.Random(8)
+    hosts = [*literal_hosts(), "[2001:db8::1]", "127.255.0.1", "::ffff:127.0.0.2", "0:0:0:0:0:0:0:1", "::1%lo"]
+    for _ in range(500):  # runs of zeros anywhere: both shorten the longest run to '::'
+        raw = bytearray(rng.randbytes(16))
+        start = rng.randrange(16)
+        end = min(16, start + rng.randrange(17))
+        raw[start:end] = bytes(end - start)
+        hosts.append(str(ipaddress.IPv6Address(bytes(raw))))
+    for host in hosts:
+        assert ban_key(host) == reference_ban_key(host), host
+        assert ban_key(f"[{host}]") == reference_ban_key(f"[{host}]"), host
+        assert is_loopback(host) == reference_is_loopback(host), host
 
 
 def test_one_source_holds_a_bounded_share_and_evicts_no_honest_entry() -> None:

@@ -56,7 +56,7 @@ ping-interval = 2.5
     assert (args.port, args.peer, args.mine, args.no_discover) == (7001, [PEER_A, PEER_B], True, True)
     assert (args.http_port, args.http_host, args.http_auth) == (8001, "0.0.0.0", AuthMode.ALWAYS)
     assert (args.data_dir, args.log_level, args.log_format, args.ping_interval) == (
-        Path("chain-data"),
+        "chain-data",  # (a str: the node names its files with os.path)
         "WARNING",
         "json",
         2.5,

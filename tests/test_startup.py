@@ -48,6 +48,10 @@ NOT_LOADED = {
     "token": "tokenize's, which linecache imports to read source lines for a traceback (UNUSED_AT_START)",
     "dis": "inspect's, as ast",
     "_hashlib": "OpenSSL's digests, ~10 M instructions to load: p2pchain.digests takes the interpreter's own",
+    "pathlib": "a node names its files with os.path; setuptools' editable import hook loaded it in every "
+    "process until pyproject.toml named the package dir (then the install is a plain .pth path)",
+    "urllib.parse": "pathlib's (with pathlib and ipaddress ~17 M instructions, 7 % of a start)",
+    "ipaddress": "read only for an IP literal not in inet_ntop's form (addrman.ip_bytes): a peer's never is",
 }
 LAUNCHERS = {
     "python -m p2pchain": [sys.executable, "-m", "p2pchain"],
