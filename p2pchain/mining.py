@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from p2pchain import limits
 from p2pchain.ledger.block import Header
 from p2pchain.ledger.pow import work
-from p2pchain.miner import MinerPool, search
+
+if TYPE_CHECKING:
+    from p2pchain.miner import MinerPool
+
+# p2pchain.miner (the nonce search, its worker processes) is imported at the first block a node
+# mines: a node that never mines starts without it (~1.4 M instructions of a start)
 
 
 class Mining:
@@ -55,6 +61,8 @@ class Mining:
     async def _solve_here(self, header: Header) -> tuple[bool, Header | None]:
         """(True, the answer), or (False, None) past the search's bound (a very unlucky block:
         the pool takes over)."""
+        from p2pchain.miner import search
+
         generation = self._generation
         chunk = limits.MINER_INPROCESS_CHUNK_NONCES
         budget = limits.MINER_INPROCESS_BUDGET_FACTOR * work(header.target)
@@ -74,6 +82,8 @@ class Mining:
             self._idle.cancel()
             self._idle = None
         if self.pool is None:
+            from p2pchain.miner import MinerPool
+
             self.pool = MinerPool(self.procs)
         try:
             return await self.pool.solve(header)

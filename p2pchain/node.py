@@ -24,7 +24,6 @@ from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
 from p2pchain.mempool import PERMANENT_REFUSALS, Mempool, RecentSet
 from p2pchain.metrics import Gauges, NodeMetrics
-from p2pchain.miner import build_template
 from p2pchain.mining import Mining
 from p2pchain.params import NetworkParams
 from p2pchain.peer import Misbehaving, Peer, RunHandler, Tunables
@@ -756,6 +755,8 @@ class Node:
     # --- mining -----------------------------------------------------------------------------
     async def mine_block(self) -> Block | None:
         """Search one block on the current tip; None if a new tip arrived first."""
+        from p2pchain.miner import build_template  # (with the nonce search: see p2pchain.mining)
+
         async with self._mine_lock:
             tip = self.chain.tip
             txs = self.mempool.select(limits.MAX_BLOCK_TXS - 1, limits.MAX_BLOCK_BYTES - 4096)

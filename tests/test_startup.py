@@ -52,6 +52,7 @@ NOT_LOADED = {
     "process until pyproject.toml named the package dir (then the install is a plain .pth path)",
     "urllib.parse": "pathlib's (with pathlib and ipaddress ~17 M instructions, 7 % of a start)",
     "ipaddress": "read only for an IP literal not in inet_ntop's form (addrman.ip_bytes): a peer's never is",
+    "p2pchain.miner": "the nonce search and its worker processes: imported at the first block mined",
 }
 LAUNCHERS = {
     "python -m p2pchain": [sys.executable, "-m", "p2pchain"],
