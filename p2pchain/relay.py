@@ -79,11 +79,27 @@ def short_ids(key: bytes, txids: Iterable[bytes]) -> Iterator[bytes]:
 def compact_block(block: Block, nonce: int, prefill: Iterable[int] = ()) -> wire.CmpctBlock:
     """``block`` as CMPCT_BLOCK: the coinbase (no mempool holds it) and the transactions at
     ``prefill`` sent whole, a short id for every other transaction."""
+    if len(block.txs) == 1:  # a coinbase-only block: no short id, nothing to key
+        return wire.CmpctBlock(block.header, nonce, (), ((0, block.txs[0]),))
     whole = sorted({0, *(i for i in prefill if 0 < i < len(block.txs))})
     key = short_id_key(block.hash, nonce)
     taken = set(whole)
     ids = tuple(short_ids(key, (tx.txid for i, tx in enumerate(block.txs) if i not in taken)))
     return wire.CmpctBlock(block.header, nonce, ids, tuple((i, block.txs[i]) for i in whole))
+
+
+def whole_block(msg: wire.CmpctBlock) -> Block | None:
+    """The block of a compact block that carries every transaction whole (no short ids: a
+    coinbase-only block, most often), when its prefilled indexes are 0, 1, 2... and its merkle
+    root matches; None otherwise, and PartialBlock then says what is wrong or what to ask for.
+    The block PartialBlock would rebuild, without its slots, candidates and short-id lookups."""
+    if msg.short_ids or not 0 < len(msg.prefilled) <= limits.MAX_BLOCK_TXS:
+        return None
+    for position, (i, _) in enumerate(msg.prefilled):
+        if i != position:
+            return None
+    block = Block(msg.header, tuple(tx for _, tx in msg.prefilled))
+    return block if block.computed_merkle_root() == msg.header.merkle_root else None
 
 
 class PartialBlock:
@@ -288,7 +304,7 @@ class Relay(Generic[P]):
         self._pending: OrderedDict[bytes, _PendingBlock[P]] = OrderedDict()
         self._recent_blocks: OrderedDict[bytes, Block] = OrderedDict()
         self._recent_heads: OrderedDict[bytes, bytes] = OrderedDict()  # their wire.cmpct_head -> hash
-        self._head_lengths: frozenset[int] = frozenset()  # the lengths of those heads (a few)
+        self._head_lengths: dict[int, int] = {}  # the lengths of those heads (a few) -> how many have each
         self._recent_invs: OrderedDict[bytes, bytes] = OrderedDict()  # their INV_BLOCK payload -> hash
         # block hash -> indexes we had to fetch to rebuild it: our peers likely lack them too, so
         # our compact block of it sends them whole (BIP152's "transactions the sender guesses the
@@ -597,11 +613,16 @@ class Relay(Generic[P]):
         self._recent_blocks[block.hash] = block
         while len(self._recent_blocks) > limits.RELAY_RECENT_BLOCKS:
             self._recent_blocks.popitem(last=False)
-        heads = self._recent_heads
-        heads.setdefault(wire.cmpct_head(block.header), block.hash)
-        while len(heads) > limits.RELAY_RECENT_BLOCKS:
-            heads.popitem(last=False)
-        self._head_lengths = frozenset(map(len, heads))  # (once a relayed block, not once a copy received)
+        heads, lengths = self._recent_heads, self._head_lengths
+        head = wire.cmpct_head(block.header)
+        if head not in heads:
+            heads[head] = block.hash
+            lengths[len(head)] = lengths.get(len(head), 0) + 1
+            while len(heads) > limits.RELAY_RECENT_BLOCKS:
+                n = len(heads.popitem(last=False)[0])
+                lengths[n] -= 1
+                if not lengths[n]:
+                    del lengths[n]
         invs = self._recent_invs
         invs.setdefault(_INV_BLOCK_HEAD + block.hash, block.hash)
         while len(invs) > limits.RELAY_RECENT_BLOCKS:
@@ -830,6 +851,10 @@ class Relay(Generic[P]):
     def _start(
         self, peer: P, msg: wire.CmpctBlock, candidates: Callable[[], Iterable[Tx]], now: float
     ) -> Block | wire.GetBlockTxn:
+        block = whole_block(msg)
+        if block is not None:  # nothing to rebuild
+            self.stats.cmpct_rebuilt += 1
+            return block
         partial = PartialBlock(msg)
         partial.fill_from(candidates())
         missing = partial.missing()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from ledger_helpers import GENESIS, block_on, pay, unmine, wallet
+from ledger_helpers import GENESIS, block_on, branch, pay, unmine, wallet
 
 from p2pchain import limits, wire
 from p2pchain import relay as relay_module
@@ -27,6 +27,7 @@ from p2pchain.relay import (
     negotiate,
     short_id_key,
     short_ids,
+    whole_block,
 )
 
 ALICE, BOB = wallet(1), wallet(2)
@@ -450,6 +451,31 @@ def test_compact_blocks_that_cannot_be_honest_are_refused() -> None:
         PartialBlock(replace(msg, short_ids=(b"\0" * 6,) * limits.MAX_BLOCK_TXS))
 
 
+def test_a_compact_block_of_whole_transactions_is_the_block_partial_block_would_rebuild() -> None:
+    """A compact block with no short ids (every transaction prefilled: a coinbase-only block,
+    most often) is taken as it is (whole_block), and it is the block the slots would give; one
+    whose indexes or merkle root are wrong is left to PartialBlock, which refuses it or asks for
+    the rest as before."""
+    coinbase_only = block_of([])
+    paid = block_of(payments(2))
+    for block in (coinbase_only, paid):
+        msg = compact_block(block, 7, prefill=range(len(block.txs)))
+        assert not msg.short_ids
+        assert whole_block(msg) == block == PartialBlock(msg).block()
+        relay = relay_with("a")
+        assert relay.on_cmpct("a", msg, lambda: (), T0) == block
+        assert relay.stats.cmpct_rebuilt == 1 and relay.stats.cmpct_roundtrip == 0
+    msg = compact_block(paid, 7, prefill=(1, 2))
+    skipped = replace(msg, prefilled=(msg.prefilled[0], (2, paid.txs[1])))  # indexes 0, 2 of 2
+    assert whole_block(skipped) is None
+    with pytest.raises(Misbehaving, match="increasing within the block"):
+        relay_with("a").on_cmpct("a", skipped, lambda: (), T0)
+    swapped = replace(msg, prefilled=((0, paid.txs[0]), (1, paid.txs[2]), (2, paid.txs[1])))
+    assert whole_block(swapped) is None  # the merkle root does not match: not taken
+    assert whole_block(replace(msg, prefilled=())) is None
+    assert whole_block(compact_block(paid, 7)) is None  # short ids: rebuilt from the pool
+
+
 def test_get_block_txn_beyond_the_block_is_a_breach() -> None:
     block = block_of(payments(2))
     relay = relay_with("a")
@@ -520,6 +546,20 @@ def test_a_compact_block_of_a_block_relayed_lately_is_known_by_its_first_bytes()
     assert relay.known_compact(compact_block(blocks[0], 5).payload()) is None  # the oldest was forgotten
     oversize = compact_block(blocks[-1], 9).payload() + bytes(wire.MAX_PAYLOAD_BYTES["CMPCT_BLOCK"])
     assert relay.known_compact(oversize) is None  # over CMPCT_BLOCK's payload limit: decoded, and refused
+
+
+def test_the_last_relayed_blocks_are_known_by_their_first_bytes_whatever_their_lengths() -> None:
+    """The heads of a chain's compact blocks differ in length (the header's integers take 1-9
+    bytes in msgpack); after each relayed block exactly the last RELAY_RECENT_BLOCKS are known,
+    whichever lengths came and went."""
+    blocks = branch(GENESIS, 40)
+    assert len({len(wire.cmpct_head(b.header)) for b in blocks}) > 1  # (the case tested)
+    payloads = [compact_block(b, 3).payload() for b in blocks]
+    relay = relay_with("a")
+    for i, block in enumerate(blocks):
+        relay.block_targets(block)
+        known = [j for j in range(i + 1) if relay.known_compact(payloads[j]) == blocks[j].hash]
+        assert known == list(range(max(0, i + 1 - limits.RELAY_RECENT_BLOCKS), i + 1))
 
 
 def test_an_announcement_of_a_block_relayed_lately_is_known_by_its_bytes() -> None:
