@@ -26,6 +26,7 @@ from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
 from p2pchain.miner import mine_block
 from p2pchain.node import Node, NodeConfig
 from p2pchain.params import BLOCK_VERSION, NetworkParams
+from p2pchain.peer import Tunables
 from p2pchain.store import DB_FILE
 from p2pchain.sync import now_ms
 
@@ -144,13 +145,36 @@ def peer_addrs(node: NodeProc) -> list[str]:
 
 
 async def with_node(
-    tmp_path: Path, scenario: Callable[[Node], Awaitable[T]], *, blocks: Iterable[Block] = (), deadline_s: float = 30.0
+    tmp_path: Path,
+    scenario: Callable[[Node], Awaitable[T]],
+    *,
+    blocks: Iterable[Block] = (),
+    deadline_s: float | None = 30.0,
+    setup: Callable[[Node], object] | None = None,
+    params: NetworkParams = TEST_PARAMS,
+    discover: bool = False,
+    ban_loopback: bool = True,
+    mine: bool = False,
+    tunables: Tunables | None = None,
 ) -> T:
-    """``scenario`` run against an in-process node (loopback, port 0, no discovery, banning
-    loopback peers) whose chain has ``blocks``, within ``deadline_s``; the node stopped after."""
-    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, ban_loopback=True))
+    """``scenario`` run against an in-process node (loopback, port 0, by default no discovery and
+    banning loopback peers) whose chain has ``blocks``, within ``deadline_s`` (None: no deadline
+    but the test's own); the node stopped after. ``setup`` is given the node before it starts
+    (to stand in for one of its parts); the other keywords are the node's NodeConfig fields."""
+    config = NodeConfig(
+        data_dir=tmp_path / "n",
+        port=0,
+        params=params,
+        discover=discover,
+        ban_loopback=ban_loopback,
+        mine=mine,
+        tunables=tunables or Tunables(),
+    )
+    node = Node(config)
     for block in blocks:
         node.chain.process_block(block, now_ms())
+    if setup is not None:
+        setup(node)
     await node.start()
     try:
         async with asyncio.timeout(deadline_s):

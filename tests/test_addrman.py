@@ -21,13 +21,13 @@ import ipaddress
 import random
 from pathlib import Path
 
-from node_helpers import TEST_PARAMS
+from node_helpers import with_node
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
 from p2pchain.addrman import AddrMan, ban_key, host_of, ip_bytes, netgroup
 from p2pchain.connmgr import is_ip_addr, is_loopback
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 
 SOURCE_CAP = limits.ADDRMAN_SOURCE_BUCKETS * limits.ADDRMAN_BUCKET_SIZE
 HONEST_SOURCES = [f"127.{10 + i}.0.1" for i in range(7)]  # seven honest peers, seven network groups
@@ -197,9 +197,7 @@ def test_a_failing_address_is_forgotten_and_a_good_one_moves_to_tried() -> None:
 
 
 def test_a_node_keeps_honest_addresses_and_does_not_relay_a_flood(tmp_path: Path) -> None:
-    async def scenario() -> list[str]:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        await node.start()
+    async def scenario(node: Node) -> list[str]:
         peers: list[RawPeer] = []
         try:
             for i, source in enumerate([*HONEST_SOURCES, ATTACKER]):
@@ -219,9 +217,8 @@ def test_a_node_keeps_honest_addresses_and_does_not_relay_a_flood(tmp_path: Path
             return list(answer.peers)
         finally:
             await asyncio.gather(*(p.close() for p in peers))
-            await node.stop()
 
-    shared = asyncio.run(scenario())
+    shared = asyncio.run(with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False))
     honest = {a for i in range(len(HONEST_SOURCES)) for a in honest_addrs(i)}
     assert len(honest & set(shared)) >= len(honest) * 9 // 10, "the flood pushed honest addresses out"
     assert len(set(shared) - honest) <= SOURCE_CAP, "the node hands out more of the flood than one source may hold"

@@ -13,12 +13,12 @@ from pathlib import Path
 from harness import until
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from node_helpers import TEST_PARAMS
+from node_helpers import with_node
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
 from p2pchain.metrics import Traffic
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 from p2pchain.peer import FrameReader, Peer, Tunables
 from p2pchain.relay import FEATURES
 
@@ -129,9 +129,9 @@ def test_a_node_sieves_only_the_frames_of_a_peer_that_speaks_compact_relay(tmp_p
     of its sieve (a bound method of the peer: a reference cycle), so the peer and its buffers
     need no GC pass to be freed."""
 
-    async def scenario() -> None:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        asked: list[str] = []  # the hosts whose payloads the node was asked about
+    asked: list[str] = []  # the hosts whose payloads the node was asked about
+
+    def count_asks(node: Node) -> None:
         unneeded = node.connmgr.unneeded
         assert unneeded is not None
 
@@ -140,27 +140,25 @@ def test_a_node_sieves_only_the_frames_of_a_peer_that_speaks_compact_relay(tmp_p
             return unneeded(peer, payload)
 
         node.connmgr.unneeded = counting
-        await node.start()
-        try:
-            client = await RawPeer.connect(node.port, "127.0.9.1")
-            relayer = await RawPeer.connect(node.port, "127.0.9.2")
-            try:
-                await client.handshake()
-                await relayer.handshake(relay=FEATURES)
-                await client.sync_with_ping()
-                await relayer.sync_with_ping()
-                by_host = {p.host: p for p in node.connmgr.peers}
-                client_reader, relay_reader = by_host["127.0.9.1"].reader, by_host["127.0.9.2"].reader
-                assert isinstance(client_reader, FrameReader) and isinstance(relay_reader, FrameReader)
-                assert client_reader.sieve is None and not client_reader.walk
-                assert relay_reader.sieve is not None and relay_reader.walk
-                assert "127.0.9.1" not in asked and "127.0.9.2" in asked
-                await relayer.close()
-                await until(lambda: relay_reader.sieve is None, "the closed peer's reader let go of its sieve")
-            finally:
-                await client.close()
-                await relayer.close()
-        finally:
-            await node.stop()
 
-    asyncio.run(scenario())
+    async def scenario(node: Node) -> None:
+        client = await RawPeer.connect(node.port, "127.0.9.1")
+        relayer = await RawPeer.connect(node.port, "127.0.9.2")
+        try:
+            await client.handshake()
+            await relayer.handshake(relay=FEATURES)
+            await client.sync_with_ping()
+            await relayer.sync_with_ping()
+            by_host = {p.host: p for p in node.connmgr.peers}
+            client_reader, relay_reader = by_host["127.0.9.1"].reader, by_host["127.0.9.2"].reader
+            assert isinstance(client_reader, FrameReader) and isinstance(relay_reader, FrameReader)
+            assert client_reader.sieve is None and not client_reader.walk
+            assert relay_reader.sieve is not None and relay_reader.walk
+            assert "127.0.9.1" not in asked and "127.0.9.2" in asked
+            await relayer.close()
+            await until(lambda: relay_reader.sieve is None, "the closed peer's reader let go of its sieve")
+        finally:
+            await client.close()
+            await relayer.close()
+
+    asyncio.run(with_node(tmp_path, scenario, deadline_s=None, setup=count_asks, ban_loopback=False))

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from harness import free_port
-from node_helpers import TEST_PARAMS, branch, next_block
+from node_helpers import TEST_PARAMS, branch, next_block, with_node
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
@@ -125,28 +125,26 @@ def test_a_handler_bug_on_an_inbound_peer_drops_it_and_the_node_serves_on(
 
     monkeypatch.setattr(Node, "_on_ping", buggy_ping)
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario(node: Node) -> None:
+        bad = await RawPeer.connect(node.port)
+        await bad.handshake()
+        bad.send(wire.Ping(666))
+        await bad.drain()
+        await bad.wait_closed(DEADLINE_S)
+        await bad.close()
+        honest = await RawPeer.connect(node.port)
+        await honest.handshake()
+        await honest.sync_with_ping(DEADLINE_S)
+        await honest.close()
+
+    async def errors() -> list[dict[str, Any]]:
         loop_errors: list[dict[str, Any]] = []
         asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        await node.start()
-        try:
-            bad = await RawPeer.connect(node.port)
-            await bad.handshake()
-            bad.send(wire.Ping(666))
-            await bad.drain()
-            await bad.wait_closed(DEADLINE_S)
-            await bad.close()
-            honest = await RawPeer.connect(node.port)
-            await honest.handshake()
-            await honest.sync_with_ping(DEADLINE_S)
-            await honest.close()
-        finally:
-            await node.stop()
+        await with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False)
         return loop_errors
 
     with caplog.at_level(logging.INFO):
-        assert asyncio.run(scenario()) == []
+        assert asyncio.run(errors()) == []
     assert _errors_with_traceback(caplog, RuntimeError), "the handler's traceback was not logged"
 
 
@@ -210,20 +208,21 @@ async def _serve_chain(
 ) -> tuple[int, list[wire.GetChain], int]:
     """Play a node with more work that answers the node's GET_CHAINs with ``batches``: the node's
     height then, the requests answered, and the GET_CHAINs it sends after the last batch."""
-    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-    await node.start()
-    peer = await RawPeer.connect(node.port)
-    try:
-        await peer.handshake(port=1, height=height, work=2**200)
-        requests = []
-        for blocks, more in batches:
-            requests.append(await peer.expect(wire.GetChain, DEADLINE_S))
-            peer.send(wire.Chain(blocks, more))
-        asks = await _chain_requests_before_pong(peer)
-        return node.chain.height, requests, asks
-    finally:
-        await node.stop()
-        await peer.close()
+
+    async def scenario(node: Node) -> tuple[int, list[wire.GetChain], int]:
+        peer = await RawPeer.connect(node.port)
+        try:
+            await peer.handshake(port=1, height=height, work=2**200)
+            requests = []
+            for blocks, more in batches:
+                requests.append(await peer.expect(wire.GetChain, DEADLINE_S))
+                peer.send(wire.Chain(blocks, more))
+            asks = await _chain_requests_before_pong(peer)
+            return node.chain.height, requests, asks
+        finally:
+            await peer.close()
+
+    return await with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False)
 
 
 def test_a_block_from_the_future_in_a_chain_is_not_asked_for_again_and_again(tmp_path: Path) -> None:
@@ -253,9 +252,7 @@ def test_a_bad_block_in_a_pipelined_batch_is_refused_and_the_good_blocks_before_
     bad = next_block(good.header, overpay=1)
     after = branch(bad.header, 2)
 
-    async def scenario() -> tuple[int, bool]:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        await node.start()
+    async def scenario(node: Node) -> tuple[int, bool]:
         peer = await RawPeer.connect(node.port)
         try:
             await peer.handshake(port=1, height=after[-1].height, work=2**200)
@@ -267,10 +264,9 @@ def test_a_bad_block_in_a_pipelined_batch_is_refused_and_the_good_blocks_before_
             await peer.wait_closed(DEADLINE_S)
             return node.chain.height, bad.hash in node.chain.invalid
         finally:
-            await node.stop()
             await peer.close()
 
-    assert asyncio.run(scenario()) == (good.height, True)
+    assert asyncio.run(with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False)) == (good.height, True)
     store = Store(tmp_path / "n" / DB_FILE)
     try:
         assert store.load_main() == [TEST_PARAMS.genesis.hash, *(b.hash for b in (*first, good))]
@@ -299,30 +295,25 @@ def test_a_client_query_fails_at_once_when_the_link_breaks_with_an_os_error(tmp_
     """The client's reader must hand any socket error to the queries waiting on it, not only
     ConnectionErrors; and a query given up by its caller leaves nothing behind."""
 
-    async def scenario() -> int:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        await node.start()
+    async def scenario(node: Node) -> int:
+        client = await Client.connect("127.0.0.1", node.port)
         try:
-            client = await Client.connect("127.0.0.1", node.port)
-            try:
-                abandoned = asyncio.create_task(client.query(wire.GetStatus, timeout=3600))
-                await asyncio.sleep(0)  # ok: one loop turn, so it sends and waits
-                abandoned.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await abandoned
-                left_behind = len(client._waiting)
-                pending = asyncio.create_task(client.query(wire.GetStatus, timeout=3600))
-                client.reader.set_exception(OSError(errno.EHOSTUNREACH, "No route to host"))
-                async with asyncio.timeout(DEADLINE_S):
-                    with pytest.raises(NodeUnavailable):
-                        await pending
-                return left_behind
-            finally:
-                await client.close()
+            abandoned = asyncio.create_task(client.query(wire.GetStatus, timeout=3600))
+            await asyncio.sleep(0)  # ok: one loop turn, so it sends and waits
+            abandoned.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await abandoned
+            left_behind = len(client._waiting)
+            pending = asyncio.create_task(client.query(wire.GetStatus, timeout=3600))
+            client.reader.set_exception(OSError(errno.EHOSTUNREACH, "No route to host"))
+            async with asyncio.timeout(DEADLINE_S):
+                with pytest.raises(NodeUnavailable):
+                    await pending
+            return left_behind
         finally:
-            await node.stop()
+            await client.close()
 
-    assert asyncio.run(scenario()) == 0
+    assert asyncio.run(with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False)) == 0
 
 
 def test_a_request_in_flight_does_not_keep_the_node_from_stopping(tmp_path: Path) -> None:
@@ -378,30 +369,27 @@ def test_a_broken_miner_fails_a_waiting_mine_request_instead_of_hanging_it(
     monkeypatch.setattr(MinerPool, "solve", dead_worker)
     monkeypatch.setattr(MinerPool, "close", lambda self: None)
 
-    async def scenario() -> tuple[bool, bool]:
-        config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, mine=True)
-        node = Node(config)
-        await node.start()
+    async def scenario(node: Node) -> tuple[bool, bool]:
+        failed_now = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DEADLINE_S):
+                try:
+                    await node.mine_one()  # while the task dies, or after
+                except RuntimeError:
+                    failed_now = True
         try:
-            failed_now = False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DEADLINE_S):
-                    try:
-                        await node.mine_one()  # while the task dies, or after
-                    except RuntimeError:
-                        failed_now = True
-            try:
-                async with asyncio.timeout(DEADLINE_S):
-                    await node.mine_one()
-                again = False
-            except RuntimeError:
-                again = True
-            return failed_now, again
-        finally:
-            await node.stop()
+            async with asyncio.timeout(DEADLINE_S):
+                await node.mine_one()
+            again = False
+        except RuntimeError:
+            again = True
+        return failed_now, again
 
     with caplog.at_level(logging.INFO):
-        assert asyncio.run(scenario()) == (True, True)
+        assert asyncio.run(with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False, mine=True)) == (
+            True,
+            True,
+        )
     assert _errors_with_traceback(caplog, RuntimeError), "the mining task's end was not logged"
 
 
@@ -413,31 +401,26 @@ def test_a_silent_peer_is_pinged_after_the_ping_interval_and_dropped_without_its
     does not make it late)."""
     tunables = Tunables(ping_interval=0.4, pong_timeout=1.0)
 
-    async def scenario() -> tuple[float, float, bool]:
-        config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, tunables=tunables)
-        node = Node(config)
-        await node.start()
-        try:
-            answering = await RawPeer.connect(node.port)
-            await answering.handshake()
-            mute = await RawPeer.connect(node.port)
-            mute.auto_pong = False
-            await mute.handshake()
-            spoke = time.monotonic()
-            await mute.expect(wire.Ping, DEADLINE_S)
-            pinged_after = time.monotonic() - spoke
-            await mute.wait_closed(DEADLINE_S)
-            dropped_after = time.monotonic() - spoke
-            await answering.expect(wire.Ping, DEADLINE_S)  # answered by its reader: it stays
-            await answering.sync_with_ping(DEADLINE_S)
-            still_open = not answering.closed.is_set()
-            await mute.close()
-            await answering.close()
-        finally:
-            await node.stop()
+    async def scenario(node: Node) -> tuple[float, float, bool]:
+        answering = await RawPeer.connect(node.port)
+        await answering.handshake()
+        mute = await RawPeer.connect(node.port)
+        mute.auto_pong = False
+        await mute.handshake()
+        spoke = time.monotonic()
+        await mute.expect(wire.Ping, DEADLINE_S)
+        pinged_after = time.monotonic() - spoke
+        await mute.wait_closed(DEADLINE_S)
+        dropped_after = time.monotonic() - spoke
+        await answering.expect(wire.Ping, DEADLINE_S)  # answered by its reader: it stays
+        await answering.sync_with_ping(DEADLINE_S)
+        still_open = not answering.closed.is_set()
+        await mute.close()
+        await answering.close()
         return pinged_after, dropped_after, still_open
 
-    pinged_after, dropped_after, still_open = asyncio.run(scenario())
+    run = with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False, tunables=tunables)
+    pinged_after, dropped_after, still_open = asyncio.run(run)
     assert pinged_after >= 0.4 * 0.9, f"pinged {pinged_after:.2f} s after its last message, before the interval"
     assert dropped_after >= 1.4 * 0.9, f"dropped {dropped_after:.2f} s after its last message, before the PONG was due"
     assert still_open, "the peer that answered its PINGs was dropped"
