@@ -24,10 +24,11 @@ import pytest
 from harness import random_seed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from node_helpers import with_node
 
 from p2pchain import wire
 from p2pchain.client import Client
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import fuzz  # scripts/fuzz.py: the engine that bench.py runs too
@@ -221,32 +222,38 @@ def test_fuzzed_streams_at_a_real_node_never_break_it(tmp_path: Path) -> None:
     mutator = fuzz.Mutator(rng, fuzz.seed_messages())
     dialled: list[str] = []
 
-    async def scenario() -> tuple[dict[str, Any], list[bool]]:
-        node = Node(NodeConfig(data_dir=tmp_path / "node", params=fuzz.FUZZ_PARAMS, port=0))
+    loop_errors: list[dict[str, Any]] = []
 
+    def no_dialling(node: Node) -> None:
         async def no_dial(addr: str) -> bool:  # fuzzed PEERS name hosts anywhere: never dial them
             dialled.append(addr)
             return False
 
         node.connmgr.dial = no_dial  # type: ignore[method-assign]
-        loop_errors: list[dict[str, Any]] = []
         asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
-        await node.start()
-        try:
-            streams = [b"".join(mutator.next_input()[0] for _ in range(25)) for _ in range(40)]
-            async with asyncio.timeout(60):
-                dropped = await asyncio.gather(
-                    *(_fuzz_connection(node.port, node, s, hello=i % 2 == 0) for i, s in enumerate(streams))
-                )
-                async with await Client.connect("127.0.0.1", node.port) as client:
-                    status = await client.status()
-            assert not loop_errors, loop_errors
-            return status, dropped
-        finally:
-            await node.stop()
 
+    async def scenario(node: Node) -> tuple[dict[str, Any], list[bool]]:
+        streams = [b"".join(mutator.next_input()[0] for _ in range(25)) for _ in range(40)]
+        async with asyncio.timeout(60):
+            dropped = await asyncio.gather(
+                *(_fuzz_connection(node.port, node, s, hello=i % 2 == 0) for i, s in enumerate(streams))
+            )
+            async with await Client.connect("127.0.0.1", node.port) as client:
+                status = await client.status()
+        assert not loop_errors, loop_errors
+        return status, dropped
+
+    run = with_node(
+        tmp_path,
+        scenario,
+        deadline_s=None,
+        setup=no_dialling,
+        params=fuzz.FUZZ_PARAMS,
+        discover=True,
+        ban_loopback=False,
+    )
     with _capture_errors() as errors:
-        status, dropped = asyncio.run(scenario())
+        status, dropped = asyncio.run(run)
     assert not errors.records, [r.getMessage() for r in errors.records]
     assert sum(dropped) >= len(dropped) // 2, f"the node hung up on only {sum(dropped)} of {len(dropped)}"
     assert status["height"] >= 0

@@ -14,11 +14,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from node_helpers import TEST_PARAMS
+from node_helpers import with_node
 from p2p_peer import RawPeer
 
 from p2pchain import limits
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 
 
 def test_reconnects_get_the_mempool_push_a_bounded_number_of_times(
@@ -26,10 +26,9 @@ def test_reconnects_get_the_mempool_push_a_bounded_number_of_times(
 ) -> None:
     monkeypatch.setattr(limits, "MEMPOOL_PUSHES_PER_HOST", 3)  # fewer reconnects to show the bound
 
-    async def scenario() -> list[int]:
-        config = NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False, ban_loopback=True)
-        node = Node(config)
-        pushes: list[int] = []
+    pushes: list[int] = []
+
+    def count_pushes(node: Node) -> None:
         real = node.mempool.select
 
         def counting(*args: object, **kwargs: object) -> object:
@@ -37,21 +36,19 @@ def test_reconnects_get_the_mempool_push_a_bounded_number_of_times(
             return real(*args, **kwargs)  # type: ignore[arg-type]
 
         node.mempool.select = counting  # type: ignore[method-assign]
-        await node.start()
+
+    async def scenario(node: Node) -> list[int]:
         counts = []
-        try:
-            for port in [1, 1, 1, *range(2, limits.MEMPOOL_PUSHES_PER_HOST + 4)]:
-                peer = await RawPeer.connect(node.port, "127.0.9.3")
-                try:
-                    await peer.handshake(port=port)
-                    await peer.sync_with_ping()
-                finally:
-                    await peer.close()
-                counts.append(len(pushes))
-        finally:
-            await node.stop()
+        for port in [1, 1, 1, *range(2, limits.MEMPOOL_PUSHES_PER_HOST + 4)]:
+            peer = await RawPeer.connect(node.port, "127.0.9.3")
+            try:
+                await peer.handshake(port=port)
+                await peer.sync_with_ping()
+            finally:
+                await peer.close()
+            counts.append(len(pushes))
         return counts
 
-    counts = asyncio.run(scenario())
+    counts = asyncio.run(with_node(tmp_path, scenario, deadline_s=None, setup=count_pushes))
     assert counts[:3] == [1, 1, 1], "the same address got the push again on a reconnect"
     assert counts[-1] == limits.MEMPOOL_PUSHES_PER_HOST, "one host got the push for every port it claimed"

@@ -16,10 +16,10 @@ import asyncio
 from pathlib import Path
 
 from harness import until
-from node_helpers import TEST_PARAMS
+from node_helpers import with_node
 
 from p2pchain import limits
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 from p2pchain.peer import Tunables
 
 TARPITS = 8
@@ -36,12 +36,7 @@ async def tarpit() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
 
 
 def test_registered_tarpits_are_forgotten_and_never_take_outbound_slots(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        config = NodeConfig(
-            data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, tunables=Tunables(handshake_timeout=0.3)
-        )
-        node = Node(config)
-        await node.start()
+    async def scenario(node: Node) -> None:
         pits = [await tarpit() for _ in range(TARPITS)]
         try:
             cm = node.connmgr
@@ -56,20 +51,15 @@ def test_registered_tarpits_are_forgotten_and_never_take_outbound_slots(tmp_path
                 server.close()
                 for writer in held:
                     writer.close()
-            await node.stop()
 
-    asyncio.run(scenario())
+    tunables = Tunables(handshake_timeout=0.3)
+    asyncio.run(with_node(tmp_path, scenario, deadline_s=None, discover=True, ban_loopback=False, tunables=tunables))
 
 
 def test_at_most_max_persistent_peers_are_kept(tmp_path: Path) -> None:
-    async def scenario() -> list[bool]:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        await node.start()
-        try:
-            # port 9 (discard) on loopback: nothing listens, the dials fail at once
-            return [node.connmgr.connect(f"127.0.{i // 250}.{1 + i % 250}:9", registered=True) for i in range(100)]
-        finally:
-            await node.stop()
+    async def scenario(node: Node) -> list[bool]:
+        # port 9 (discard) on loopback: nothing listens, the dials fail at once
+        return [node.connmgr.connect(f"127.0.{i // 250}.{1 + i % 250}:9", registered=True) for i in range(100)]
 
-    added = asyncio.run(scenario())
+    added = asyncio.run(with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False))
     assert added == [True] * limits.MAX_PERSISTENT_PEERS + [False] * (100 - limits.MAX_PERSISTENT_PEERS)

@@ -36,14 +36,14 @@ from ledger_helpers import (
     revalidate,
     wallet,
 )
-from node_helpers import TEST_PARAMS
+from node_helpers import with_node
 
 from p2pchain import limits
 from p2pchain import store as store_module
 from p2pchain.chain import Chain, Status
 from p2pchain.errors import StoreError
 from p2pchain.ledger.block import Block
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 from p2pchain.params import NetworkParams
 from p2pchain.store import Ban, Store
 
@@ -859,22 +859,18 @@ def test_a_node_commits_the_blocks_it_holds_within_store_hold_s_and_when_it_stop
     (the release timer) without anything else happening, and one mined just before it stops is
     there after the stop."""
 
-    async def scenario() -> None:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
-        path = tmp_path / "n" / "chain.sqlite"
-        await node.start()
-        try:
-            await node.mine_one()
-            deadline = time.monotonic() + limits.STORE_HOLD_S + 10
-            while _file_height(path) < 1:
-                assert time.monotonic() < deadline, "the held block was not committed"
-                await asyncio.sleep(0.05)  # ok: polls another connection's view against a deadline
-            await node.mine_one()
-        finally:
-            await node.stop()
-        assert _file_height(path) == 2
+    path = tmp_path / "n" / "chain.sqlite"
 
-    asyncio.run(scenario())
+    async def scenario(node: Node) -> None:
+        await node.mine_one()
+        deadline = time.monotonic() + limits.STORE_HOLD_S + 10
+        while _file_height(path) < 1:
+            assert time.monotonic() < deadline, "the held block was not committed"
+            await asyncio.sleep(0.05)  # ok: polls another connection's view against a deadline
+        await node.mine_one()
+
+    asyncio.run(with_node(tmp_path, scenario, deadline_s=None, discover=True, ban_loopback=False))
+    assert _file_height(path) == 2
 
 
 # --- kill -9 ----------------------------------------------------------------------------------------
