@@ -9,9 +9,10 @@ process starts. The protocol client (``ask``) reads what a user would read from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -181,3 +182,18 @@ async def with_node(
             return await scenario(node)
     finally:
         await node.stop()
+
+
+@contextlib.asynccontextmanager
+async def idle_node(tmp_path: Path, *, blocks: Iterable[Block] = ()) -> AsyncIterator[Node]:
+    """An in-process node that is never started (no sockets: a test calls its handlers) whose
+    chain has ``blocks``; its signature threads and store closed after."""
+    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
+    for block in blocks:
+        node.chain.process_block(block, now_ms())
+    try:
+        yield node
+    finally:
+        node.tx_batcher.close()
+        node._verifier.shutdown()
+        node.chain.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_helpers import FUNDED, TEST_PARAMS, branch, next_block, pay
+from node_helpers import FUNDED, TEST_PARAMS, branch, idle_node, next_block, pay
 
 from p2pchain import node as node_module
 from p2pchain import wire
@@ -20,7 +20,7 @@ from p2pchain.errors import RuleCode, RuleError
 from p2pchain.keys import Wallet
 from p2pchain.ledger import rules
 from p2pchain.ledger.tx import Tx
-from p2pchain.node import PREVERIFY_MIN_TXS, Node, NodeConfig
+from p2pchain.node import PREVERIFY_MIN_TXS
 from p2pchain.peer import Misbehaving
 
 
@@ -32,8 +32,7 @@ def test_preverify_caches_good_signatures_and_leaves_a_bad_one_to_the_rules(tmp_
     block = next_block(funding[-1].header, [*txs[:7], forged, *txs[8:]])
 
     async def scenario() -> None:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
-        try:
+        async with idle_node(tmp_path) as node:
             await node._preverify([block])
             cache = node.mempool.verified
             assert all(tx.txid in cache for tx in block.txs[1:] if tx is not forged)
@@ -41,9 +40,6 @@ def test_preverify_caches_good_signatures_and_leaves_a_bad_one_to_the_rules(tmp_
             with pytest.raises(RuleError) as err:
                 rules.check_block(block, TEST_PARAMS, verified=cache)
             assert err.value.code is RuleCode.TX_BAD_SIGNATURE
-        finally:
-            node._verifier.shutdown()
-            node.chain.close()
 
     asyncio.run(scenario())
 
@@ -53,13 +49,9 @@ def test_a_small_block_is_left_to_process_block(tmp_path: Path) -> None:
     block = next_block(TEST_PARAMS.genesis.header, [pay(FUNDED, to, 1, nonce=0)])
 
     async def scenario() -> None:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
-        try:
+        async with idle_node(tmp_path) as node:
             await node._preverify([block])
             assert block.txs[1].txid not in node.mempool.verified  # below PREVERIFY_MIN_TXS: no threads
-        finally:
-            node._verifier.shutdown()
-            node.chain.close()
 
     asyncio.run(scenario())
 
@@ -91,8 +83,7 @@ def test_a_known_block_costs_no_signature_check(tmp_path: Path, monkeypatch: pyt
     peer: Any = StubPeer()
 
     async def scenario() -> None:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
-        try:
+        async with idle_node(tmp_path) as node:
             for b in funding:
                 node.chain.process_block(b, b.header.timestamp)
             await node.handle(peer, wire.NewBlock(block))
@@ -106,8 +97,5 @@ def test_a_known_block_costs_no_signature_check(tmp_path: Path, monkeypatch: pyt
                 with pytest.raises(Misbehaving):
                     await node.handle(peer, wire.NewBlock(bad))
             assert checked == []
-        finally:
-            node._verifier.shutdown()
-            node.chain.close()
 
     asyncio.run(scenario())

@@ -15,22 +15,21 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import until
-from node_helpers import FUNDED, TEST_PARAMS, branch, next_block, pay
+from node_helpers import FUNDED, TEST_PARAMS, branch, idle_node, next_block, pay
 
 from p2pchain import limits, wire
 from p2pchain.keys import Wallet
 from p2pchain.ledger.tx import Tx
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 from p2pchain.peer import Misbehaving
 from p2pchain.sigbatch import SignatureBatcher, signatures_ok
-from p2pchain.sync import now_ms
 
 NET = TEST_PARAMS.network_id
 TO = Wallet.generate().address
@@ -372,13 +371,10 @@ class StandInPeer:
         self.closed.set()
 
 
-def funded_node(tmp_path: Path, second: Wallet) -> Node:
-    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
+def funded_node(tmp_path: Path, second: Wallet) -> AbstractAsyncContextManager[Node]:
     funding = branch(TEST_PARAMS.genesis.header, 12)  # FUNDED earns the rewards: more than the 10 coins it pays
     funding.append(next_block(funding[-1].header, reward_to=second.address))
-    for block in funding:
-        node.chain.process_block(block, now_ms())
-    return node
+    return idle_node(tmp_path, blocks=funding)
 
 
 def test_node_answers_a_batch_of_submit_tx_in_order_and_refuses_only_the_bad_signature(tmp_path: Path) -> None:
@@ -388,18 +384,13 @@ def test_node_answers_a_batch_of_submit_tx_in_order_and_refuses_only_the_bad_sig
     sent = [*good[:4], forged, *good[4:]]
 
     async def scenario() -> None:
-        node = funded_node(tmp_path, second)
         peer = StandInPeer()
         peer.expect = len(sent)
-        try:
+        async with funded_node(tmp_path, second) as node:
             for i, tx in enumerate(sent):  # as the peer's reader: one after another, no answer awaited
                 await node._on_submit_tx(peer, wire.SubmitTx(i, tx))  # type: ignore[arg-type]
             async with asyncio.timeout(30):
                 await peer.answered.wait()
-        finally:
-            node.tx_batcher.close()
-            node._verifier.shutdown()
-            node.chain.close()
         answers = [m for m in peer.sent if isinstance(m, wire.SubmitResult)]
         assert [a.id for a in answers] == list(range(len(sent)))
         assert [a.accepted for a in answers] == [tx is not forged for tx in sent]
@@ -417,19 +408,14 @@ def test_node_drops_and_bans_the_sender_of_a_bad_signature_in_a_batch_of_new_tx(
     after = pay(second, TO, 2, nonce=0)  # sent after the bad one: not taken from a dropped peer
 
     async def scenario() -> None:
-        node = funded_node(tmp_path, second)
         peer = StandInPeer()
-        try:
+        async with funded_node(tmp_path, second) as node:
             for tx in [*good, forged, after]:
                 await node._on_new_tx(peer, wire.NewTx(tx))  # type: ignore[arg-type]
             async with asyncio.timeout(30):
                 await peer.closed.wait()
                 while not node.tx_batcher.idle():
                     await asyncio.sleep(0.001)  # ok: real threads; bounded by the timeout
-        finally:
-            node.tx_batcher.close()
-            node._verifier.shutdown()
-            node.chain.close()
         assert peer.ban_reason is not None and "tx-bad-signature" in peer.ban_reason, peer.ban_reason
         assert all(tx.txid in node.mempool for tx in good)
         assert forged.txid not in node.mempool and after.txid not in node.mempool
