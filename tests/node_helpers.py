@@ -38,6 +38,7 @@ FUNDED = Wallet.from_seed(hashlib.sha256(b"p2pchain node tests: funded wallet").
 SPACING_MS = 1000  # a block's timestamp is its parent's plus this (plus a salt)
 MAIN_LENGTH = 1500  # blocks in main_chain() after genesis: three full CHAIN batches
 MINER_ARGS = ["--mine", "--miner-procs", "1"]  # one mining process: the machine is shared
+NODE_DIR = "n"  # the data dir, below the test's tmp_path, of with_node's and idle_node's node
 
 
 def next_block(
@@ -163,7 +164,7 @@ async def with_node(
     but the test's own); the node stopped after. ``setup`` is given the node before it starts
     (to stand in for one of its parts); the other keywords are the node's NodeConfig fields."""
     config = NodeConfig(
-        data_dir=tmp_path / "n",
+        data_dir=tmp_path / NODE_DIR,
         port=0,
         params=params,
         discover=discover,
@@ -188,7 +189,7 @@ async def with_node(
 async def idle_node(tmp_path: Path, *, blocks: Iterable[Block] = ()) -> AsyncIterator[Node]:
     """An in-process node that is never started (no sockets: a test calls its handlers) whose
     chain has ``blocks``; its signature threads and store closed after."""
-    node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS))
+    node = Node(NodeConfig(data_dir=tmp_path / NODE_DIR, port=0, params=TEST_PARAMS))
     for block in blocks:
         node.chain.process_block(block, now_ms())
     try:

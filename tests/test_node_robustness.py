@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from harness import free_port
-from node_helpers import TEST_PARAMS, branch, next_block, with_node
+from node_helpers import NODE_DIR, TEST_PARAMS, branch, next_block, with_node
 from p2p_peer import RawPeer
 
 from p2pchain import limits, wire
@@ -267,7 +267,7 @@ def test_a_bad_block_in_a_pipelined_batch_is_refused_and_the_good_blocks_before_
             await peer.close()
 
     assert asyncio.run(with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False)) == (good.height, True)
-    store = Store(tmp_path / "n" / DB_FILE)
+    store = Store(tmp_path / NODE_DIR / DB_FILE)
     try:
         assert store.load_main() == [TEST_PARAMS.genesis.hash, *(b.hash for b in (*first, good))]
     finally:

@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 from harness import run
-from node_helpers import TEST_PARAMS
+from node_helpers import with_node
 from p2p_peer import RawPeer, connect_client, refused
 
 from p2pchain import limits
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 
 ATTACKERS = [f"127.0.8.{i}" for i in range(1, 5)]
 
@@ -67,10 +67,8 @@ async def _fill_and_knock(sources: list[tuple[str, int]]) -> tuple[list[bool], b
     127.0.0.1. Returns which holders were evicted (closed by the node), in order, and whether the
     newcomer was let in."""
     assert len(sources) == limits.MAX_INBOUND
-    with tempfile.TemporaryDirectory() as tmp:
-        config = NodeConfig(data_dir=Path(tmp), port=0, params=TEST_PARAMS, discover=False, ban_loopback=True)
-        node = Node(config)
-        await node.start()
+
+    async def scenario(node: Node) -> tuple[list[bool], bool]:
         holders: list[RawPeer] = []
         try:
             for source, port in sources:
@@ -85,7 +83,9 @@ async def _fill_and_knock(sources: list[tuple[str, int]]) -> tuple[list[bool], b
             return [p.closed.is_set() for p in holders], newcomer
         finally:
             await asyncio.gather(*(p.close() for p in holders))
-            await node.stop()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return await with_node(Path(tmp), scenario, deadline_s=None)
 
 
 LOOPBACK_NEWCOMER = "127.0.0.1"

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 from harness import until
-from node_helpers import FUNDED, TEST_PARAMS, branch, pay
+from node_helpers import FUNDED, NODE_DIR, TEST_PARAMS, branch, idle_node, pay, with_node
 from p2p_peer import RawPeer
 
 from p2pchain import limits, relay, serve, store, wire
 from p2pchain.chain import Chain
-from p2pchain.node import Node, NodeConfig
+from p2pchain.node import Node
 
 STALL_S = 8.0  # the stalled read gives up after this long (only if the test never releases it)
 
@@ -36,7 +36,7 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str
 ) -> None:
     blocks = branch(TEST_PARAMS.genesis.header, 50)
-    data_dir = tmp_path / "n"
+    data_dir = tmp_path / NODE_DIR  # with_node's node starts on it
     data_dir.mkdir()
     chain = Chain.open(data_dir / store.DB_FILE, TEST_PARAMS)
     for block in blocks:
@@ -59,9 +59,7 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
     monkeypatch.setattr(serve, "unpack_block", stalling(serve.unpack_block))
     monkeypatch.setattr(serve, "checked_size", stalling(serve.checked_size))
 
-    async def scenario() -> Any:
-        node = Node(NodeConfig(data_dir=data_dir, port=0, params=TEST_PARAMS, discover=False))
-        await node.start()
+    async def scenario(node: Node) -> Any:
         asker, other = await RawPeer.connect(node.port), await RawPeer.connect(node.port)
         try:
             await asker.handshake()
@@ -78,9 +76,8 @@ def test_a_slow_block_read_does_not_stop_other_peers_being_served(
             release.set()
             await asker.close()
             await other.close()
-            await node.stop()
 
-    reply = asyncio.run(scenario())
+    reply = asyncio.run(with_node(tmp_path, scenario, deadline_s=None, ban_loopback=False))
     assert outcome == {"released": True}, "the stalled read held the event loop: nothing else was served"
     if query == "GET_BLOCKS":
         assert [b.hash for b in reply.blocks] == [b.hash for b in blocks]
@@ -300,8 +297,7 @@ def test_get_txs_is_answered_out_of_the_byte_budget_one_answer_at_a_time_and_onc
     pooled transaction never announced to it, gets nothing."""
 
     async def scenario() -> None:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
-        try:
+        async with idle_node(tmp_path) as node:
             for block in branch(TEST_PARAMS.genesis.header, 2):
                 node.chain.process_block(block, block.header.timestamp)
             offered, kept_back = pay(FUNDED, "ab" * 20, 1, nonce=0), pay(FUNDED, "ab" * 20, 1, nonce=1)
@@ -326,8 +322,6 @@ def test_get_txs_is_answered_out_of_the_byte_budget_one_answer_at_a_time_and_onc
             await node._on_get_txs(peer, wire.GetTxs((offered.txid, kept_back.txid)))  # type: ignore[arg-type]
             again = wire.decode_message(peer.frames[1][limits.FRAME_HEADER_BYTES :])
             assert isinstance(again, wire.Txs) and again.txs == ()
-        finally:
-            await node.stop()
 
     asyncio.run(scenario())
 

@@ -36,7 +36,7 @@ from ledger_helpers import (
     revalidate,
     wallet,
 )
-from node_helpers import with_node
+from node_helpers import NODE_DIR, with_node
 
 from p2pchain import limits
 from p2pchain import store as store_module
@@ -859,7 +859,7 @@ def test_a_node_commits_the_blocks_it_holds_within_store_hold_s_and_when_it_stop
     (the release timer) without anything else happening, and one mined just before it stops is
     there after the stop."""
 
-    path = tmp_path / "n" / "chain.sqlite"
+    path = tmp_path / NODE_DIR / "chain.sqlite"
 
     async def scenario(node: Node) -> None:
         await node.mine_one()
