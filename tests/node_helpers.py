@@ -16,11 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiohttp.test_utils import TestClient, TestServer
 from harness import TEST_BITS, NodeProc, run
 
 from p2pchain import wire
 from p2pchain.chain import Chain
 from p2pchain.client import Client
+from p2pchain.http import make_app
+from p2pchain.http_auth import AuthMode, AuthSettings, Guard
 from p2pchain.keys import Wallet
 from p2pchain.ledger.block import Block, Header, merkle_root
 from p2pchain.ledger.tx import Tx, make_coinbase, make_tx
@@ -186,10 +189,12 @@ async def with_node(
 
 
 @contextlib.asynccontextmanager
-async def idle_node(tmp_path: Path, *, blocks: Iterable[Block] = ()) -> AsyncIterator[Node]:
-    """An in-process node that is never started (no sockets: a test calls its handlers) whose
-    chain has ``blocks``; its signature threads and store closed after."""
-    node = Node(NodeConfig(data_dir=tmp_path / NODE_DIR, port=0, params=TEST_PARAMS))
+async def idle_node(
+    tmp_path: Path, *, blocks: Iterable[Block] = (), params: NetworkParams = TEST_PARAMS
+) -> AsyncIterator[Node]:
+    """An in-process node that is never started (no sockets: a test calls its handlers or its
+    HTTP app) whose chain has ``blocks``; its signature threads and store closed after."""
+    node = Node(NodeConfig(data_dir=tmp_path / NODE_DIR, port=0, params=params))
     for block in blocks:
         node.chain.process_block(block, now_ms())
     try:
@@ -198,3 +203,15 @@ async def idle_node(tmp_path: Path, *, blocks: Iterable[Block] = ()) -> AsyncIte
         node.tx_batcher.close()
         node._verifier.shutdown()
         node.chain.close()
+
+
+@contextlib.asynccontextmanager
+async def app_client(node: Node, files: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    """aiohttp's test client to ``node``'s HTTP app (no authentication; its files in ``files``),
+    served on loopback; closed after."""
+    client = TestClient(TestServer(make_app(node, Guard(AuthSettings(AuthMode.NONE), files))))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()

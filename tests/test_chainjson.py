@@ -13,16 +13,14 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from ledger_helpers import GENESIS, PARAMS, block_on, branch, feed, mem_chain, pay, wallet
+from node_helpers import app_client, idle_node
 
 from p2pchain import limits
 from p2pchain.chainjson import RecentBlocksJson, block_json, block_text, tx_json, tx_text
-from p2pchain.http import RECENT_KEY, make_app
-from p2pchain.http_auth import AuthMode, AuthSettings, Guard
+from p2pchain.http import RECENT_KEY
 from p2pchain.ledger.block import Block
 from p2pchain.ledger.tx import Tx
-from p2pchain.node import Node, NodeConfig
 
 
 def test_block_text_is_json_dumps_of_the_tutorial_shape() -> None:
@@ -181,24 +179,17 @@ def test_whole_chain_answer_is_the_same_from_memory_and_from_the_store(tmp_path:
     genesis = PARAMS.genesis
 
     async def answers(data_dir: Path, cached: int | None) -> list[bytes]:
-        node = Node(NodeConfig(data_dir=data_dir, port=0, params=PARAMS, discover=False))
-        app = make_app(node, Guard(AuthSettings(AuthMode.NONE), data_dir))
-        if cached is not None:
-            app[RECENT_KEY].max_blocks = cached
-            feed(node.chain, blocks)  # through the app's listener
-            assert len(app[RECENT_KEY]) == min(cached, len(blocks))
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        try:
+        async with idle_node(data_dir, params=PARAMS) as node, app_client(node, data_dir) as client:
+            if cached is not None:
+                client.app[RECENT_KEY].max_blocks = cached
+                feed(node.chain, blocks)  # through the app's listener
+                assert len(client.app[RECENT_KEY]) == min(cached, len(blocks))
             bodies = []
             for path in ("/chain", "/chain?from=2&limit=3"):
                 response = await client.get(path)
                 assert response.status == 200
                 bodies.append(await response.read())
             return bodies
-        finally:
-            await client.close()
-            node.chain.close()
 
     docs = [block_json(b) for b in (genesis, *blocks)]
     whole = json.dumps({"chain": docs, "length": 6}) + "\n"

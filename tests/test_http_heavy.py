@@ -11,18 +11,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from aiohttp.test_utils import TestClient, TestServer
-from node_helpers import TEST_PARAMS
+from node_helpers import app_client, idle_node
 
 from p2pchain import limits
-from p2pchain.http import make_app
-from p2pchain.http_auth import AuthMode, AuthSettings, Guard
-from p2pchain.node import Node, NodeConfig
 
 
 def test_whole_chain_requests_beyond_the_cap_are_refused_at_once(tmp_path: Path) -> None:
     async def scenario() -> tuple[list[int], int, int]:
-        node = Node(NodeConfig(data_dir=tmp_path / "n", port=0, params=TEST_PARAMS, discover=False))
         release = asyncio.Event()
         entered: list[None] = []
 
@@ -31,31 +26,29 @@ def test_whole_chain_requests_beyond_the_cap_are_refused_at_once(tmp_path: Path)
             await release.wait()
             return False
 
-        node.resolve = held_resolve  # type: ignore[method-assign]
-        client = TestClient(TestServer(make_app(node, Guard(AuthSettings(AuthMode.NONE), tmp_path))))
-        await client.start_server()
-        try:
-            held = [asyncio.create_task(client.get("/nodes/resolve")) for _ in range(limits.HTTP_HEAVY_MAX)]
-            async with asyncio.timeout(20):
-                while len(entered) < limits.HTTP_HEAVY_MAX:
-                    await asyncio.sleep(0.01)  # poll
-            over = await client.get("/chain")
-            over_code = over.status
-            over.release()
-            release.set()
-            codes = []
-            for task in held:
-                response = await task
-                codes.append(response.status)
-                response.release()
-            after = await client.get("/chain")
-            after_code = after.status
-            after.release()
-            return codes, over_code, after_code
-        finally:
-            release.set()
-            await client.close()
-            node.chain.close()
+        async with idle_node(tmp_path) as node:
+            node.resolve = held_resolve  # type: ignore[method-assign]
+            async with app_client(node, tmp_path) as client:
+                try:
+                    held = [asyncio.create_task(client.get("/nodes/resolve")) for _ in range(limits.HTTP_HEAVY_MAX)]
+                    async with asyncio.timeout(20):
+                        while len(entered) < limits.HTTP_HEAVY_MAX:
+                            await asyncio.sleep(0.01)  # poll
+                    over = await client.get("/chain")
+                    over_code = over.status
+                    over.release()
+                    release.set()
+                    codes = []
+                    for task in held:
+                        response = await task
+                        codes.append(response.status)
+                        response.release()
+                    after = await client.get("/chain")
+                    after_code = after.status
+                    after.release()
+                    return codes, over_code, after_code
+                finally:
+                    release.set()
 
     held, over, after = asyncio.run(scenario())
     assert held == [200] * limits.HTTP_HEAVY_MAX
