@@ -133,6 +133,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    """A file or directory name, kept as str (a node starts without pathlib); an empty one (an
+    unset shell variable, ``key = ""`` in a config file) is refused, not read as "none given"."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    return text
+
+
 def terminal_columns() -> int:
     """``shutil.get_terminal_size().columns`` (COLUMNS, else the terminal of stdout, else 80)
     without importing shutil, which loads zlib, bz2 and lzma: argparse's default help formatter
@@ -163,6 +171,7 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"p2pchain {__version__}")
     p.add_argument(  # (paths are str: a node starts without pathlib, see NodeConfig.data_dir)
         "--config",
+        type=_path,
         metavar="FILE",
         help="read flags from this TOML file, keys named as the long flags (port = 7000, peer = [...]); "
         "flags given here override it",
@@ -186,7 +195,7 @@ def node_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="dial only the --peer addresses, never addresses learnt from other peers (fixed topologies)",
     )
-    p.add_argument("--data-dir", help="where the chain, wallet and bans live (default ./node<PORT>)")
+    p.add_argument("--data-dir", type=_path, help="where the chain, wallet and bans live (default ./node<PORT>)")
     p.add_argument("--mine", action="store_true", help="mine blocks continuously")
     p.add_argument("--miner-procs", type=positive_int, help="mining processes (default: one per core)")
     p.add_argument(
@@ -220,6 +229,7 @@ def node_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--http-token-file",
+        type=_path,
         metavar="FILE",
         help="a fixed token (one line, at least 16 characters) instead of the cookie",
     )
@@ -364,7 +374,7 @@ def http_auth_settings(args: argparse.Namespace) -> AuthSettings | None:
         return None
     from p2pchain.http_auth import AuthMode, AuthSettings, read_token_file
 
-    token = read_token_file(args.http_token_file) if args.http_token_file else None
+    token = read_token_file(args.http_token_file) if args.http_token_file is not None else None
     auth = AuthSettings(AuthMode(args.http_auth), token)
     if args.http_port is not None:
         auth.check(args.http_host)

@@ -133,7 +133,8 @@ class Wallet:
         then linked (or, with ``overwrite``, renamed) into place. A node killed while it creates
         its wallet on its first start used to leave an empty file, which every later start
         refused as malformed."""
-        parent, name = os.path.split(os.path.abspath(path))
+        parent, name = os.path.split(os.fspath(path))
+        parent = parent or "."  # (not abspath: it folds "link/.." by text, where the file system follows the link)
         os.makedirs(parent, exist_ok=True)
         if not overwrite and os.path.exists(path):
             raise WalletError(f"wallet file {path} already exists: refusing to overwrite it")

@@ -49,11 +49,11 @@ def ensure_venv() -> Path:
     # imports _distutils_hack in every process the venv starts (~2.3 M instructions, 1 % of a node's
     # start). Nothing here uses it: pip builds p2pchain in an isolated environment with the setuptools
     # pyproject.toml asks for (Python 3.12's venvs come without it).
-    subprocess.run(
-        [str(venv_python()), "-m", "pip", "uninstall", "--quiet", "--yes", "setuptools"],
-        check=True,
-        stderr=subprocess.DEVNULL,  # ("Skipping setuptools as it is not installed": nothing to do)
+    done = subprocess.run(  # ("Skipping setuptools as it is not installed" on stderr: nothing to do)
+        [str(venv_python()), "-m", "pip", "uninstall", "--quiet", "--yes", "setuptools"], capture_output=True, text=True
     )
+    if done.returncode:
+        sys.exit(f"bootstrap: pip could not uninstall setuptools from the venv:\n{done.stderr}")
     STAMP.write_text(want)
     return venv_python()
 

@@ -52,7 +52,6 @@ def test_the_ceiling_runs_on_the_core_it_is_given_and_the_mask_is_put_back() -> 
     """The one-core ceiling is timed on each core in turn (on_core); the bench's thread may run
     anywhere again after each stretch."""
     before = os.sched_getaffinity(0)
-    assert ingest_cores() == sorted(before)
     seen: list[set[int]] = []
     for core in ingest_cores():
         assert on_core(core, lambda: seen.append(os.sched_getaffinity(0)) or 1.5) == 1.5

@@ -94,6 +94,8 @@ def test_the_file_is_read_whatever_form_of_the_flag_names_it(tmp_path: Path, fla
         ('http-auth = "sometimes"', "http-auth = 'sometimes'"),
         ("[http]\nport = 1", "unknown key 'http'"),
         ("port = ", "is not valid TOML"),
+        ('http-token-file = ""', "an empty path names no file"),
+        ('data-dir = ""', "an empty path names no file"),
     ],
 )
 def test_a_bad_file_is_one_line_naming_the_key_and_the_file(
@@ -107,6 +109,21 @@ def test_a_bad_file_is_one_line_naming_the_key_and_the_file(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err and str(conf) in err, err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("flag", ["--http-token-file", "--data-dir", "--config"])
+def test_an_empty_path_flag_is_refused_not_taken_as_absent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    """``--http-token-file "$UNSET"`` must not fall back to the cookie (clients would then fail
+    to authenticate with no word why), nor ``--data-dir ""`` to ./node<PORT>."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:  # argparse's usage error
+        cli.main(["--port", "0", "--http-port", "0", flag, ""])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "an empty path names no file" in err and flag in err, err
+    assert not list(tmp_path.iterdir()), "a node started anyway"
 
 
 def test_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
