@@ -90,16 +90,21 @@ def compact_block(block: Block, nonce: int, prefill: Iterable[int] = ()) -> wire
 
 def whole_block(msg: wire.CmpctBlock) -> Block | None:
     """The block of a compact block that carries every transaction whole (no short ids: a
-    coinbase-only block, most often), when its prefilled indexes are 0, 1, 2... and its merkle
-    root matches; None otherwise, and PartialBlock then says what is wrong or what to ask for.
-    The block PartialBlock would rebuild, without its slots, candidates and short-id lookups."""
+    coinbase-only block, most often) when its prefilled indexes are 0, 1, 2...: the block
+    PartialBlock would rebuild, without its slots, candidates and short-id lookups. None for any
+    other shape (PartialBlock then says what is wrong, or what to ask for). Raises Misbehaving when
+    those transactions do not make the header's merkle root: nothing is left to ask the sender
+    for, so its own transactions contradict its header (as a full BLOCK_TXN answer that does not
+    make the block)."""
     if msg.short_ids or not 0 < len(msg.prefilled) <= limits.MAX_BLOCK_TXS:
         return None
     for position, (i, _) in enumerate(msg.prefilled):
         if i != position:
             return None
     block = Block(msg.header, tuple(tx for _, tx in msg.prefilled))
-    return block if block.computed_merkle_root() == msg.header.merkle_root else None
+    if block.computed_merkle_root() != msg.header.merkle_root:
+        raise Misbehaving(f"compact block {block.hash.hex()[:16]}: its own transactions do not match its merkle root")
+    return block
 
 
 class PartialBlock:

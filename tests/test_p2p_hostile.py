@@ -746,6 +746,15 @@ async def cmpct_no_coinbase(ctx: Ctx, peer: RawPeer) -> None:
     peer.send(replace(await compact_of(ctx, peer, block), prefilled=()))
 
 
+@case("compact block of whole transactions that do not make its merkle root", BAN, hello=False)
+async def cmpct_whole_wrong_merkle(ctx: Ctx, peer: RawPeer) -> None:
+    """Every transaction prefilled (no short ids: nothing to ask for), but not the block's: the
+    sender's own transactions contradict its header (relay.whole_block)."""
+    block = ctx.reject(await ctx.block())
+    other = make_coinbase(RECIPIENT, PARAMS.reward - 1, block.height)
+    peer.send(replace(await compact_of(ctx, peer, block), prefilled=((0, other),)))
+
+
 @case("compact block of the node's tip, malformed after its header (dropped unread)", IGNORE, hello=False)
 async def cmpct_known_malformed(ctx: Ctx, peer: RawPeer) -> None:
     """A compact block of a block the node has is dropped once its header names it (most copies a

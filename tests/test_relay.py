@@ -454,8 +454,8 @@ def test_compact_blocks_that_cannot_be_honest_are_refused() -> None:
 def test_a_compact_block_of_whole_transactions_is_the_block_partial_block_would_rebuild() -> None:
     """A compact block with no short ids (every transaction prefilled: a coinbase-only block,
     most often) is taken as it is (whole_block), and it is the block the slots would give; one
-    whose indexes or merkle root are wrong is left to PartialBlock, which refuses it or asks for
-    the rest as before."""
+    whose indexes are wrong is left to PartialBlock, which refuses it as before; one whose own
+    transactions do not make its merkle root is a breach (there is nothing to ask for)."""
     coinbase_only = block_of([])
     paid = block_of(payments(2))
     for block in (coinbase_only, paid):
@@ -471,7 +471,8 @@ def test_a_compact_block_of_whole_transactions_is_the_block_partial_block_would_
     with pytest.raises(Misbehaving, match="increasing within the block"):
         relay_with("a").on_cmpct("a", skipped, lambda: (), T0)
     swapped = replace(msg, prefilled=((0, paid.txs[0]), (1, paid.txs[2]), (2, paid.txs[1])))
-    assert whole_block(swapped) is None  # the merkle root does not match: not taken
+    with pytest.raises(Misbehaving, match="do not match its merkle root"):  # nothing left to ask for
+        relay_with("a").on_cmpct("a", swapped, lambda: (), T0)
     assert whole_block(replace(msg, prefilled=())) is None
     assert whole_block(compact_block(paid, 7)) is None  # short ids: rebuilt from the pool
 
