@@ -134,6 +134,8 @@ class Wallet:
         its wallet on its first start used to leave an empty file, which every later start
         refused as malformed."""
         parent, name = os.path.split(os.fspath(path))
+        if not name:
+            raise WalletError(f"wallet file {path} names a directory, not a file")
         parent = parent or "."  # (not abspath: it folds "link/.." by text, where the file system follows the link)
         os.makedirs(parent, exist_ok=True)
         if not overwrite and os.path.exists(path):

@@ -103,3 +103,10 @@ def test_a_malformed_file_is_refused(tmp_path: Path, doc: object) -> None:
 def test_the_seed_is_not_in_a_repr() -> None:
     wallet = Wallet.generate()
     assert wallet.seed.hex() not in repr(wallet) and str(wallet.seed) not in repr(wallet)
+
+
+def test_a_wallet_path_naming_a_directory_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "fresh"
+    with pytest.raises(WalletError, match="names a directory"):
+        Wallet.generate().save(f"{target}/")
+    assert not target.exists()

@@ -51,6 +51,7 @@ INGEST_WINDOW = 2000  # SUBMIT_TX queries in flight on the one connection: a who
 # never runs dry within a part (TCP holds the rest; 1,000 topped up below half left it ~500 between top-ups)
 INGEST_WARMUP_TXS = 1000  # untimed first: a node's signature workers start on its first transactions
 INGEST_ROUNDS = 5  # parts of the ingest, each timed between two runs of the one-core ceiling on it (drift)
+assert INGEST_WINDOW >= -(-INGEST_TXS // INGEST_ROUNDS), "a part goes out in one write (INGEST_WINDOW's text)"
 REGISTER_BLOCKS = 200  # register_sync_200_ms: the chain a fresh node joins through /nodes/register
 REGISTER_ROUNDS = 5  # fresh nodes that register; the median is reported
 
