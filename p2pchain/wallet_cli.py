@@ -150,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--wallet",
         "--file",
         dest="wallet",
-        type=Path,
         default=DEFAULT_WALLET,
         metavar="FILE",
         help=f"wallet file (default {DEFAULT_WALLET})",
@@ -314,13 +313,21 @@ async def connect(node: str) -> AsyncIterator[Client]:
         await client.close()
 
 
-def load_wallet(path: Path) -> Wallet:
-    return Wallet.load(path.expanduser())
+def wallet_file(name: str | Path) -> Path:
+    """--wallet's file (its default is a Path); an empty name (an unset shell variable) is
+    refused, not read as the current directory."""
+    if name == "":
+        raise CliError(Exit.USAGE, "--wallet: an empty path names no file")
+    return Path(name).expanduser()
+
+
+def load_wallet(name: str | Path) -> Wallet:
+    return Wallet.load(wallet_file(name))
 
 
 # --- commands -------------------------------------------------------------------------------
 async def cmd_wallet(args: argparse.Namespace, out: Out) -> None:
-    path: Path = args.wallet.expanduser()
+    path = wallet_file(args.wallet)
     if args.action == "new":
         wallet = Wallet.generate()
         wallet.save(path)

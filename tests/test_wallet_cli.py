@@ -185,6 +185,7 @@ def test_each_failure_has_its_exit_code_and_a_one_line_message(cli, tmp_path):
         ("wallet", "show", "--file", "a-directory"),
         ("wallet", "show", "--file", "garbled.json"),
         ("wallet", "new", "--file", "w.json"),
+        ("wallet", "show", "--file", ""),  # an unset shell variable: not the current directory
     )
     want = [
         (Exit.NODE_DOWN, nobody),
@@ -202,6 +203,7 @@ def test_each_failure_has_its_exit_code_and_a_one_line_message(cli, tmp_path):
         (Exit.WALLET, "a-directory"),
         (Exit.WALLET, "garbled.json"),
         (Exit.WALLET, "w.json"),
+        (Exit.USAGE, "an empty path names no file"),
     ]
     for r, (code, mention) in zip(results, want, strict=True):
         assert_fails(r, code, mention)
