@@ -404,9 +404,8 @@ class Node:
         elif result.status is Status.CONNECTED:
             peer.useful = True
             # a client (no listening port: a miner or wallet) is the block's first hop, as our own
-            # mining is: its block goes to every peer at once, not only those that asked for it (HELLO
-            # port 0; read directly: listen_addr formats the address, a string a block for nothing)
-            self.relay_block(block, exclude=peer, mined=peer.hello is None or not peer.hello.port)
+            # mining is: its block goes to every peer at once, not only those that asked for it
+            self.relay_block(block, exclude=peer, mined=not peer.listening)
             self._send_cmpct(self.relay.delivered_first(peer))
 
     def _hold_store(self) -> None:

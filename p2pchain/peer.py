@@ -215,8 +215,13 @@ class Peer:
         return f"{self.host}:{port}" if ":" not in self.host else f"[{self.host}]:{port}"
 
     @property
+    def listening(self) -> bool:
+        """Whether the peer named a port it listens on (HELLO port 0: a client, a miner or wallet)."""
+        return self.hello is not None and self.hello.port != 0
+
+    @property
     def listen_addr(self) -> str | None:
-        if self.hello is None or not self.hello.port:
+        if self.hello is None or not self.listening:
             return None
         return f"{self.host}:{self.hello.port}" if ":" not in self.host else f"[{self.host}]:{self.hello.port}"
 

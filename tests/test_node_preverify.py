@@ -78,8 +78,8 @@ def test_a_known_block_costs_no_signature_check(tmp_path: Path, monkeypatch: pyt
     class StubPeer:  # what the NEW_BLOCK handler reads and writes of its sender (hashable, as a Peer)
         best_height = 0
         useful = False
-        listen_addr = "127.0.0.1:1"  # a listening node's: its block is relayed as any peer's
-        hello = wire.Hello(1, TEST_PARAMS.network_id, bytes(16), 1, 0, bytes(32), 0, "stub")  # its port, 1
+        listening = True  # a listening node: its block is relayed as any peer's
+        listen_addr = "127.0.0.1:1"
 
     peer: Any = StubPeer()
 
