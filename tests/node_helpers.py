@@ -176,12 +176,12 @@ async def with_node(
         tunables=tunables or Tunables(),
     )
     node = Node(config)
-    for block in blocks:
-        node.chain.process_block(block, now_ms())
-    if setup is not None:
-        setup(node)
-    await node.start()
-    try:
+    try:  # stopped even when the blocks, setup or start raise (stop() may follow a failed start)
+        for block in blocks:
+            node.chain.process_block(block, now_ms())
+        if setup is not None:
+            setup(node)
+        await node.start()
         async with asyncio.timeout(deadline_s):
             return await scenario(node)
     finally:
@@ -193,16 +193,14 @@ async def idle_node(
     tmp_path: Path, *, blocks: Iterable[Block] = (), params: NetworkParams = TEST_PARAMS
 ) -> AsyncIterator[Node]:
     """An in-process node that is never started (no sockets: a test calls its handlers or its
-    HTTP app) whose chain has ``blocks``; its signature threads and store closed after."""
+    HTTP app) whose chain has ``blocks``; closed after by ``Node.stop``, as a started one."""
     node = Node(NodeConfig(data_dir=tmp_path / NODE_DIR, port=0, params=params))
-    for block in blocks:
-        node.chain.process_block(block, now_ms())
     try:
+        for block in blocks:
+            node.chain.process_block(block, now_ms())
         yield node
     finally:
-        node.tx_batcher.close()
-        node._verifier.shutdown()
-        node.chain.close()
+        await node.stop()  # (a node never started: its threads, store and miner closed all the same)
 
 
 @contextlib.asynccontextmanager
